@@ -1,0 +1,297 @@
+//! The GPT-2 architecture (chapter 4), in nanoGPT's layout and GPT-2's names.
+//!
+//! ```text
+//! ids ─ wte + wpe ─ dropout ─┬─ [ln_1 ─ attn ─ dropout] ─(+)─┬─ [ln_2 ─ mlp ─ dropout] ─(+)─ ... ─ ln_f ─ head ─ logits
+//!                            └─────────────────────────────┘ └─────────────────────────────┘
+//!                                        one TransformerBlock (pre-LayerNorm, residuals)
+//! ```
+
+use burn::module::Module;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+    Linear, LinearConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation::gelu_approximate;
+use ember_attention::{AttentionError, CausalSelfAttention, CausalSelfAttentionConfig, KvCache};
+
+use crate::config::GptConfig;
+
+/// The position-wise feed-forward network: expand ×4, tanh-GELU, project back.
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    /// `[d, 4d]`
+    pub c_fc: Linear,
+    /// `[4d, d]`
+    pub c_proj: Linear,
+}
+
+impl FeedForward {
+    /// A feed-forward network for width `d_model`.
+    pub fn new(d_model: usize, device: &Device) -> Self {
+        Self {
+            c_fc: linear(d_model, 4 * d_model, true, device),
+            c_proj: linear(4 * d_model, d_model, true, device),
+        }
+    }
+
+    /// # Shapes
+    /// - x: `[batch, seq_len, d_model]` → `[batch, seq_len, d_model]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        // GPT-2 uses the tanh approximation of GELU (Burn's `gelu` is the exact erf one).
+        self.c_proj.forward(gelu_approximate(self.c_fc.forward(x)))
+    }
+}
+
+/// One pre-LayerNorm transformer block (listing 4.6).
+#[derive(Module, Debug)]
+pub struct TransformerBlock {
+    /// LayerNorm before attention.
+    pub ln_1: LayerNorm,
+    /// Causal multi-head self-attention.
+    pub attn: CausalSelfAttention,
+    /// LayerNorm before the feed-forward network.
+    pub ln_2: LayerNorm,
+    /// Feed-forward network.
+    pub mlp: FeedForward,
+    /// Dropout on both residual branches (the book's `drop_shortcut`).
+    pub drop_shortcut: Dropout,
+}
+
+impl TransformerBlock {
+    fn new(config: &GptConfig, device: &Device) -> Self {
+        Self {
+            ln_1: layer_norm(config.emb_dim, device),
+            attn: CausalSelfAttentionConfig::new(config.emb_dim, config.n_heads)
+                .with_dropout(config.drop_rate)
+                .with_qkv_bias(config.qkv_bias)
+                .init(device),
+            ln_2: layer_norm(config.emb_dim, device),
+            mlp: FeedForward::new(config.emb_dim, device),
+            drop_shortcut: DropoutConfig::new(config.drop_rate).init(),
+        }
+    }
+
+    /// # Shapes
+    /// - x: `[batch, seq_len, d_model]` → `[batch, seq_len, d_model]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.drop_shortcut.forward(self.attn.forward(self.ln_1.forward(x)));
+        x.clone() + self.drop_shortcut.forward(self.mlp.forward(self.ln_2.forward(x)))
+    }
+
+    fn forward_cached(&self, x: Tensor<3>, cache: &mut KvCache, layer: usize) -> Tensor<3> {
+        let attn = self.attn.forward_cached(self.ln_1.forward(x.clone()), cache, layer);
+        let x = x + self.drop_shortcut.forward(attn);
+        x.clone() + self.drop_shortcut.forward(self.mlp.forward(self.ln_2.forward(x)))
+    }
+}
+
+/// The GPT model (listing 4.7): embeddings, blocks, final norm, output head.
+#[derive(Module, Debug)]
+pub struct GptModel {
+    /// Token embedding `[vocab, d]` (the book's `tok_emb`).
+    pub wte: Embedding,
+    /// Position embedding `[context, d]` (`pos_emb`).
+    pub wpe: Embedding,
+    /// Dropout on the summed embeddings.
+    pub drop_emb: Dropout,
+    /// The transformer blocks (`trf_blocks`).
+    pub h: Vec<TransformerBlock>,
+    /// Final LayerNorm (`final_norm`).
+    pub ln_f: LayerNorm,
+    /// Output head `[d, vocab]` (`out_head`); `None` when tied to `wte`.
+    pub lm_head: Option<Linear>,
+    /// Maximum sequence length.
+    pub context_length: usize,
+}
+
+impl GptConfig {
+    /// Build a randomly initialised model (GPT-2's scheme: normal(0, 0.02) weights,
+    /// zero biases, unit LayerNorm).
+    ///
+    /// # Panics
+    /// On an invalid config; call [`GptConfig::validate`] first where the config comes
+    /// from a user.
+    pub fn init(&self, device: &Device) -> GptModel {
+        self.validate().expect("invalid GptConfig");
+        let embedding = |n: usize| {
+            EmbeddingConfig::new(n, self.emb_dim)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device)
+        };
+        GptModel {
+            wte: embedding(self.vocab_size),
+            wpe: embedding(self.context_length),
+            drop_emb: DropoutConfig::new(self.drop_rate).init(),
+            h: (0..self.n_layers)
+                .map(|_| TransformerBlock::new(self, device))
+                .collect(),
+            ln_f: layer_norm(self.emb_dim, device),
+            lm_head: (!self.tie_embeddings)
+                .then(|| linear(self.emb_dim, self.vocab_size, false, device)),
+            context_length: self.context_length,
+        }
+    }
+}
+
+impl GptModel {
+    /// Logits for every position.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, seq_len]` with `seq_len <= context_length`
+    /// - returns `[batch, seq_len, vocab_size]`
+    ///
+    /// # Panics
+    /// If `seq_len` exceeds the context length (see [`GptModel::try_forward`]).
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.head(self.forward_hidden(ids))
+    }
+
+    /// [`GptModel::forward`] that reports a too-long input instead of panicking.
+    pub fn try_forward(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>, AttentionError> {
+        let new = ids.dims()[1];
+        KvCache::new(0, self.context_length).check_room(new)?;
+        Ok(self.forward(ids))
+    }
+
+    /// The final-LayerNorm output, before the head (classification heads start here).
+    ///
+    /// # Shapes
+    /// - ids: `[batch, seq_len]` → `[batch, seq_len, d_model]`
+    pub fn forward_hidden(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let seq_len = ids.dims()[1];
+        assert!(
+            seq_len <= self.context_length,
+            "sequence of {seq_len} tokens exceeds the context length {}",
+            self.context_length
+        );
+        let mut x = self.embed(ids, 0);
+        for block in &self.h {
+            x = block.forward(x);
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// Logits of the new positions `ids`, which continue the sequence held in `cache`.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, new_len]` → `[batch, new_len, vocab_size]`
+    pub fn forward_cached(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, AttentionError> {
+        cache.check_room(ids.dims()[1])?;
+        let mut x = self.embed(ids, cache.len());
+        for (layer, block) in self.h.iter().enumerate() {
+            x = block.forward_cached(x, cache, layer);
+        }
+        Ok(self.head(self.ln_f.forward(x)))
+    }
+
+    /// A cache sized for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.h.len(), self.context_length)
+    }
+
+    /// Token plus position embeddings for positions `start..start + seq_len`.
+    fn embed(&self, ids: Tensor<2, Int>, start: usize) -> Tensor<3> {
+        let [batch, seq_len] = ids.dims();
+        let device = ids.device();
+        let positions = Tensor::<1, Int>::arange(start as i64..(start + seq_len) as i64, &device)
+            .reshape([1, seq_len])
+            .expand([batch, seq_len]);
+        let x = self.wte.forward(ids) + self.wpe.forward(positions);
+        self.drop_emb.forward(x)
+    }
+
+    /// Output projection to vocabulary logits.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq_len, d_model]` → `[batch, seq_len, vocab_size]`
+    pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                // Tied: the token embedding matrix, transposed, is the head.
+                let [batch, seq_len, d] = x.dims();
+                let logits = x
+                    .reshape([batch * seq_len, d])
+                    .matmul(self.wte.weight.val().transpose());
+                let vocab = logits.dims()[1];
+                logits.reshape([batch, seq_len, vocab])
+            }
+        }
+    }
+
+    /// The configuration this model was built with, read back from its shapes.
+    pub fn config(&self) -> GptConfig {
+        let [vocab_size, emb_dim] = self.wte.weight.dims();
+        let first = self.h.first();
+        GptConfig {
+            vocab_size,
+            context_length: self.context_length,
+            emb_dim,
+            n_heads: first.map_or(1, |b| b.attn.num_heads),
+            n_layers: self.h.len(),
+            drop_rate: self.drop_emb.prob,
+            qkv_bias: first.is_some_and(|b| b.attn.c_attn.bias.is_some()),
+            tie_embeddings: self.lm_head.is_none(),
+        }
+    }
+}
+
+fn layer_norm(d_model: usize, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(d_model).with_epsilon(1e-5).init(device)
+}
+
+fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+    let mut layer = LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        })
+        .init(device);
+    if let Some(bias) = layer.bias.as_mut() {
+        *bias = Initializer::Zeros.init([d_out], device);
+    }
+    layer
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+
+    #[test]
+    fn built_model_has_the_computed_parameter_count() {
+        let device = Device::ndarray();
+        for tied in [false, true] {
+            let config = GptConfig::tiny().with_tied_embeddings(tied);
+            let model = config.init(&device);
+            assert_eq!(model.num_params(), config.num_params());
+            assert_eq!(model.config(), config);
+        }
+    }
+
+    #[test]
+    fn too_long_input_is_an_error() {
+        let device = Device::ndarray();
+        let config = GptConfig {
+            context_length: 4,
+            vocab_size: 16,
+            emb_dim: 8,
+            n_heads: 2,
+            n_layers: 1,
+            ..GptConfig::tiny()
+        };
+        let model = config.init(&device);
+        let ids = Tensor::<2, Int>::zeros([1, 5], &device);
+        let err = model.try_forward(ids).unwrap_err().to_string();
+        assert!(err.contains("exceed the context length 4"), "{err}");
+    }
+}

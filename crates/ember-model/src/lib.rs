@@ -1,0 +1,21 @@
+//! The GPT model of chapter 4, the weights of chapter 5.5 and the text generation of
+//! chapters 4.7 and 5.3.
+//!
+//! - [`config`]: [`GptConfig`] with the GPT-2 presets (124M to 1558M), the book's
+//!   training configuration and a tiny one for tests.
+//! - [`gpt`]: [`GptModel`], one readable file in nanoGPT's layout and GPT-2's
+//!   parameter names (`wte`, `wpe`, `h.N.ln_1`, `attn.c_attn`, `mlp.c_fc`, `ln_f`).
+//! - [`weights`]: loading Hugging Face GPT-2 directories and the book's `.pth` state
+//!   dicts, and Ember's own checkpoints (an HF-compatible directory).
+//! - [`generate`]: greedy, temperature, top-k and top-p sampling, with or without the
+//!   KV cache, streaming.
+
+pub mod config;
+pub mod generate;
+pub mod gpt;
+pub mod weights;
+
+pub use config::{ConfigError, GptConfig};
+pub use generate::{GenerateError, GenerationConfig, generate, sample_next_token};
+pub use gpt::{FeedForward, GptModel, TransformerBlock};
+pub use weights::{LoadedModel, ModelSource, WeightsError, load_model, save_checkpoint};
