@@ -381,13 +381,17 @@ mod tests {
         let (context, weights) = simplified_self_attention(journey(&device));
         // Book, section 3.3.2: the attention weights for "journey" (row 1) and all
         // context vectors.
-        weights.clone().slice(s![1..2, ..]).into_data().assert_approx_eq::<f32>(
-            &TensorData::new(
-                vec![0.1385f32, 0.2379, 0.2333, 0.1240, 0.1082, 0.1581],
-                [1, 6],
-            ),
-            Tolerance::absolute(1e-4),
-        );
+        weights
+            .clone()
+            .slice(s![1..2, ..])
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &TensorData::new(
+                    vec![0.1385f32, 0.2379, 0.2333, 0.1240, 0.1082, 0.1581],
+                    [1, 6],
+                ),
+                Tolerance::absolute(1e-4),
+            );
         context.into_data().assert_approx_eq::<f32>(
             &TensorData::new(
                 vec![
@@ -431,10 +435,12 @@ mod tests {
             Tensor::from_data(TensorData::new(vec![9.0f32, -9.0, 3.0], [1, 1, 3]), &device),
         );
         let out = layer.forward(changed);
-        full.slice(s![.., 0..5, ..]).into_data().assert_approx_eq::<f32>(
-            &out.slice(s![.., 0..5, ..]).into_data(),
-            Tolerance::absolute(1e-6),
-        );
+        full.slice(s![.., 0..5, ..])
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &out.slice(s![.., 0..5, ..]).into_data(),
+                Tolerance::absolute(1e-6),
+            );
         // The first token attends only to itself: its context is its own value vector.
         let first_value = layer.w_value.forward(x.slice(s![.., 0..1, ..]));
         layer
@@ -446,7 +452,10 @@ mod tests {
 
     #[test]
     fn causal_mask_is_upper_triangular() {
-        let mask: Vec<bool> = causal_mask(3, &device()).into_data().try_into_vec().unwrap();
+        let mask: Vec<bool> = causal_mask(3, &device())
+            .into_data()
+            .try_into_vec()
+            .unwrap();
         assert_eq!(
             mask,
             vec![false, true, true, false, false, true, false, false, false]
@@ -472,7 +481,10 @@ mod tests {
         mha.w_key.weight = cat(|h| &h.w_key);
         mha.w_value.weight = cat(|h| &h.w_value);
         mha.out_proj.weight = Param::from_tensor(Tensor::eye(head_dim * heads, &device));
-        mha.out_proj.bias = Some(Param::from_tensor(Tensor::zeros([head_dim * heads], &device)));
+        mha.out_proj.bias = Some(Param::from_tensor(Tensor::zeros(
+            [head_dim * heads],
+            &device,
+        )));
         let x = Tensor::<3>::random([2, 5, d_in], Distribution::Normal(0.0, 1.0), &device);
         wrapper
             .forward(x.clone())

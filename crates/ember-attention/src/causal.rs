@@ -104,10 +104,18 @@ impl KvCache {
 
     /// Appends `keys`/`values` (`[batch, heads, new, head_dim]`) to layer `layer` and
     /// returns the whole cached sequence for it.
-    fn extend(&mut self, layer: usize, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    fn extend(
+        &mut self,
+        layer: usize,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>) {
         let slot = &mut self.layers[layer];
         let (keys, values) = match slot.take() {
-            Some((k, v)) => (Tensor::cat(vec![k, keys], 2), Tensor::cat(vec![v, values], 2)),
+            Some((k, v)) => (
+                Tensor::cat(vec![k, keys], 2),
+                Tensor::cat(vec![v, values], 2),
+            ),
             None => (keys, values),
         };
         *slot = Some((keys.clone(), values.clone()));
@@ -253,7 +261,12 @@ impl CausalSelfAttention {
 /// softmax(QKᵀ/√d + causal mask) · V, with optional dropout on the weights. The mask
 /// is aligned at the bottom right so queries that continue a cached sequence see every
 /// earlier key.
-fn explicit_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, dropout: Option<&Dropout>) -> Tensor<4> {
+fn explicit_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    dropout: Option<&Dropout>,
+) -> Tensor<4> {
     let [batch, heads, seq_q, head_dim] = q.dims();
     let seq_k = k.dims()[2];
     let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
@@ -293,7 +306,10 @@ mod tests {
         layer
             .forward(x.clone())
             .into_data()
-            .assert_approx_eq::<f32>(&layer.forward_explicit(x).into_data(), Tolerance::absolute(1e-5));
+            .assert_approx_eq::<f32>(
+                &layer.forward_explicit(x).into_data(),
+                Tolerance::absolute(1e-5),
+            );
     }
 
     #[test]

@@ -131,7 +131,9 @@ pub fn collate(
         }
         if let Some(lens) = mask_prompt_len {
             let hide = lens[row].saturating_sub(1).min(row_targets.len());
-            row_targets[..hide].iter_mut().for_each(|t| *t = IGNORE_INDEX);
+            row_targets[..hide]
+                .iter_mut()
+                .for_each(|t| *t = IGNORE_INDEX);
         }
         inputs.extend_from_slice(&padded[..seq_len]);
         targets.extend_from_slice(&row_targets[..seq_len]);
@@ -194,7 +196,9 @@ mod tests {
             model_response: None,
         };
         assert!(!format_input(&no_input).contains("### Input"));
-        let err = read_instruction_data(Path::new("/nonexistent.json")).unwrap_err().to_string();
+        let err = read_instruction_data(Path::new("/nonexistent.json"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("/nonexistent.json: "), "{err}");
     }
 }

@@ -97,6 +97,9 @@ mod tests {
         assert_eq!(rng.next_u32(), 3_499_211_612);
         assert_eq!(rng.next_u32(), 581_869_302);
         // np.random.RandomState(123).permutation(10)
-        assert_eq!(RandomState::new(123).permutation(10), vec![4, 0, 7, 5, 8, 3, 1, 6, 9, 2]);
+        assert_eq!(
+            RandomState::new(123).permutation(10),
+            vec![4, 0, 7, 5, 8, 3, 1, 6, 9, 2]
+        );
     }
 }

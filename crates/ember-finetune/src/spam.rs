@@ -106,7 +106,10 @@ pub fn parse_sms_spam(content: &str, origin: &str) -> Result<Vec<SmsExample>, Sp
                 message,
             };
             if fields.len() != 2 {
-                return Err(error(format!("expected 2 tab-separated fields, found {}", fields.len())));
+                return Err(error(format!(
+                    "expected 2 tab-separated fields, found {}",
+                    fields.len()
+                )));
             }
             let label = match fields[0].as_str() {
                 "ham" => 0,
@@ -139,8 +142,12 @@ pub fn read_sms_spam(path: &Path) -> Result<Vec<SmsExample>, SpamDataError> {
 /// messages, drawn by `sample(n, random_state=seed)`, followed by every spam message.
 /// Returns the chosen row indices into `examples`.
 pub fn balanced_indices(examples: &[SmsExample], seed: u32) -> Vec<usize> {
-    let ham: Vec<usize> = (0..examples.len()).filter(|&i| examples[i].label == 0).collect();
-    let spam: Vec<usize> = (0..examples.len()).filter(|&i| examples[i].label == 1).collect();
+    let ham: Vec<usize> = (0..examples.len())
+        .filter(|&i| examples[i].label == 0)
+        .collect();
+    let spam: Vec<usize> = (0..examples.len())
+        .filter(|&i| examples[i].label == 1)
+        .collect();
     let picked = pandas_sample(ham.len(), spam.len().min(ham.len()), seed);
     picked.into_iter().map(|p| ham[p]).chain(spam).collect()
 }
@@ -159,7 +166,12 @@ pub struct Split<T> {
 /// The book's `random_split`: shuffle with `sample(frac=1, random_state=seed)`, then
 /// `int(n * train_frac)` rows for training and `int(n * validation_frac)` for
 /// validation; the rest is the test part.
-pub fn random_split<T: Clone>(items: &[T], train_frac: f64, validation_frac: f64, seed: u32) -> Split<T> {
+pub fn random_split<T: Clone>(
+    items: &[T],
+    train_frac: f64,
+    validation_frac: f64,
+    seed: u32,
+) -> Split<T> {
     let order = RandomState::new(seed).permutation(items.len());
     let shuffled: Vec<T> = order.into_iter().map(|i| items[i].clone()).collect();
     let train_end = (items.len() as f64 * train_frac) as usize;
@@ -186,7 +198,8 @@ mod tests {
     use super::*;
 
     fn dataset() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/sms_spam_collection/SMSSpamCollection")
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../datasets/sms_spam_collection/SMSSpamCollection")
     }
 
     #[test]
@@ -211,9 +224,16 @@ mod tests {
         assert_eq!(&balanced[..5], &[4307, 4138, 4831, 4461, 5440]);
         assert_eq!(balanced.len(), 1494);
         let split = book_split(&dataset()).unwrap();
-        assert_eq!((split.train.len(), split.validation.len(), split.test.len()), (1045, 149, 300));
+        assert_eq!(
+            (split.train.len(), split.validation.len(), split.test.len()),
+            (1045, 149, 300)
+        );
         assert_eq!(split.train[0].text, "Dude how do you like the buff wind.");
-        assert!(split.validation[0].text.starts_with("Mila, age23, blonde, new in UK."));
+        assert!(
+            split.validation[0]
+                .text
+                .starts_with("Mila, age23, blonde, new in UK.")
+        );
         assert_eq!(
             split.test[299].text,
             "Your unique user ID is 1172. For removal send STOP to 87239 customer services 08708034412"
@@ -223,9 +243,16 @@ mod tests {
 
     #[test]
     fn bad_rows_are_named() {
-        let err = parse_sms_spam("ham\thello\nspamm\tbuy now\n", "x.tsv").unwrap_err().to_string();
+        let err = parse_sms_spam("ham\thello\nspamm\tbuy now\n", "x.tsv")
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "x.tsv: row 2: label \"spamm\" is neither ham nor spam");
-        let err = parse_sms_spam("ham hello\n", "x.tsv").unwrap_err().to_string();
-        assert!(err.contains("expected 2 tab-separated fields, found 1"), "{err}");
+        let err = parse_sms_spam("ham hello\n", "x.tsv")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected 2 tab-separated fields, found 1"),
+            "{err}"
+        );
     }
 }

@@ -146,7 +146,12 @@ impl GptConfig {
 
     /// Number of parameters, computed from the shapes (no model is built).
     pub fn num_params(&self) -> usize {
-        let (v, c, d, l) = (self.vocab_size, self.context_length, self.emb_dim, self.n_layers);
+        let (v, c, d, l) = (
+            self.vocab_size,
+            self.context_length,
+            self.emb_dim,
+            self.n_layers,
+        );
         let qkv_bias = if self.qkv_bias { 3 * d } else { 0 };
         let attention = d * 3 * d + qkv_bias + d * d + d;
         let mlp = d * 4 * d + 4 * d + 4 * d * d + d;
@@ -176,7 +181,10 @@ mod tests {
         let small = GptConfig::gpt2_small();
         // Book, section 4.6.
         assert_eq!(small.num_params(), 163_009_536);
-        assert_eq!(small.clone().with_tied_embeddings(true).num_params(), 124_412_160);
+        assert_eq!(
+            small.clone().with_tied_embeddings(true).num_params(),
+            124_412_160
+        );
         assert!((small.size_mb() - 621.83).abs() < 0.01);
         // With QKV bias and tying, the Hugging Face GPT-2 sizes.
         let hf = |c: GptConfig| GptConfig {
@@ -199,7 +207,12 @@ mod tests {
             n_heads: 5,
             ..GptConfig::tiny()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("not divisible"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not divisible")
+        );
         for name in GptConfig::PRESETS {
             GptConfig::preset(name).unwrap().validate().unwrap();
         }
@@ -208,7 +221,9 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         let json = r#"{"vocab_size":10,"context_length":4,"emb_dim":4,"n_heads":1,"n_layers":1,"drop_rate":0.0,"qkv_bias":false,"n_embed":3}"#;
-        let err = serde_json::from_str::<GptConfig>(json).unwrap_err().to_string();
+        let err = serde_json::from_str::<GptConfig>(json)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `n_embed`"), "{err}");
     }
 }

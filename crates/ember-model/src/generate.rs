@@ -81,7 +81,9 @@ impl GenerationConfig {
         if let Some(p) = self.top_p
             && !(p > 0.0 && p <= 1.0)
         {
-            return Err(GenerateError::Invalid(format!("top_p {p} must be in (0, 1]")));
+            return Err(GenerateError::Invalid(format!(
+                "top_p {p} must be in (0, 1]"
+            )));
         }
         Ok(())
     }
@@ -209,7 +211,10 @@ mod tests {
     fn greedy_picks_the_first_maximum() {
         let config = GenerationConfig::default();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        assert_eq!(sample_next_token(&[0.1, 3.0, 3.0, -1.0], &config, &mut rng), 1);
+        assert_eq!(
+            sample_next_token(&[0.1, 3.0, 3.0, -1.0], &config, &mut rng),
+            1
+        );
     }
 
     /// The book's section 5.3 vocabulary and next-token logits.
@@ -243,10 +248,11 @@ mod tests {
             ..Default::default()
         });
         let allowed = [0, 3, 7];
-        assert!(top3
-            .iter()
-            .enumerate()
-            .all(|(i, &c)| c == 0 || allowed.contains(&i)));
+        assert!(
+            top3.iter()
+                .enumerate()
+                .all(|(i, &c)| c == 0 || allowed.contains(&i))
+        );
         let nucleus = draw(&GenerationConfig {
             temperature: 1.0,
             top_p: Some(0.9),

@@ -75,14 +75,25 @@ impl TransformerBlock {
     /// # Shapes
     /// - x: `[batch, seq_len, d_model]` → `[batch, seq_len, d_model]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.drop_shortcut.forward(self.attn.forward(self.ln_1.forward(x)));
-        x.clone() + self.drop_shortcut.forward(self.mlp.forward(self.ln_2.forward(x)))
+        let x = x.clone()
+            + self
+                .drop_shortcut
+                .forward(self.attn.forward(self.ln_1.forward(x)));
+        x.clone()
+            + self
+                .drop_shortcut
+                .forward(self.mlp.forward(self.ln_2.forward(x)))
     }
 
     fn forward_cached(&self, x: Tensor<3>, cache: &mut KvCache, layer: usize) -> Tensor<3> {
-        let attn = self.attn.forward_cached(self.ln_1.forward(x.clone()), cache, layer);
+        let attn = self
+            .attn
+            .forward_cached(self.ln_1.forward(x.clone()), cache, layer);
         let x = x + self.drop_shortcut.forward(attn);
-        x.clone() + self.drop_shortcut.forward(self.mlp.forward(self.ln_2.forward(x)))
+        x.clone()
+            + self
+                .drop_shortcut
+                .forward(self.mlp.forward(self.ln_2.forward(x)))
     }
 }
 
@@ -245,7 +256,9 @@ impl GptModel {
 }
 
 fn layer_norm(d_model: usize, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(d_model).with_epsilon(1e-5).init(device)
+    LayerNormConfig::new(d_model)
+        .with_epsilon(1e-5)
+        .init(device)
 }
 
 fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {

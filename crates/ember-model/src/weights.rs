@@ -126,7 +126,10 @@ impl RawTensor {
         let data = tensor.into_data();
         RawTensor {
             shape: data.shape().to_vec(),
-            data: data.convert::<f32>().try_into_vec::<f32>().expect("float tensor"),
+            data: data
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("float tensor"),
         }
     }
 }
@@ -158,10 +161,11 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, RawTensor>, Weig
     // changed underneath would at worst give wrong values, which the shape checks and
     // the caller's tests catch.
     let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(path))?;
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| WeightsError::Format {
-        path: path.to_path_buf(),
-        message: format!("not a valid safetensors file: {e}"),
-    })?;
+    let tensors =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| WeightsError::Format {
+            path: path.to_path_buf(),
+            message: format!("not a valid safetensors file: {e}"),
+        })?;
     let mut out = BTreeMap::new();
     for (name, view) in tensors.tensors() {
         let dtype = format!("{:?}", view.dtype());
@@ -217,7 +221,8 @@ impl TensorTable {
     fn take(&mut self, name: &str, shape: &[usize]) -> Option<RawTensor> {
         match self.tensors.remove(name) {
             None => {
-                self.problems.push(format!("missing tensor {name} {shape:?}"));
+                self.problems
+                    .push(format!("missing tensor {name} {shape:?}"));
                 None
             }
             Some(t) if t.shape != shape => {
@@ -274,7 +279,11 @@ fn set_parameters(
         if let Some(beta) = block.ln_1.beta.as_mut() {
             set!(*beta, p("ln_1.bias"), [d]);
         }
-        set!(block.attn.c_attn.weight, p("attn.c_attn.weight"), [d, 3 * d]);
+        set!(
+            block.attn.c_attn.weight,
+            p("attn.c_attn.weight"),
+            [d, 3 * d]
+        );
         if let Some(bias) = block.attn.c_attn.bias.as_mut() {
             set!(*bias, p("attn.c_attn.bias"), [3 * d]);
         }
@@ -313,16 +322,28 @@ pub fn hf_tensors(model: &GptModel) -> BTreeMap<String, RawTensor> {
         out.insert(name, t);
     };
     let tp = |s: &str| format!("transformer.{s}");
-    put(tp("wte.weight"), RawTensor::from_tensor(model.wte.weight.val()));
-    put(tp("wpe.weight"), RawTensor::from_tensor(model.wpe.weight.val()));
+    put(
+        tp("wte.weight"),
+        RawTensor::from_tensor(model.wte.weight.val()),
+    );
+    put(
+        tp("wpe.weight"),
+        RawTensor::from_tensor(model.wpe.weight.val()),
+    );
     let norm = |put: &mut dyn FnMut(String, RawTensor), name: String, ln: &burn::nn::LayerNorm| {
-        put(format!("{name}.weight"), RawTensor::from_tensor(ln.gamma.val()));
+        put(
+            format!("{name}.weight"),
+            RawTensor::from_tensor(ln.gamma.val()),
+        );
         if let Some(beta) = &ln.beta {
             put(format!("{name}.bias"), RawTensor::from_tensor(beta.val()));
         }
     };
     let linear = |put: &mut dyn FnMut(String, RawTensor), name: String, l: &burn::nn::Linear| {
-        put(format!("{name}.weight"), RawTensor::from_tensor(l.weight.val()));
+        put(
+            format!("{name}.weight"),
+            RawTensor::from_tensor(l.weight.val()),
+        );
         if let Some(bias) = &l.bias {
             put(format!("{name}.bias"), RawTensor::from_tensor(bias.val()));
         }
@@ -357,13 +378,23 @@ pub fn model_from_hf_tensors(
 ) -> Result<GptModel, WeightsError> {
     let mut tensors: BTreeMap<String, RawTensor> = tensors
         .into_iter()
-        .map(|(k, v)| (k.strip_prefix("transformer.").map(str::to_string).unwrap_or(k), v))
+        .map(|(k, v)| {
+            (
+                k.strip_prefix("transformer.")
+                    .map(str::to_string)
+                    .unwrap_or(k),
+                v,
+            )
+        })
         .collect();
     let d = config.emb_dim;
     if let Some(head) = tensors.remove("lm_head.weight") {
         if config.tie_embeddings {
             // transformers sometimes writes the tied head out; it must be the embedding.
-            if tensors.get("wte.weight").is_some_and(|wte| wte.data != head.data) {
+            if tensors
+                .get("wte.weight")
+                .is_some_and(|wte| wte.data != head.data)
+            {
                 return Err(WeightsError::Mismatch {
                     path: path.to_path_buf(),
                     problems: "lm_head.weight differs from wte.weight but the config ties them"
@@ -417,11 +448,17 @@ pub fn model_from_book_tensors(
         let h = |s: &str| format!("h.{i}.{s}");
         let qkv: Vec<Option<RawTensor>> = ["W_query", "W_key", "W_value"]
             .iter()
-            .map(|w| book.take(&b(&format!("att.{w}.weight")), &[d, d]).map(|t| t.transposed()))
+            .map(|w| {
+                book.take(&b(&format!("att.{w}.weight")), &[d, d])
+                    .map(|t| t.transposed())
+            })
             .collect();
         if qkv.iter().all(Option::is_some) {
             let parts: Vec<RawTensor> = qkv.into_iter().flatten().collect();
-            put(h("attn.c_attn.weight"), Some(RawTensor::concat_columns(&parts)));
+            put(
+                h("attn.c_attn.weight"),
+                Some(RawTensor::concat_columns(&parts)),
+            );
         }
         if config.qkv_bias {
             let biases: Vec<Option<RawTensor>> = ["W_query", "W_key", "W_value"]
@@ -430,12 +467,16 @@ pub fn model_from_book_tensors(
                 .collect();
             if biases.iter().all(Option::is_some) {
                 let parts: Vec<RawTensor> = biases.into_iter().flatten().collect();
-                put(h("attn.c_attn.bias"), Some(RawTensor::concat_vectors(&parts)));
+                put(
+                    h("attn.c_attn.bias"),
+                    Some(RawTensor::concat_vectors(&parts)),
+                );
             }
         }
         let linear = |book: &mut TensorTable, from: &str, d_in: usize, d_out: usize| {
             (
-                book.take(&b(&format!("{from}.weight")), &[d_out, d_in]).map(|t| t.transposed()),
+                book.take(&b(&format!("{from}.weight")), &[d_out, d_in])
+                    .map(|t| t.transposed()),
                 book.take(&b(&format!("{from}.bias")), &[d_out]),
             )
         };
@@ -449,8 +490,14 @@ pub fn model_from_book_tensors(
         put(h("mlp.c_proj.weight"), w);
         put(h("mlp.c_proj.bias"), bias);
         for (from, to) in [("norm1", "ln_1"), ("norm2", "ln_2")] {
-            put(h(&format!("{to}.weight")), book.take(&b(&format!("{from}.scale")), &[d]));
-            put(h(&format!("{to}.bias")), book.take(&b(&format!("{from}.shift")), &[d]));
+            put(
+                h(&format!("{to}.weight")),
+                book.take(&b(&format!("{from}.scale")), &[d]),
+            );
+            put(
+                h(&format!("{to}.bias")),
+                book.take(&b(&format!("{from}.shift")), &[d]),
+            );
         }
     }
     put("ln_f.weight".into(), book.take("final_norm.scale", &[d]));
@@ -460,8 +507,9 @@ pub fn model_from_book_tensors(
         if let (Some(head), Some(wte)) = (&head, hf.get("wte.weight"))
             && head.data != wte.data
         {
-            book.problems
-                .push("out_head.weight differs from tok_emb.weight but the config ties them".into());
+            book.problems.push(
+                "out_head.weight differs from tok_emb.weight but the config ties them".into(),
+            );
         }
     } else {
         put("lm_head.weight".into(), head.map(|t| t.transposed()));
@@ -484,9 +532,11 @@ pub fn read_config_json(path: &Path) -> Result<GptConfig, WeightsError> {
         path: path.to_path_buf(),
         message,
     };
-    let json: Value = serde_json::from_str(&text).map_err(|e| format(format!("invalid JSON: {e}")))?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| format(format!("invalid JSON: {e}")))?;
     if let Some(ember) = json.get("ember") {
-        return serde_json::from_value(ember.clone()).map_err(|e| format(format!("invalid \"ember\" config: {e}")));
+        return serde_json::from_value(ember.clone())
+            .map_err(|e| format(format!("invalid \"ember\" config: {e}")));
     }
     let get = |key: &str| -> Result<usize, WeightsError> {
         json.get(key)
@@ -507,7 +557,10 @@ pub fn read_config_json(path: &Path) -> Result<GptConfig, WeightsError> {
         emb_dim: get("n_embd")?,
         n_heads: get("n_head")?,
         n_layers: get("n_layer")?,
-        drop_rate: json.get("resid_pdrop").and_then(Value::as_f64).unwrap_or(0.0),
+        drop_rate: json
+            .get("resid_pdrop")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0),
         qkv_bias: true,
         tie_embeddings: json
             .get("tie_word_embeddings")
@@ -612,7 +665,10 @@ pub fn load_model(
 /// Write `bytes` to `path` atomically: a temporary file in the same directory, synced,
 /// then renamed over the target, so a crash never leaves a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), std::io::Error> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
@@ -673,7 +729,9 @@ pub fn save_checkpoint(model: &GptModel, dir: &Path) -> Result<(), WeightsError>
     let config_path = dir.join("config.json");
     write_atomic(
         &config_path,
-        serde_json::to_string_pretty(&hf_config).expect("serialisable").as_bytes(),
+        serde_json::to_string_pretty(&hf_config)
+            .expect("serialisable")
+            .as_bytes(),
     )
     .map_err(io_error(&config_path))?;
     Ok(())

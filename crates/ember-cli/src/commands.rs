@@ -1,0 +1,376 @@
+//! One function per `ember` subcommand.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn::prelude::*;
+use ember_model::{GenerationConfig, GptConfig, generate};
+use ember_tokenizer::{END_OF_TEXT_ID, Gpt2Tokenizer, Tokenizer};
+use ember_train::{PretrainConfig, RunOptions, StopReason, cross_entropy, perplexity as ppl};
+
+use crate::model_arg::ModelArgs;
+
+/// Read all of stdin as UTF-8.
+fn read_stdin_text() -> Result<String> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("cannot read standard input")?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "standard input is not valid UTF-8 (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// `gpt2` (embedded) or a path to a Hugging Face `tokenizer.json`.
+pub fn load_tokenizer(name: &str) -> Result<Gpt2Tokenizer> {
+    if name == "gpt2" {
+        return Ok(Gpt2Tokenizer::gpt2()?);
+    }
+    let path = Path::new(name);
+    if !path.exists() {
+        bail!("unknown tokenizer \"{name}\": use gpt2 or the path of a tokenizer.json");
+    }
+    Gpt2Tokenizer::from_file(path).with_context(|| format!("cannot load the tokenizer {name}"))
+}
+
+/// `ember tokenize`
+pub fn tokenize(tokenizer: &str, allow_special: bool, json: bool) -> Result<()> {
+    let tokenizer = load_tokenizer(tokenizer)?;
+    let text = read_stdin_text()?;
+    let ids = tokenizer.encode(&text, allow_special)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::json!({ "ids": ids }))?;
+    } else {
+        let line: Vec<String> = ids.iter().map(u32::to_string).collect();
+        writeln!(out, "{}", line.join(" "))?;
+    }
+    Ok(())
+}
+
+/// `ember detokenize`: ids separated by spaces, commas or newlines, or `{"ids": [...]}`.
+pub fn detokenize(tokenizer: &str) -> Result<()> {
+    let tokenizer = load_tokenizer(tokenizer)?;
+    let text = read_stdin_text()?;
+    let ids: Vec<u32> = if text.trim_start().starts_with('{') || text.trim_start().starts_with('[')
+    {
+        let value: serde_json::Value =
+            serde_json::from_str(&text).context("standard input is not valid JSON")?;
+        let list = value.get("ids").cloned().unwrap_or(value);
+        serde_json::from_value(list)
+            .context("expected {\"ids\": [integers]} or a list of integers")?
+    } else {
+        text.split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<u32>()
+                    .map_err(|_| anyhow!("\"{s}\" is not a token id"))
+            })
+            .collect::<Result<_>>()?
+    };
+    let bytes = tokenizer.decode_bytes(&ids)?;
+    std::io::stdout().lock().write_all(&bytes)?;
+    Ok(())
+}
+
+/// `ember prepare`
+pub fn prepare(
+    input: &Path,
+    output: &Path,
+    val_fraction: f64,
+    shard_tokens: usize,
+    tokenizer: &str,
+) -> Result<()> {
+    let tokenizer = load_tokenizer(tokenizer)?;
+    let options = ember_data::PrepareOptions {
+        val_fraction,
+        shard_tokens,
+        progress: true,
+    };
+    let summary = ember_data::prepare_corpus(input, output, &tokenizer, options)?;
+    println!(
+        "{} files, {} documents: {} training tokens in {} shard(s), {} validation tokens ({} documents) in {} shard(s) under {}",
+        summary.input_files.len(),
+        summary.num_documents,
+        summary.train_tokens,
+        summary.train_shards.len(),
+        summary.val_tokens,
+        summary.val_documents,
+        summary.val_shards.len(),
+        output.display()
+    );
+    Ok(())
+}
+
+/// `ember info`
+pub fn info(config: &GptConfig, json: bool) -> Result<()> {
+    let untied = config.clone().with_tied_embeddings(false);
+    let tied = config.clone().with_tied_embeddings(true);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "config": config,
+                "params": config.num_params(),
+                "params_untied": untied.num_params(),
+                "params_tied": tied.num_params(),
+                "size_mb": config.size_mb(),
+            })
+        );
+    } else {
+        println!("{config:#?}");
+        println!(
+            "parameters (untied head): {:>13}",
+            group(untied.num_params())
+        );
+        println!("parameters (tied head):   {:>13}", group(tied.num_params()));
+        println!("size in float32:          {:>10.2} MB", config.size_mb());
+    }
+    Ok(())
+}
+
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Settings of `ember generate`.
+pub struct GenerateArgs<'a> {
+    /// Prompt text.
+    pub prompt: &'a str,
+    /// Sampling settings.
+    pub config: GenerationConfig,
+    /// JSON output instead of streamed text.
+    pub json: bool,
+}
+
+/// `ember generate`
+pub fn generate_text(model: &ModelArgs, args: GenerateArgs<'_>, device: &Device) -> Result<()> {
+    let loaded = model.load(device)?;
+    let tokenizer = Gpt2Tokenizer::gpt2()?;
+    let prompt_ids = tokenizer.encode(args.prompt, true)?;
+    let mut out = std::io::stdout().lock();
+    let mut pending: Vec<u8> = Vec::new();
+    let stream = !args.json;
+    if stream {
+        write!(out, "{}", args.prompt)?;
+        out.flush()?;
+    }
+    let generated = generate(&loaded.model, &prompt_ids, &args.config, device, |id| {
+        if stream && let Ok(bytes) = tokenizer.decode_bytes(&[id]) {
+            // Print whole characters only: a token can end inside a UTF-8 sequence.
+            pending.extend(bytes);
+            let valid = match std::str::from_utf8(&pending) {
+                Ok(s) => s.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            let _ = out.write_all(&pending[..valid]);
+            let _ = out.flush();
+            pending.drain(..valid);
+        }
+    })?;
+    if stream {
+        if !pending.is_empty() {
+            out.write_all(String::from_utf8_lossy(&pending).as_bytes())?;
+        }
+        writeln!(out)?;
+    } else {
+        let text = tokenizer.decode(&generated)?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "prompt_ids": prompt_ids,
+                "generated_ids": generated,
+                "text": text,
+            })
+        )?;
+    }
+    Ok(())
+}
+
+/// `ember perplexity`: mean next-token loss over the text, in windows of the context
+/// length when it does not fit in one.
+pub fn perplexity(model: &ModelArgs, text_file: &Path, json: bool, device: &Device) -> Result<()> {
+    let loaded = model.load(device)?;
+    let bytes =
+        std::fs::read(text_file).with_context(|| format!("cannot read {}", text_file.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "{}: not valid UTF-8 (byte {})",
+            text_file.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let tokenizer = Gpt2Tokenizer::gpt2()?;
+    let ids = tokenizer.encode(&text, true)?;
+    if ids.len() < 2 {
+        bail!(
+            "{}: {} token(s); perplexity needs at least 2",
+            text_file.display(),
+            ids.len()
+        );
+    }
+    let context = loaded.model.context_length;
+    let mut total = 0.0f64;
+    let mut count = 0usize;
+    let mut start = 0;
+    while start + 1 < ids.len() {
+        let end = (start + context + 1).min(ids.len());
+        let window = &ids[start..end];
+        let n = window.len() - 1;
+        let to_tensor = |s: &[u32]| {
+            Tensor::<2, Int>::from_data(
+                TensorData::new(
+                    s.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                    [1, s.len()],
+                ),
+                device,
+            )
+        };
+        let logits = loaded.model.forward(to_tensor(&window[..n]));
+        let loss: f32 = cross_entropy(logits, to_tensor(&window[1..])).into_scalar();
+        total += loss as f64 * n as f64;
+        count += n;
+        start += context;
+    }
+    let loss = total / count as f64;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"tokens": ids.len(), "loss": loss, "perplexity": ppl(loss)})
+        );
+    } else {
+        println!(
+            "tokens {}  loss {loss:.4}  perplexity {:.2}",
+            ids.len(),
+            ppl(loss)
+        );
+    }
+    Ok(())
+}
+
+/// Settings of `ember pretrain`.
+pub struct PretrainArgs {
+    /// Run preset.
+    pub preset: Option<String>,
+    /// TOML file overriding the preset.
+    pub config: Option<PathBuf>,
+    /// Training text or shard directory.
+    pub data: Option<PathBuf>,
+    /// Run directory.
+    pub out: Option<PathBuf>,
+    /// Stop after this many optimizer steps.
+    pub max_steps: Option<usize>,
+    /// Continue the run in this directory.
+    pub resume: Option<PathBuf>,
+    /// `key=value` overrides.
+    pub set: Vec<String>,
+    /// Hide the progress bars.
+    pub quiet: bool,
+}
+
+/// `ember pretrain`
+pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
+    let (mut config, run_dir) = match &args.resume {
+        Some(run_dir) => {
+            let path = run_dir.join("config.toml");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{}: not a run directory", run_dir.display()))?;
+            let config: PretrainConfig = toml::from_str(&text)
+                .map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
+            if args.out.as_ref().is_some_and(|o| o != run_dir) {
+                bail!("--resume continues a run in place; leave out --out");
+            }
+            (config, run_dir.clone())
+        }
+        None => {
+            let base = PretrainConfig::preset(args.preset.as_deref().unwrap_or("book"))?;
+            let config = match &args.config {
+                Some(path) => PretrainConfig::from_toml_file(path, &base)?,
+                None => base,
+            };
+            (
+                config,
+                args.out
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("runs/pretrain")),
+            )
+        }
+    };
+    if let Some(data) = &args.data {
+        config.data.path = data.clone();
+    }
+    config = config.with_overrides(&args.set)?;
+    if let Some(max_steps) = args.max_steps {
+        config.train.max_steps = Some(max_steps);
+    }
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    // A second Ctrl-C while the checkpoint is written ends the process at once.
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupted: finishing the step and writing a checkpoint (Ctrl-C again to abort)"
+        );
+    })
+    .ok();
+    tracing::info!(
+        run_dir = %run_dir.display(),
+        params = config.model.num_params(),
+        data = %config.data.path.display(),
+        "pretraining"
+    );
+    let outcome = ember_train::pretrain(
+        &config,
+        &run_dir,
+        device,
+        RunOptions {
+            resume: args.resume.is_some(),
+            progress: !args.quiet,
+            interrupt: &interrupt,
+        },
+    )?;
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    println!(
+        "{} after {} steps ({} tokens): train loss {}, val loss {}",
+        match outcome.stop {
+            StopReason::Finished => "finished",
+            StopReason::MaxSteps => "stopped at --max-steps",
+            StopReason::Interrupted => "interrupted",
+        },
+        outcome.state.step,
+        outcome.state.tokens_seen,
+        fmt(outcome.train_loss),
+        fmt(outcome.val_loss),
+    );
+    println!(
+        "run directory: {} (metrics.jsonl, loss.png, samples.txt, model/, checkpoints/)",
+        outcome.run_dir.display()
+    );
+    if outcome.stop == StopReason::Interrupted {
+        println!(
+            "continue with: ember pretrain --resume {}",
+            outcome.run_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The `<|endoftext|>` id, for `--stop-at-eot`.
+pub const EOT: u32 = END_OF_TEXT_ID;

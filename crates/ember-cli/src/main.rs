@@ -1,0 +1,338 @@
+//! `ember`: tokenize, prepare, inspect, generate, evaluate and pretrain GPT models.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ember_cli::{backend, commands, model_arg::ModelArgs};
+use ember_model::{GenerationConfig, GptConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "ember",
+    version,
+    about = "GPT models from scratch, in Rust on Burn"
+)]
+struct Cli {
+    /// Compute backend (default: the first compiled in; see `ember backends`).
+    #[arg(long, global = true)]
+    backend: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the token ids of the UTF-8 text on standard input.
+    Tokenize {
+        /// `gpt2` or the path of a tokenizer.json.
+        #[arg(long, default_value = "gpt2")]
+        tokenizer: String,
+        /// Encode `<|endoftext|>` as its special id (otherwise it is an error).
+        #[arg(long)]
+        allow_special: bool,
+        /// Print `{"ids": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the text of the token ids on standard input.
+    Detokenize {
+        /// `gpt2` or the path of a tokenizer.json.
+        #[arg(long, default_value = "gpt2")]
+        tokenizer: String,
+    },
+    /// Tokenize a text corpus (file or directory of .txt/.jsonl) into uint16 shards.
+    Prepare {
+        /// A .txt or .jsonl file, or a directory of them.
+        #[arg(long)]
+        input: PathBuf,
+        /// Directory for train_*.bin and val_*.bin.
+        #[arg(long)]
+        output: PathBuf,
+        /// Fraction of the documents kept for validation.
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        /// Tokens per shard.
+        #[arg(long, default_value_t = 100_000_000)]
+        shard_tokens: usize,
+        /// `gpt2` or the path of a tokenizer.json.
+        #[arg(long, default_value = "gpt2")]
+        tokenizer: String,
+    },
+    /// Show a model configuration: parameters and size.
+    Info {
+        /// Architecture preset.
+        #[arg(long, default_value = "gpt2-small")]
+        preset: String,
+        /// A model to describe instead of a preset.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a prompt.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt.
+        #[arg(long)]
+        prompt: String,
+        /// Tokens to generate at most.
+        #[arg(long, default_value_t = 50)]
+        max_new_tokens: usize,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Sample among the k most likely tokens.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Sample within the top-p probability mass.
+        #[arg(long)]
+        top_p: Option<f64>,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 123)]
+        seed: u64,
+        /// Recompute every position at each step instead of using the KV cache.
+        #[arg(long)]
+        no_kv_cache: bool,
+        /// Keep going after `<|endoftext|>`.
+        #[arg(long)]
+        no_stop: bool,
+        /// Print `{"prompt_ids", "generated_ids", "text"}` instead of streaming.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mean next-token loss and perplexity of a text file.
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The text.
+        #[arg(long)]
+        text_file: PathBuf,
+        /// Print `{"tokens", "loss", "perplexity"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pretrain a GPT (chapter 5, appendix D).
+    Pretrain {
+        /// Run preset: book (chapter 5), tiny (minutes on a CPU), corpus (prepared shards).
+        #[arg(long)]
+        preset: Option<String>,
+        /// TOML file overriding the preset.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Training text file or `ember prepare` shard directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Run directory (default runs/pretrain).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Stop after this many optimizer steps in total.
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Continue the run in this directory.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Override a setting: `--set train.lr=1e-3` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Measure training and generation speed (same settings and JSON keys as
+    /// bench/torch_gpt_bench.py).
+    Bench {
+        /// `train` or `generate`.
+        #[arg(long, default_value = "train")]
+        mode: String,
+        /// `tiny`, `gpt2-small` or `gpt2-medium`.
+        #[arg(long, default_value = "gpt2-small")]
+        preset: String,
+        /// Training sequence length.
+        #[arg(long, default_value_t = 256)]
+        context: usize,
+        /// Training batch size.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Timed training steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Timed generation repetitions.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Untimed warm-up steps or repetitions.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Prompt length for generation.
+        #[arg(long, default_value_t = 16)]
+        prompt_len: usize,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Dropout during training.
+        #[arg(long, default_value_t = 0.1)]
+        dropout: f64,
+    },
+    /// List the backends compiled into this binary.
+    Backends,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let device = || backend::device(cli.backend.as_deref());
+    match cli.command {
+        Command::Tokenize {
+            tokenizer,
+            allow_special,
+            json,
+        } => commands::tokenize(&tokenizer, allow_special, json),
+        Command::Detokenize { tokenizer } => commands::detokenize(&tokenizer),
+        Command::Prepare {
+            input,
+            output,
+            val_fraction,
+            shard_tokens,
+            tokenizer,
+        } => commands::prepare(&input, &output, val_fraction, shard_tokens, &tokenizer),
+        Command::Info {
+            preset,
+            model,
+            json,
+        } => {
+            let config = match model {
+                Some(path) => {
+                    let args = ModelArgs {
+                        model: path,
+                        preset: None,
+                        config: None,
+                        qkv_bias: false,
+                    };
+                    args.load(&device()?)?.config
+                }
+                None => GptConfig::preset(&preset)?,
+            };
+            commands::info(&config, json)
+        }
+        Command::Generate {
+            model,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            no_kv_cache,
+            no_stop,
+            json,
+        } => {
+            let config = GenerationConfig {
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                stop_token: (!no_stop).then_some(commands::EOT),
+                use_kv_cache: !no_kv_cache,
+            };
+            commands::generate_text(
+                &model,
+                commands::GenerateArgs {
+                    prompt: &prompt,
+                    config,
+                    json,
+                },
+                &device()?,
+            )
+        }
+        Command::Perplexity {
+            model,
+            text_file,
+            json,
+        } => commands::perplexity(&model, &text_file, json, &device()?),
+        Command::Pretrain {
+            preset,
+            config,
+            data,
+            out,
+            max_steps,
+            resume,
+            set,
+            quiet,
+        } => commands::pretrain(
+            commands::PretrainArgs {
+                preset,
+                config,
+                data,
+                out,
+                max_steps,
+                resume,
+                set,
+                quiet,
+            },
+            &device()?,
+        ),
+        Command::Bench {
+            mode,
+            preset,
+            context,
+            batch,
+            steps,
+            reps,
+            warmup,
+            prompt_len,
+            new_tokens,
+            dropout,
+        } => {
+            let args = ember_cli::bench::BenchArgs {
+                mode,
+                preset,
+                context,
+                batch,
+                steps,
+                reps,
+                warmup,
+                prompt_len,
+                new_tokens,
+                dropout,
+            };
+            let name = cli
+                .backend
+                .clone()
+                .or_else(|| std::env::var("EMBER_BACKEND").ok())
+                .unwrap_or_else(|| {
+                    backend::available()
+                        .first()
+                        .map_or("none", |v| v)
+                        .to_string()
+                });
+            let record = ember_cli::bench::run(&args, &name, &device()?)?;
+            println!("{record}");
+            Ok(())
+        }
+        Command::Backends => {
+            println!("{}", backend::available().join("\n"));
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The pretrained GPT-2 tokenizer, backed by HuggingFace `tokenizers`.
+
+use std::path::Path;
+
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
+
+use crate::byte_level::token_string_to_bytes;
+use crate::{END_OF_TEXT, Tokenizer, TokenizerError};
+
+/// GPT-2's `tokenizer.json` (HuggingFace format), embedded so [`Gpt2Tokenizer::gpt2`] works offline.
+static GPT2_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/gpt2-tokenizer.json");
+
+/// A byte-level BPE tokenizer loaded from a HuggingFace `tokenizer.json` (GPT-2 by default).
+///
+/// Produces the same ids as `tiktoken.get_encoding("gpt2")`. See the crate documentation for the
+/// special-token policy.
+#[derive(Clone)]
+pub struct Gpt2Tokenizer {
+    inner: HfTokenizer,
+    /// Contents of every special added token (for GPT-2: just `<|endoftext|>`).
+    special_tokens: Vec<(String, u32)>,
+    /// Whether the decoder is GPT-2's byte-level decoder (token strings map to bytes).
+    byte_level: bool,
+    vocab_size: usize,
+}
+
+impl std::fmt::Debug for Gpt2Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpt2Tokenizer")
+            .field("vocab_size", &self.vocab_size)
+            .field("special_tokens", &self.special_tokens)
+            .field("byte_level", &self.byte_level)
+            .finish()
+    }
+}
+
+impl Gpt2Tokenizer {
+    /// The original GPT-2 tokenizer (50,257 tokens), loaded from the copy embedded in this crate.
+    pub fn gpt2() -> Result<Self, TokenizerError> {
+        let inner = HfTokenizer::from_bytes(GPT2_TOKENIZER_JSON)
+            .map_err(|e| TokenizerError::parse("embedded gpt2-tokenizer.json", e.to_string()))?;
+        Ok(Self::from_hf(inner))
+    }
+
+    /// Loads any HuggingFace `tokenizer.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| TokenizerError::io(path, e))?;
+        let inner = HfTokenizer::from_bytes(&bytes)
+            .map_err(|e| TokenizerError::parse(path.display().to_string(), e.to_string()))?;
+        Ok(Self::from_hf(inner))
+    }
+
+    /// Builds a GPT-2 style tokenizer from OpenAI's `encoder.json` and `vocab.bpe` files:
+    /// byte-level pre-tokenizer without prefix space, byte-level decoder, and `<|endoftext|>` as a
+    /// special token.
+    pub fn from_vocab_merges(
+        encoder_json: impl AsRef<Path>,
+        vocab_bpe: impl AsRef<Path>,
+    ) -> Result<Self, TokenizerError> {
+        let (encoder_json, vocab_bpe) = (encoder_json.as_ref(), vocab_bpe.as_ref());
+        for p in [encoder_json, vocab_bpe] {
+            if !p.is_file() {
+                return Err(TokenizerError::io(
+                    p,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+                ));
+            }
+        }
+        let what = format!("{} + {}", encoder_json.display(), vocab_bpe.display());
+        let (Some(v), Some(m)) = (encoder_json.to_str(), vocab_bpe.to_str()) else {
+            return Err(TokenizerError::parse(what, "paths must be valid UTF-8"));
+        };
+        let bpe = BPE::from_file(v, m)
+            .build()
+            .map_err(|e| TokenizerError::parse(what.clone(), e.to_string()))?;
+        let mut inner = HfTokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(ByteLevel::new(false, true, true)));
+        inner
+            .add_special_tokens([AddedToken::from(END_OF_TEXT, true)])
+            .map_err(|e| TokenizerError::Backend(e.to_string()))?;
+        Ok(Self::from_hf(inner))
+    }
+
+    fn from_hf(inner: HfTokenizer) -> Self {
+        let mut special_tokens: Vec<(String, u32)> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        special_tokens.sort_by_key(|&(_, id)| id);
+        let byte_level = matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
+        let vocab_size = inner.get_vocab_size(true);
+        Self {
+            inner,
+            special_tokens,
+            byte_level,
+            vocab_size,
+        }
+    }
+
+    /// The wrapped HuggingFace tokenizer.
+    pub fn inner(&self) -> &HfTokenizer {
+        &self.inner
+    }
+
+    /// The special tokens (content, id), sorted by id. For GPT-2: `[("<|endoftext|>", 50256)]`.
+    pub fn special_tokens(&self) -> &[(String, u32)] {
+        &self.special_tokens
+    }
+
+    /// The id of a token string (special or regular, in the tokenizer's internal spelling,
+    /// e.g. `"Ġthe"`), if it exists.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The raw bytes of one token (`<|endoftext|>` gives its literal text).
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>, TokenizerError> {
+        if let Some((content, _)) = self.special_tokens.iter().find(|(_, i)| *i == id) {
+            return Ok(content.as_bytes().to_vec());
+        }
+        let token = self
+            .inner
+            .id_to_token(id)
+            .ok_or(TokenizerError::UnknownId(id))?;
+        if self.byte_level {
+            token_string_to_bytes(&token).ok_or_else(|| {
+                TokenizerError::parse(
+                    format!("token {id}"),
+                    format!("token string {token:?} is not in the byte-level alphabet"),
+                )
+            })
+        } else {
+            let text = self
+                .inner
+                .decode(&[id], false)
+                .map_err(|e| TokenizerError::Backend(e.to_string()))?;
+            Ok(text.into_bytes())
+        }
+    }
+
+    /// Decodes ids to raw bytes, without any UTF-8 validation.
+    ///
+    /// A token sequence that ends in the middle of a multi-byte character (common while streaming
+    /// generated tokens) yields the incomplete bytes; keep them and prepend them to the next chunk.
+    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, TokenizerError> {
+        if self.byte_level {
+            let mut out = Vec::with_capacity(ids.len() * 4);
+            for &id in ids {
+                out.extend_from_slice(&self.token_bytes(id)?);
+            }
+            Ok(out)
+        } else {
+            self.check_ids(ids)?;
+            self.inner
+                .decode(ids, false)
+                .map(String::into_bytes)
+                .map_err(|e| TokenizerError::Backend(e.to_string()))
+        }
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<(), TokenizerError> {
+        match ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            Some(&id) => Err(TokenizerError::UnknownId(id)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Tokenizer for Gpt2Tokenizer {
+    fn encode(&self, text: &str, allow_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        if !allow_special
+            && let Some((token, _)) = self
+                .special_tokens
+                .iter()
+                .find(|(token, _)| text.contains(token.as_str()))
+        {
+            return Err(TokenizerError::SpecialTokenNotAllowed {
+                token: token.clone(),
+            });
+        }
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| TokenizerError::Backend(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        let bytes = self.decode_bytes(ids)?;
+        Ok(match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::END_OF_TEXT_ID;
+
+    #[test]
+    fn book_example() {
+        let tok = Gpt2Tokenizer::gpt2().unwrap();
+        assert_eq!(tok.vocab_size(), 50257);
+        let text =
+            "Hello, do you like tea? <|endoftext|> In the sunlit terraces of someunknownPlace.";
+        let ids = tok.encode(text, true).unwrap();
+        assert_eq!(
+            ids,
+            [
+                15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114,
+                286, 617, 34680, 27271, 13
+            ]
+        );
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+    }
+
+    #[test]
+    fn special_token_policy() {
+        let tok = Gpt2Tokenizer::gpt2().unwrap();
+        let err = tok.encode("a <|endoftext|> b", false).unwrap_err();
+        assert!(
+            matches!(err, TokenizerError::SpecialTokenNotAllowed { ref token } if token == END_OF_TEXT)
+        );
+        assert_eq!(
+            err.to_string(),
+            "text contains the special token \"<|endoftext|>\"; allow special tokens to encode it"
+        );
+        assert_eq!(tok.encode(END_OF_TEXT, true).unwrap(), [END_OF_TEXT_ID]);
+        // Other <|...|> strings are ordinary text, with or without allow_special.
+        let expected = [27, 91, 9688, 1659, 5239, 91, 29];
+        assert_eq!(tok.encode("<|startoftext|>", false).unwrap(), expected);
+        assert_eq!(tok.encode("<|startoftext|>", true).unwrap(), expected);
+    }
+
+    #[test]
+    fn partial_utf8_decoding() {
+        let tok = Gpt2Tokenizer::gpt2().unwrap();
+        let ids = tok.encode("🤗", false).unwrap();
+        assert!(ids.len() > 1);
+        let head = tok.decode_bytes(&ids[..1]).unwrap();
+        assert!(std::str::from_utf8(&head).is_err());
+        assert!(tok.decode(&ids[..1]).unwrap().contains('\u{FFFD}'));
+        assert_eq!(tok.decode(&ids).unwrap(), "🤗");
+        assert_eq!(tok.decode_bytes(&ids).unwrap(), "🤗".as_bytes());
+    }
+
+    #[test]
+    fn unknown_id_is_an_error() {
+        let tok = Gpt2Tokenizer::gpt2().unwrap();
+        assert!(matches!(
+            tok.decode(&[50257]),
+            Err(TokenizerError::UnknownId(50257))
+        ));
+        assert!(matches!(
+            tok.token_bytes(u32::MAX),
+            Err(TokenizerError::UnknownId(_))
+        ));
+        assert_eq!(tok.token_bytes(220).unwrap(), b" ");
+        assert_eq!(
+            tok.token_bytes(END_OF_TEXT_ID).unwrap(),
+            END_OF_TEXT.as_bytes()
+        );
+    }
+}

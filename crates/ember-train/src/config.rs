@@ -1,0 +1,381 @@
+//! The configuration of a pretraining run, readable from TOML and overridable with
+//! `key=value` pairs. Unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use ember_model::GptConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::optim::AdamWSettings;
+
+/// Errors in a run configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum RunConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML or not a valid configuration.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// Where the bad value came from (a file or `--set`).
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An unknown preset.
+    #[error("unknown run preset \"{0}\" (known: book, tiny, corpus)")]
+    UnknownPreset(String),
+}
+
+/// Where the training text comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A UTF-8 text file (split by characters into train/validation), or a directory of
+    /// token shards written by `ember prepare`.
+    pub path: PathBuf,
+    /// Fraction of a text file's characters used for training (the book: 0.9).
+    pub train_ratio: f64,
+    /// Step between window starts; `None` = the context length (no overlap, as the book).
+    #[serde(default)]
+    pub stride: Option<usize>,
+}
+
+/// Optimisation and bookkeeping of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training windows.
+    pub epochs: usize,
+    /// Windows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed before each optimizer step.
+    pub grad_accum_steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warmup steps (0: none).
+    pub warmup_steps: usize,
+    /// Rate at the start of the warmup (default: `lr`).
+    #[serde(default)]
+    pub initial_lr: Option<f64>,
+    /// Rate reached by cosine decay at the end (default: `lr`, i.e. no decay).
+    #[serde(default)]
+    pub min_lr: Option<f64>,
+    /// AdamW hyper-parameters.
+    pub optimizer: AdamWSettings,
+    /// Clip the global gradient norm to this (appendix D uses 1.0).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// Evaluate every this many optimizer steps (and after the first).
+    pub eval_freq: usize,
+    /// Batches used for each evaluation of the train and validation loss.
+    pub eval_iter: usize,
+    /// Seed of initialisation, shuffling and dropout.
+    pub seed: u64,
+    /// Whether training windows are shuffled each epoch.
+    pub shuffle: bool,
+    /// Write a checkpoint every this many optimizer steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Stop after this many optimizer steps in total.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Prompt of the text sample printed after each epoch.
+    pub sample_prompt: String,
+    /// Tokens generated for each sample.
+    pub sample_tokens: usize,
+    /// Peak FLOP/s of the machine, for the model-FLOP-utilisation estimate.
+    pub peak_flops: f64,
+}
+
+/// A whole pretraining run: model, data, training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// Architecture.
+    pub model: GptConfig,
+    /// Data.
+    pub data: DataConfig,
+    /// Training.
+    pub train: TrainConfig,
+}
+
+impl PretrainConfig {
+    /// The book's chapter 5 run: GPT-2 small with context 256 and dropout 0.1, no QKV
+    /// bias, AdamW (lr 4e-4, weight decay 0.1), batch 2, 10 epochs, seed 123, evaluation
+    /// every 5 steps on 5 batches, the-verdict split 90/10.
+    pub fn book() -> Self {
+        Self {
+            model: GptConfig::book(),
+            data: DataConfig {
+                path: PathBuf::from("datasets/the-verdict.txt"),
+                train_ratio: 0.9,
+                stride: None,
+            },
+            train: TrainConfig {
+                epochs: 10,
+                batch_size: 2,
+                grad_accum_steps: 1,
+                lr: 4e-4,
+                warmup_steps: 0,
+                initial_lr: None,
+                min_lr: None,
+                optimizer: AdamWSettings {
+                    weight_decay: 0.1,
+                    ..AdamWSettings::default()
+                },
+                grad_clip: None,
+                eval_freq: 5,
+                eval_iter: 5,
+                seed: 123,
+                shuffle: true,
+                checkpoint_every: 0,
+                max_steps: None,
+                sample_prompt: "Every effort moves you".into(),
+                sample_tokens: 50,
+                // PyTorch's fp32 matmul on this class of 2-core machine (docs/benchmarks.md).
+                peak_flops: 3.2e11,
+            },
+        }
+    }
+
+    /// A run that finishes in a few minutes on two CPU cores: the tiny model with a
+    /// context of 64 on the-verdict.
+    pub fn tiny() -> Self {
+        let mut config = Self::book();
+        config.model = GptConfig {
+            context_length: 64,
+            ..GptConfig::tiny()
+        };
+        config.train.batch_size = 8;
+        config.train.lr = 1e-3;
+        config.train.epochs = 10;
+        config.train.eval_freq = 10;
+        config.train.eval_iter = 4;
+        config
+    }
+
+    /// Appendix D's recipe for a prepared corpus (`ember prepare`): warmup, cosine
+    /// decay, clipping at 1.0, on the tiny model with context 128.
+    pub fn corpus() -> Self {
+        let mut config = Self::tiny();
+        config.model.context_length = 128;
+        config.data.path = PathBuf::from("data/shards");
+        config.train.epochs = 1;
+        config.train.warmup_steps = 100;
+        config.train.initial_lr = Some(1e-5);
+        config.train.min_lr = Some(1e-4);
+        config.train.grad_clip = Some(1.0);
+        config.train.eval_freq = 100;
+        config.train.checkpoint_every = 500;
+        config
+    }
+
+    /// A run preset by name: `book`, `tiny` or `corpus`.
+    pub fn preset(name: &str) -> Result<Self, RunConfigError> {
+        match name {
+            "book" => Ok(Self::book()),
+            "tiny" => Ok(Self::tiny()),
+            "corpus" => Ok(Self::corpus()),
+            other => Err(RunConfigError::UnknownPreset(other.to_string())),
+        }
+    }
+
+    /// Read a TOML file. Sections may be partial: what they leave out comes from
+    /// `base` (a preset).
+    pub fn from_toml_file(path: &Path, base: &Self) -> Result<Self, RunConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let overrides: toml::Table =
+            toml::from_str(&text).map_err(|e| RunConfigError::Invalid {
+                origin: path.display().to_string(),
+                message: e.message().to_string(),
+            })?;
+        base.merged(overrides, &path.display().to_string())
+    }
+
+    /// Apply `key=value` overrides (`train.lr=1e-3`, `model.n_layers=2`, `data.path=...`).
+    /// Values are TOML literals; anything that does not parse as one is a string.
+    pub fn with_overrides(&self, pairs: &[String]) -> Result<Self, RunConfigError> {
+        let mut config = self.clone();
+        for pair in pairs {
+            let invalid = |message: String| RunConfigError::Invalid {
+                origin: format!("--set {pair}"),
+                message,
+            };
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| invalid("expected key=value".into()))?;
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            let mut table = toml::Table::new();
+            let mut parts: Vec<&str> = key.trim().split('.').collect();
+            let last = parts
+                .pop()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| invalid("empty key".into()))?;
+            let mut leaf = toml::Table::new();
+            leaf.insert(last.to_string(), value);
+            let nested = parts.iter().rev().fold(leaf, |inner, part| {
+                let mut outer = toml::Table::new();
+                outer.insert(part.to_string(), toml::Value::Table(inner));
+                outer
+            });
+            table.extend(nested);
+            config = config.merged(table, &format!("--set {pair}"))?;
+        }
+        Ok(config)
+    }
+
+    fn merged(&self, overrides: toml::Table, origin: &str) -> Result<Self, RunConfigError> {
+        let invalid = |message: String| RunConfigError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let mut base = toml::Table::try_from(self).map_err(|e| invalid(e.to_string()))?;
+        merge(&mut base, overrides, "").map_err(invalid)?;
+        let config: Self = base
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    /// Checks the values that would otherwise fail mid-run.
+    pub fn validate(&self) -> Result<(), String> {
+        self.model.validate().map_err(|e| e.to_string())?;
+        let t = &self.train;
+        for (name, value) in [
+            ("train.epochs", t.epochs),
+            ("train.batch_size", t.batch_size),
+            ("train.grad_accum_steps", t.grad_accum_steps),
+            ("train.eval_freq", t.eval_freq),
+            ("train.eval_iter", t.eval_iter),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(format!("train.lr {} must be positive", t.lr));
+        }
+        if !(self.data.train_ratio > 0.0 && self.data.train_ratio < 1.0) {
+            return Err(format!(
+                "data.train_ratio {} must be between 0 and 1",
+                self.data.train_ratio
+            ));
+        }
+        if self.data.stride == Some(0) {
+            return Err("data.stride must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The learning-rate schedule for a run of `total_steps` optimizer steps.
+    pub fn schedule(&self, total_steps: usize) -> crate::optim::LrSchedule {
+        let t = &self.train;
+        crate::optim::LrSchedule {
+            initial_lr: t.initial_lr.unwrap_or(t.lr),
+            peak_lr: t.lr,
+            min_lr: t.min_lr.unwrap_or(t.lr),
+            warmup_steps: t.warmup_steps,
+            total_steps,
+        }
+    }
+}
+
+/// Recursively overlays `overrides` on `base`; a key that `base` does not have is an
+/// error naming its full path (except inside optional fields that base leaves unset).
+fn merge(base: &mut toml::Table, overrides: toml::Table, prefix: &str) -> Result<(), String> {
+    for (key, value) in overrides {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(over)) => {
+                merge(inner, over, &path)?
+            }
+            (Some(slot), value) => *slot = value,
+            // Optional fields are absent from the serialised base when unset; serde's
+            // deny_unknown_fields still rejects keys that are not fields at all.
+            (None, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_apply_and_unknown_keys_are_named() {
+        let base = PretrainConfig::book();
+        let c = base
+            .with_overrides(&[
+                "train.lr=1e-3".into(),
+                "model.n_layers=2".into(),
+                "data.path=x.txt".into(),
+            ])
+            .unwrap();
+        assert_eq!(c.train.lr, 1e-3);
+        assert_eq!(c.model.n_layers, 2);
+        assert_eq!(c.data.path, PathBuf::from("x.txt"));
+        assert_eq!(c.train.grad_clip, None);
+        let c = base
+            .with_overrides(&["train.grad_clip=1.0".into()])
+            .unwrap();
+        assert_eq!(c.train.grad_clip, Some(1.0));
+        let err = base
+            .with_overrides(&["train.learning_rate=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `learning_rate`"), "{err}");
+        let err = base
+            .with_overrides(&["train.epochs=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("train.epochs must be at least 1"), "{err}");
+        let err = base
+            .with_overrides(&["train.epochs".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected key=value"), "{err}");
+    }
+
+    #[test]
+    fn toml_files_override_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(
+            &path,
+            "[train]\nepochs = 3\n[model]\nemb_dim = 64\nn_heads = 2\n",
+        )
+        .unwrap();
+        let c = PretrainConfig::from_toml_file(&path, &PretrainConfig::tiny()).unwrap();
+        assert_eq!(
+            (c.train.epochs, c.model.emb_dim, c.model.n_heads),
+            (3, 64, 2)
+        );
+        std::fs::write(&path, "[train]\nepoch = 3\n").unwrap();
+        let err = PretrainConfig::from_toml_file(&path, &PretrainConfig::tiny())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("run.toml") && err.contains("unknown field `epoch`"),
+            "{err}"
+        );
+    }
+}
