@@ -481,26 +481,14 @@ pub fn pretrain(
             }
         }
         bar.finish_and_clear();
-        let sample = sample_text(
-            &model.valid(),
-            &tokenizer,
-            &t.sample_prompt,
-            t.sample_tokens,
-            device,
-        );
-        tracing::info!(epoch = state.epoch + 1, sample = %sample, "sample");
-        append_line(
-            &paths.samples(),
-            &format!(
-                "epoch {} step {}: {}",
-                state.epoch + 1,
-                state.step,
-                sample.replace('\n', " ")
-            ),
-        )?;
+        write_sample(&model, &tokenizer, config, &paths, &state, device)?;
         state.epoch += 1;
         state.batch_in_epoch = 0;
         write_plot(&paths, &metrics);
+    }
+    if stop != StopReason::Finished {
+        // The run ends mid-epoch: show where it got to.
+        write_sample(&model, &tokenizer, config, &paths, &state, device)?;
     }
     checkpoint.save(&model, &optim, &state)?;
     let valid = model.valid();
@@ -518,6 +506,33 @@ pub fn pretrain(
         val_loss: last_eval.and_then(|m| m.val_loss),
         run_dir: paths.root.clone(),
     })
+}
+
+/// Appends the greedy continuation of the sample prompt to `samples.txt`.
+fn write_sample(
+    model: &GptModel,
+    tokenizer: &Gpt2Tokenizer,
+    config: &PretrainConfig,
+    paths: &RunPaths,
+    state: &TrainState,
+    device: &Device,
+) -> Result<(), TrainError> {
+    let t = &config.train;
+    let sample = sample_text(
+        &model.valid(),
+        tokenizer,
+        &t.sample_prompt,
+        t.sample_tokens,
+        device,
+    );
+    tracing::info!(epoch = state.epoch + 1, step = state.step, sample = %sample, "sample");
+    let line = format!(
+        "epoch {} step {}: {}",
+        state.epoch + 1,
+        state.step,
+        sample.replace('\n', " ")
+    );
+    append_line(&paths.samples(), &line)
 }
 
 fn rewrite_metrics(path: &Path, lines: &[MetricsLine]) -> Result<std::fs::File, TrainError> {

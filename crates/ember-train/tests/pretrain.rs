@@ -1,0 +1,204 @@
+//! End-to-end pretraining runs on a very small model: the run directory's files,
+//! exact resumption, and the errors for data that cannot feed a run.
+#![allow(deprecated)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use burn::prelude::Device;
+use ember_model::GptConfig;
+use ember_train::{MetricsLine, PretrainConfig, RunOptions, StopReason, pretrain};
+
+fn verdict() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/the-verdict.txt")
+}
+
+/// A model small enough to train a few steps in a second.
+fn small_config() -> PretrainConfig {
+    let mut config = PretrainConfig::tiny();
+    config.model = GptConfig {
+        context_length: 16,
+        emb_dim: 16,
+        n_heads: 2,
+        n_layers: 1,
+        ..GptConfig::tiny()
+    };
+    config.data.path = verdict();
+    config.train.batch_size = 4;
+    config.train.eval_freq = 2;
+    config.train.eval_iter = 2;
+    config.train.sample_tokens = 5;
+    config.train.warmup_steps = 2;
+    config.train.initial_lr = Some(1e-4);
+    config.train.min_lr = Some(1e-4);
+    config.train.grad_clip = Some(1.0);
+    config
+}
+
+fn run(config: &PretrainConfig, dir: &Path, resume: bool) -> ember_train::PretrainOutcome {
+    let interrupt = AtomicBool::new(false);
+    pretrain(
+        config,
+        dir,
+        &Device::ndarray(),
+        RunOptions {
+            resume,
+            progress: false,
+            interrupt: &interrupt,
+        },
+    )
+    .unwrap()
+}
+
+fn metrics(dir: &Path) -> Vec<MetricsLine> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The values that must not depend on an interruption (not the timings).
+fn comparable(lines: &[MetricsLine]) -> Vec<(usize, u64, String, String, String, Option<String>)> {
+    lines
+        .iter()
+        .map(|m| {
+            (
+                m.step,
+                m.tokens_seen,
+                format!("{:.10e}", m.lr),
+                format!("{:.7e}", m.train_loss),
+                format!("{:.6e}", m.grad_norm),
+                m.val_loss.map(|v| format!("{v:.7e}")),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn resumed_run_writes_the_same_metrics_as_a_straight_run() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = small_config();
+    config.train.max_steps = Some(7);
+    let straight = root.path().join("straight");
+    let outcome = run(&config, &straight, false);
+    assert_eq!(outcome.stop, StopReason::MaxSteps);
+    assert_eq!(outcome.state.step, 7);
+
+    let split = root.path().join("split");
+    config.train.max_steps = Some(3);
+    run(&config, &split, false);
+    // A later interrupted run may have written lines past the checkpoint: the resumed
+    // run must drop them.
+    let mut extra = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
+    extra.push_str(&serde_json::to_string(&metrics(&straight)[3]).unwrap());
+    extra.push('\n');
+    std::fs::write(split.join("metrics.jsonl"), extra).unwrap();
+    config.train.max_steps = Some(7);
+    let resumed = run(&config, &split, true);
+    assert_eq!(resumed.state, outcome.state);
+
+    let a = metrics(&straight);
+    let b = metrics(&split);
+    assert_eq!(a.len(), 7);
+    assert_eq!(comparable(&a), comparable(&b));
+    // Warmup from 1e-4 to 1e-3 over two steps, evaluations at steps 1, 3, 5, 7.
+    assert!((a[0].lr - 1e-4).abs() < 1e-12 && (a[2].lr - 1e-3).abs() < 1e-12);
+    let evals: Vec<usize> = a
+        .iter()
+        .filter(|m| m.val_loss.is_some())
+        .map(|m| m.step)
+        .collect();
+    assert_eq!(evals, vec![1, 3, 5, 7]);
+    // The loss comes down from ln(50257) ≈ 10.8.
+    assert!(a[0].train_loss > 10.5 && a[6].train_loss < a[0].train_loss);
+
+    // The run directory holds what the docs promise.
+    for file in [
+        "config.toml",
+        "metrics.jsonl",
+        "samples.txt",
+        "loss.png",
+        "model/config.json",
+        "model/model.safetensors",
+        "checkpoints/latest",
+    ] {
+        assert!(straight.join(file).exists(), "{file} missing");
+    }
+    // The exported model reloads and gives the run's last validation loss.
+    let loaded =
+        ember_model::load_model(&straight.join("model"), None, &Device::ndarray()).unwrap();
+    assert_eq!(loaded.config, config.model);
+}
+
+#[test]
+fn a_finished_run_is_not_overwritten() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = small_config();
+    config.train.max_steps = Some(1);
+    run(&config, root.path(), false);
+    let interrupt = AtomicBool::new(false);
+    let err = pretrain(
+        &config,
+        root.path(),
+        &Device::ndarray(),
+        RunOptions {
+            resume: false,
+            progress: false,
+            interrupt: &interrupt,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("already holds a run; pass --resume"), "{err}");
+}
+
+#[test]
+fn data_that_cannot_feed_the_run_is_a_clear_error() {
+    let root = tempfile::tempdir().unwrap();
+    let interrupt = AtomicBool::new(false);
+    let attempt = |config: &PretrainConfig| {
+        pretrain(
+            config,
+            &root.path().join("run"),
+            &Device::ndarray(),
+            RunOptions {
+                resume: false,
+                progress: false,
+                interrupt: &interrupt,
+            },
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let short = root.path().join("short.txt");
+    std::fs::write(&short, "Only a few words here, far too few for a window.").unwrap();
+    let mut config = small_config();
+    config.data.path = short.clone();
+    let err = attempt(&config);
+    assert!(
+        err.contains("short.txt") && err.contains("needs more than max_length 16"),
+        "{err}"
+    );
+
+    let binary = root.path().join("binary.txt");
+    std::fs::write(&binary, [0x66, 0x6f, 0xff, 0xfe]).unwrap();
+    config.data.path = binary;
+    let err = attempt(&config);
+    assert!(
+        err.contains("binary.txt: not valid UTF-8 (byte 2)"),
+        "{err}"
+    );
+
+    config.data.path = root.path().join("missing.txt");
+    let err = attempt(&config);
+    assert!(err.contains("missing.txt"), "{err}");
+
+    config.data.path = verdict();
+    config.train.batch_size = 10_000;
+    let err = attempt(&config);
+    assert!(
+        err.contains("make no full step of batch_size 10000"),
+        "{err}"
+    );
+}
