@@ -29,6 +29,18 @@ pub fn available() -> Vec<&'static str> {
     names
 }
 
+/// Fails unless `name` is a backend compiled into this binary.
+pub fn check(name: &str) -> Result<()> {
+    if available().contains(&name) {
+        Ok(())
+    } else {
+        bail!(
+            "backend \"{name}\" is not compiled into this ember (available: {}); rebuild with --features {name}",
+            available().join(", ")
+        )
+    }
+}
+
 /// The device for `name`, or for the first compiled backend when `None`; the
 /// `EMBER_BACKEND` environment variable stands in for a missing name.
 pub fn device(name: Option<&str>) -> Result<Device> {

@@ -186,6 +186,9 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(name) = &cli.backend {
+        backend::check(name)?;
+    }
     let device = || backend::device(cli.backend.as_deref());
     match cli.command {
         Command::Tokenize {
