@@ -7,4 +7,5 @@
 pub mod backend;
 pub mod bench;
 pub mod commands;
+pub mod download;
 pub mod model_arg;

@@ -181,6 +181,28 @@ enum Command {
         #[arg(long, default_value_t = 0.1)]
         dropout: f64,
     },
+    /// Download public GPT-2 weights (config.json + model.safetensors) from the
+    /// Hugging Face Hub: resumable, checksum-verified.
+    Download {
+        /// gpt2-small, gpt2-medium, gpt2-large or gpt2-xl.
+        #[arg(long, default_value = "gpt2-small")]
+        size: String,
+        /// Destination directory (default models/SIZE).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Hub address (default $HF_ENDPOINT or https://huggingface.co).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Another repository than the size's.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Attempts per file for transient failures.
+        #[arg(long, default_value_t = 5)]
+        attempts: u32,
+    },
     /// List the backends compiled into this binary.
     Backends,
 }
@@ -317,6 +339,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 });
             let record = ember_cli::bench::run(&args, &name, &device()?)?;
             println!("{record}");
+            Ok(())
+        }
+        Command::Download {
+            size,
+            out,
+            endpoint,
+            repo,
+            revision,
+            attempts,
+        } => {
+            let repo = match repo {
+                Some(repo) => repo,
+                None => ember_cli::download::repo_for(&size)?.to_string(),
+            };
+            let options = ember_cli::download::DownloadOptions {
+                endpoint: endpoint
+                    .or_else(|| std::env::var("HF_ENDPOINT").ok())
+                    .unwrap_or_else(|| "https://huggingface.co".to_string()),
+                repo,
+                revision,
+                files: ember_cli::download::MODEL_FILES
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect(),
+                out_dir: out.unwrap_or_else(|| PathBuf::from("models").join(&size)),
+                attempts: attempts.max(1),
+                progress: true,
+            };
+            ember_cli::download::download(&options)?;
+            println!("{}", options.out_dir.display());
             Ok(())
         }
         Command::Backends => {

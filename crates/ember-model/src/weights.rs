@@ -736,3 +736,101 @@ pub fn save_checkpoint(model: &GptModel, dir: &Path) -> Result<(), WeightsError>
     .map_err(io_error(&config_path))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+
+    fn logits(model: &GptModel, device: &Device) -> Vec<f32> {
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 2], [1, 4]), device);
+        model
+            .forward(ids)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn checkpoints_round_trip_tied_and_untied() {
+        let device = Device::ndarray();
+        let dir = tempfile::tempdir().unwrap();
+        for tied in [true, false] {
+            let config = GptConfig {
+                vocab_size: 40,
+                context_length: 8,
+                emb_dim: 16,
+                n_heads: 2,
+                n_layers: 2,
+                drop_rate: 0.0,
+                qkv_bias: !tied,
+                tie_embeddings: tied,
+            };
+            let model = config.init(&device);
+            let path = dir.path().join(format!("tied-{tied}"));
+            save_checkpoint(&model, &path).unwrap();
+            let loaded = load_model(&path, None, &device).unwrap();
+            assert_eq!(loaded.source, ModelSource::Ember);
+            assert_eq!(loaded.config, config);
+            assert_eq!(logits(&model, &device), logits(&loaded.model, &device));
+        }
+    }
+
+    #[test]
+    fn mismatches_are_all_named() {
+        let device = Device::ndarray();
+        let config = GptConfig {
+            vocab_size: 40,
+            context_length: 8,
+            emb_dim: 16,
+            n_heads: 2,
+            n_layers: 1,
+            drop_rate: 0.0,
+            qkv_bias: true,
+            tie_embeddings: true,
+        };
+        let mut tensors = hf_tensors(&config.init(&device));
+        tensors.remove("transformer.ln_f.bias");
+        tensors.insert(
+            "transformer.wpe.weight".into(),
+            RawTensor {
+                shape: vec![4, 16],
+                data: vec![0.0; 64],
+            },
+        );
+        tensors.insert(
+            "transformer.h.0.extra".into(),
+            RawTensor {
+                shape: vec![1],
+                data: vec![0.0],
+            },
+        );
+        let err = model_from_hf_tensors(&config, tensors, Path::new("m.safetensors"), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("m.safetensors: "), "{err}");
+        assert!(
+            err.contains("tensor wpe.weight has shape [4, 16], expected [8, 16]"),
+            "{err}"
+        );
+        assert!(err.contains("missing tensor ln_f.bias [16]"), "{err}");
+        assert!(err.contains("unexpected tensor h.0.extra"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_files_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, b"not a safetensors file").unwrap();
+        let err = read_safetensors(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("model.safetensors: not a valid safetensors file"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("config.json"), "{\"n_embd\": 4").unwrap();
+        let err = load_model(dir.path(), None, &Device::ndarray())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.json: invalid JSON"), "{err}");
+    }
+}
