@@ -4,7 +4,11 @@
 //! ```text
 //! cargo xtask pretrain [--backend ndarray|openblas|flex|wgpu|tch|cuda] [--debug] [ARGS...]
 //! cargo xtask build    [--backend ...] [--debug]
+//! cargo xtask bench    [--backend ...] [--python PYTHON] [--quick]
 //! ```
+//! `bench` runs `ember bench` and `bench/torch_gpt_bench.py` (with `--python`, default
+//! `python3`, which must have torch) on the same settings, one after the other for each
+//! measurement, prints the side-by-side table and writes `target/bench.json`.
 //! Every argument xtask does not know is passed on to `ember pretrain` (`--config`,
 //! `--preset`, `--set key=value`, `--max-steps`, `--out`, `--resume`, ...).
 
@@ -15,7 +19,7 @@ const BACKENDS: [&str; 6] = ["ndarray", "openblas", "flex", "wgpu", "tch", "cuda
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <pretrain|build> [--backend {}] [--debug] [ember arguments...]",
+        "usage: cargo xtask <pretrain|build|bench> [--backend {}] [--debug] [ember arguments...]",
         BACKENDS.join("|")
     );
     ExitCode::from(2)
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
             println!("{}", binary.display());
             return ExitCode::SUCCESS;
         }
+        "bench" => return bench(&binary, &backend, &rest),
         "pretrain" => {
             let mut a = vec![
                 "--backend".to_string(),
@@ -123,6 +128,116 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// One measurement: the arguments both benchmarks take, and the JSON key compared.
+const MEASUREMENTS: [(&str, &[&str], &str); 4] = [
+    (
+        "train tiny (tokens/s)",
+        &["--mode", "train", "--preset", "tiny", "--steps", "5"],
+        "tokens_per_s",
+    ),
+    (
+        "train gpt2-small (tokens/s)",
+        &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
+        "tokens_per_s",
+    ),
+    (
+        "generate gpt2-small, KV cache (new tokens/s)",
+        &["--mode", "generate", "--preset", "gpt2-small"],
+        "kv_cache",
+    ),
+    (
+        "generate gpt2-small, no cache (new tokens/s)",
+        &["--mode", "generate", "--preset", "gpt2-small"],
+        "no_cache",
+    ),
+];
+
+/// The number a measurement compares, out of one JSON line.
+fn metric(line: &str, key: &str) -> Option<f64> {
+    let field = |json: &str, name: &str| -> Option<f64> {
+        let start = json.find(&format!("\"{name}\":"))? + name.len() + 3;
+        let rest = json[start..].trim_start();
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        rest[..end].trim().parse().ok()
+    };
+    match key {
+        "kv_cache" | "no_cache" => {
+            let start = line.find(&format!("\"{key}\""))?;
+            field(&line[start..], "new_tokens_per_s")
+        }
+        other => field(line, other),
+    }
+}
+
+fn last_json_line(output: &std::process::Output) -> Option<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .map(str::to_string)
+}
+
+fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
+    let mut python = "python3".to_string();
+    let mut quick = false;
+    let mut iter = rest.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--python" => python = iter.next().cloned().unwrap_or(python),
+            "--quick" => quick = true,
+            other => {
+                eprintln!("xtask bench: unknown argument {other}");
+                return usage();
+            }
+        }
+    }
+    let root = workspace_root();
+    let script = root.join("bench/torch_gpt_bench.py");
+    let mut rows = Vec::new();
+    let mut records = Vec::new();
+    let mut last_args: Option<&[&str]> = None;
+    let mut cached: (Option<String>, Option<String>) = (None, None);
+    for (name, args, key) in MEASUREMENTS
+        .iter()
+        .take(if quick { 1 } else { MEASUREMENTS.len() })
+    {
+        // Both generate rows come from one run of each side.
+        if last_args != Some(*args) {
+            let ember = Command::new(binary)
+                .current_dir(&root)
+                .env("EMBER_LOG", "warn")
+                .args(["--backend", backend_name(backend), "bench"])
+                .args(*args)
+                .output();
+            let torch = Command::new(&python).arg(&script).args(*args).output();
+            cached = (
+                ember.ok().as_ref().and_then(last_json_line),
+                torch.ok().as_ref().and_then(last_json_line),
+            );
+            records.extend(cached.0.clone());
+            records.extend(cached.1.clone());
+            last_args = Some(*args);
+        }
+        let e = cached.0.as_deref().and_then(|l| metric(l, key));
+        let t = cached.1.as_deref().and_then(|l| metric(l, key));
+        rows.push((name.to_string(), e, t));
+    }
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    println!("| measurement | Ember ({backend}) | PyTorch | Ember / PyTorch |");
+    println!("|---|---:|---:|---:|");
+    for (name, e, t) in &rows {
+        let ratio = match (e, t) {
+            (Some(e), Some(t)) if *t > 0.0 => format!("{:.2}x", e / t),
+            _ => "-".to_string(),
+        };
+        println!("| {name} | {} | {} | {ratio} |", fmt(*e), fmt(*t));
+    }
+    let out = root.join("target/bench.json");
+    let _ = std::fs::write(&out, format!("[\n{}\n]\n", records.join(",\n")));
+    eprintln!("xtask: raw results in {}", out.display());
+    ExitCode::SUCCESS
 }
 
 /// The runtime backend name of a build feature.

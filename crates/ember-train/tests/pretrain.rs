@@ -202,3 +202,86 @@ fn data_that_cannot_feed_the_run_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn gradient_accumulation_equals_one_larger_batch() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = small_config();
+    config.model.drop_rate = 0.0;
+    config.train.max_steps = Some(3);
+    config.train.batch_size = 4;
+    run(&config, &root.path().join("one"), false);
+    config.train.batch_size = 2;
+    config.train.grad_accum_steps = 2;
+    run(&config, &root.path().join("two"), false);
+    let one = metrics(&root.path().join("one"));
+    let two = metrics(&root.path().join("two"));
+    assert_eq!(one.len(), 3);
+    for (a, b) in one.iter().zip(&two) {
+        assert_eq!(a.tokens_seen, b.tokens_seen);
+        assert!(
+            (a.train_loss - b.train_loss).abs() < 1e-5 * a.train_loss,
+            "{a:?} {b:?}"
+        );
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm,
+            "{a:?} {b:?}"
+        );
+    }
+}
+
+#[test]
+fn interrupt_writes_a_checkpoint_that_resumes() {
+    let root = tempfile::tempdir().unwrap();
+    let config = small_config();
+    let interrupt = AtomicBool::new(true);
+    let outcome = pretrain(
+        &config,
+        root.path(),
+        &Device::ndarray(),
+        RunOptions {
+            resume: false,
+            progress: false,
+            interrupt: &interrupt,
+        },
+    )
+    .unwrap();
+    assert_eq!(outcome.stop, StopReason::Interrupted);
+    assert_eq!(outcome.state.step, 1);
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("checkpoints/latest"))
+            .unwrap()
+            .trim(),
+        "step-1"
+    );
+    let mut more = config.clone();
+    more.train.max_steps = Some(2);
+    let resumed = run(&more, root.path(), true);
+    assert_eq!(resumed.state.step, 2);
+    assert_eq!(metrics(root.path()).len(), 2);
+}
+
+#[test]
+fn trains_from_prepared_shards() {
+    let root = tempfile::tempdir().unwrap();
+    let tokenizer = ember_tokenizer::Gpt2Tokenizer::gpt2().unwrap();
+    let shards = root.path().join("shards");
+    ember_data::prepare_corpus(
+        &verdict(),
+        &shards,
+        &tokenizer,
+        ember_data::PrepareOptions {
+            val_fraction: 0.1,
+            shard_tokens: 2000,
+            progress: false,
+        },
+    )
+    .unwrap();
+    let mut config = small_config();
+    config.data.path = shards;
+    config.train.max_steps = Some(2);
+    let outcome = run(&config, &root.path().join("run"), false);
+    assert_eq!(outcome.state.step, 2);
+    // 5145 tokens, 10% held out: 4631 training tokens in windows of 16.
+    assert!(outcome.val_loss.unwrap() > 9.0);
+}
