@@ -5,6 +5,7 @@
 //! NumPy's `RandomState` in [`numpy_rng`]) and of chapter 7 ([`instruct`]: the Alpaca
 //! prompt, the 85/10/5 split and the book's collate).
 
+pub mod classifier;
 pub mod instruct;
 pub mod numpy_rng;
 pub mod spam;

@@ -1,0 +1,235 @@
+//! The classification model of chapter 6: a GPT whose output head is replaced by a
+//! `d_model → num_classes` layer read at the last token, with the book's partial
+//! freezing.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use ember_model::GptModel;
+
+/// Which parameters train (section 6.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trainable {
+    /// Every parameter.
+    All,
+    /// The new head, the final LayerNorm and the last `n` transformer blocks (the book:
+    /// `n = 1`).
+    LastBlocks(usize),
+    /// The new head only.
+    HeadOnly,
+}
+
+/// A GPT with a classification head.
+#[derive(Module, Debug)]
+pub struct GptClassifier {
+    /// The transformer (its language-model head is not used).
+    pub gpt: GptModel,
+    /// `[d_model, num_classes]`
+    pub head: Linear,
+}
+
+impl GptClassifier {
+    /// Puts a freshly initialised `d_model → num_classes` head on `gpt`.
+    pub fn new(gpt: GptModel, num_classes: usize, device: &Device) -> Self {
+        let d_model = gpt.wte.weight.dims()[1];
+        Self {
+            gpt,
+            head: LinearConfig::new(d_model, num_classes).init(device),
+        }
+    }
+
+    /// Stops gradients for everything that should not train.
+    pub fn with_trainable(mut self, trainable: Trainable) -> Self {
+        match trainable {
+            Trainable::All => self,
+            Trainable::HeadOnly => {
+                self.gpt = self.gpt.no_grad();
+                self
+            }
+            Trainable::LastBlocks(n) => {
+                let mut gpt = self.gpt.no_grad();
+                let first = gpt.h.len().saturating_sub(n);
+                gpt.h = gpt
+                    .h
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, block)| {
+                        if i >= first {
+                            block.set_require_grad(true)
+                        } else {
+                            block
+                        }
+                    })
+                    .collect();
+                gpt.ln_f = gpt.ln_f.set_require_grad(true);
+                self.gpt = gpt;
+                self
+            }
+        }
+    }
+
+    /// Class logits for every position.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, seq_len]` → `[batch, seq_len, num_classes]`
+    pub fn forward_all(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.head.forward(self.gpt.forward_hidden(ids))
+    }
+
+    /// Class logits at the last position, which has attended to the whole text.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, seq_len]` → `[batch, num_classes]`
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<2> {
+        let seq_len = ids.dims()[1];
+        let all = self.forward_all(ids);
+        let [batch, _, classes] = all.dims();
+        all.slice(s![.., seq_len - 1..seq_len, ..])
+            .reshape([batch, classes])
+    }
+
+    /// Number of parameters that receive gradients.
+    pub fn num_trainable_params(&self) -> usize {
+        struct Count(usize);
+        impl ModuleVisitor for Count {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if param.val().is_require_grad() {
+                    self.0 += param.val().dims().iter().product::<usize>();
+                }
+            }
+        }
+        let mut count = Count(0);
+        self.visit(&mut count);
+        count.0
+    }
+}
+
+/// Mean cross-entropy of class logits against labels.
+///
+/// # Shapes
+/// - logits: `[batch, num_classes]`, labels: `[batch]` → `[1]`
+pub fn classification_loss(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let batch = labels.dims()[0];
+    let picked = log_softmax(logits, 1).gather(1, labels.reshape([batch, 1]));
+    -picked.mean()
+}
+
+/// Fraction of rows whose largest logit is the label.
+pub fn accuracy(logits: Tensor<2>, labels: Tensor<1, Int>) -> f64 {
+    let batch = labels.dims()[0];
+    let predicted = logits.argmax(1).reshape([batch]);
+    let correct: i64 = predicted.equal(labels).int().sum().into_scalar();
+    correct as f64 / batch.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+    use burn::tensor::Tolerance;
+    use ember_model::weights::read_safetensors;
+    use std::path::Path;
+
+    fn fixture() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-gpt2-a")
+    }
+
+    /// The replaced head of cases.json → classification, on the reference model.
+    #[test]
+    fn head_matches_the_pytorch_fixture() {
+        let device = Device::ndarray();
+        let gpt = ember_model::load_model(&fixture(), None, &device)
+            .unwrap()
+            .model;
+        let expected = read_safetensors(&fixture().join("expected.safetensors")).unwrap();
+        let mut model = GptClassifier::new(gpt, 2, &device);
+        // nn.Linear stores [out, in]; Burn's Linear is [in, out].
+        let w = &expected["cls_head.weight"];
+        let mut transposed = vec![0.0f32; w.data.len()];
+        let (out, inp) = (w.shape[0], w.shape[1]);
+        for o in 0..out {
+            for i in 0..inp {
+                transposed[i * out + o] = w.data[o * inp + i];
+            }
+        }
+        model.head.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(transposed, [inp, out]),
+            &device,
+        ));
+        model.head.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(expected["cls_head.bias"].data.clone(), [out]),
+            &device,
+        )));
+        let prompts: [Vec<i64>; 2] = [
+            vec![6109, 3626, 6100, 345, 3812, 262, 1657, 13],
+            vec![
+                15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114,
+                286, 262,
+            ],
+        ];
+        let mut last = Vec::new();
+        for (i, ids) in prompts.iter().enumerate() {
+            let n = ids.len();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, n]), &device);
+            let all = model.forward_all(ids.clone()).reshape([n, 2]);
+            let want = &expected[&format!("cls_logits_{i}")];
+            all.into_data().assert_approx_eq::<f32>(
+                &TensorData::new(want.data.clone(), [n, 2]),
+                Tolerance::absolute(1e-4),
+            );
+            last.extend(
+                model
+                    .forward(ids)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+        TensorData::new(last, [2, 2]).assert_approx_eq::<f32>(
+            &TensorData::new(expected["cls_logits_last"].data.clone(), [2, 2]),
+            Tolerance::absolute(1e-4),
+        );
+    }
+
+    #[test]
+    fn freezing_leaves_the_books_trainable_parts() {
+        let device = Device::ndarray().autodiff();
+        let config = ember_model::GptConfig {
+            vocab_size: 100,
+            context_length: 8,
+            emb_dim: 16,
+            n_heads: 2,
+            n_layers: 3,
+            drop_rate: 0.0,
+            qkv_bias: false,
+            tie_embeddings: true,
+        };
+        let model = GptClassifier::new(config.init(&device), 2, &device);
+        let all = model.num_trainable_params();
+        assert_eq!(all, config.num_params() + 16 * 2 + 2);
+        let block = model.gpt.h[2].num_params();
+        let frozen = model.with_trainable(Trainable::LastBlocks(1));
+        assert_eq!(frozen.num_trainable_params(), block + 2 * 16 + 16 * 2 + 2);
+        let head_only = frozen.with_trainable(Trainable::HeadOnly);
+        assert_eq!(head_only.num_trainable_params(), 16 * 2 + 2);
+    }
+
+    #[test]
+    fn loss_and_accuracy() {
+        let device = Device::ndarray();
+        let logits = Tensor::<2>::from_data(
+            TensorData::new(vec![2.0f32, 0.0, 0.0, 1.0, 3.0, 1.0], [3, 2]),
+            &device,
+        );
+        let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 1], [3]), &device);
+        assert!((accuracy(logits.clone(), labels.clone()) - 2.0 / 3.0).abs() < 1e-12);
+        let l = |a: f64, b: f64, y: usize| -> f64 {
+            let z = a.exp() + b.exp();
+            -([a, b][y].exp() / z).ln()
+        };
+        let want = (l(2.0, 0.0, 0) + l(0.0, 1.0, 1) + l(3.0, 1.0, 1)) / 3.0;
+        let got: f32 = classification_loss(logits, labels).into_scalar();
+        assert!((got as f64 - want).abs() < 1e-6);
+    }
+}
