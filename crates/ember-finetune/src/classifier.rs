@@ -2,7 +2,7 @@
 //! `d_model → num_classes` layer read at the last token, with the book's partial
 //! freezing.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -87,6 +87,25 @@ impl GptClassifier {
         let [batch, _, classes] = all.dims();
         all.slice(s![.., seq_len - 1..seq_len, ..])
             .reshape([batch, classes])
+    }
+
+    /// Appendix E: low-rank adapters (`base + alpha / rank · A·B`) on every linear layer
+    /// of the blocks and on the head, through Burn's `Module::apply_lora`; every base
+    /// parameter is frozen, so only the adapters train. Embeddings and LayerNorms get
+    /// no adapter, as in the book.
+    pub fn with_lora(self, rank: usize, alpha: f64) -> Self {
+        let mut paths = vec!["head.weight".to_string()];
+        for i in 0..self.gpt.h.len() {
+            for layer in ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"] {
+                paths.push(format!("gpt.h.{i}.{layer}.weight"));
+            }
+        }
+        self.apply_lora(Lora::new(rank, alpha).set_param_group(ParamGroup::from_paths(paths)))
+    }
+
+    /// Folds the adapters into the weights (`W + alpha / rank · A·B`) for inference.
+    pub fn merge_lora(self) -> Self {
+        self.materialize()
     }
 
     /// Number of parameters that receive gradients.
@@ -213,6 +232,70 @@ mod tests {
         assert_eq!(frozen.num_trainable_params(), block + 2 * 16 + 16 * 2 + 2);
         let head_only = frozen.with_trainable(Trainable::HeadOnly);
         assert_eq!(head_only.num_trainable_params(), 16 * 2 + 2);
+    }
+
+    /// Trainable parameters with LoRA on a model of width `d`, `layers` blocks, rank `r`
+    /// and `c` classes: per block the fused QKV (d→3d), the attention projection (d→d)
+    /// and the two feed-forward layers (d→4d, 4d→d); plus the head (d→c).
+    fn lora_params(d: usize, layers: usize, r: usize, c: usize) -> usize {
+        let adapter = |i: usize, o: usize| r * (i + o);
+        layers * (adapter(d, 3 * d) + adapter(d, d) + adapter(d, 4 * d) + adapter(4 * d, d))
+            + adapter(d, c)
+    }
+
+    #[test]
+    fn lora_trains_only_adapters_and_merges() {
+        let device = Device::ndarray().autodiff();
+        device.seed(3);
+        let config = ember_model::GptConfig {
+            vocab_size: 100,
+            context_length: 8,
+            emb_dim: 16,
+            n_heads: 2,
+            n_layers: 2,
+            drop_rate: 0.0,
+            qkv_bias: true,
+            tie_embeddings: true,
+        };
+        let model = GptClassifier::new(config.init(&device), 2, &device);
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 7, 3, 9], [1, 4]), &device);
+        let before = model.forward(ids.clone()).into_data();
+        let lora = model.with_lora(4, 8.0);
+        assert_eq!(lora.num_trainable_params(), lora_params(16, 2, 4, 2));
+        // B starts at zero: the adapted model computes the same function.
+        lora.forward(ids.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(&before, Tolerance::absolute(1e-6));
+        // After a training step the adapters differ from zero; merging keeps the function.
+        let loss = classification_loss(
+            lora.forward(ids.clone()),
+            Tensor::from_data(TensorData::new(vec![1i64], [1]), &device),
+        );
+        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &lora);
+        let mut optim = burn::optim::AdamWConfig::new().init();
+        let lora = optim.step(1e-2, lora, grads);
+        let adapted = lora.forward(ids.clone()).into_data();
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            adapted.clone().try_into_vec().unwrap(),
+            before.clone().try_into_vec().unwrap(),
+        );
+        assert!(
+            a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-6),
+            "the step changed nothing"
+        );
+        let merged = lora.merge_lora();
+        merged
+            .forward(ids)
+            .into_data()
+            .assert_approx_eq::<f32>(&adapted, Tolerance::absolute(1e-5));
+        // The book's figure for gpt2-small at rank 16 is 2,666,528 with separate Q, K
+        // and V projections (3 × 16·(768+768)); Ember's fused QKV adapter is 16·(768+2304).
+        assert_eq!(lora_params(768, 12, 16, 2), 2_371_616);
+        assert_eq!(
+            2_371_616 + 12 * (3 * 16 * (768 + 768) - 16 * (768 + 2304)),
+            2_666_528
+        );
     }
 
     #[test]
