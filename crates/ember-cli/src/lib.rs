@@ -8,4 +8,5 @@ pub mod backend;
 pub mod bench;
 pub mod commands;
 pub mod download;
+pub mod judge;
 pub mod model_arg;

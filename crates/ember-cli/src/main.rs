@@ -203,6 +203,27 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         attempts: u32,
     },
+    /// Score model responses 0-100 with an LLM judge (Ollama or OpenAI-compatible).
+    Judge {
+        /// JSON list of entries with instruction, input, output and model_response.
+        #[arg(long)]
+        responses: PathBuf,
+        /// Judge server.
+        #[arg(long, default_value = "http://localhost:11434")]
+        url: String,
+        /// Judge model.
+        #[arg(long, default_value = "llama3")]
+        model: String,
+        /// `ollama` (/api/chat) or `openai` (/v1/chat/completions).
+        #[arg(long, default_value = "ollama")]
+        api: String,
+        /// Attempts per entry for connection errors and HTTP 5xx.
+        #[arg(long, default_value_t = 3)]
+        attempts: u32,
+        /// Print `{"count", "scored", "average", "failures"}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the backends compiled into this binary.
     Backends,
 }
@@ -369,6 +390,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             ember_cli::download::download(&options)?;
             println!("{}", options.out_dir.display());
+            Ok(())
+        }
+        Command::Judge {
+            responses,
+            url,
+            model,
+            api,
+            attempts,
+            json,
+        } => {
+            let api = match api.as_str() {
+                "ollama" => ember_cli::judge::JudgeApi::Ollama,
+                "openai" => ember_cli::judge::JudgeApi::OpenAi,
+                other => anyhow::bail!("unknown judge API \"{other}\" (ollama, openai)"),
+            };
+            let options = ember_cli::judge::JudgeOptions {
+                url,
+                model,
+                api,
+                attempts: attempts.max(1),
+                progress: !json,
+            };
+            let summary = ember_cli::judge::judge_file(&responses, &options)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "count": summary.count,
+                        "scored": summary.scored,
+                        "average": summary.average,
+                        "failures": summary.failures,
+                    })
+                );
+            } else {
+                println!(
+                    "scored {} of {} responses, average {}, {} failure(s)",
+                    summary.scored,
+                    summary.count,
+                    summary
+                        .average
+                        .map_or("-".to_string(), |a| format!("{a:.2}")),
+                    summary.failures
+                );
+            }
             Ok(())
         }
         Command::Backends => {
