@@ -372,5 +372,66 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
+/// `ember chat`: each line of standard input becomes the instruction of an Alpaca
+/// prompt (the chapter 7 format); the answer streams until `<|endoftext|>`, the token
+/// limit, or the end of the context. An empty line, `exit` or end of input quits.
+pub fn chat(
+    model: &ModelArgs,
+    system: Option<&str>,
+    config: GenerationConfig,
+    device: &Device,
+) -> Result<()> {
+    use std::io::BufRead;
+    let loaded = model.load(device)?;
+    let tokenizer = Gpt2Tokenizer::gpt2()?;
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    loop {
+        write!(out, "> ")?;
+        out.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            writeln!(out)?;
+            return Ok(());
+        }
+        let message = line.trim();
+        if message.is_empty() || message == "exit" || message == "quit" {
+            return Ok(());
+        }
+        let entry = ember_finetune::instruct::InstructionEntry {
+            instruction: system
+                .map_or_else(|| message.to_string(), |s| format!("{s}\n\n{message}")),
+            input: String::new(),
+            output: String::new(),
+            model_response: None,
+        };
+        let prompt = format!(
+            "{}\n\n### Response:\n",
+            ember_finetune::instruct::format_input(&entry)
+        );
+        let ids = tokenizer.encode(&prompt, false)?;
+        let mut pending: Vec<u8> = Vec::new();
+        generate(&loaded.model, &ids, &config, device, |id| {
+            if id == END_OF_TEXT_ID {
+                return;
+            }
+            if let Ok(bytes) = tokenizer.decode_bytes(&[id]) {
+                pending.extend(bytes);
+                let valid = match std::str::from_utf8(&pending) {
+                    Ok(s) => s.len(),
+                    Err(e) => e.valid_up_to(),
+                };
+                let _ = out.write_all(&pending[..valid]);
+                let _ = out.flush();
+                pending.drain(..valid);
+            }
+        })?;
+        if !pending.is_empty() {
+            out.write_all(String::from_utf8_lossy(&pending).as_bytes())?;
+        }
+        writeln!(out)?;
+    }
+}
+
 /// The `<|endoftext|>` id, for `--stop-at-eot`.
 pub const EOT: u32 = END_OF_TEXT_ID;

@@ -224,6 +224,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Talk to an instruction-tuned model: each line is wrapped in the Alpaca prompt and
+    /// the answer streams back. An empty line or `exit` quits.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text put before every message inside the instruction.
+        #[arg(long)]
+        system: Option<String>,
+        /// Tokens per answer at most.
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Sample among the k most likely tokens.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 123)]
+        seed: u64,
+    },
     /// List the backends compiled into this binary.
     Backends,
 }
@@ -435,6 +456,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Chat {
+            model,
+            system,
+            max_new_tokens,
+            temperature,
+            top_k,
+            seed,
+        } => {
+            let config = GenerationConfig {
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p: None,
+                seed,
+                stop_token: Some(commands::EOT),
+                use_kv_cache: true,
+            };
+            commands::chat(&model, system.as_deref(), config, &device()?)
         }
         Command::Backends => {
             println!("{}", backend::available().join("\n"));

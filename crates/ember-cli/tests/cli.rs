@@ -235,3 +235,32 @@ fn perplexity_is_exp_of_the_mean_loss() {
     // A random model is close to uniform over 50257 tokens: ln(50257) = 10.8.
     assert!(loss > 10.0 && loss < 12.5, "{loss}");
 }
+
+#[test]
+fn chat_wraps_each_line_in_the_alpaca_prompt_and_streams_the_answer() {
+    let dir = fixture();
+    let model = dir.to_str().unwrap();
+    let o = run(
+        &["chat", "--model", model, "--max-new-tokens", "5"],
+        b"Name a colour.\nexit\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let prompt = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nName a colour.\n\n### Response:\n";
+    let g = run(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "5",
+            "--json",
+        ],
+        b"",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&g.stdout).unwrap();
+    let answer = v["text"].as_str().unwrap().replace("<|endoftext|>", "");
+    assert!(!answer.is_empty());
+    assert_eq!(stdout(&o), format!("> {answer}\n> "));
+}
