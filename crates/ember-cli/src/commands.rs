@@ -147,6 +147,30 @@ fn group(n: usize) -> String {
     out
 }
 
+/// Streams one token: prints the whole UTF-8 characters received so far and keeps the
+/// bytes of a character that a token ended in the middle of.
+fn print_token(tokenizer: &Gpt2Tokenizer, id: u32, pending: &mut Vec<u8>, out: &mut impl Write) {
+    if let Ok(bytes) = tokenizer.decode_bytes(&[id]) {
+        pending.extend(bytes);
+        let valid = match std::str::from_utf8(pending) {
+            Ok(s) => s.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        // A closed stdout (a pipe to `head`) must not stop the generation with a panic.
+        let _ = out.write_all(&pending[..valid]);
+        let _ = out.flush();
+        pending.drain(..valid);
+    }
+}
+
+/// Ends a streamed answer: whatever incomplete bytes remain, then a newline.
+fn finish_stream(pending: &[u8], out: &mut impl Write) -> std::io::Result<()> {
+    if !pending.is_empty() {
+        out.write_all(String::from_utf8_lossy(pending).as_bytes())?;
+    }
+    writeln!(out)
+}
+
 /// Settings of `ember generate`.
 pub struct GenerateArgs<'a> {
     /// Prompt text.
@@ -170,23 +194,12 @@ pub fn generate_text(model: &ModelArgs, args: GenerateArgs<'_>, device: &Device)
         out.flush()?;
     }
     let generated = generate(&loaded.model, &prompt_ids, &args.config, device, |id| {
-        if stream && let Ok(bytes) = tokenizer.decode_bytes(&[id]) {
-            // Print whole characters only: a token can end inside a UTF-8 sequence.
-            pending.extend(bytes);
-            let valid = match std::str::from_utf8(&pending) {
-                Ok(s) => s.len(),
-                Err(e) => e.valid_up_to(),
-            };
-            let _ = out.write_all(&pending[..valid]);
-            let _ = out.flush();
-            pending.drain(..valid);
+        if stream {
+            print_token(&tokenizer, id, &mut pending, &mut out);
         }
     })?;
     if stream {
-        if !pending.is_empty() {
-            out.write_all(String::from_utf8_lossy(&pending).as_bytes())?;
-        }
-        writeln!(out)?;
+        finish_stream(&pending, &mut out)?;
     } else {
         let text = tokenizer.decode(&generated)?;
         writeln!(
@@ -412,24 +425,11 @@ pub fn chat(
         let ids = tokenizer.encode(&prompt, false)?;
         let mut pending: Vec<u8> = Vec::new();
         generate(&loaded.model, &ids, &config, device, |id| {
-            if id == END_OF_TEXT_ID {
-                return;
-            }
-            if let Ok(bytes) = tokenizer.decode_bytes(&[id]) {
-                pending.extend(bytes);
-                let valid = match std::str::from_utf8(&pending) {
-                    Ok(s) => s.len(),
-                    Err(e) => e.valid_up_to(),
-                };
-                let _ = out.write_all(&pending[..valid]);
-                let _ = out.flush();
-                pending.drain(..valid);
+            if id != END_OF_TEXT_ID {
+                print_token(&tokenizer, id, &mut pending, &mut out);
             }
         })?;
-        if !pending.is_empty() {
-            out.write_all(String::from_utf8_lossy(&pending).as_bytes())?;
-        }
-        writeln!(out)?;
+        finish_stream(&pending, &mut out)?;
     }
 }
 
