@@ -18,28 +18,38 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-/// Settings of one benchmark run (the PyTorch script's arguments).
-#[derive(Debug, Clone)]
+/// Settings of one benchmark run (the PyTorch script's arguments and defaults).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// `train` or `generate`.
+    #[arg(long, default_value = "train")]
     pub mode: String,
     /// `tiny` (64 wide, 2 layers), `gpt2-small` or `gpt2-medium`.
+    #[arg(long, default_value = "gpt2-small")]
     pub preset: String,
     /// Context length (training sequence length).
+    #[arg(long, default_value_t = 256)]
     pub context: usize,
     /// Training batch size.
+    #[arg(long, default_value_t = 2)]
     pub batch: usize,
     /// Timed training steps.
+    #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// Timed generation repetitions.
+    #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// Untimed warm-up steps or repetitions.
+    #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Prompt tokens for generation.
+    #[arg(long, default_value_t = 16)]
     pub prompt_len: usize,
     /// Generated tokens.
+    #[arg(long, default_value_t = 64)]
     pub new_tokens: usize,
     /// Dropout during training.
+    #[arg(long, default_value_t = 0.1)]
     pub dropout: f64,
 }
 

@@ -149,38 +149,7 @@ enum Command {
     },
     /// Measure training and generation speed (same settings and JSON keys as
     /// bench/torch_gpt_bench.py).
-    Bench {
-        /// `train` or `generate`.
-        #[arg(long, default_value = "train")]
-        mode: String,
-        /// `tiny`, `gpt2-small` or `gpt2-medium`.
-        #[arg(long, default_value = "gpt2-small")]
-        preset: String,
-        /// Training sequence length.
-        #[arg(long, default_value_t = 256)]
-        context: usize,
-        /// Training batch size.
-        #[arg(long, default_value_t = 2)]
-        batch: usize,
-        /// Timed training steps.
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        /// Timed generation repetitions.
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
-        /// Untimed warm-up steps or repetitions.
-        #[arg(long, default_value_t = 1)]
-        warmup: usize,
-        /// Prompt length for generation.
-        #[arg(long, default_value_t = 16)]
-        prompt_len: usize,
-        /// Tokens to generate.
-        #[arg(long, default_value_t = 64)]
-        new_tokens: usize,
-        /// Dropout during training.
-        #[arg(long, default_value_t = 0.1)]
-        dropout: f64,
-    },
+    Bench(ember_cli::bench::BenchArgs),
     /// Download public GPT-2 weights (config.json + model.safetensors) from the
     /// Hugging Face Hub: resumable, checksum-verified.
     Download {
@@ -345,30 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             },
             &device()?,
         ),
-        Command::Bench {
-            mode,
-            preset,
-            context,
-            batch,
-            steps,
-            reps,
-            warmup,
-            prompt_len,
-            new_tokens,
-            dropout,
-        } => {
-            let args = ember_cli::bench::BenchArgs {
-                mode,
-                preset,
-                context,
-                batch,
-                steps,
-                reps,
-                warmup,
-                prompt_len,
-                new_tokens,
-                dropout,
-            };
+        Command::Bench(args) => {
             let name = cli
                 .backend
                 .clone()

@@ -35,8 +35,13 @@ fn small_config() -> PretrainConfig {
     config
 }
 
-fn run(config: &PretrainConfig, dir: &Path, resume: bool) -> ember_train::PretrainOutcome {
-    let interrupt = AtomicBool::new(false);
+fn try_run(
+    config: &PretrainConfig,
+    dir: &Path,
+    resume: bool,
+    interrupted: bool,
+) -> Result<ember_train::PretrainOutcome, ember_train::TrainError> {
+    let interrupt = AtomicBool::new(interrupted);
     pretrain(
         config,
         dir,
@@ -47,7 +52,10 @@ fn run(config: &PretrainConfig, dir: &Path, resume: bool) -> ember_train::Pretra
             interrupt: &interrupt,
         },
     )
-    .unwrap()
+}
+
+fn run(config: &PretrainConfig, dir: &Path, resume: bool) -> ember_train::PretrainOutcome {
+    try_run(config, dir, resume, false).unwrap()
 }
 
 fn metrics(dir: &Path) -> Vec<MetricsLine> {
@@ -137,39 +145,19 @@ fn a_finished_run_is_not_overwritten() {
     let mut config = small_config();
     config.train.max_steps = Some(1);
     run(&config, root.path(), false);
-    let interrupt = AtomicBool::new(false);
-    let err = pretrain(
-        &config,
-        root.path(),
-        &Device::ndarray(),
-        RunOptions {
-            resume: false,
-            progress: false,
-            interrupt: &interrupt,
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = try_run(&config, root.path(), false, false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("already holds a run; pass --resume"), "{err}");
 }
 
 #[test]
 fn data_that_cannot_feed_the_run_is_a_clear_error() {
     let root = tempfile::tempdir().unwrap();
-    let interrupt = AtomicBool::new(false);
     let attempt = |config: &PretrainConfig| {
-        pretrain(
-            config,
-            &root.path().join("run"),
-            &Device::ndarray(),
-            RunOptions {
-                resume: false,
-                progress: false,
-                interrupt: &interrupt,
-            },
-        )
-        .unwrap_err()
-        .to_string()
+        try_run(config, &root.path().join("run"), false, false)
+            .unwrap_err()
+            .to_string()
     };
     let short = root.path().join("short.txt");
     std::fs::write(&short, "Only a few words here, far too few for a window.").unwrap();
@@ -234,18 +222,7 @@ fn gradient_accumulation_equals_one_larger_batch() {
 fn interrupt_writes_a_checkpoint_that_resumes() {
     let root = tempfile::tempdir().unwrap();
     let config = small_config();
-    let interrupt = AtomicBool::new(true);
-    let outcome = pretrain(
-        &config,
-        root.path(),
-        &Device::ndarray(),
-        RunOptions {
-            resume: false,
-            progress: false,
-            interrupt: &interrupt,
-        },
-    )
-    .unwrap();
+    let outcome = try_run(&config, root.path(), false, true).unwrap();
     assert_eq!(outcome.stop, StopReason::Interrupted);
     assert_eq!(outcome.state.step, 1);
     assert_eq!(
