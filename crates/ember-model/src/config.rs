@@ -37,6 +37,23 @@ pub struct GptConfig {
     /// Whether the output head reuses the token embedding (GPT-2's weight tying).
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// How a new model's weights are drawn (loaded weights replace them).
+    #[serde(default)]
+    pub weight_init: WeightInit,
+}
+
+/// The random initialisation of a new model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightInit {
+    /// GPT-2's (and nanoGPT's): every weight matrix and embedding normal(0, 0.02),
+    /// zero biases.
+    #[default]
+    Gpt2,
+    /// PyTorch's layer defaults, which the book's code uses: embeddings normal(0, 1),
+    /// linear layers uniform(±1/√fan_in) for weights and biases. The large embeddings
+    /// make a small text memorised much sooner (chapter 5's curve).
+    Torch,
 }
 
 impl GptConfig {
@@ -62,6 +79,7 @@ impl GptConfig {
             drop_rate: 0.1,
             qkv_bias: false,
             tie_embeddings: false,
+            weight_init: WeightInit::Gpt2,
         }
     }
 

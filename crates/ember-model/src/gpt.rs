@@ -15,7 +15,7 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu_approximate;
 use ember_attention::{AttentionError, CausalSelfAttention, CausalSelfAttentionConfig, KvCache};
 
-use crate::config::GptConfig;
+use crate::config::{GptConfig, WeightInit};
 
 /// The position-wise feed-forward network: expand ×4, tanh-GELU, project back.
 #[derive(Module, Debug)]
@@ -27,11 +27,15 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    /// A feed-forward network for width `d_model`.
+    /// A feed-forward network for width `d_model`, GPT-2's initialisation.
     pub fn new(d_model: usize, device: &Device) -> Self {
+        Self::with_init(d_model, WeightInit::Gpt2, device)
+    }
+
+    fn with_init(d_model: usize, init: WeightInit, device: &Device) -> Self {
         Self {
-            c_fc: linear(d_model, 4 * d_model, true, device),
-            c_proj: linear(4 * d_model, d_model, true, device),
+            c_fc: linear(d_model, 4 * d_model, true, init, device),
+            c_proj: linear(4 * d_model, d_model, true, init, device),
         }
     }
 
@@ -60,14 +64,21 @@ pub struct TransformerBlock {
 
 impl TransformerBlock {
     fn new(config: &GptConfig, device: &Device) -> Self {
+        let d = config.emb_dim;
+        let mut attn = CausalSelfAttentionConfig::new(d, config.n_heads)
+            .with_dropout(config.drop_rate)
+            .with_qkv_bias(config.qkv_bias)
+            .init(device);
+        // The attention layer draws PyTorch's defaults; GPT-2's scheme redraws them.
+        if config.weight_init == WeightInit::Gpt2 {
+            attn.c_attn = linear(d, 3 * d, config.qkv_bias, config.weight_init, device);
+            attn.c_proj = linear(d, d, true, config.weight_init, device);
+        }
         Self {
-            ln_1: layer_norm(config.emb_dim, device),
-            attn: CausalSelfAttentionConfig::new(config.emb_dim, config.n_heads)
-                .with_dropout(config.drop_rate)
-                .with_qkv_bias(config.qkv_bias)
-                .init(device),
-            ln_2: layer_norm(config.emb_dim, device),
-            mlp: FeedForward::new(config.emb_dim, device),
+            ln_1: layer_norm(d, device),
+            attn,
+            ln_2: layer_norm(d, device),
+            mlp: FeedForward::with_init(d, config.weight_init, device),
             drop_shortcut: DropoutConfig::new(config.drop_rate).init(),
         }
     }
@@ -117,20 +128,21 @@ pub struct GptModel {
 }
 
 impl GptConfig {
-    /// Build a randomly initialised model (GPT-2's scheme: normal(0, 0.02) weights,
-    /// zero biases, unit LayerNorm).
+    /// Build a randomly initialised model, drawn as `weight_init`
+    /// says: GPT-2's scheme or PyTorch's defaults; LayerNorms start at one and zero.
     ///
     /// # Panics
     /// On an invalid config; call [`GptConfig::validate`] first where the config comes
     /// from a user.
     pub fn init(&self, device: &Device) -> GptModel {
         self.validate().expect("invalid GptConfig");
+        let std = match self.weight_init {
+            WeightInit::Gpt2 => 0.02,
+            WeightInit::Torch => 1.0,
+        };
         let embedding = |n: usize| {
             EmbeddingConfig::new(n, self.emb_dim)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: 0.02,
-                })
+                .with_initializer(Initializer::Normal { mean: 0.0, std })
                 .init(device)
         };
         GptModel {
@@ -141,8 +153,15 @@ impl GptConfig {
                 .map(|_| TransformerBlock::new(self, device))
                 .collect(),
             ln_f: layer_norm(self.emb_dim, device),
-            lm_head: (!self.tie_embeddings)
-                .then(|| linear(self.emb_dim, self.vocab_size, false, device)),
+            lm_head: (!self.tie_embeddings).then(|| {
+                linear(
+                    self.emb_dim,
+                    self.vocab_size,
+                    false,
+                    self.weight_init,
+                    device,
+                )
+            }),
             context_length: self.context_length,
         }
     }
@@ -238,6 +257,17 @@ impl GptModel {
         }
     }
 
+    /// Sets every dropout probability (embeddings, attention weights, residual
+    /// branches) to `p`: the book fine-tunes loaded GPT-2 weights with dropout 0.
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.drop_emb.prob = p;
+        for block in &mut self.h {
+            block.drop_shortcut.prob = p;
+            block.attn.attn_dropout.prob = p;
+        }
+        self
+    }
+
     /// The configuration this model was built with, read back from its shapes.
     pub fn config(&self) -> GptConfig {
         let [vocab_size, emb_dim] = self.wte.weight.dims();
@@ -251,6 +281,8 @@ impl GptModel {
             drop_rate: self.drop_emb.prob,
             qkv_bias: first.is_some_and(|b| b.attn.c_attn.bias.is_some()),
             tie_embeddings: self.lm_head.is_none(),
+            // Not recoverable from the weights; it only matters for new models.
+            weight_init: WeightInit::default(),
         }
     }
 }
@@ -261,7 +293,11 @@ fn layer_norm(d_model: usize, device: &Device) -> LayerNorm {
         .init(device)
 }
 
-fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+fn linear(d_in: usize, d_out: usize, bias: bool, init: WeightInit, device: &Device) -> Linear {
+    if init == WeightInit::Torch {
+        // Burn's default is PyTorch's: uniform(±1/√fan_in) for weight and bias.
+        return LinearConfig::new(d_in, d_out).with_bias(bias).init(device);
+    }
     let mut layer = LinearConfig::new(d_in, d_out)
         .with_bias(bias)
         .with_initializer(Initializer::Normal {

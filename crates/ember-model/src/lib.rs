@@ -15,7 +15,7 @@ pub mod generate;
 pub mod gpt;
 pub mod weights;
 
-pub use config::{ConfigError, GptConfig};
+pub use config::{ConfigError, GptConfig, WeightInit};
 pub use generate::{GenerateError, GenerationConfig, generate, sample_next_token};
 pub use gpt::{FeedForward, GptModel, TransformerBlock};
 pub use weights::{LoadedModel, ModelSource, WeightsError, load_model, save_checkpoint};

@@ -566,6 +566,7 @@ pub fn read_config_json(path: &Path) -> Result<GptConfig, WeightsError> {
             .get("tie_word_embeddings")
             .and_then(Value::as_bool)
             .unwrap_or(true),
+        weight_init: Default::default(),
     };
     config.validate().map_err(|e| format(e.to_string()))?;
     Ok(config)
@@ -765,6 +766,7 @@ mod tests {
                 drop_rate: 0.0,
                 qkv_bias: !tied,
                 tie_embeddings: tied,
+                weight_init: Default::default(),
             };
             let model = config.init(&device);
             let path = dir.path().join(format!("tied-{tied}"));
@@ -788,6 +790,7 @@ mod tests {
             drop_rate: 0.0,
             qkv_bias: true,
             tie_embeddings: true,
+            weight_init: Default::default(),
         };
         let mut tensors = hf_tensors(&config.init(&device));
         tensors.remove("transformer.ln_f.bias");
