@@ -2,14 +2,14 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use ember_model::{GenerationConfig, GptConfig, generate};
 use ember_tokenizer::{END_OF_TEXT_ID, Gpt2Tokenizer, Tokenizer};
 use ember_train::{PretrainConfig, RunOptions, StopReason, cross_entropy, perplexity as ppl};
+
+use crate::runs::{RunArgs, fmt_opt, interrupt_flag, resume_hint};
 
 use crate::model_arg::ModelArgs;
 
@@ -276,73 +276,28 @@ pub fn perplexity(model: &ModelArgs, text_file: &Path, json: bool, device: &Devi
     Ok(())
 }
 
-/// Settings of `ember pretrain`.
+/// Options of `ember pretrain`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct PretrainArgs {
-    /// Run preset.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Run preset: book (chapter 5), tiny (minutes on a CPU), corpus (prepared shards).
+    #[arg(long)]
     pub preset: Option<String>,
-    /// TOML file overriding the preset.
-    pub config: Option<PathBuf>,
-    /// Training text or shard directory.
+    /// Training text file or `ember prepare` shard directory.
+    #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Run directory.
-    pub out: Option<PathBuf>,
-    /// Stop after this many optimizer steps.
-    pub max_steps: Option<usize>,
-    /// Continue the run in this directory.
-    pub resume: Option<PathBuf>,
-    /// `key=value` overrides.
-    pub set: Vec<String>,
-    /// Hide the progress bars.
-    pub quiet: bool,
 }
 
 /// `ember pretrain`
 pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
-    let (mut config, run_dir) = match &args.resume {
-        Some(run_dir) => {
-            let path = run_dir.join("config.toml");
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("{}: not a run directory", run_dir.display()))?;
-            let config: PretrainConfig = toml::from_str(&text)
-                .map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
-            if args.out.as_ref().is_some_and(|o| o != run_dir) {
-                bail!("--resume continues a run in place; leave out --out");
-            }
-            (config, run_dir.clone())
+    let base = PretrainConfig::preset(args.preset.as_deref().unwrap_or("book"))?;
+    let (config, run_dir) = args.run.resolve(base, "runs/pretrain", |c| {
+        if let Some(data) = &args.data {
+            c.data.path = data.clone();
         }
-        None => {
-            let base = PretrainConfig::preset(args.preset.as_deref().unwrap_or("book"))?;
-            let config = match &args.config {
-                Some(path) => PretrainConfig::from_toml_file(path, &base)?,
-                None => base,
-            };
-            (
-                config,
-                args.out
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("runs/pretrain")),
-            )
-        }
-    };
-    if let Some(data) = &args.data {
-        config.data.path = data.clone();
-    }
-    config = config.with_overrides(&args.set)?;
-    if let Some(max_steps) = args.max_steps {
-        config.train.max_steps = Some(max_steps);
-    }
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    // A second Ctrl-C while the checkpoint is written ends the process at once.
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!(
-            "\ninterrupted: finishing the step and writing a checkpoint (Ctrl-C again to abort)"
-        );
-    })
-    .ok();
+    })?;
+    let interrupt = interrupt_flag();
     tracing::info!(
         run_dir = %run_dir.display(),
         params = config.model.num_params(),
@@ -354,12 +309,11 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
         &run_dir,
         device,
         RunOptions {
-            resume: args.resume.is_some(),
-            progress: !args.quiet,
+            resume: args.run.resume.is_some(),
+            progress: !args.run.quiet,
             interrupt: &interrupt,
         },
     )?;
-    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     println!(
         "{} after {} steps ({} tokens): train loss {}, val loss {}",
         match outcome.stop {
@@ -369,18 +323,15 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
         },
         outcome.state.step,
         outcome.state.tokens_seen,
-        fmt(outcome.train_loss),
-        fmt(outcome.val_loss),
+        fmt_opt(outcome.train_loss),
+        fmt_opt(outcome.val_loss),
     );
     println!(
         "run directory: {} (metrics.jsonl, loss.png, samples.txt, model/, checkpoints/)",
         outcome.run_dir.display()
     );
     if outcome.stop == StopReason::Interrupted {
-        println!(
-            "continue with: ember pretrain --resume {}",
-            outcome.run_dir.display()
-        );
+        println!("{}", resume_hint("pretrain", &outcome.run_dir));
     }
     Ok(())
 }

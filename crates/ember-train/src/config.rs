@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ember_model::GptConfig;
+use ember_model::{GptConfig, WeightInit};
 use serde::{Deserialize, Serialize};
 
 use crate::optim::AdamWSettings;
@@ -110,7 +110,11 @@ impl PretrainConfig {
     /// every 5 steps on 5 batches, the-verdict split 90/10.
     pub fn book() -> Self {
         Self {
-            model: GptConfig::book(),
+            // The book's code keeps PyTorch's layer initialisation.
+            model: GptConfig {
+                weight_init: WeightInit::Torch,
+                ..GptConfig::book()
+            },
             data: DataConfig {
                 path: PathBuf::from("datasets/the-verdict.txt"),
                 train_ratio: 0.9,
@@ -149,6 +153,7 @@ impl PretrainConfig {
         let mut config = Self::book();
         config.model = GptConfig {
             context_length: 64,
+            weight_init: WeightInit::Torch,
             ..GptConfig::tiny()
         };
         config.train.batch_size = 8;
@@ -164,6 +169,7 @@ impl PretrainConfig {
     pub fn corpus() -> Self {
         let mut config = Self::tiny();
         config.model.context_length = 128;
+        config.model.weight_init = WeightInit::Gpt2;
         config.data.path = PathBuf::from("data/shards");
         config.train.epochs = 1;
         config.train.warmup_steps = 100;
@@ -185,9 +191,81 @@ impl PretrainConfig {
         }
     }
 
+    /// Checks the values that would otherwise fail mid-run.
+    pub fn validate(&self) -> Result<(), String> {
+        self.model.validate().map_err(|e| e.to_string())?;
+        self.train.validate()?;
+        if !(self.data.train_ratio > 0.0 && self.data.train_ratio < 1.0) {
+            return Err(format!(
+                "data.train_ratio {} must be between 0 and 1",
+                self.data.train_ratio
+            ));
+        }
+        if self.data.stride == Some(0) {
+            return Err("data.stride must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The learning-rate schedule for a run of `total_steps` optimizer steps.
+    pub fn schedule(&self, total_steps: usize) -> crate::optim::LrSchedule {
+        self.train.schedule(total_steps)
+    }
+}
+
+impl TrainConfig {
+    /// Checks the values that would otherwise fail mid-run.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("train.epochs", self.epochs),
+            ("train.batch_size", self.batch_size),
+            ("train.grad_accum_steps", self.grad_accum_steps),
+            ("train.eval_freq", self.eval_freq),
+            ("train.eval_iter", self.eval_iter),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("train.lr {} must be positive", self.lr));
+        }
+        if !(self.peak_flops > 0.0 && self.peak_flops.is_finite()) {
+            return Err(format!(
+                "train.peak_flops {} must be positive",
+                self.peak_flops
+            ));
+        }
+        Ok(())
+    }
+
+    /// The learning-rate schedule for a run of `total_steps` optimizer steps.
+    pub fn schedule(&self, total_steps: usize) -> crate::optim::LrSchedule {
+        crate::optim::LrSchedule {
+            initial_lr: self.initial_lr.unwrap_or(self.lr),
+            peak_lr: self.lr,
+            min_lr: self.min_lr.unwrap_or(self.lr),
+            warmup_steps: self.warmup_steps,
+            total_steps,
+        }
+    }
+}
+
+/// A run configuration read from TOML and `--set key=value` overrides, every key
+/// checked (the pretraining and both fine-tuning configurations).
+pub trait RunConfig: Serialize + serde::de::DeserializeOwned + Clone {
+    /// Checks the values that would otherwise fail mid-run.
+    fn check(&self) -> Result<(), String>;
+
+    /// The optimisation settings.
+    fn train_mut(&mut self) -> &mut TrainConfig;
+
     /// Read a TOML file. Sections may be partial: what they leave out comes from
     /// `base` (a preset).
-    pub fn from_toml_file(path: &Path, base: &Self) -> Result<Self, RunConfigError> {
+    fn from_toml_file(path: &Path, base: &Self) -> Result<Self, RunConfigError>
+    where
+        Self: Sized,
+    {
         let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io {
             path: path.to_path_buf(),
             source,
@@ -202,7 +280,10 @@ impl PretrainConfig {
 
     /// Apply `key=value` overrides (`train.lr=1e-3`, `model.n_layers=2`, `data.path=...`).
     /// Values are TOML literals; anything that does not parse as one is a string.
-    pub fn with_overrides(&self, pairs: &[String]) -> Result<Self, RunConfigError> {
+    fn with_overrides(&self, pairs: &[String]) -> Result<Self, RunConfigError>
+    where
+        Self: Sized,
+    {
         let mut config = self.clone();
         for pair in pairs {
             let invalid = |message: String| RunConfigError::Invalid {
@@ -235,7 +316,10 @@ impl PretrainConfig {
         Ok(config)
     }
 
-    fn merged(&self, overrides: toml::Table, origin: &str) -> Result<Self, RunConfigError> {
+    fn merged(&self, overrides: toml::Table, origin: &str) -> Result<Self, RunConfigError>
+    where
+        Self: Sized,
+    {
         let invalid = |message: String| RunConfigError::Invalid {
             origin: origin.to_string(),
             message,
@@ -245,50 +329,18 @@ impl PretrainConfig {
         let config: Self = base
             .try_into()
             .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
-        config.validate().map_err(invalid)?;
+        config.check().map_err(invalid)?;
         Ok(config)
     }
+}
 
-    /// Checks the values that would otherwise fail mid-run.
-    pub fn validate(&self) -> Result<(), String> {
-        self.model.validate().map_err(|e| e.to_string())?;
-        let t = &self.train;
-        for (name, value) in [
-            ("train.epochs", t.epochs),
-            ("train.batch_size", t.batch_size),
-            ("train.grad_accum_steps", t.grad_accum_steps),
-            ("train.eval_freq", t.eval_freq),
-            ("train.eval_iter", t.eval_iter),
-        ] {
-            if value == 0 {
-                return Err(format!("{name} must be at least 1"));
-            }
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return Err(format!("train.lr {} must be positive", t.lr));
-        }
-        if !(self.data.train_ratio > 0.0 && self.data.train_ratio < 1.0) {
-            return Err(format!(
-                "data.train_ratio {} must be between 0 and 1",
-                self.data.train_ratio
-            ));
-        }
-        if self.data.stride == Some(0) {
-            return Err("data.stride must be at least 1".into());
-        }
-        Ok(())
+impl RunConfig for PretrainConfig {
+    fn check(&self) -> Result<(), String> {
+        self.validate()
     }
 
-    /// The learning-rate schedule for a run of `total_steps` optimizer steps.
-    pub fn schedule(&self, total_steps: usize) -> crate::optim::LrSchedule {
-        let t = &self.train;
-        crate::optim::LrSchedule {
-            initial_lr: t.initial_lr.unwrap_or(t.lr),
-            peak_lr: t.lr,
-            min_lr: t.min_lr.unwrap_or(t.lr),
-            warmup_steps: t.warmup_steps,
-            total_steps,
-        }
+    fn train_mut(&mut self) -> &mut TrainConfig {
+        &mut self.train
     }
 }
 

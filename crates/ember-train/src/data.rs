@@ -7,7 +7,7 @@ use ember_data::{
 use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
 
 use crate::config::PretrainConfig;
-use crate::trainer::TrainError;
+use crate::fit::TrainError;
 
 /// The training and validation windows of a run.
 pub struct TrainData {

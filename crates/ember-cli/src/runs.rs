@@ -1,0 +1,114 @@
+//! What every training subcommand shares: the run options, the configuration from a
+//! preset, a TOML file and `--set` overrides (or from the run being resumed), and the
+//! Ctrl-C flag.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, anyhow, bail};
+use ember_train::RunConfig;
+
+/// Options of every training run.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML file overriding the preset (unknown keys are errors).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Stop after this many optimizer steps in total.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Continue the run in this directory (in place).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Override a setting: `--set train.lr=1e-3` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// The configuration and run directory: the resumed run's saved configuration, or
+    /// `base` overlaid with `--config`; then `edit` (subcommand flags) and `--set`.
+    pub fn resolve<C: RunConfig>(
+        &self,
+        base: C,
+        default_out: &str,
+        edit: impl FnOnce(&mut C),
+    ) -> Result<(C, PathBuf)> {
+        let (mut config, run_dir) = match &self.resume {
+            Some(run_dir) => {
+                let path = run_dir.join("config.toml");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("{}: not a run directory", run_dir.display()))?;
+                let config: C = toml::from_str(&text)
+                    .map_err(|e| anyhow!("{}: {}", path.display(), e.message()))?;
+                if self.out.as_ref().is_some_and(|o| o != run_dir) {
+                    bail!("--resume continues a run in place; leave out --out");
+                }
+                if self.config.is_some() {
+                    bail!(
+                        "--resume reads the run's own config.toml; leave out --config (use --set)"
+                    );
+                }
+                let mut config = config;
+                // An earlier --max-steps ends the earlier invocation, not this one.
+                config.train_mut().max_steps = None;
+                (config, run_dir.clone())
+            }
+            None => {
+                let config = match &self.config {
+                    Some(path) => C::from_toml_file(path, &base)?,
+                    None => base,
+                };
+                let out = self
+                    .out
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(default_out));
+                (config, out)
+            }
+        };
+        edit(&mut config);
+        let mut config = config.with_overrides(&self.set)?;
+        config.check().map_err(|e| anyhow!("{e}"))?;
+        if let Some(max_steps) = self.max_steps {
+            config.train_mut().max_steps = Some(max_steps);
+        }
+        Ok((config, run_dir))
+    }
+}
+
+/// A flag raised by Ctrl-C: the run finishes its step and writes a checkpoint. A second
+/// Ctrl-C while that happens ends the process at once.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupted: finishing the step and writing a checkpoint (Ctrl-C again to abort)"
+        );
+    })
+    .ok();
+    interrupt
+}
+
+/// `x.xxx` or `-`.
+pub fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.3}"))
+}
+
+/// The line printed after a run stopped early.
+pub fn resume_hint(command: &str, run_dir: &Path) -> String {
+    format!(
+        "continue with: ember {command} --resume {}",
+        run_dir.display()
+    )
+}

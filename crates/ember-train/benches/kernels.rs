@@ -1,0 +1,96 @@
+//! Criterion micro-benchmarks of the kernels a gpt2-small training step spends its time
+//! in, at the book's shapes (batch 2 × context 256 = 512 rows, width 768, 12 heads):
+//! the matrix products of the projections and the output head, fused attention,
+//! LayerNorm, tanh-GELU, and softmax + cross-entropy over the vocabulary.
+//!
+//! `cargo bench -p ember-train --bench kernels` (ndarray, the default CPU backend).
+#![allow(deprecated)]
+
+use burn::module::Module;
+use burn::nn::LayerNormConfig;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::activation::gelu_approximate;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use criterion::{Criterion, criterion_group, criterion_main};
+use ember_train::cross_entropy;
+
+const ROWS: usize = 512;
+const WIDTH: usize = 768;
+const HEADS: usize = 12;
+const VOCAB: usize = 50257;
+
+fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+}
+
+/// Forces the lazy work of `t` to run (reads one value back).
+fn settle<const D: usize>(t: Tensor<D>) {
+    let _: f32 = t.sum().into_scalar();
+}
+
+fn matmuls(c: &mut Criterion) {
+    let device = Device::ndarray();
+    let mut group = c.benchmark_group("matmul");
+    group.sample_size(10);
+    for (name, inner, outer) in [
+        ("qkv 512x768x2304", WIDTH, 3 * WIDTH),
+        ("attn_proj 512x768x768", WIDTH, WIDTH),
+        ("mlp_fc 512x768x3072", WIDTH, 4 * WIDTH),
+        ("mlp_proj 512x3072x768", 4 * WIDTH, WIDTH),
+        ("lm_head 512x768x50257", WIDTH, VOCAB),
+    ] {
+        let a = random([ROWS, inner], &device);
+        let b = random([inner, outer], &device);
+        group.bench_function(name, |bench| {
+            bench.iter(|| settle(a.clone().matmul(b.clone())))
+        });
+    }
+    group.finish();
+}
+
+fn layers(c: &mut Criterion) {
+    let device = Device::ndarray();
+    let mut group = c.benchmark_group("layers");
+    group.sample_size(10);
+    let head_dim = WIDTH / HEADS;
+    let q = random([2, HEADS, 256, head_dim], &device);
+    let k = random([2, HEADS, 256, head_dim], &device);
+    let v = random([2, HEADS, 256, head_dim], &device);
+    group.bench_function("causal attention 2x12x256x64", |bench| {
+        bench.iter(|| {
+            settle(attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                None,
+                None,
+                AttentionModuleOptions {
+                    is_causal: true,
+                    ..Default::default()
+                },
+            ))
+        })
+    });
+    let x = random([2, 256, WIDTH], &device);
+    let norm = LayerNormConfig::new(WIDTH).with_epsilon(1e-5).init(&device);
+    let norm = norm.valid();
+    group.bench_function("layer norm 512x768", |bench| {
+        bench.iter(|| settle(norm.forward(x.clone())))
+    });
+    let h = random([2, 256, 4 * WIDTH], &device);
+    group.bench_function("tanh-GELU 512x3072", |bench| {
+        bench.iter(|| settle(gelu_approximate(h.clone())))
+    });
+    let logits = random([2, 256, VOCAB], &device);
+    let targets =
+        Tensor::<2, Int>::random([2, 256], Distribution::Uniform(0.0, VOCAB as f64), &device);
+    group.bench_function("softmax + cross-entropy 512x50257", |bench| {
+        bench.iter(|| settle(cross_entropy(logits.clone(), targets.clone())))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, matmuls, layers);
+criterion_main!(benches);
