@@ -2,15 +2,19 @@
 //! pipelines.
 //!
 //! ```text
-//! cargo xtask pretrain [--backend ndarray|openblas|flex|wgpu|tch|cuda] [--debug] [ARGS...]
-//! cargo xtask build    [--backend ...] [--debug]
+//! cargo xtask pretrain          [--backend ndarray|openblas|flex|wgpu|tch|cuda] [--debug] [ARGS...]
+//! cargo xtask finetune-spam     [--backend ...] [--base PATH|--from-scratch] [--lora RANK] [ARGS...]
+//! cargo xtask finetune-instruct [--backend ...] [--base PATH|--from-scratch] [--judge-url URL [--judge-model M]] [ARGS...]
+//! cargo xtask build             [--backend ...] [--debug]
 //! cargo xtask bench    [--backend ...] [--python PYTHON] [--quick]
 //! ```
 //! `bench` runs `ember bench` and `bench/torch_gpt_bench.py` (with `--python`, default
 //! `python3`, which must have torch) on the same settings, one after the other for each
 //! measurement, prints the side-by-side table and writes `target/bench.json`.
-//! Every argument xtask does not know is passed on to `ember pretrain` (`--config`,
-//! `--preset`, `--set key=value`, `--max-steps`, `--out`, `--resume`, ...).
+//! Every argument xtask does not know is passed on to the `ember` subcommand of the
+//! same name (`--config`, `--preset`, `--set key=value`, `--max-steps`, `--out`,
+//! `--resume`, ...). `finetune-instruct` with `--judge-url` then scores the responses
+//! with `ember judge` (Ollama's API; `--judge-model`, default llama3).
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -19,7 +23,7 @@ const BACKENDS: [&str; 6] = ["ndarray", "openblas", "flex", "wgpu", "tch", "cuda
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <pretrain|build|bench> [--backend {}] [--debug] [ember arguments...]",
+        "usage: cargo xtask <pretrain|finetune-spam|finetune-instruct|build|bench> [--backend {}] [--debug] [ember arguments...]",
         BACKENDS.join("|")
     );
     ExitCode::from(2)
@@ -80,6 +84,8 @@ fn main() -> ExitCode {
     let mut backend = "ndarray".to_string();
     let mut release = true;
     let mut rest = Vec::new();
+    let mut judge_url = None;
+    let mut judge_model = "llama3".to_string();
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -88,8 +94,27 @@ fn main() -> ExitCode {
                 None => return usage(),
             },
             "--debug" => release = false,
+            "--judge-url" if task == "finetune-instruct" => match iter.next() {
+                Some(u) => judge_url = Some(u),
+                None => return usage(),
+            },
+            "--judge-model" if task == "finetune-instruct" => match iter.next() {
+                Some(m) => judge_model = m,
+                None => return usage(),
+            },
             _ => rest.push(arg),
         }
+    }
+    if ![
+        "build",
+        "bench",
+        "pretrain",
+        "finetune-spam",
+        "finetune-instruct",
+    ]
+    .contains(&task.as_str())
+    {
+        return usage();
     }
     let binary = match build(&backend, release) {
         Ok(binary) => binary,
@@ -104,21 +129,47 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         "bench" => return bench(&binary, &backend, &rest),
-        "pretrain" => {
+        subcommand => {
             let mut a = vec![
                 "--backend".to_string(),
                 backend_name(&backend).to_string(),
-                "pretrain".to_string(),
+                subcommand.to_string(),
             ];
-            a.extend(rest);
+            a.extend(rest.iter().cloned());
             a
         }
-        _ => return usage(),
     };
-    eprintln!("xtask: {} {}", binary.display(), ember_args.join(" "));
-    match Command::new(&binary)
+    let code = run_ember(&binary, &ember_args);
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    if let Some(url) = judge_url {
+        // The responses file sits in the run directory (--out, or the default one).
+        let out = rest
+            .iter()
+            .position(|a| a == "--out" || a == "--resume")
+            .and_then(|i| rest.get(i + 1).cloned())
+            .unwrap_or_else(|| "runs/instruct".to_string());
+        let responses = PathBuf::from(out).join("instruction-data-with-response.json");
+        let judge = vec![
+            "judge".to_string(),
+            "--responses".to_string(),
+            responses.display().to_string(),
+            "--url".to_string(),
+            url,
+            "--model".to_string(),
+            judge_model,
+        ];
+        return run_ember(&binary, &judge);
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_ember(binary: &std::path::Path, args: &[String]) -> ExitCode {
+    eprintln!("xtask: {} {}", binary.display(), args.join(" "));
+    match Command::new(binary)
         .current_dir(workspace_root())
-        .args(&ember_args)
+        .args(args)
         .status()
     {
         Ok(status) if status.success() => ExitCode::SUCCESS,

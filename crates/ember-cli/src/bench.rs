@@ -84,6 +84,7 @@ fn config(args: &BenchArgs) -> Result<GptConfig> {
         drop_rate: args.dropout,
         qkv_bias: false,
         tie_embeddings: false,
+        weight_init: Default::default(),
     })
 }
 

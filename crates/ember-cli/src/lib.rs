@@ -8,5 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod commands;
 pub mod download;
+pub mod finetune;
 pub mod judge;
 pub mod model_arg;
+pub mod runs;

@@ -121,31 +121,21 @@ enum Command {
         json: bool,
     },
     /// Pretrain a GPT (chapter 5, appendix D).
-    Pretrain {
-        /// Run preset: book (chapter 5), tiny (minutes on a CPU), corpus (prepared shards).
+    Pretrain(commands::PretrainArgs),
+    /// Fine-tune a spam classifier on the SMS Spam Collection (chapter 6, appendix E).
+    FinetuneSpam(ember_cli::finetune::SpamArgs),
+    /// Fine-tune a GPT to follow instructions, then answer the test entries (chapter 7).
+    FinetuneInstruct(ember_cli::finetune::InstructArgs),
+    /// Classify a text with a classifier made by `ember finetune-spam`.
+    Classify {
+        /// The classifier (its run directory or its model/ directory).
         #[arg(long)]
-        preset: Option<String>,
-        /// TOML file overriding the preset.
+        model: PathBuf,
+        /// Print `{"label": ..., "probabilities": {...}}`.
         #[arg(long)]
-        config: Option<PathBuf>,
-        /// Training text file or `ember prepare` shard directory.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Run directory (default runs/pretrain).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Stop after this many optimizer steps in total.
-        #[arg(long)]
-        max_steps: Option<usize>,
-        /// Continue the run in this directory.
-        #[arg(long)]
-        resume: Option<PathBuf>,
-        /// Override a setting: `--set train.lr=1e-3` (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// No progress bars.
-        #[arg(long)]
-        quiet: bool,
+        json: bool,
+        /// The text.
+        text: String,
     },
     /// Measure training and generation speed (same settings and JSON keys as
     /// bench/torch_gpt_bench.py).
@@ -292,28 +282,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             text_file,
             json,
         } => commands::perplexity(&model, &text_file, json, &device()?),
-        Command::Pretrain {
-            preset,
-            config,
-            data,
-            out,
-            max_steps,
-            resume,
-            set,
-            quiet,
-        } => commands::pretrain(
-            commands::PretrainArgs {
-                preset,
-                config,
-                data,
-                out,
-                max_steps,
-                resume,
-                set,
-                quiet,
-            },
-            &device()?,
-        ),
+        Command::Pretrain(args) => commands::pretrain(args, &device()?),
+        Command::FinetuneSpam(args) => ember_cli::finetune::spam(args, &device()?),
+        Command::FinetuneInstruct(args) => ember_cli::finetune::instruct(args, &device()?),
+        Command::Classify { model, json, text } => {
+            ember_cli::finetune::classify(&model, &text, json, &device()?)
+        }
         Command::Bench(args) => {
             let name = cli
                 .backend

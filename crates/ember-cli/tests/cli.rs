@@ -264,3 +264,141 @@ fn chat_wraps_each_line_in_the_alpaca_prompt_and_streams_the_answer() {
     assert!(!answer.is_empty());
     assert_eq!(stdout(&o), format!("> {answer}\n> "));
 }
+
+fn spam_data() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../datasets/sms_spam_collection/SMSSpamCollection")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn finetune_commands_check_their_inputs_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = spam_data();
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    let o = run(&["finetune-spam", "--out", out], b"");
+    assert_one_line_error(&o, "pass --base MODEL");
+    let o = run(
+        &[
+            "finetune-spam",
+            "--from-scratch",
+            "--out",
+            out,
+            "--trainable",
+            "some",
+        ],
+        b"",
+    );
+    assert_one_line_error(&o, "trainable \"some\" is not one of all, head, last-N");
+    let o = run(
+        &[
+            "finetune-spam",
+            "--base",
+            "/nonexistent/model",
+            "--out",
+            out,
+            "--data",
+            &data,
+        ],
+        b"",
+    );
+    assert_one_line_error(&o, "/nonexistent/model");
+    let o = run(
+        &[
+            "finetune-instruct",
+            "--from-scratch",
+            "--out",
+            out,
+            "--set",
+            "train.epoch=3",
+        ],
+        b"",
+    );
+    assert_one_line_error(&o, "unknown field `epoch`");
+    let o = run(
+        &[
+            "finetune-instruct",
+            "--from-scratch",
+            "--out",
+            out,
+            "--data",
+            "/nonexistent.json",
+        ],
+        b"",
+    );
+    assert_one_line_error(&o, "/nonexistent.json");
+    // Nothing was written for a run that never started... except the refusal to reuse
+    // a directory that holds one.
+    assert!(!dir.path().join("run").join("metrics.jsonl").exists());
+    let o = run(
+        &["classify", "--model", dir.path().to_str().unwrap(), "hello"],
+        b"",
+    );
+    assert_one_line_error(&o, "classifier.json");
+}
+
+#[test]
+fn finetune_spam_then_classify_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("spam");
+    let run_dir = run_dir.to_str().unwrap();
+    let data = spam_data();
+    let o = run(
+        &[
+            "finetune-spam",
+            "--data",
+            &data,
+            "--from-scratch",
+            "--out",
+            run_dir,
+            "--max-steps",
+            "3",
+            "--quiet",
+            "--set",
+            "model.emb_dim=32",
+            "--set",
+            "model.n_layers=1",
+            "--set",
+            "model.n_heads=2",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("accuracy after 3 steps"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(
+        &[
+            "classify",
+            "--model",
+            run_dir,
+            "--json",
+            "Win a free cruise, text WIN now",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let ham = v["probabilities"]["ham"].as_f64().unwrap();
+    let spam = v["probabilities"]["spam"].as_f64().unwrap();
+    assert!((ham + spam - 1.0).abs() < 1e-5);
+    assert_eq!(v["label"], if spam > ham { "spam" } else { "ham" });
+    // Running again into the same directory is refused; the run is kept.
+    let o = run(
+        &[
+            "finetune-spam",
+            "--from-scratch",
+            "--out",
+            run_dir,
+            "--data",
+            &data,
+        ],
+        b"",
+    );
+    assert_one_line_error(&o, "already holds a run");
+    assert!(Path::new(run_dir).join("model/classifier.json").exists());
+}

@@ -223,6 +223,7 @@ mod tests {
             drop_rate: 0.0,
             qkv_bias: false,
             tie_embeddings: true,
+            weight_init: Default::default(),
         };
         let model = GptClassifier::new(config.init(&device), 2, &device);
         let all = model.num_trainable_params();
@@ -256,6 +257,7 @@ mod tests {
             drop_rate: 0.0,
             qkv_bias: true,
             tie_embeddings: true,
+            weight_init: Default::default(),
         };
         let model = GptClassifier::new(config.init(&device), 2, &device);
         let ids =

@@ -1,0 +1,229 @@
+//! End-to-end fine-tuning runs on small models: chapter 6's classifier (with freezing
+//! and with LoRA) and chapter 7's instruction run, through ember-train's loop.
+#![allow(deprecated)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use burn::prelude::*;
+use ember_finetune::classifier::GptClassifier;
+use ember_finetune::instruct_finetune::{InstructConfig, finetune_instruct};
+use ember_finetune::spam_finetune::{
+    SpamConfig, classify_text, finetune_spam, load_adapters, load_classifier,
+};
+use ember_model::{GptConfig, load_model};
+use ember_tokenizer::Gpt2Tokenizer;
+use ember_train::{MetricsLine, RunOptions};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn options(interrupt: &AtomicBool) -> RunOptions<'_> {
+    RunOptions {
+        resume: false,
+        progress: false,
+        interrupt,
+    }
+}
+
+/// A model that trains a step in well under a second.
+fn small_model() -> GptConfig {
+    GptConfig {
+        context_length: 128,
+        emb_dim: 32,
+        n_heads: 2,
+        n_layers: 2,
+        ..GptConfig::tiny()
+    }
+}
+
+fn spam_config() -> SpamConfig {
+    let mut config = SpamConfig::book();
+    config.data = root().join("datasets/sms_spam_collection/SMSSpamCollection");
+    config.model = small_model();
+    config.trainable = "all".into();
+    config.train.lr = 1e-3;
+    config.train.max_steps = Some(60);
+    config.train.eval_freq = 20;
+    config
+}
+
+fn metrics(dir: &Path) -> Vec<MetricsLine> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn spam_classifier_learns_saves_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("spam");
+    let device = Device::ndarray();
+    let interrupt = AtomicBool::new(false);
+    let results = finetune_spam(&spam_config(), &run, &device, options(&interrupt)).unwrap();
+    // The book's split and padded length.
+    assert_eq!(results.split_sizes, [1045, 149, 300]);
+    assert_eq!(results.max_length, 120);
+    assert_eq!(results.steps, 60);
+    // 60 steps from scratch already beat the majority class (50%) by far.
+    assert!(results.val_accuracy > 0.75, "{results:?}");
+    assert!(results.test_accuracy > 0.75, "{results:?}");
+    let lines = metrics(&run);
+    assert_eq!(lines.len(), 60);
+    let evals: Vec<&MetricsLine> = lines.iter().filter(|m| m.val_accuracy.is_some()).collect();
+    assert_eq!(
+        evals.iter().map(|m| m.step).collect::<Vec<_>>(),
+        [1, 21, 41]
+    );
+    assert!(evals[2].val_loss.unwrap() < evals[0].val_loss.unwrap());
+    for file in ["loss.png", "accuracy.png", "results.json", "config.toml"] {
+        assert!(run.join(file).exists(), "{file}");
+    }
+
+    // The saved classifier gives the probabilities the trained one gives.
+    let (model, info) = load_classifier(&run, &device).unwrap();
+    assert_eq!(info.labels, ["ham", "spam"]);
+    let tokenizer = Gpt2Tokenizer::gpt2().unwrap();
+    let text = "WINNER!! You have won a 1000 cash prize. Call 09061701461 to claim now";
+    let probs = classify_text(&model, &info, &tokenizer, text, &device).unwrap();
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+    // The whole test split through the reloaded model: the recorded accuracy.
+    let split = ember_finetune::spam::book_split(&spam_config().data).unwrap();
+    let correct = split
+        .test
+        .iter()
+        .filter(|e| {
+            let p = classify_text(&model, &info, &tokenizer, &e.text, &device).unwrap();
+            (p[1] > p[0]) as u8 == e.label
+        })
+        .count();
+    // (Batched and one-by-one forward passes may round a near-tie differently.)
+    assert!((correct as f64 / 300.0 - results.test_accuracy).abs() <= 1.0 / 300.0 + 1e-12);
+
+    // A second run into the same directory is refused, nothing is overwritten.
+    let err = finetune_spam(&spam_config(), &run, &device, options(&interrupt))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already holds a run"), "{err}");
+}
+
+#[test]
+fn lora_trains_adapters_that_can_be_saved_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let device = Device::ndarray();
+    device.seed(5);
+    // A base model on disk, as a pretraining run would leave it.
+    ember_model::save_checkpoint(&small_model().init(&device), &base).unwrap();
+    let mut config = spam_config();
+    config.base = Some(base.clone());
+    config.lora_rank = Some(4);
+    config.lora_alpha = 8.0;
+    config.train.max_steps = Some(4);
+    let run = dir.path().join("lora");
+    let interrupt = AtomicBool::new(false);
+    let results = finetune_spam(&config, &run, &device, options(&interrupt)).unwrap();
+    // Adapters on c_attn, c_proj, c_fc, mlp.c_proj of 2 blocks, and the head.
+    let (d, r) = (32, 4);
+    let per_block = r * (d + 3 * d) + r * (d + d) + r * (d + 4 * d) + r * (4 * d + d);
+    assert_eq!(results.trainable_params, 2 * per_block + r * (d + 2));
+
+    // Base + the adapters file = the merged classifier that was saved.
+    let (merged, info) = load_classifier(&run, &device).unwrap();
+    let gpt = load_model(&base, None, &device).unwrap().model;
+    let fresh = GptClassifier::new(gpt, 2, &device).with_lora(4, 8.0);
+    // The head is not an adapter: take the trained one.
+    let mut restored = load_adapters(fresh, &run.join("adapters.bpk")).unwrap();
+    restored.head.bias = merged.head.bias.clone();
+    let tokenizer = Gpt2Tokenizer::gpt2().unwrap();
+    let text = "Are we still meeting for lunch today?";
+    let a = classify_text(&merged, &info, &tokenizer, text, &device).unwrap();
+    let b = classify_text(&restored, &info, &tokenizer, text, &device).unwrap();
+    assert!((a[0] - b[0]).abs() < 1e-5, "{a:?} vs {b:?}");
+}
+
+#[test]
+fn bad_spam_settings_are_named() {
+    let device = Device::ndarray();
+    let interrupt = AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = spam_config();
+    config.trainable = "last".into();
+    let err = finetune_spam(&config, &dir.path().join("a"), &device, options(&interrupt))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("trainable \"last\""), "{err}");
+    let mut config = spam_config();
+    config.data = dir.path().join("missing.tsv");
+    let err = finetune_spam(&config, &dir.path().join("b"), &device, options(&interrupt))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.tsv"), "{err}");
+    let mut config = spam_config();
+    config.max_length = Some(500);
+    let err = finetune_spam(&config, &dir.path().join("c"), &device, options(&interrupt))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("exceeds the model's context length 128"),
+        "{err}"
+    );
+}
+
+#[test]
+fn instruction_run_trains_and_answers_the_test_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::ndarray();
+    // The first 100 entries: 85 train, 10 test, 5 validation.
+    let data: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(root().join("datasets/instruction-data.json")).unwrap(),
+    )
+    .unwrap();
+    let path = dir.path().join("data.json");
+    std::fs::write(&path, serde_json::to_string(&data[..100]).unwrap()).unwrap();
+    let mut config = InstructConfig::book();
+    config.data = path;
+    config.model = GptConfig {
+        qkv_bias: true,
+        ..small_model()
+    };
+    config.train.lr = 1e-3;
+    config.train.max_steps = Some(6);
+    config.train.sample_tokens = 5;
+    config.max_new_tokens = 8;
+    config.responses = Some(3);
+    config.mask_instruction = true;
+    let run = dir.path().join("instruct");
+    let interrupt = AtomicBool::new(false);
+    let results = finetune_instruct(&config, &run, &device, options(&interrupt)).unwrap();
+    assert_eq!(results.split_sizes, [85, 10, 5]);
+    assert_eq!(results.steps, 6);
+    let lines = metrics(&run);
+    assert_eq!(lines.len(), 6);
+    // The loss falls from about ln(50257) = 10.8.
+    let first = lines[0].val_loss.unwrap();
+    let last = lines[5].val_loss.unwrap();
+    assert!(first > 10.0 && last < first, "{first} -> {last}");
+    let answered: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&results.responses_file).unwrap()).unwrap();
+    assert_eq!(answered.len(), 3);
+    assert_eq!(answered[0]["instruction"], data[85]["instruction"]);
+    assert!(answered.iter().all(|e| e["model_response"].is_string()));
+    // The model written at the end answers the same way as during the run.
+    let model = load_model(&run.join("model"), None, &device).unwrap().model;
+    let entry: ember_finetune::instruct::InstructionEntry =
+        serde_json::from_value(data[85].clone()).unwrap();
+    let tokenizer = Gpt2Tokenizer::gpt2().unwrap();
+    let again =
+        ember_finetune::instruct_finetune::respond(&model, &tokenizer, &entry, 8, &device).unwrap();
+    assert_eq!(again, answered[0]["model_response"].as_str().unwrap());
+    assert!(run.join("loss.png").exists());
+    let samples = std::fs::read_to_string(run.join("samples.txt")).unwrap();
+    assert!(
+        samples.starts_with("stopped at step 6 (epoch 1): "),
+        "{samples}"
+    );
+}
