@@ -232,9 +232,19 @@ impl CausalSelfAttention {
         let dropout_active = self.attn_dropout.prob > 0.0
             && self.attn_dropout.training.is_enabled()
             && q.device().is_autodiff();
+        let seq_k = k.dims()[2];
         let context = if dropout_active {
             // The fused kernel has no dropout; the book drops attention weights.
             explicit_attention(q, k, v, Some(&self.attn_dropout))
+        } else if seq_len != seq_k {
+            // Queries that continue a cached sequence. Backends disagree on where a
+            // non-square causal mask sits (libtorch aligns it top-left), so: one new
+            // query sees every key, several get the explicit bottom-right mask.
+            if seq_len == 1 {
+                attention(q, k, v, None, None, AttentionModuleOptions::default())
+            } else {
+                explicit_attention(q, k, v, None)
+            }
         } else {
             attention(
                 q,
