@@ -35,12 +35,18 @@ fn small_config() -> PretrainConfig {
     config
 }
 
+/// Dropout draws from the backend's one random generator, which the loop re-seeds at
+/// every step: runs in parallel threads of this process would draw from each other's
+/// stream, so they take turns.
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn try_run(
     config: &PretrainConfig,
     dir: &Path,
     resume: bool,
     interrupted: bool,
 ) -> Result<ember_train::PretrainOutcome, ember_train::TrainError> {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let interrupt = AtomicBool::new(interrupted);
     pretrain(
         config,
