@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use ember_model::weights::write_atomic;
-use ember_model::{GenerationConfig, GptConfig, GptModel, generate, load_model, save_checkpoint};
+use ember_model::{GenerationConfig, GptConfig, GptModel, generate, save_checkpoint};
 use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
 use ember_train::fit::file_error;
 use ember_train::{
@@ -28,7 +28,7 @@ use crate::instruct::{
     END_OF_TEXT_ID, InstructionEntry, book_split, collate, format_example, format_input,
     read_instruction_data,
 };
-use crate::spam_finetune::{FinetuneError, resolve_base};
+use crate::spam_finetune::{FinetuneError, base_model};
 
 /// Configuration of an instruction fine-tuning run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -356,17 +356,8 @@ pub fn finetune_instruct(
     let tokenizer = Gpt2Tokenizer::gpt2().map_err(|e| FinetuneError::Input(e.to_string()))?;
     let train_device = device.clone().autodiff();
     train_device.seed(config.train.seed);
-    let model = match &config.base {
-        Some(base) => {
-            let base = resolve_base(base);
-            let pth = base.extension().is_some_and(|e| e == "pth" || e == "pt");
-            load_model(&base, pth.then_some(&config.model), &train_device)
-                .map_err(|e| FinetuneError::Input(e.to_string()))?
-                .model
-        }
-        None => config.model.init(&train_device),
-    }
-    .with_dropout(config.drop_rate);
+    let model = base_model(config.base.as_deref(), &config.model, &train_device)?
+        .with_dropout(config.drop_rate);
     let max_length = config.allowed_max_length.min(model.context_length);
     if options.resume {
         paths.check_resumable(config)?;

@@ -361,6 +361,23 @@ pub fn resolve_base(path: &Path) -> PathBuf {
     }
 }
 
+/// The model a fine-tuning run starts from: `base` loaded (a `.pth` needs `model` for
+/// its shape), or a new `model` drawn on `device` when there is no base.
+pub fn base_model(
+    base: Option<&Path>,
+    model: &GptConfig,
+    device: &Device,
+) -> Result<ember_model::GptModel, FinetuneError> {
+    let Some(base) = base else {
+        return Ok(model.init(device));
+    };
+    let base = resolve_base(base);
+    let pth = base.extension().is_some_and(|e| e == "pth" || e == "pt");
+    Ok(load_model(&base, pth.then_some(model), device)
+        .map_err(|e| FinetuneError::Input(e.to_string()))?
+        .model)
+}
+
 /// Fine-tunes the spam classifier of chapter 6 in `run_dir`.
 pub fn finetune_spam(
     config: &SpamConfig,
@@ -376,17 +393,8 @@ pub fn finetune_spam(
     let tokenizer = Gpt2Tokenizer::gpt2().map_err(|e| FinetuneError::Input(e.to_string()))?;
     let train_device = device.clone().autodiff();
     train_device.seed(config.train.seed);
-    let gpt = match &config.base {
-        Some(base) => {
-            let base = resolve_base(base);
-            let pth = base.extension().is_some_and(|e| e == "pth" || e == "pt");
-            load_model(&base, pth.then_some(&config.model), &train_device)
-                .map_err(|e| FinetuneError::Input(e.to_string()))?
-                .model
-        }
-        None => config.model.init(&train_device),
-    }
-    .with_dropout(config.drop_rate);
+    let gpt = base_model(config.base.as_deref(), &config.model, &train_device)?
+        .with_dropout(config.drop_rate);
     let context = gpt.context_length;
     let max_length = match config.max_length {
         Some(n) => n,
