@@ -11,13 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::prelude::*;
-use ember_model::weights::write_atomic;
 use ember_model::{GenerationConfig, GptConfig, GptModel, generate, save_checkpoint};
 use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
-use ember_train::fit::file_error;
 use ember_train::{
-    AdamWSettings, Evaluation, RunConfig, RunOptions, RunPaths, StopReason, TrainConfig, TrainTask,
-    cross_entropy, fit,
+    Evaluation, RunConfig, RunOptions, RunPaths, StopReason, TrainConfig, TrainTask, cross_entropy,
+    fit,
 };
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -73,29 +71,7 @@ impl InstructConfig {
             mask_instruction: false,
             max_new_tokens: 256,
             responses: None,
-            train: TrainConfig {
-                epochs: 2,
-                batch_size: 8,
-                grad_accum_steps: 1,
-                lr: 5e-5,
-                warmup_steps: 0,
-                initial_lr: None,
-                min_lr: None,
-                optimizer: AdamWSettings {
-                    weight_decay: 0.1,
-                    ..AdamWSettings::default()
-                },
-                grad_clip: None,
-                eval_freq: 5,
-                eval_iter: 5,
-                seed: 123,
-                shuffle: true,
-                checkpoint_every: 0,
-                max_steps: None,
-                sample_prompt: String::new(),
-                sample_tokens: 50,
-                peak_flops: 3.2e11,
-            },
+            train: TrainConfig::finetune(2, 5),
         }
     }
 }
@@ -419,14 +395,7 @@ pub fn finetune_instruct(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let responses_file = paths.root.join("instruction-data-with-response.json");
-    write_atomic(
-        &responses_file,
-        serde_json::to_string_pretty(&answered)
-            .expect("serialisable")
-            .as_bytes(),
-    )
-    .map_err(|e| file_error(&responses_file)(e.to_string()))?;
+    let responses_file = paths.write_json("instruction-data-with-response.json", &answered)?;
     let last = outcome.last_evaluation();
     let results = InstructResults {
         train_loss: last.train_loss,
@@ -439,13 +408,6 @@ pub fn finetune_instruct(
         train_seconds,
         respond_seconds: started.elapsed().as_secs_f64(),
     };
-    let results_path = paths.root.join("results.json");
-    write_atomic(
-        &results_path,
-        serde_json::to_string_pretty(&results)
-            .expect("serialisable")
-            .as_bytes(),
-    )
-    .map_err(|e| file_error(&results_path)(e.to_string()))?;
+    paths.write_json("results.json", &results)?;
     Ok(results)
 }

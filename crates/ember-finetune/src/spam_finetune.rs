@@ -23,8 +23,8 @@ use ember_model::{GptConfig, load_model, save_checkpoint};
 use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
 use ember_train::fit::file_error;
 use ember_train::{
-    AdamWSettings, Evaluation, RunConfig, RunOptions, RunPaths, StopReason, TrainConfig,
-    TrainError, TrainTask, fit,
+    Evaluation, RunConfig, RunOptions, RunPaths, StopReason, TrainConfig, TrainError, TrainTask,
+    fit,
 };
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -82,29 +82,7 @@ impl SpamConfig {
             trainable: "last-1".into(),
             lora_rank: None,
             lora_alpha: 16.0,
-            train: TrainConfig {
-                epochs: 5,
-                batch_size: 8,
-                grad_accum_steps: 1,
-                lr: 5e-5,
-                warmup_steps: 0,
-                initial_lr: None,
-                min_lr: None,
-                optimizer: AdamWSettings {
-                    weight_decay: 0.1,
-                    ..AdamWSettings::default()
-                },
-                grad_clip: None,
-                eval_freq: 50,
-                eval_iter: 5,
-                seed: 123,
-                shuffle: true,
-                checkpoint_every: 0,
-                max_steps: None,
-                sample_prompt: String::new(),
-                sample_tokens: 0,
-                peak_flops: 3.2e11,
-            },
+            train: TrainConfig::finetune(5, 50),
         }
     }
 
@@ -491,14 +469,7 @@ pub fn finetune_spam(
         },
         &paths.model(),
     )?;
-    let results_path = paths.root.join("results.json");
-    write_atomic(
-        &results_path,
-        serde_json::to_string_pretty(&results)
-            .expect("serialisable")
-            .as_bytes(),
-    )
-    .map_err(|e| file_error(&results_path)(e.to_string()))?;
+    paths.write_json("results.json", &results)?;
     Ok(results)
 }
 

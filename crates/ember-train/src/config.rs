@@ -214,6 +214,20 @@ impl PretrainConfig {
 }
 
 impl TrainConfig {
+    /// The fine-tuning chapters' optimisation: AdamW lr 5e-5 with weight decay 0.1,
+    /// batch 8, shuffled, evaluation on 5 batches every `eval_freq` steps, seed 123.
+    pub fn finetune(epochs: usize, eval_freq: usize) -> Self {
+        Self {
+            epochs,
+            batch_size: 8,
+            lr: 5e-5,
+            eval_freq,
+            sample_prompt: String::new(),
+            sample_tokens: 50,
+            ..PretrainConfig::book().train
+        }
+    }
+
     /// Checks the values that would otherwise fail mid-run.
     pub fn validate(&self) -> Result<(), String> {
         for (name, value) in [

@@ -243,6 +243,15 @@ impl RunPaths {
             .map_err(|e| file_error(&self.config())(e.to_string()))
     }
 
+    /// Writes `value` as pretty JSON to `name` in the run directory (atomically);
+    /// returns the file's path.
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<PathBuf, TrainError> {
+        let path = self.root.join(name);
+        let text = serde_json::to_string_pretty(value).expect("serialisable");
+        write_atomic(&path, text.as_bytes()).map_err(|e| file_error(&path)(e.to_string()))?;
+        Ok(path)
+    }
+
     /// Appends one line to `samples.txt`.
     pub fn append_sample(&self, line: &str) -> Result<(), TrainError> {
         let path = self.samples();
