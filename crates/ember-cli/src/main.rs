@@ -9,9 +9,31 @@ use ember_model::{GenerationConfig, GptConfig};
 
 // Training allocates and frees tensors of tens of megabytes every step; glibc's malloc
 // hands each back to the kernel and faults it in again (a fifth of a step's time,
-// measured with perf). mimalloc keeps them.
+// measured with perf). mimalloc keeps them, once told not to purge: see
+// `keep_freed_memory`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Tells mimalloc to keep freed memory mapped instead of returning it to the kernel after
+/// 10 ms (its default), so the next step's tensors reuse pages that are already faulted
+/// in: gpt2-small training steps went from 16.8 to 13.1 s on the 2-core CPU, where the
+/// kernel had spent a fifth of the time zeroing fresh pages. The cost is that the
+/// process keeps its peak memory until it exits. `MIMALLOC_PURGE_DELAY` and
+/// `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still win.
+fn keep_freed_memory() {
+    // Indices in mimalloc's `mi_option_t` (the same in its v2 and v3 headers).
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    for (option, variable, value) in [
+        (PURGE_DELAY, "MIMALLOC_PURGE_DELAY", -1),
+        (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 1),
+    ] {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: called once at the start of main, before any other thread exists.
+            unsafe { libmimalloc_sys::mi_option_set(option, value) };
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -404,6 +426,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG")
