@@ -64,7 +64,7 @@ fn scaled_dot_product<const D: usize>(
     }
     let mut weights = softmax(scores / d_k.sqrt(), D - 1);
     if let Some(dropout) = dropout {
-        weights = dropout.forward(weights);
+        weights = ember_kernels::dropout(dropout, weights);
     }
     let context = weights.clone().matmul(values);
     (context, weights)

@@ -287,7 +287,7 @@ fn explicit_attention(
         .expand([batch, heads, seq_q, seq_k]);
     let mut weights = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
     if let Some(dropout) = dropout {
-        weights = dropout.forward(weights);
+        weights = ember_kernels::dropout(dropout, weights);
     }
     weights.matmul(v)
 }

@@ -12,7 +12,6 @@ use burn::nn::{
     Linear, LinearConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::gelu_approximate;
 use ember_attention::{AttentionError, CausalSelfAttention, CausalSelfAttentionConfig, KvCache};
 
 use crate::config::{GptConfig, WeightInit};
@@ -42,8 +41,10 @@ impl FeedForward {
     /// # Shapes
     /// - x: `[batch, seq_len, d_model]` → `[batch, seq_len, d_model]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        // GPT-2 uses the tanh approximation of GELU (Burn's `gelu` is the exact erf one).
-        self.c_proj.forward(gelu_approximate(self.c_fc.forward(x)))
+        // GPT-2 uses the tanh approximation of GELU (Burn's `gelu` is the exact erf one);
+        // ember-kernels fuses it into one pass each way on the CPU.
+        self.c_proj
+            .forward(ember_kernels::gelu_tanh(self.c_fc.forward(x)))
     }
 }
 
@@ -86,25 +87,19 @@ impl TransformerBlock {
     /// # Shapes
     /// - x: `[batch, seq_len, d_model]` → `[batch, seq_len, d_model]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .drop_shortcut
-                .forward(self.attn.forward(self.ln_1.forward(x)));
-        x.clone()
-            + self
-                .drop_shortcut
-                .forward(self.mlp.forward(self.ln_2.forward(x)))
+        let attn = self.attn.forward(self.ln_1.forward(x.clone()));
+        let x = x + ember_kernels::dropout(&self.drop_shortcut, attn);
+        let mlp = self.mlp.forward(self.ln_2.forward(x.clone()));
+        x + ember_kernels::dropout(&self.drop_shortcut, mlp)
     }
 
     fn forward_cached(&self, x: Tensor<3>, cache: &mut KvCache, layer: usize) -> Tensor<3> {
         let attn = self
             .attn
             .forward_cached(self.ln_1.forward(x.clone()), cache, layer);
-        let x = x + self.drop_shortcut.forward(attn);
-        x.clone()
-            + self
-                .drop_shortcut
-                .forward(self.mlp.forward(self.ln_2.forward(x)))
+        let x = x + ember_kernels::dropout(&self.drop_shortcut, attn);
+        let mlp = self.mlp.forward(self.ln_2.forward(x.clone()));
+        x + ember_kernels::dropout(&self.drop_shortcut, mlp)
     }
 }
 
@@ -235,7 +230,7 @@ impl GptModel {
             .reshape([1, seq_len])
             .expand([batch, seq_len]);
         let x = self.wte.forward(ids) + self.wpe.forward(positions);
-        self.drop_emb.forward(x)
+        ember_kernels::dropout(&self.drop_emb, x)
     }
 
     /// Output projection to vocabulary logits.

@@ -1,0 +1,483 @@
+//! The kernels on Burn's ndarray backend: one pass over the data each way, split over
+//! the cores with rayon, and autodiff nodes whose backward passes are written out by hand.
+//!
+//! Each entry point takes the tensors back (`Err`) when they are not f32 tensors of the
+//! ndarray backend, plain or with autodiff (without gradient checkpointing), so the
+//! caller falls back to the plain tensor operations.
+#![allow(deprecated)] // The ndarray backend is deprecated in Burn 0.22 (removed in 0.23).
+
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+use burn::backend::TensorMetadata;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::ndarray::NdArrayTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, NdArray};
+use burn::prelude::*;
+use burn::tensor::{DType, Distribution};
+use ndarray::{ArcArray, ArrayViewD, CowArray, IxDyn};
+use rayon::prelude::*;
+
+use crate::IGNORE_INDEX;
+
+/// Autodiff over ndarray as the training device builds it (no gradient checkpointing).
+type AutodiffCpu = Autodiff<NdArray>;
+
+/// Elements per rayon task for the element-wise kernels: large enough that scheduling
+/// is noise, small enough to share a 1.5M-element GELU input between the cores.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+/// √(2/π), the GELU approximation's scale.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+/// The cubic term's weight in the GELU approximation.
+const CUBIC: f32 = 0.044_715;
+
+// ---------------------------------------------------------------------------------------
+// tanh-GELU
+
+pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
+    if x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    if let Ok(x) = x.clone().try_into_primitive::<AutodiffCpu>() {
+        return Ok(Tensor::from_primitive::<AutodiffCpu>(gelu_autodiff(x)));
+    }
+    if let Ok(x) = x.clone().try_into_primitive::<NdArray>() {
+        return Ok(Tensor::from_primitive::<NdArray>(gelu_forward(&x)));
+    }
+    Err(x)
+}
+
+/// The backward node of [`gelu_autodiff`]; its state is the input.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<NdArray, 1> for GeluBackward {
+    type State = NdArrayTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let input = ops.state;
+        unary::<NdArray, _>(ops.parents, ops.node, grads, |grad| {
+            gelu_backward(&input, &grad)
+        });
+    }
+}
+
+fn gelu_autodiff(x: FloatTensor<AutodiffCpu>) -> FloatTensor<AutodiffCpu> {
+    match GeluBackward
+        .prepare::<NoCheckpointing>([x.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let input = x.primitive().clone();
+            let output = gelu_forward(&input);
+            prep.finish(input, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(gelu_forward(x.primitive())),
+    }
+}
+
+fn gelu_forward(x: &NdArrayTensor) -> NdArrayTensor {
+    let x = contiguous(f32_view(x));
+    let xs = x.as_slice().expect("standard layout");
+    let mut out = Vec::with_capacity(xs.len());
+    xs.par_iter()
+        .with_min_len(ELEMENTS_PER_TASK)
+        .map(|&x| x * Sigmoid::of_2u(x).s)
+        .collect_into_vec(&mut out);
+    tensor(x.shape(), out)
+}
+
+/// `σ(2u)` and `1 − σ(2u)` for GELU's `u = √(2/π)·(x + 0.044715·x³)`.
+///
+/// `½·x·(1 + tanh(u))` is exactly `x·σ(2u)`: one `expf` instead of glibc's `tanhf`
+/// (which goes through `expm1f` and took three times as long here), and no
+/// cancellation in `1 + tanh(u)` for large negative `x`.
+struct Sigmoid {
+    s: f32,
+    one_minus_s: f32,
+}
+
+impl Sigmoid {
+    #[inline]
+    fn of_2u(x: f32) -> Self {
+        let e = (-2.0 * SQRT_2_OVER_PI * (x + CUBIC * x * x * x)).exp();
+        let s = 1.0 / (1.0 + e);
+        // e·s keeps 1 − σ exact where σ is close to 1; e is infinite only where σ is 0.
+        let one_minus_s = if e.is_finite() { e * s } else { 1.0 };
+        Sigmoid { s, one_minus_s }
+    }
+}
+
+/// `grad · d/dx gelu(x)`, with `d/dx x·σ(2u) = σ + x·σ·(1 − σ)·2·√(2/π)·(1 + 3·0.044715·x²)`.
+fn gelu_backward(x: &NdArrayTensor, grad: &NdArrayTensor) -> NdArrayTensor {
+    let x = contiguous(f32_view(x));
+    let grad = contiguous(f32_view(grad));
+    let xs = x.as_slice().expect("standard layout");
+    let gs = grad.as_slice().expect("standard layout");
+    assert_eq!(xs.len(), gs.len(), "GELU gradient and input differ in size");
+    let mut out = Vec::with_capacity(xs.len());
+    xs.par_iter()
+        .zip(gs.par_iter())
+        .with_min_len(ELEMENTS_PER_TASK)
+        .map(|(&x, &g)| {
+            let Sigmoid { s, one_minus_s } = Sigmoid::of_2u(x);
+            let du = 2.0 * SQRT_2_OVER_PI * (1.0 + 3.0 * CUBIC * x * x);
+            g * (s + x * s * one_minus_s * du)
+        })
+        .collect_into_vec(&mut out);
+    tensor(x.shape(), out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Dropout
+
+/// `x · mask`, the mask holding `1 / keep` with probability `keep` and 0 otherwise, when
+/// `x` lives on the ndarray backend; `Err(x)` otherwise.
+///
+/// Burn draws a dropout mask one element at a time through a ChaCha generator and a
+/// Bernoulli sampler (a tenth of a gpt2-small step). Here each element's bit comes from a
+/// counter-based hash of (seed, index), so the mask is filled in parallel and the same
+/// whatever the thread count; the seed itself is drawn from the device's generator, so
+/// `seed` and resumed runs stay reproducible.
+pub(crate) fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Result<Tensor<D>, Tensor<D>> {
+    let device = x.device();
+    if x.dtype() != DType::F32 || device.clone().inner() != Device::ndarray() {
+        return Err(x);
+    }
+    let keep = 1.0 - prob;
+    let seed_words =
+        Tensor::<1, Int>::random([2], Distribution::Uniform(0.0, 4_294_967_295.0), &device)
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("two seed words");
+    let seed = ((seed_words[0] as u64) << 32) ^ seed_words[1] as u64;
+    let shape = x.shape();
+    let mask = dropout_mask(shape.num_elements(), keep, seed);
+    let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &device);
+    Ok(x * mask)
+}
+
+/// `len` values, each `1 / keep` with probability `keep`, else 0.
+fn dropout_mask(len: usize, keep: f64, seed: u64) -> Vec<f32> {
+    // An element is kept when its 32 random bits fall below keep · 2³².
+    let threshold = (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+    let scale = (1.0 / keep) as f32;
+    let mut mask = Vec::with_capacity(len);
+    (0..len)
+        .into_par_iter()
+        .with_min_len(ELEMENTS_PER_TASK)
+        .map(|i| {
+            let bits =
+                (split_mix64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32) as u32;
+            if bits < threshold { scale } else { 0.0 }
+        })
+        .collect_into_vec(&mut mask);
+    mask
+}
+
+/// SplitMix64's output function (Steele, Lea and Flood 2014): a bijective 64-bit mix
+/// whose outputs for consecutive inputs pass BigCrush.
+#[inline]
+fn split_mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+// ---------------------------------------------------------------------------------------
+// Cross-entropy
+
+type Inputs = (Tensor<2>, Tensor<1, Int>);
+
+pub(crate) fn cross_entropy(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+) -> Result<Tensor<1>, Inputs> {
+    if logits.dtype() != DType::F32 {
+        return Err((logits, targets));
+    }
+    if let Ok(on_cpu) = logits.clone().try_into_primitive::<AutodiffCpu>() {
+        let loss = cross_entropy_autodiff(on_cpu, host_targets(targets));
+        return Ok(Tensor::from_primitive::<AutodiffCpu>(loss));
+    }
+    if let Ok(on_cpu) = logits.clone().try_into_primitive::<NdArray>() {
+        let rows = row_losses(&on_cpu, &host_targets(targets));
+        return Ok(Tensor::from_primitive::<NdArray>(tensor(
+            &[1],
+            vec![rows.mean()],
+        )));
+    }
+    Err((logits, targets))
+}
+
+fn host_targets(targets: Tensor<1, Int>) -> Arc<[i64]> {
+    let data = targets.into_data().convert::<i64>();
+    data.to_vec::<i64>().expect("i64 targets").into()
+}
+
+/// Per-row log-sum-exp and the mean loss over the counted rows.
+struct RowLosses {
+    log_sum_exp: Arc<[f32]>,
+    loss_sum: f64,
+    counted: usize,
+}
+
+impl RowLosses {
+    fn mean(&self) -> f32 {
+        if self.counted == 0 {
+            0.0
+        } else {
+            (self.loss_sum / self.counted as f64) as f32
+        }
+    }
+}
+
+/// One pass per row: its maximum, the sum of `exp(x − max)` (accumulated in f64), and
+/// `log_sum_exp − x[target]` for counted rows.
+fn row_losses(logits: &NdArrayTensor, targets: &[i64]) -> RowLosses {
+    let logits = contiguous(f32_view(logits));
+    let classes = *logits.shape().last().expect("2-D logits");
+    let xs = logits.as_slice().expect("standard layout");
+    assert_eq!(
+        xs.len(),
+        classes * targets.len(),
+        "logits rows and targets differ in number"
+    );
+    let per_row: Vec<(f32, Option<f64>)> = xs
+        .par_chunks(classes)
+        .zip(targets.par_iter())
+        .map(|(row, &target)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
+            let log_sum_exp = max + sum.ln() as f32;
+            let loss = (target != IGNORE_INDEX).then(|| {
+                let target = usize::try_from(target)
+                    .ok()
+                    .filter(|&t| t < classes)
+                    .unwrap_or_else(|| panic!("target {target} is not a class in 0..{classes}"));
+                log_sum_exp as f64 - row[target] as f64
+            });
+            (log_sum_exp, loss)
+        })
+        .collect();
+    RowLosses {
+        log_sum_exp: per_row.iter().map(|&(lse, _)| lse).collect(),
+        loss_sum: per_row.iter().filter_map(|&(_, loss)| loss).sum(),
+        counted: per_row.iter().filter(|(_, loss)| loss.is_some()).count(),
+    }
+}
+
+/// The backward node of [`cross_entropy_autodiff`]: the logits, each row's
+/// log-sum-exp, the targets and the number of counted rows.
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+#[derive(Debug, Clone)]
+struct CrossEntropyState {
+    logits: NdArrayTensor,
+    log_sum_exp: Arc<[f32]>,
+    targets: Arc<[i64]>,
+    counted: usize,
+}
+
+impl Backward<NdArray, 1> for CrossEntropyBackward {
+    type State = CrossEntropyState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let state = ops.state;
+        unary::<NdArray, _>(ops.parents, ops.node, grads, |grad| {
+            let grad = *f32_view(&grad)
+                .iter()
+                .next()
+                .expect("a scalar loss gradient");
+            cross_entropy_backward(&state, grad)
+        });
+    }
+}
+
+fn cross_entropy_autodiff(
+    logits: FloatTensor<AutodiffCpu>,
+    targets: Arc<[i64]>,
+) -> FloatTensor<AutodiffCpu> {
+    let prepared = CrossEntropyBackward
+        .prepare::<NoCheckpointing>([logits.node()])
+        .compute_bound()
+        .stateful();
+    let rows = row_losses(logits.primitive(), &targets);
+    let loss = tensor(&[1], vec![rows.mean()]);
+    match prepared {
+        OpsKind::Tracked(prep) => {
+            let state = CrossEntropyState {
+                logits: logits.primitive().clone(),
+                log_sum_exp: rows.log_sum_exp,
+                targets,
+                counted: rows.counted,
+            };
+            prep.finish(state, loss)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(loss),
+    }
+}
+
+/// `grad · (softmax(x) − onehot(target)) / counted` for counted rows, zero for ignored
+/// ones; one pass that writes every element once.
+fn cross_entropy_backward(state: &CrossEntropyState, grad: f32) -> NdArrayTensor {
+    let logits = contiguous(f32_view(&state.logits));
+    let classes = *logits.shape().last().expect("2-D logits");
+    let xs = logits.as_slice().expect("standard layout");
+    let scale = if state.counted == 0 {
+        0.0
+    } else {
+        grad / state.counted as f32
+    };
+    let mut out: Vec<f32> = Vec::with_capacity(xs.len());
+    out.spare_capacity_mut()[..xs.len()]
+        .par_chunks_mut(classes)
+        .zip(xs.par_chunks(classes))
+        .zip(state.targets.par_iter().zip(state.log_sum_exp.par_iter()))
+        .for_each(|((out, row), (&target, &log_sum_exp))| {
+            write_row_gradient(out, row, target, log_sum_exp, scale)
+        });
+    // SAFETY: every row of the first `xs.len()` elements was written above.
+    unsafe { out.set_len(xs.len()) };
+    tensor(logits.shape(), out)
+}
+
+fn write_row_gradient(
+    out: &mut [MaybeUninit<f32>],
+    row: &[f32],
+    target: i64,
+    log_sum_exp: f32,
+    scale: f32,
+) {
+    if target == IGNORE_INDEX {
+        out.iter_mut().for_each(|o| {
+            o.write(0.0);
+        });
+        return;
+    }
+    for (o, &x) in out.iter_mut().zip(row) {
+        o.write((x - log_sum_exp).exp() * scale);
+    }
+    let target = target as usize; // checked in the forward pass
+    let softmax = (row[target] - log_sum_exp).exp();
+    out[target].write((softmax - 1.0) * scale);
+}
+
+// ---------------------------------------------------------------------------------------
+// ndarray plumbing
+
+fn f32_view(t: &NdArrayTensor) -> ArrayViewD<'_, f32> {
+    match t {
+        NdArrayTensor::F32(storage) => storage.view(),
+        other => panic!("expected an f32 ndarray tensor, got {:?}", other.dtype()),
+    }
+}
+
+/// The view itself when it is in row-major order, else a row-major copy.
+fn contiguous(view: ArrayViewD<'_, f32>) -> CowArray<'_, f32, IxDyn> {
+    if view.is_standard_layout() {
+        CowArray::from(view)
+    } else {
+        CowArray::from(view.as_standard_layout().into_owned())
+    }
+}
+
+fn tensor(shape: &[usize], data: Vec<f32>) -> NdArrayTensor {
+    let array = ArcArray::from_shape_vec(IxDyn(shape), data).expect("data fills the shape");
+    NdArrayTensor::from(array)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cross_entropy_reference, gelu_tanh_reference};
+    use burn::tensor::{Distribution, Tolerance};
+
+    fn assert_close<const D: usize>(got: Tensor<D>, want: Tensor<D>, absolute: f32) {
+        let (got, want) = (got.into_data(), want.into_data());
+        let tolerance = Tolerance::<f32>::absolute(absolute).set_relative(1e-5);
+        got.assert_approx_eq::<f32>(&want, tolerance);
+    }
+
+    /// The loss and its gradient against the log-softmax + gather of the reference, with
+    /// ignored rows, on a non-contiguous (transposed) input.
+    #[test]
+    fn cross_entropy_and_its_gradient_match_the_reference() {
+        let device = Device::ndarray().autodiff();
+        let logits = Tensor::<2>::random([300, 6], Distribution::Normal(0.0, 3.0), &device);
+        let logits = logits.transpose().require_grad(); // [6, 300], column-major
+        let targets = Tensor::<1, Int>::from_data(
+            TensorData::new(vec![0i64, 299, IGNORE_INDEX, 17, 150, IGNORE_INDEX], [6]),
+            &device,
+        );
+        let fused = crate::cross_entropy(logits.clone(), targets.clone());
+        let reference = cross_entropy_reference(logits.clone(), targets);
+        assert_close(fused.clone(), reference.clone(), 1e-6);
+        let fused_grad = logits.grad(&(fused * 2.5).backward()).unwrap();
+        let reference_grad = logits.grad(&(reference * 2.5).backward()).unwrap();
+        assert_close(fused_grad, reference_grad, 1e-6);
+    }
+
+    #[test]
+    fn gelu_and_its_gradient_match_the_reference() {
+        let device = Device::ndarray().autodiff();
+        let x = Tensor::<3>::random([3, 70, 200], Distribution::Normal(0.0, 2.0), &device)
+            .require_grad();
+        let weights = Tensor::<3>::random([3, 70, 200], Distribution::Default, &device);
+        let fused = crate::gelu_tanh(x.clone());
+        let reference = gelu_tanh_reference(x.clone());
+        // The reference loses about 1e-6 to the cancellation in 1 + tanh(u) near x = -5.
+        assert_close(fused.clone(), reference.clone(), 5e-6);
+        let fused_grad = x.grad(&(fused * weights.clone()).sum().backward()).unwrap();
+        let reference_grad = x.grad(&(reference * weights).sum().backward()).unwrap();
+        assert_close(fused_grad, reference_grad, 5e-6);
+    }
+
+    #[test]
+    fn dropout_keeps_the_expected_share_scaled_and_is_reproducible() {
+        let mask = dropout_mask(1_000_000, 0.9, 42);
+        let kept = mask.iter().filter(|&&m| m != 0.0).count();
+        // 900,000 expected, standard deviation 300.
+        assert!((kept as i64 - 900_000).abs() < 1_500, "{kept}");
+        assert!(
+            mask.iter()
+                .all(|&m| m == 0.0 || (m - 1.0 / 0.9).abs() < 1e-6)
+        );
+        assert_eq!(mask, dropout_mask(1_000_000, 0.9, 42));
+        assert_ne!(mask, dropout_mask(1_000_000, 0.9, 43));
+
+        let device = Device::ndarray().autodiff();
+        let x = Tensor::<2>::ones([64, 64], &device).require_grad();
+        device.seed(7);
+        let y = dropout(x.clone(), 0.25).unwrap();
+        device.seed(7);
+        let again = dropout(x.clone(), 0.25).unwrap();
+        y.clone().into_data().assert_eq(&again.into_data(), true);
+        // The gradient of sum(x · mask) is the mask itself.
+        let grad = x.grad(&y.clone().sum().backward()).unwrap();
+        grad.into_data().assert_eq(&y.inner().into_data(), true);
+    }
+
+    #[test]
+    fn plain_ndarray_tensors_take_the_kernels_and_others_are_handed_back() {
+        let device = Device::ndarray();
+        let x = Tensor::<2>::from_floats([[0.5, -1.0], [2.0, 0.0]], &device);
+        assert!(gelu_tanh(x.clone()).is_ok());
+        let targets = Tensor::<1, Int>::from_ints([1, 0], &device);
+        assert!(cross_entropy(x.clone(), targets.clone()).is_ok());
+        let doubles = x.cast(DType::F64);
+        assert!(gelu_tanh(doubles.clone()).is_err());
+        assert!(cross_entropy(doubles, targets).is_err());
+        let tracked = Tensor::<2>::from_floats([[0.5, -1.0]], &Device::ndarray().autodiff());
+        assert!(gelu_tanh(tracked).is_ok());
+    }
+}
