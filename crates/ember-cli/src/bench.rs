@@ -126,17 +126,28 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
             let targets =
                 Tensor::<2, Int>::from_data(TensorData::new(targets, shape), &train_device);
             let mut times = Vec::new();
+            // Where a step's time goes: forward + loss, backward, optimizer. Exact on the
+            // CPU backends, which compute eagerly; on asynchronous ones (wgpu, CUDA) work
+            // queued in one phase may finish in the next.
+            let (mut forward_times, mut backward_times, mut optimizer_times) =
+                (Vec::new(), Vec::new(), Vec::new());
             let mut last_loss = 0.0f32;
             for step in 0..args.warmup + args.steps {
                 let start = Instant::now();
                 let loss = cross_entropy(model.forward(inputs.clone()), targets.clone());
+                let forward_done = Instant::now();
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let backward_done = Instant::now();
                 model = optim.step(4e-4, model, grads);
                 // Reading the loss waits for the step to finish on asynchronous backends.
                 last_loss = loss.into_scalar();
                 let _ = model.num_params();
                 if step >= args.warmup {
-                    times.push(start.elapsed().as_secs_f64());
+                    let end = Instant::now();
+                    times.push((end - start).as_secs_f64());
+                    forward_times.push((forward_done - start).as_secs_f64());
+                    backward_times.push((backward_done - forward_done).as_secs_f64());
+                    optimizer_times.push((end - backward_done).as_secs_f64());
                 }
             }
             let med = median(times.clone());
@@ -145,6 +156,11 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
                 "step_s_min": times.iter().copied().fold(f64::MAX, f64::min),
                 "tokens_per_s": (args.batch * args.context) as f64 / med,
                 "loss_last": last_loss,
+                "phases_s_median": {
+                    "forward_and_loss": median(forward_times),
+                    "backward": median(backward_times),
+                    "optimizer": median(optimizer_times),
+                },
             })
         }
         "generate" => {

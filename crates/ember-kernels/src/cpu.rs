@@ -23,6 +23,8 @@ use ndarray::{ArcArray, ArrayViewD, CowArray, IxDyn};
 use rayon::prelude::*;
 
 use crate::IGNORE_INDEX;
+use crate::adamw::{AdamWHyper, state_of};
+use burn::optim::AdamWState;
 
 /// Autodiff over ndarray as the training device builds it (no gradient checkpointing).
 type AutodiffCpu = Autodiff<NdArray>;
@@ -370,6 +372,104 @@ fn write_row_gradient(
     let target = target as usize; // checked in the forward pass
     let softmax = (row[target] - log_sum_exp).exp();
     out[target].write((softmax - 1.0) * scale);
+}
+
+// ---------------------------------------------------------------------------------------
+// AdamW
+
+/// A step's inputs, handed back when the kernel does not apply.
+type AdamWInputs<const D: usize> = (Tensor<D>, Tensor<D>, Option<AdamWState<D>>);
+
+/// One AdamW step on an f32 parameter of the ndarray backend, in place: the parameter
+/// and both moments are updated in one parallel pass (Burn's arithmetic, operation for
+/// operation, so results match its `AdamW`). `Err` hands back anything else, and states
+/// with an AMSGrad maximum.
+pub(crate) fn adamw_step<const D: usize>(
+    hyper: &AdamWHyper,
+    lr: f64,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<AdamWState<D>>,
+) -> Result<(Tensor<D>, AdamWState<D>), AdamWInputs<D>> {
+    let on_cpu = |t: &Tensor<D>| {
+        let device = t.device();
+        t.dtype() == DType::F32 && !device.is_autodiff() && device == Device::ndarray()
+    };
+    let moments_on_cpu = state.as_ref().is_none_or(|s| {
+        s.momentum.max_moment_2.is_none()
+            && on_cpu(&s.momentum.moment_1)
+            && on_cpu(&s.momentum.moment_2)
+    });
+    if !(on_cpu(&tensor) && on_cpu(&grad) && moments_on_cpu) {
+        return Err((tensor, grad, state));
+    }
+    let shape = tensor.shape();
+    let mut param = owned_f32(tensor);
+    let grad = grad.try_into_primitive::<NdArray>().expect("checked above");
+    let grad = contiguous(f32_view(&grad));
+    let grad = grad.as_slice().expect("standard layout");
+    let (time, mut moment_1, mut moment_2) = match state {
+        Some(state) => {
+            let momentum = state.momentum;
+            (
+                momentum.time + 1,
+                owned_f32(momentum.moment_1),
+                owned_f32(momentum.moment_2),
+            )
+        }
+        None => {
+            let zeros = || ArcArray::zeros(IxDyn(shape.as_slice()));
+            (1, zeros(), zeros())
+        }
+    };
+    // The same f32 values Burn's AdamW computes.
+    let (beta1, beta2, eps) = (hyper.beta1, hyper.beta2, hyper.eps);
+    let (factor1, factor2) = (1.0 - beta1, 1.0 - beta2);
+    let correction1 = 1f32 - beta1.powi(time as i32);
+    let correction2 = 1f32 - beta2.powi(time as i32);
+    let decay = (1.0 - lr * hyper.weight_decay as f64) as f32;
+    let lr = lr as f32;
+    let slices = [&mut param, &mut moment_1, &mut moment_2]
+        .map(|a| a.as_slice_mut().expect("standard layout"));
+    let [param_s, m_s, v_s] = slices;
+    assert_eq!(
+        param_s.len(),
+        grad.len(),
+        "parameter and gradient differ in size"
+    );
+    param_s
+        .par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(m_s.par_chunks_mut(ELEMENTS_PER_TASK))
+        .zip(v_s.par_chunks_mut(ELEMENTS_PER_TASK))
+        .zip(grad.par_chunks(ELEMENTS_PER_TASK))
+        .for_each(|(((p, m), v), g)| {
+            for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                *m = *m * beta1 + g * factor1;
+                *v = *v * beta2 + g * g * factor2;
+                let delta = (*m / correction1) / ((*v / correction2).sqrt() + eps);
+                *p = *p * decay - delta * lr;
+            }
+        });
+    let wrap = |a: ArcArray<f32, IxDyn>| Tensor::<D>::from_primitive::<NdArray>(a.into());
+    let state = state_of(time, wrap(moment_1), wrap(moment_2));
+    Ok((wrap(param), state))
+}
+
+/// The tensor's f32 array in row-major order, owned (copied only when it is shared,
+/// borrowed from a file, or strided).
+fn owned_f32<const D: usize>(t: Tensor<D>) -> ArcArray<f32, IxDyn> {
+    let array = match t
+        .try_into_primitive::<NdArray>()
+        .expect("an ndarray tensor")
+    {
+        NdArrayTensor::F32(storage) => storage.into_shared(),
+        other => panic!("expected an f32 ndarray tensor, got {:?}", other.dtype()),
+    };
+    if array.is_standard_layout() {
+        array
+    } else {
+        array.as_standard_layout().into_owned().into_shared()
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -23,8 +23,11 @@ use burn::nn::Dropout;
 use burn::prelude::*;
 use burn::tensor::activation::{gelu_approximate, log_softmax};
 
+mod adamw;
 #[cfg(feature = "ndarray")]
 mod cpu;
+
+pub use adamw::{AdamWHyper, FusedAdamW};
 
 /// Targets equal to this are left out of the loss (PyTorch's default `ignore_index`,
 /// which the book's chapter 7 collate uses for padding).

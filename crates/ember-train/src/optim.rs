@@ -8,8 +8,9 @@
 //! version. Both are checked against PyTorch's recorded steps.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+use ember_kernels::{AdamWHyper, FusedAdamW};
 use serde::{Deserialize, Serialize};
 
 /// AdamW hyper-parameters, PyTorch's defaults unless set.
@@ -39,13 +40,16 @@ impl Default for AdamWSettings {
 
 impl AdamWSettings {
     /// The optimizer, without Burn's per-tensor clipping (use [`clip_grad_norm`]).
+    ///
+    /// It is Burn's AdamW arithmetic, fused into one pass per parameter on the CPU
+    /// backend ([`FusedAdamW`]); its state, and so the checkpoints, are Burn's `AdamW`'s.
     pub fn init(&self) -> ModuleOptimizer {
-        AdamWConfig::new()
-            .with_beta_1(self.beta1 as f32)
-            .with_beta_2(self.beta2 as f32)
-            .with_epsilon(self.eps as f32)
-            .with_weight_decay(self.weight_decay as f32)
-            .init()
+        ModuleOptimizer::from(FusedAdamW::new(AdamWHyper {
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+        }))
     }
 }
 
