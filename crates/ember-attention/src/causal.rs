@@ -217,7 +217,7 @@ impl CausalSelfAttention {
         let [batch, seq_len, _] = x.dims();
         let d_model = self.c_proj.weight.dims()[0];
         let head_dim = d_model / self.num_heads;
-        let qkv = self.c_attn.forward(x);
+        let qkv = ember_kernels::linear(&self.c_attn, x);
         let split = |start: usize| {
             qkv.clone()
                 .narrow(2, start, d_model)
@@ -264,7 +264,7 @@ impl CausalSelfAttention {
     fn merge_heads(&self, context: Tensor<4>, batch: usize, seq_len: usize) -> Tensor<3> {
         let d_model = self.c_proj.weight.dims()[0];
         let context = context.swap_dims(1, 2).reshape([batch, seq_len, d_model]);
-        self.c_proj.forward(context)
+        ember_kernels::linear(&self.c_proj, context)
     }
 }
 

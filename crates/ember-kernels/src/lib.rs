@@ -19,7 +19,7 @@
 //! Library crates call these functions and never choose a backend; the `ember` binary
 //! turns the `ndarray` feature on together with the ndarray backend.
 
-use burn::nn::Dropout;
+use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu_approximate, log_softmax};
 
@@ -68,6 +68,46 @@ pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
         Err(x) => x,
     };
     layer.forward(x)
+}
+
+/// `a · b`.
+///
+/// # Shapes
+/// - a: `[m, k]`
+/// - b: `[k, n]`
+/// - returns `[m, n]`
+pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "ndarray")]
+    let (a, b) = match cpu::matmul(a, b) {
+        Ok(product) => return product,
+        Err(operands) => operands,
+    };
+    a.matmul(b)
+}
+
+/// `layer` applied to `x` (`x · W + b`), its leading dimensions folded into rows for one
+/// [`matmul`]. The weight is read through `Param::val`, so LoRA adapters that Burn's
+/// `apply_lora` put on it take part.
+///
+/// # Shapes
+/// - x: `[..., d_input]`
+/// - returns `[..., d_output]`
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let weight = layer.weight.val();
+    let [d_input, d_output] = weight.dims();
+    let mut dims = x.dims();
+    assert_eq!(
+        dims[D - 1],
+        d_input,
+        "linear layer of {d_input} inputs given {dims:?}"
+    );
+    let rows = dims[..D - 1].iter().product();
+    let mut y = matmul(x.reshape([rows, d_input]), weight);
+    if let Some(bias) = &layer.bias {
+        y = y + bias.val().unsqueeze::<2>();
+    }
+    dims[D - 1] = d_output;
+    y.reshape(dims)
 }
 
 /// Mean cross-entropy of `logits` against `targets`, over the targets that are not

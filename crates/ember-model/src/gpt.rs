@@ -43,8 +43,8 @@ impl FeedForward {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         // GPT-2 uses the tanh approximation of GELU (Burn's `gelu` is the exact erf one);
         // ember-kernels fuses it into one pass each way on the CPU.
-        self.c_proj
-            .forward(ember_kernels::gelu_tanh(self.c_fc.forward(x)))
+        let hidden = ember_kernels::gelu_tanh(ember_kernels::linear(&self.c_fc, x));
+        ember_kernels::linear(&self.c_proj, hidden)
     }
 }
 
@@ -239,13 +239,14 @@ impl GptModel {
     /// - x: `[batch, seq_len, d_model]` → `[batch, seq_len, vocab_size]`
     pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(x),
+            Some(head) => ember_kernels::linear(head, x),
             None => {
                 // Tied: the token embedding matrix, transposed, is the head.
                 let [batch, seq_len, d] = x.dims();
-                let logits = x
-                    .reshape([batch * seq_len, d])
-                    .matmul(self.wte.weight.val().transpose());
+                let logits = ember_kernels::matmul(
+                    x.reshape([batch * seq_len, d]),
+                    self.wte.weight.val().transpose(),
+                );
                 let vocab = logits.dims()[1];
                 logits.reshape([batch, seq_len, vocab])
             }
