@@ -3,6 +3,9 @@
 //! the matrix products of the projections and the output head, fused attention,
 //! LayerNorm, tanh-GELU, and softmax + cross-entropy over the vocabulary.
 //!
+//! Where ember-kernels replaces a Burn operation, both are measured: `burn` is the plain
+//! tensor operation, `ember` the kernel the model uses on the CPU backend.
+//!
 //! `cargo bench -p ember-train --bench kernels` (ndarray, the default CPU backend).
 #![allow(deprecated)]
 
@@ -43,10 +46,23 @@ fn matmuls(c: &mut Criterion) {
     ] {
         let a = random([ROWS, inner], &device);
         let b = random([inner, outer], &device);
-        group.bench_function(name, |bench| {
+        group.bench_function(format!("burn {name}"), |bench| {
             bench.iter(|| settle(a.clone().matmul(b.clone())))
         });
+        group.bench_function(format!("ember {name}"), |bench| {
+            bench.iter(|| settle(ember_kernels::matmul(a.clone(), b.clone())))
+        });
     }
+    // The head's input gradient in a backward pass: the weight is read transposed.
+    let grad = random([ROWS, VOCAB], &device);
+    let weight = random([WIDTH, VOCAB], &device);
+    let name = "lm_head input gradient 512x50257x768 (transposed weight)";
+    group.bench_function(format!("burn {name}"), |bench| {
+        bench.iter(|| settle(grad.clone().matmul(weight.clone().transpose())))
+    });
+    group.bench_function(format!("ember {name}"), |bench| {
+        bench.iter(|| settle(ember_kernels::matmul(grad.clone(), weight.clone().transpose())))
+    });
     group.finish();
 }
 
@@ -80,13 +96,28 @@ fn layers(c: &mut Criterion) {
         bench.iter(|| settle(norm.forward(x.clone())))
     });
     let h = random([2, 256, 4 * WIDTH], &device);
-    group.bench_function("tanh-GELU 512x3072", |bench| {
+    group.bench_function("burn tanh-GELU 512x3072", |bench| {
         bench.iter(|| settle(gelu_approximate(h.clone())))
+    });
+    group.bench_function("ember tanh-GELU 512x3072", |bench| {
+        bench.iter(|| settle(ember_kernels::gelu_tanh(h.clone())))
     });
     let logits = random([2, 256, VOCAB], &device);
     let targets =
         Tensor::<2, Int>::random([2, 256], Distribution::Uniform(0.0, VOCAB as f64), &device);
-    group.bench_function("softmax + cross-entropy 512x50257", |bench| {
+    let (flat_logits, flat_targets) = (
+        logits.clone().reshape([2 * 256, VOCAB]),
+        targets.clone().reshape([2 * 256]),
+    );
+    group.bench_function("burn log-softmax + cross-entropy 512x50257", |bench| {
+        bench.iter(|| {
+            settle(ember_kernels::cross_entropy_reference(
+                flat_logits.clone(),
+                flat_targets.clone(),
+            ))
+        })
+    });
+    group.bench_function("ember log-softmax + cross-entropy 512x50257", |bench| {
         bench.iter(|| settle(cross_entropy(logits.clone(), targets.clone())))
     });
     group.finish();
