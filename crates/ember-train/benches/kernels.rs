@@ -61,7 +61,12 @@ fn matmuls(c: &mut Criterion) {
         bench.iter(|| settle(grad.clone().matmul(weight.clone().transpose())))
     });
     group.bench_function(format!("ember {name}"), |bench| {
-        bench.iter(|| settle(ember_kernels::matmul(grad.clone(), weight.clone().transpose())))
+        bench.iter(|| {
+            settle(ember_kernels::matmul(
+                grad.clone(),
+                weight.clone().transpose(),
+            ))
+        })
     });
     group.finish();
 }
