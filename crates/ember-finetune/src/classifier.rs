@@ -5,7 +5,6 @@
 use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use ember_model::GptModel;
 
 /// Which parameters train (section 6.5).
@@ -124,14 +123,13 @@ impl GptClassifier {
     }
 }
 
-/// Mean cross-entropy of class logits against labels.
+/// Mean cross-entropy of class logits against labels (ember-kernels' cross-entropy,
+/// every row counted).
 ///
 /// # Shapes
 /// - logits: `[batch, num_classes]`, labels: `[batch]` → `[1]`
 pub fn classification_loss(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let batch = labels.dims()[0];
-    let picked = log_softmax(logits, 1).gather(1, labels.reshape([batch, 1]));
-    -picked.mean()
+    ember_kernels::cross_entropy(logits, labels)
 }
 
 /// Fraction of rows whose largest logit is the label.
