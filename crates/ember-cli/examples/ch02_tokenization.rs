@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::nn::EmbeddingConfig;
 use burn::prelude::*;
-use ember_data::{BatchOptions, Batcher, SlidingWindowDataset};
+use ember_data::{Batcher, EpochPlan, SlidingWindowDataset};
 use ember_tokenizer::{
     Gpt2Tokenizer, SimpleTokenizerV1, SimpleTokenizerV2, Tokenizer, simple_split,
 };
@@ -107,7 +107,7 @@ fn main() -> Result<()> {
     let dataset4 = SlidingWindowDataset::new(enc_text.clone(), 4, 4)?;
     let loader = Batcher::new(
         &dataset4,
-        BatchOptions {
+        EpochPlan {
             batch_size: 8,
             shuffle: false,
             seed: 123,

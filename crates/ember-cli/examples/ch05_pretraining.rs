@@ -4,21 +4,21 @@
 //! about ln(50257) = 10.82), section 5.3.1 (temperature scaling on the book's
 //! nine-word vocabulary: softmax, greedy pick, 1000 draws at temperatures 1, 0.1 and
 //! 5), section 5.3.2 (top-k filtering with k = 3) and listing 5.3 `train_model_simple`
-//! (a short real run of `ember_train::pretrain` on the-verdict with a very small
-//! model, whose training loss falls).
+//! (`ember_train::train_model_simple`, the book's loop in one function, for one epoch
+//! on the-verdict with a very small model, whose training loss falls).
 //!
 //! Run: `cargo run -p ember-cli --example ch05_pretraining`
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+use ember_data::{Batcher, EpochPlan, SlidingWindowDataset, split_text};
 use ember_model::{GenerationConfig, GptConfig, sample_next_token};
 use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
-use ember_train::{MetricsLine, PretrainConfig, RunOptions, RunPaths, cross_entropy, perplexity};
+use ember_train::{AdamWSettings, PretrainConfig, cross_entropy, perplexity, train_model_simple};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -192,77 +192,88 @@ fn main() -> Result<()> {
         .enumerate()
         .all(|(i, &c)| c == 0 || top3.contains(&i));
 
-    println!("\n== listing 5.3 a short pretraining run on the-verdict");
-    let mut run = PretrainConfig::tiny();
-    run.model = GptConfig {
+    println!("\n== listing 5.3 train_model_simple on the-verdict");
+    // The book's code, line for line: loaders over the 90/10 split, AdamW, the loop of
+    // `ember_train::train_model_simple` (crates/ember-train/src/simple.rs). `ember
+    // pretrain` runs the same steps through `ember_train::fit`.
+    let model_config = GptConfig {
         context_length: 32,
         emb_dim: 32,
         n_heads: 2,
         n_layers: 2,
-        ..run.model
+        ..PretrainConfig::tiny().model
     };
-    run.data.path = workspace_root().join("datasets/the-verdict.txt");
-    run.train.max_steps = Some(20);
-    run.train.lr = 4e-3;
-    run.train.eval_freq = 5;
-    run.train.eval_iter = 2;
-    run.train.sample_tokens = 8;
-    run.train.checkpoint_every = 0;
+    let text = std::fs::read_to_string(workspace_root().join("datasets/the-verdict.txt"))?;
+    let (train_text, val_text) = split_text(&text, 0.9);
+    let windows = |text: &str| -> Result<SlidingWindowDataset> {
+        Ok(SlidingWindowDataset::new(
+            tokenizer.encode(text, true)?,
+            32,
+            32,
+        )?)
+    };
+    let (train_data, val_data) = (windows(train_text)?, windows(val_text)?);
+    // Batches of 7 make exactly 20 steps of one epoch.
+    let train_loader = Batcher::new(&train_data, EpochPlan::new(7, true, 123, true)?)?;
+    let val_loader = Batcher::new(&val_data, EpochPlan::new(7, false, 123, false)?)?;
+    let train_device = device.clone().autodiff();
+    train_device.seed(123);
+    let model = model_config.init(&train_device);
+    let mut optimizer = AdamWSettings {
+        weight_decay: 0.1,
+        ..AdamWSettings::default()
+    }
+    .init();
     println!(
-        "model: context {}, emb {}, {} heads, {} layers ({} parameters); batch {}, lr {}, max_steps 20",
-        run.model.context_length,
-        run.model.emb_dim,
-        run.model.n_heads,
-        run.model.n_layers,
-        run.model.num_params(),
-        run.train.batch_size,
-        run.train.lr
+        "model: context {}, emb {}, {} heads, {} layers ({} parameters); batch 7, lr 4e-3, 1 epoch",
+        model_config.context_length,
+        model_config.emb_dim,
+        model_config.n_heads,
+        model_config.n_layers,
+        model_config.num_params(),
     );
-    let dir = tempfile::tempdir()?;
-    let interrupt = AtomicBool::new(false);
     let start = Instant::now();
-    let outcome = ember_train::pretrain(
-        &run,
-        dir.path(),
-        &device,
-        RunOptions {
-            resume: false,
-            progress: false,
-            interrupt: &interrupt,
-        },
+    let (_model, log) = train_model_simple(
+        model,
+        &train_loader,
+        &val_loader,
+        &mut optimizer,
+        4e-3,
+        &train_device,
+        1,
+        5,
+        2,
+        "Every effort moves you",
+        &tokenizer,
     )?;
     println!(
-        "stopped after {} steps ({} tokens) in {:.1} s: {:?}",
-        outcome.state.step,
-        outcome.state.tokens_seen,
-        start.elapsed().as_secs_f64(),
-        outcome.stop
+        "{} steps in {:.1} s",
+        log.step_losses.len(),
+        start.elapsed().as_secs_f64()
     );
-    let metrics_path = RunPaths {
-        root: dir.path().to_path_buf(),
+    for (i, loss) in log.step_losses.iter().enumerate() {
+        println!("  step {:>3}  train loss {loss:.3}", i + 1);
     }
-    .metrics();
-    let metrics: Vec<MetricsLine> = std::fs::read_to_string(&metrics_path)
-        .with_context(|| format!("reading {}", metrics_path.display()))?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    println!("metrics.jsonl:");
-    for m in &metrics {
-        let eval = match (m.eval_train_loss, m.val_loss) {
-            (Some(t), Some(v)) => format!("  eval: train {t:.3}, val {v:.3}"),
-            _ => String::new(),
-        };
-        println!("  step {:>3}  train loss {:.3}{eval}", m.step, m.train_loss);
+    for ((train, val), tokens) in log
+        .train_losses
+        .iter()
+        .zip(&log.val_losses)
+        .zip(&log.track_tokens_seen)
+    {
+        println!("  evaluation after {tokens} tokens: train {train:.3}, val {val:.3}");
     }
-    ensure!(!metrics.is_empty(), "no metrics were written");
-    let first_loss = metrics[0].train_loss;
-    let last_loss = metrics[metrics.len() - 1].train_loss;
+    println!(
+        "  sample: {}",
+        log.samples.last().map_or("", String::as_str)
+    );
+    ensure!(!log.step_losses.is_empty(), "no step was run");
+    let first_loss = log.step_losses[0];
+    let last_loss = log.step_losses[log.step_losses.len() - 1];
     let falls = last_loss < first_loss;
     println!(
         "train loss {first_loss:.3} -> {last_loss:.3}; last evaluation: train {:?}, val {:?}",
-        outcome.train_loss, outcome.val_loss
+        log.train_losses.last(),
+        log.val_losses.last()
     );
 
     println!(
@@ -279,7 +290,7 @@ fn main() -> Result<()> {
         counts[0],
         counts[1],
         counts[2],
-        outcome.state.step
+        log.step_losses.len()
     );
     Ok(())
 }

@@ -11,18 +11,17 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
-
-use ember_finetune::instruct::{
-    InstructionEntry, book_split, collate, format_example, format_input,
+use ember_data::{
+    InstructionEntry, book_split, collate_instructions, format_example, format_input,
 };
+use ember_tokenizer::{END_OF_TEXT_ID, Gpt2Tokenizer, Tokenizer};
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn rows(values: &[i64], seq_len: usize) -> Vec<Vec<i64>> {
-    values.chunks(seq_len).map(<[i64]>::to_vec).collect()
+fn rows<T: Clone>(values: &[T], seq_len: usize) -> Vec<Vec<T>> {
+    values.chunks(seq_len).map(<[T]>::to_vec).collect()
 }
 
 fn main() -> Result<()> {
@@ -35,10 +34,10 @@ fn main() -> Result<()> {
     println!("Example entry:\n{:#?}", data[50]);
 
     println!("\n-- listing 7.2 format_input(data[50]) + the response:");
-    let entry_50 = format_example(&data[50]);
+    let entry_50 = format_example(&data[50], &data[50].output);
     println!("{entry_50}");
     println!("\n-- data[999] (no input field):");
-    println!("{}", format_example(&data[999]));
+    println!("{}", format_example(&data[999], &data[999].output));
 
     let (train, test, validation) = book_split(&data);
     let sizes = format!("{}/{}/{}", train.len(), test.len(), validation.len());
@@ -47,9 +46,9 @@ fn main() -> Result<()> {
     println!("Validation set length: {}", validation.len());
 
     println!("\n== 7.3 custom_collate_fn on the book's toy batch");
-    let batch = vec![vec![0u32, 1, 2, 3, 4], vec![5, 6], vec![7, 8, 9]];
+    let batch: [&[u32]; 3] = [&[0, 1, 2, 3, 4], &[5, 6], &[7, 8, 9]];
     println!("sequences: {batch:?}");
-    let full = collate(&batch, None, None);
+    let full = collate_instructions(&batch, END_OF_TEXT_ID, None, None);
     let full_inputs = rows(&full.inputs, full.seq_len);
     let full_targets = rows(&full.targets, full.seq_len);
     println!("inputs  [{}, {}]:", full.batch_size, full.seq_len);
@@ -60,7 +59,7 @@ fn main() -> Result<()> {
     for r in &full_targets {
         println!("  {r:?}");
     }
-    let cut = collate(&batch, Some(3), None);
+    let cut = collate_instructions(&batch, END_OF_TEXT_ID, Some(3), None);
     let cut_inputs = rows(&cut.inputs, cut.seq_len);
     let cut_targets = rows(&cut.targets, cut.seq_len);
     println!(
@@ -79,7 +78,12 @@ fn main() -> Result<()> {
     let tokenizer = Gpt2Tokenizer::gpt2()?;
     let mut lengths = Vec::with_capacity(train.len());
     for entry in &train {
-        lengths.push(tokenizer.encode(&format_example(entry), false)?.len() + 1);
+        lengths.push(
+            tokenizer
+                .encode(&format_example(entry, &entry.output), false)?
+                .len()
+                + 1,
+        );
     }
     let longest = lengths.iter().copied().max().unwrap_or(0);
     let mean = lengths.iter().sum::<usize>() as f64 / lengths.len() as f64;

@@ -7,9 +7,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use ember_model::{GenerationConfig, GptConfig, generate};
 use ember_tokenizer::{END_OF_TEXT_ID, Gpt2Tokenizer, Tokenizer};
-use ember_train::{PretrainConfig, RunOptions, StopReason, cross_entropy, perplexity as ppl};
+use ember_train::{PretrainConfig, StopReason, cross_entropy, perplexity as ppl};
 
-use crate::runs::{RunArgs, fmt_opt, interrupt_flag, resume_hint};
+use crate::runs::{RunArgs, fmt_opt, interrupt_flag};
 
 use crate::model_arg::ModelArgs;
 
@@ -287,6 +287,10 @@ pub struct PretrainArgs {
     /// Training text file or `ember prepare` shard directory.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Start from these weights (any model Ember loads, of the configured shape)
+    /// instead of drawing new ones.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
 }
 
 /// `ember pretrain`
@@ -296,6 +300,9 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
         if let Some(data) = &args.data {
             c.data.path = data.clone();
         }
+        if let Some(init) = &args.init {
+            c.init = Some(init.clone());
+        }
     })?;
     let interrupt = interrupt_flag();
     tracing::info!(
@@ -304,22 +311,12 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
         data = %config.data.path.display(),
         "pretraining"
     );
-    let outcome = ember_train::pretrain(
-        &config,
-        &run_dir,
-        device,
-        RunOptions {
-            resume: args.run.resume.is_some(),
-            progress: !args.run.quiet,
-            interrupt: &interrupt,
-        },
-    )?;
+    let outcome = ember_train::pretrain(&config, &run_dir, device, args.run.options(&interrupt))?;
     println!(
         "{} after {} steps ({} tokens): train loss {}, val loss {}",
         match outcome.stop {
             StopReason::Finished => "finished",
-            StopReason::MaxSteps => "stopped at --max-steps",
-            StopReason::Interrupted => "interrupted",
+            StopReason::MaxSteps | StopReason::Interrupted => "stopped at --max-steps",
         },
         outcome.state.step,
         outcome.state.tokens_seen,
@@ -330,9 +327,6 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
         "run directory: {} (metrics.jsonl, loss.png, samples.txt, model/, checkpoints/)",
         outcome.run_dir.display()
     );
-    if outcome.stop == StopReason::Interrupted {
-        println!("{}", resume_hint("pretrain", &outcome.run_dir));
-    }
     Ok(())
 }
 
@@ -362,17 +356,10 @@ pub fn chat(
         if message.is_empty() || message == "exit" || message == "quit" {
             return Ok(());
         }
-        let entry = ember_finetune::instruct::InstructionEntry {
-            instruction: system
-                .map_or_else(|| message.to_string(), |s| format!("{s}\n\n{message}")),
-            input: String::new(),
-            output: String::new(),
-            model_response: None,
-        };
-        let prompt = format!(
-            "{}\n\n### Response:\n",
-            ember_finetune::instruct::format_input(&entry)
+        let entry = ember_data::InstructionEntry::question(
+            system.map_or_else(|| message.to_string(), |s| format!("{s}\n\n{message}")),
         );
+        let prompt = ember_data::format_prompt(&entry);
         let ids = tokenizer.encode(&prompt, false)?;
         let mut pending: Vec<u8> = Vec::new();
         generate(&loaded.model, &ids, &config, device, |id| {
@@ -384,5 +371,5 @@ pub fn chat(
     }
 }
 
-/// The `<|endoftext|>` id, for `--stop-at-eot`.
+/// The `<|endoftext|>` id, where generation stops unless `--no-stop`.
 pub const EOT: u32 = END_OF_TEXT_ID;

@@ -6,7 +6,6 @@ use anyhow::{Result, bail};
 use burn::prelude::*;
 use ember_finetune::spam_finetune::{SpamConfig, classify_text, finetune_spam, load_classifier};
 use ember_tokenizer::Gpt2Tokenizer;
-use ember_train::RunOptions;
 
 use crate::runs::{RunArgs, interrupt_flag};
 
@@ -65,16 +64,7 @@ pub fn spam(args: SpamArgs, device: &Device) -> Result<()> {
     })?;
     require_base(config.base.is_some(), &args.run, args.from_scratch)?;
     let interrupt = interrupt_flag();
-    let results = finetune_spam(
-        &config,
-        &run_dir,
-        device,
-        RunOptions {
-            resume: args.run.resume.is_some(),
-            progress: !args.run.quiet,
-            interrupt: &interrupt,
-        },
-    )?;
+    let results = finetune_spam(&config, &run_dir, device, args.run.options(&interrupt))?;
     println!(
         "accuracy after {} steps ({:.0} s): train {:.2}%, validation {:.2}%, test {:.2}% ({} trainable parameters)",
         results.steps,
@@ -174,16 +164,7 @@ pub fn instruct(args: InstructArgs, device: &Device) -> Result<()> {
         })?;
     require_base(config.base.is_some(), &args.run, args.from_scratch)?;
     let interrupt = interrupt_flag();
-    let results = finetune_instruct(
-        &config,
-        &run_dir,
-        device,
-        RunOptions {
-            resume: args.run.resume.is_some(),
-            progress: !args.run.quiet,
-            interrupt: &interrupt,
-        },
-    )?;
+    let results = finetune_instruct(&config, &run_dir, device, args.run.options(&interrupt))?;
     println!(
         "after {} steps ({:.0} s): train loss {}, val loss {}; {} responses in {:.0} s",
         results.steps,

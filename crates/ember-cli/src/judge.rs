@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use ember_finetune::instruct::{InstructionEntry, format_input, read_instruction_data};
+use ember_data::{InstructionEntry, format_input, read_instruction_data};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 

@@ -425,6 +425,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// 130 (the shell's code for SIGINT) for a run stopped by Ctrl-C or SIGTERM after its
+/// checkpoint, so `ember pretrain ... && next-step` does not go on; 2 for every other
+/// error.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    use ember_finetune::FinetuneError;
+    use ember_train::TrainError;
+    let interrupted = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<TrainError>(),
+            Some(TrainError::Interrupted { .. })
+        ) || matches!(
+            cause.downcast_ref::<FinetuneError>(),
+            Some(FinetuneError::Train(TrainError::Interrupted { .. }))
+        )
+    });
+    if interrupted { 130 } else { 2 }
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
     tracing_subscriber::fmt()
@@ -441,7 +459,7 @@ fn main() -> ExitCode {
             // One line: the error and its causes.
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
             eprintln!("error: {}", chain.join(": "));
-            ExitCode::from(2)
+            ExitCode::from(exit_code(&e))
         }
     }
 }

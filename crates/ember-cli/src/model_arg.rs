@@ -1,12 +1,11 @@
 //! The `--model` argument every command shares.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::prelude::Device;
 use clap::Args;
-use ember_model::weights::read_config_json;
-use ember_model::{GptConfig, LoadedModel, load_model};
+use ember_model::{GptConfig, LoadedModel, load_model, read_model_config};
 
 /// Where a model comes from.
 #[derive(Debug, Clone, Args)]
@@ -36,22 +35,10 @@ impl ModelArgs {
                 c.qkv_bias |= self.qkv_bias;
                 Some(c)
             }
-            (None, Some(path)) => Some(read_config_json(path)?),
+            (None, Some(path)) => Some(read_model_config(path)?.0),
             (None, None) => None,
         };
-        let path = resolve(&self.model);
-        load_model(&path, config.as_ref(), device)
+        load_model(&self.model, config.as_ref(), device)
             .with_context(|| format!("cannot load the model {}", self.model.display()))
-    }
-}
-
-/// A training run directory stands for the model it exported.
-fn resolve(path: &Path) -> PathBuf {
-    let exported = path.join("model");
-    if path.is_dir() && !path.join("config.json").exists() && exported.join("config.json").exists()
-    {
-        exported
-    } else {
-        path.to_path_buf()
     }
 }

@@ -2,12 +2,12 @@
 //! preset, a TOML file and `--set` overrides (or from the run being resumed), and the
 //! Ctrl-C flag.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
-use ember_train::RunConfig;
+use ember_train::{RunConfig, RunMode, RunOptions};
 
 /// Options of every training run.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -30,9 +30,28 @@ pub struct RunArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Start the run over in a directory that holds one (its run files are removed).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
 }
 
 impl RunArgs {
+    /// The run's options: resume, start over or new; progress bars unless `--quiet`.
+    pub fn options<'a>(&self, interrupt: &'a AtomicBool) -> RunOptions<'a> {
+        let mode = if self.resume.is_some() {
+            RunMode::Resume
+        } else if self.overwrite {
+            RunMode::Overwrite
+        } else {
+            RunMode::New
+        };
+        RunOptions {
+            mode,
+            progress: !self.quiet,
+            interrupt,
+        }
+    }
+
     /// The configuration and run directory: the resumed run's saved configuration, or
     /// `base` overlaid with `--config`; then `edit` (subcommand flags) and `--set`.
     pub fn resolve<C: RunConfig>(
@@ -75,7 +94,7 @@ impl RunArgs {
         };
         edit(&mut config);
         let mut config = config.with_overrides(&self.set)?;
-        config.check().map_err(|e| anyhow!("{e}"))?;
+        config.check()?;
         if let Some(max_steps) = self.max_steps {
             config.train_mut().max_steps = Some(max_steps);
         }
@@ -103,12 +122,4 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
 /// `x.xxx` or `-`.
 pub fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |v| format!("{v:.3}"))
-}
-
-/// The line printed after a run stopped early.
-pub fn resume_hint(command: &str, run_dir: &Path) -> String {
-    format!(
-        "continue with: ember {command} --resume {}",
-        run_dir.display()
-    )
 }

@@ -13,7 +13,8 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use ember_cli::backend;
-use ember_model::weights::{RawTensor, read_config_json, read_safetensors};
+use ember_model::read_model_config;
+use ember_model::weights::{RawTensor, read_safetensors};
 use ember_model::{GenerationConfig, GptModel, generate, load_model};
 use ember_train::{AdamWSettings, clip_grad_norm, cross_entropy, grad_norm};
 use serde_json::Value;
@@ -88,8 +89,9 @@ fn hf_model(device: &Device) -> GptModel {
 }
 
 fn book_model(tied: bool, device: &Device) -> GptModel {
-    let config = read_config_json(&fixture_dir().join("config.json"))
+    let config = read_model_config(&fixture_dir().join("config.json"))
         .unwrap()
+        .0
         .with_tied_embeddings(tied);
     load_model(&fixture_dir().join("model.pth"), Some(&config), device)
         .unwrap()

@@ -1,48 +1,8 @@
-//! Mini-batching of windows with seeded, resumable shuffling (the book's `DataLoader`).
+//! Mini-batches of windows with seeded, resumable shuffling (the book's `DataLoader` over a
+//! `GPTDatasetV1`): an [`EpochPlan`] applied to a [`WindowSource`].
 
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
-
-use crate::{DataError, WindowSource};
-
-/// One mini-batch, row-major `[batch_size, seq_len]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenBatch {
-    /// Input token ids, `batch_size * seq_len` values.
-    pub inputs: Vec<u32>,
-    /// Target ids (inputs shifted by one), as `i64` so that an ignore index such as -100 fits.
-    pub targets: Vec<i64>,
-    /// Rows in this batch (smaller than the configured batch size for a final partial batch).
-    pub batch_size: usize,
-    /// Tokens per row.
-    pub seq_len: usize,
-}
-
-/// How [`Batcher`] forms batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchOptions {
-    /// Windows per batch (at least 1).
-    pub batch_size: usize,
-    /// Visit windows in a seeded random order that changes every epoch.
-    pub shuffle: bool,
-    /// Seed of the shuffle.
-    pub seed: u64,
-    /// Drop the final batch if it has fewer than `batch_size` windows.
-    pub drop_last: bool,
-}
-
-impl Default for BatchOptions {
-    /// The book's training loader settings with batch size 2: shuffle, drop_last, seed 123.
-    fn default() -> Self {
-        Self {
-            batch_size: 2,
-            shuffle: true,
-            seed: 123,
-            drop_last: true,
-        }
-    }
-}
+use crate::collate::collate_windows;
+use crate::{DataError, EpochPlan, TokenBatch, WindowSource};
 
 /// Forms [`TokenBatch`]es from any [`WindowSource`].
 ///
@@ -51,32 +11,28 @@ impl Default for BatchOptions {
 #[derive(Clone, Copy)]
 pub struct Batcher<'a> {
     source: &'a dyn WindowSource,
-    options: BatchOptions,
+    plan: EpochPlan,
 }
 
 impl std::fmt::Debug for Batcher<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher")
             .field("num_windows", &self.source.num_windows())
-            .field("options", &self.options)
+            .field("plan", &self.plan)
             .finish()
     }
 }
 
 impl<'a> Batcher<'a> {
-    /// Creates a batcher; errors if `batch_size` is 0.
-    pub fn new(source: &'a dyn WindowSource, options: BatchOptions) -> Result<Self, DataError> {
-        if options.batch_size == 0 {
-            return Err(DataError::InvalidArgument(
-                "batch_size must be at least 1".into(),
-            ));
-        }
-        Ok(Self { source, options })
+    /// Creates a batcher; errors if the plan's `batch_size` is 0.
+    pub fn new(source: &'a dyn WindowSource, plan: EpochPlan) -> Result<Self, DataError> {
+        let plan = EpochPlan::new(plan.batch_size, plan.shuffle, plan.seed, plan.drop_last)?;
+        Ok(Self { source, plan })
     }
 
-    /// The options.
-    pub fn options(&self) -> BatchOptions {
-        self.options
+    /// The plan.
+    pub fn plan(&self) -> EpochPlan {
+        self.plan
     }
 
     /// The window source.
@@ -86,24 +42,12 @@ impl<'a> Batcher<'a> {
 
     /// Batches per epoch: `floor(n / batch_size)` with `drop_last`, else `ceil(n / batch_size)`.
     pub fn num_batches(&self) -> usize {
-        let n = self.source.num_windows();
-        if self.options.drop_last {
-            n / self.options.batch_size
-        } else {
-            n.div_ceil(self.options.batch_size)
-        }
+        self.plan.num_batches(self.source.num_windows())
     }
 
-    /// Window indices in the order epoch `epoch` visits them: `0..n` without shuffling, else a
-    /// permutation drawn from ChaCha8 seeded with `seed`, stream `epoch`.
+    /// Window indices in the order epoch `epoch` visits them ([`EpochPlan::order`]).
     pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.source.num_windows()).collect();
-        if self.options.shuffle {
-            let mut rng = ChaCha8Rng::seed_from_u64(self.options.seed);
-            rng.set_stream(epoch);
-            order.shuffle(&mut rng);
-        }
-        order
+        self.plan.order(self.source.num_windows(), epoch)
     }
 
     /// Batch `index` of epoch `epoch`.
@@ -121,22 +65,7 @@ impl<'a> Batcher<'a> {
                 len: num_batches,
             });
         }
-        let bs = self.options.batch_size;
-        let rows = &order[index * bs..((index + 1) * bs).min(order.len())];
-        let seq_len = self.source.seq_len();
-        let mut inputs = Vec::with_capacity(rows.len() * seq_len);
-        let mut targets = Vec::with_capacity(rows.len() * seq_len);
-        for &w in rows {
-            let (input, target) = self.source.try_window(w)?;
-            inputs.extend_from_slice(&input);
-            targets.extend(target.into_iter().map(i64::from));
-        }
-        Ok(TokenBatch {
-            inputs,
-            targets,
-            batch_size: rows.len(),
-            seq_len,
-        })
+        collate_windows(self.source, &order[self.plan.rows(index, order.len())])
     }
 
     /// Iterates the batches of epoch `epoch`, starting at batch `start` (0 for a full epoch; a
@@ -182,8 +111,8 @@ mod tests {
     use super::*;
     use crate::SlidingWindowDataset;
 
-    fn options(batch_size: usize, shuffle: bool, drop_last: bool) -> BatchOptions {
-        BatchOptions {
+    fn options(batch_size: usize, shuffle: bool, drop_last: bool) -> EpochPlan {
+        EpochPlan {
             batch_size,
             shuffle,
             seed: 123,
@@ -227,7 +156,7 @@ mod tests {
         assert_eq!(b.batch(1, 3).unwrap(), full[3]);
         let other_seed = Batcher::new(
             &ds,
-            BatchOptions {
+            EpochPlan {
                 seed: 7,
                 ..options(8, true, true)
             },

@@ -18,8 +18,8 @@ pub enum DataError {
     /// An argument is out of range (zero stride, zero batch size, bad fraction, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// Reading or writing a file failed.
-    #[error("I/O error on {path}: {source}", path = path.display())]
+    /// Reading or writing a file failed (the cause follows in the error chain).
+    #[error("{path}", path = path.display())]
     Io {
         /// The file or directory involved.
         path: PathBuf,
@@ -82,7 +82,7 @@ pub enum DataError {
         id: u32,
     },
     /// Tokenizing a document failed.
-    #[error("tokenizing {path} failed: {source}", path = path.display())]
+    #[error("tokenizing {path}", path = path.display())]
     Tokenize {
         /// The file the document came from.
         path: PathBuf,
@@ -93,6 +93,15 @@ pub enum DataError {
     /// A tokenizer error outside of corpus preparation.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// A JSON file that does not hold what it should.
+    #[error("{path}: invalid JSON", path = path.display())]
+    InvalidJson {
+        /// The file.
+        path: PathBuf,
+        /// What the parser found.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A window/batch index is out of range.
     #[error("{what} index {index} is out of range (length {len})")]
     OutOfRange {
@@ -103,6 +112,20 @@ pub enum DataError {
         /// The valid length.
         len: usize,
     },
+}
+
+/// An error and its causes on one line, `error: cause: cause`: what the `ember` binary
+/// prints. Error types across Ember keep their causes as sources instead of repeating
+/// them in their own message, so this is the whole story.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl DataError {

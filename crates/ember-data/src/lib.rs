@@ -5,19 +5,38 @@
 //! * [`ShardDataset`]: the same windows over memory-mapped `{split}_*.bin` token shards written by
 //!   [`prepare_corpus`].
 //! * [`WindowSource`]: what both provide; [`Batcher`] turns any of them into [`TokenBatch`]es
-//!   (`[batch, seq]` row-major, targets as `i64`), optionally shuffled with a seeded ChaCha8
-//!   permutation per epoch.
+//!   (`[batch, seq]` row-major, targets as `i64`).
 //! * [`split_text`]: the chapter 5 train/validation split by characters.
+//!
+//! The data contract every training run shares: a dataset of examples, an [`EpochPlan`]
+//! (the seeded shuffle and batching of each epoch, the one place that decides batch
+//! order) and a collate function per task ([`collate_windows`] for pretraining,
+//! [`collate_labeled`] for classification, [`collate_instructions`] for instruction
+//! fine-tuning), plus the Alpaca prompt of chapter 7 ([`format_prompt`]) and atomic,
+//! checksummed file writing ([`files`]).
 
 #![warn(missing_docs)]
 
 mod batch;
+mod collate;
 mod error;
+pub mod files;
+mod instruction;
+mod plan;
+pub mod progress;
 mod shards;
 mod window;
 
-pub use batch::{BatchOptions, Batcher, EpochIter, TokenBatch};
-pub use error::DataError;
+pub use batch::{Batcher, EpochIter};
+pub use collate::{
+    IGNORE_INDEX, LabeledBatch, TokenBatch, collate_instructions, collate_labeled, collate_windows,
+};
+pub use error::{DataError, error_chain};
+pub use instruction::{
+    InstructionEntry, PREAMBLE, RESPONSE_HEADER, book_split, format_example, format_input,
+    format_prompt, read_instruction_data, read_json_list,
+};
+pub use plan::{EpochPlan, evaluation_batches};
 pub use shards::{
     HEADER_BYTES, HEADER_INTS, PrepareOptions, PrepareSummary, SHARD_MAGIC, SHARD_VERSION,
     ShardDataset, prepare_corpus, read_shard, write_shard,

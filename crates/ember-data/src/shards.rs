@@ -7,11 +7,10 @@
 //! token stream of a split.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use ember_tokenizer::{END_OF_TEXT_ID, Gpt2Tokenizer, Tokenizer};
-use indicatif::{ProgressBar, ProgressStyle};
 use memmap2::Mmap;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -269,8 +268,7 @@ impl<'a> ShardWriter<'a> {
     }
 }
 
-/// Writes `tokens` as a shard file at `path`, atomically: a temporary file in the same directory
-/// is written, fsynced and renamed over `path`.
+/// Writes `tokens` as a shard file at `path`, atomically ([`crate::files::write_atomic`]).
 pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<(), DataError> {
     let num = i32::try_from(tokens.len()).map_err(|_| {
         DataError::InvalidArgument(format!(
@@ -290,29 +288,7 @@ pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<(), DataError> {
     for &t in tokens {
         bytes.extend_from_slice(&t.to_le_bytes());
     }
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "shard".into());
-    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    let result = (|| {
-        let mut file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        file.write_all(&bytes).map_err(|e| DataError::io(&tmp, e))?;
-        file.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result?;
-    // Make the rename durable (best effort: not every platform can fsync a directory).
-    if let Some(dir) = path.parent()
-        && let Ok(d) = File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::files::write_atomic(path, &bytes).map_err(|e| DataError::io(path, e))
 }
 
 /// Reads a whole shard file into memory (validating it like [`ShardDataset::open`]).
@@ -461,17 +437,11 @@ pub fn prepare_corpus(
     std::fs::create_dir_all(output_dir).map_err(|e| DataError::io(output_dir, e))?;
     remove_old_shards(output_dir)?;
 
-    let progress = if options.progress {
-        let bar = ProgressBar::new(total_bytes);
-        if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} tokenizing [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
-        ) {
-            bar.set_style(style);
-        }
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let progress = crate::progress::bar(
+        options.progress,
+        Some(total_bytes),
+        "{spinner} tokenizing [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
+    );
 
     let mut train = ShardWriter::new(output_dir, "train", options.shard_tokens);
     let mut val = ShardWriter::new(output_dir, "val", options.shard_tokens);

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use ember_data::{
-    BatchOptions, Batcher, DataError, HEADER_BYTES, PrepareOptions, SHARD_MAGIC, ShardDataset,
+    Batcher, DataError, EpochPlan, HEADER_BYTES, PrepareOptions, SHARD_MAGIC, ShardDataset,
     SlidingWindowDataset, WindowSource, prepare_corpus, read_shard, write_shard,
 };
 use ember_tokenizer::{END_OF_TEXT_ID, Gpt2Tokenizer, Tokenizer};
@@ -116,7 +116,7 @@ fn directory_round_trip() {
         )
     );
     assert!(train.window_at(train.num_tokens() - 3, 3).is_err());
-    let opts = BatchOptions {
+    let opts = EpochPlan {
         batch_size: 3,
         shuffle: true,
         seed: 42,

@@ -1,7 +1,7 @@
 //! Reproduces tests/fixtures/sliding_window.json (book chapter 2 GPTDatasetV1 and the chapter 5
 //! 90/10 split) exactly.
 
-use ember_data::{BatchOptions, Batcher, SlidingWindowDataset, WindowSource, split_text};
+use ember_data::{Batcher, EpochPlan, SlidingWindowDataset, WindowSource, split_text};
 use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
 use serde_json::Value;
 
@@ -59,7 +59,7 @@ fn gpt_dataset_v1_matches_fixture() {
         ] {
             let batcher = Batcher::new(
                 &ds,
-                BatchOptions {
+                EpochPlan {
                     batch_size: bs,
                     shuffle: true,
                     seed: 123,
@@ -79,7 +79,7 @@ fn gpt_dataset_v1_matches_fixture() {
     let ds = SlidingWindowDataset::new(tokens.clone(), 4, 4).unwrap();
     let batcher = Batcher::new(
         &ds,
-        BatchOptions {
+        EpochPlan {
             batch_size: 8,
             shuffle: false,
             seed: 0,

@@ -22,8 +22,8 @@ pub struct SmsExample {
 /// Errors reading the collection.
 #[derive(Debug, thiserror::Error)]
 pub enum SpamDataError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
+    /// The file could not be read (the cause follows in the chain).
+    #[error("{path}")]
     Io {
         /// The file.
         path: String,

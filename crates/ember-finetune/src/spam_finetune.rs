@@ -1,14 +1,13 @@
-//! Chapter 6 end to end: the spam classifier trained through ember-train's loop,
+//! Chapter 6 end to end: the spam classifier trained on the shared run layer,
 //! evaluated on the three splits, saved, and used to classify new text.
 //!
-//! A run directory holds what a pretraining run holds (`config.toml`,
-//! `metrics.jsonl` with losses and accuracies, `loss.png`, `accuracy.png`,
-//! `samples.txt` with the accuracies after each epoch, `checkpoints/`) plus
-//! `results.json` (accuracy on the whole train/validation/test splits, trainable
-//! parameters, seconds) and `model/`: the GPT (LoRA merged) as an Ember checkpoint,
-//! `classifier.bpk` (the head) and `classifier.json` (labels, padded length), which
-//! [`load_classifier`] reads back. A LoRA run also writes `adapters.bpk`, the
-//! low-rank factors alone.
+//! A run directory holds what every run holds (`config.toml`, `metrics.jsonl` with
+//! losses and accuracies, `loss.png`, `accuracy.png`, `samples.txt` with the accuracies
+//! after each epoch, `checkpoints/`) plus `results.json` (accuracy on the whole
+//! train/validation/test splits, trainable parameters, seconds) and `model/`: the GPT
+//! (LoRA merged) as a Hugging Face directory, `classifier.bpk` (the head) and
+//! `classifier.json` (labels, padded length), which [`load_classifier`] reads back. A
+//! LoRA run also writes `adapters.bpk`, the low-rank factors alone.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,21 +17,19 @@ use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use burn::tensor::activation::softmax;
-use ember_model::weights::write_atomic;
-use ember_model::{GptConfig, load_model, save_checkpoint};
-use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
-use ember_train::fit::file_error;
+use ember_data::collate_labeled;
+use ember_data::files::write_atomic;
+use ember_model::{GptConfig, load_model, save_model};
+use ember_tokenizer::{END_OF_TEXT_ID, Gpt2Tokenizer, Tokenizer};
 use ember_train::{
-    Evaluation, RunConfig, RunOptions, RunPaths, StopReason, TrainConfig, TrainError, TrainTask,
-    fit,
+    Evaluation, InvalidSetting, Run, RunConfig, RunOptions, TrainConfig, TrainError, TrainTask,
+    labeled_tensors, over_eval_batches,
 };
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::base::base_model;
 use crate::classifier::{GptClassifier, Trainable, accuracy, classification_loss};
-use crate::instruct::END_OF_TEXT_ID;
+use crate::error::FinetuneError;
 use crate::spam::{SmsExample, book_split};
 
 /// The labels, index = class id (the book's mapping: ham 0, spam 1).
@@ -87,32 +84,52 @@ impl SpamConfig {
     }
 
     /// The `trainable` setting as a [`Trainable`].
-    pub fn trainable(&self) -> Result<Trainable, String> {
+    pub fn trainable(&self) -> Result<Trainable, InvalidSetting> {
         parse_trainable(&self.trainable)
     }
 }
 
 impl RunConfig for SpamConfig {
+    fn train(&self) -> &TrainConfig {
+        &self.train
+    }
+
     fn train_mut(&mut self) -> &mut TrainConfig {
         &mut self.train
     }
 
-    fn check(&self) -> Result<(), String> {
-        self.model.validate().map_err(|e| e.to_string())?;
+    fn check(&self) -> Result<(), InvalidSetting> {
+        self.model
+            .validate()
+            .map_err(|e| InvalidSetting::new("model", e.to_string()))?;
         self.train.validate()?;
         self.trainable()?;
         if !(0.0..1.0).contains(&self.drop_rate) {
-            return Err(format!("drop_rate {} must be in [0, 1)", self.drop_rate));
+            return Err(InvalidSetting::new(
+                "drop_rate",
+                format!("must be in [0, 1), got {}", self.drop_rate),
+            ));
         }
-        if self.max_length == Some(0) || self.lora_rank == Some(0) {
-            return Err("max_length and lora_rank must be at least 1".into());
+        for (key, value) in [
+            ("max_length", self.max_length),
+            ("lora_rank", self.lora_rank),
+        ] {
+            if value == Some(0) {
+                return Err(InvalidSetting::new(key, "must be at least 1"));
+            }
+        }
+        if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+            return Err(InvalidSetting::new(
+                "lora_alpha",
+                format!("must be positive and finite, got {}", self.lora_alpha),
+            ));
         }
         Ok(())
     }
 }
 
 /// Parses `all`, `head` or `last-N`.
-pub fn parse_trainable(text: &str) -> Result<Trainable, String> {
+pub fn parse_trainable(text: &str) -> Result<Trainable, InvalidSetting> {
     match text {
         "all" => Ok(Trainable::All),
         "head" => Ok(Trainable::HeadOnly),
@@ -121,78 +138,68 @@ pub fn parse_trainable(text: &str) -> Result<Trainable, String> {
             .and_then(|n| n.parse().ok())
             .map(Trainable::LastBlocks)
             .ok_or_else(|| {
-                format!("trainable \"{other}\" is not one of all, head, last-N (e.g. last-1)")
+                InvalidSetting::new(
+                    "trainable",
+                    format!("\"{other}\" is not one of all, head, last-N (e.g. last-1)"),
+                )
             }),
     }
 }
 
-/// Messages tokenized and padded with `<|endoftext|>` to one length (the book's
-/// `SpamDataset`).
+/// Messages tokenized (the book's `SpamDataset`), padded with `<|endoftext|>` to one
+/// length when batched.
 #[derive(Debug, Clone)]
-pub struct PaddedTexts {
-    /// Row-major `[len, max_length]` token ids.
-    pub ids: Vec<i64>,
-    /// Class of each row.
+pub struct LabeledTexts {
+    /// Token ids of each message.
+    pub ids: Vec<Vec<u32>>,
+    /// Class of each message.
     pub labels: Vec<i64>,
-    /// Tokens per row.
+    /// Tokens per row once padded or truncated.
     pub max_length: usize,
 }
 
-impl PaddedTexts {
-    /// Tokenizes `examples`, truncating to `max_length` (default: the longest).
+impl LabeledTexts {
+    /// Tokenizes `examples`, to be truncated to `max_length` (default: the longest).
     pub fn new(
         examples: &[SmsExample],
         tokenizer: &Gpt2Tokenizer,
         max_length: Option<usize>,
-    ) -> Result<Self, String> {
-        let encoded: Vec<Vec<u32>> = examples
+    ) -> Result<Self, FinetuneError> {
+        let ids: Vec<Vec<u32>> = examples
             .iter()
-            .map(|e| tokenizer.encode(&e.text, false).map_err(|e| e.to_string()))
+            .map(|e| tokenizer.encode(&e.text, false))
             .collect::<Result<_, _>>()?;
-        let max_length =
-            max_length.unwrap_or_else(|| encoded.iter().map(Vec::len).max().unwrap_or(1));
-        let mut ids = Vec::with_capacity(examples.len() * max_length);
-        for row in &encoded {
-            let kept = &row[..row.len().min(max_length)];
-            ids.extend(kept.iter().map(|&t| t as i64));
-            ids.extend(std::iter::repeat_n(
-                END_OF_TEXT_ID as i64,
-                max_length - kept.len(),
-            ));
-        }
+        let max_length = max_length.unwrap_or_else(|| ids.iter().map(Vec::len).max().unwrap_or(1));
         Ok(Self {
             ids,
-            labels: examples.iter().map(|e| e.label as i64).collect(),
+            labels: examples.iter().map(|e| i64::from(e.label)).collect(),
             max_length,
         })
     }
 
-    /// Number of rows.
+    /// Number of messages.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
-    /// Whether there are no rows.
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
 
     /// Ids `[batch, max_length]` and labels `[batch]` of rows `rows`.
     pub fn batch(&self, rows: &[usize], device: &Device) -> (Tensor<2, Int>, Tensor<1, Int>) {
-        let l = self.max_length;
-        let ids: Vec<i64> = rows
-            .iter()
-            .flat_map(|&r| self.ids[r * l..(r + 1) * l].iter().copied())
-            .collect();
+        let texts: Vec<&[u32]> = rows.iter().map(|&r| self.ids[r].as_slice()).collect();
         let labels: Vec<i64> = rows.iter().map(|&r| self.labels[r]).collect();
-        (
-            Tensor::from_data(TensorData::new(ids, [rows.len(), l]), device),
-            Tensor::from_data(TensorData::new(labels, [rows.len()]), device),
+        labeled_tensors(
+            &collate_labeled(&texts, &labels, END_OF_TEXT_ID, self.max_length),
+            device,
         )
     }
 
-    /// Mean loss and accuracy over the first `max_batches` batches in order (all when
-    /// `None`), the book's `calc_loss_loader` and `calc_accuracy_loader`.
+    /// Mean loss (over batches) and accuracy (over messages) on the first `max_batches`
+    /// batches in order (all when `None`): the book's `calc_loss_loader` and
+    /// `calc_accuracy_loader`, in one pass.
     pub fn evaluate(
         &self,
         model: &GptClassifier,
@@ -200,103 +207,77 @@ impl PaddedTexts {
         max_batches: Option<usize>,
         device: &Device,
     ) -> Option<(f64, f64)> {
-        let rows: Vec<usize> = (0..self.len()).collect();
-        let batches: Vec<&[usize]> = rows
-            .chunks(batch_size)
-            .take(max_batches.unwrap_or(usize::MAX))
-            .collect();
-        if batches.is_empty() {
+        let scores = over_eval_batches(self.len(), batch_size, max_batches, |rows| {
+            let (ids, labels) = self.batch(rows, device);
+            let logits = model.forward(ids);
+            let loss = classification_loss(logits.clone(), labels.clone()).into_scalar::<f32>();
+            Ok((
+                loss as f64,
+                accuracy(logits, labels) * rows.len() as f64,
+                rows.len(),
+            ))
+        })
+        .ok()?;
+        if scores.is_empty() {
             return None;
         }
-        let (mut loss, mut correct, mut seen) = (0.0, 0.0, 0usize);
-        for batch in &batches {
-            let (ids, labels) = self.batch(batch, device);
-            let logits = model.forward(ids);
-            loss += classification_loss(logits.clone(), labels.clone()).into_scalar::<f32>() as f64;
-            correct += accuracy(logits, labels) * batch.len() as f64;
-            seen += batch.len();
-        }
-        Some((loss / batches.len() as f64, correct / seen as f64))
+        let loss = scores.iter().map(|s| s.0).sum::<f64>() / scores.len() as f64;
+        let seen: usize = scores.iter().map(|s| s.2).sum();
+        let correct: f64 = scores.iter().map(|s| s.1).sum();
+        Some((loss, correct / seen as f64))
     }
 }
 
-/// Classification on padded texts, for [`fit`].
+/// Classification on padded texts.
 struct SpamTask<'a> {
-    train: &'a PaddedTexts,
-    val: &'a PaddedTexts,
+    train: &'a LabeledTexts,
+    val: &'a LabeledTexts,
     config: &'a TrainConfig,
 }
 
 impl TrainTask for SpamTask<'_> {
     type Model = GptClassifier;
-    type Batch = Vec<usize>;
 
-    fn batches_per_epoch(&self) -> usize {
-        // The book's training loader drops the last partial batch.
-        self.train.len() / self.config.batch_size
+    fn num_examples(&self) -> usize {
+        self.train.len()
     }
 
-    fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>, TrainError> {
-        let mut order: Vec<usize> = (0..self.train.len()).collect();
-        if self.config.shuffle {
-            let seed = self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-        }
-        Ok(order
-            .chunks_exact(self.config.batch_size)
-            .map(<[usize]>::to_vec)
-            .collect())
+    fn batch_loss(
+        &self,
+        model: &GptClassifier,
+        rows: &[usize],
+        device: &Device,
+    ) -> Result<Tensor<1>, TrainError> {
+        let (ids, labels) = self.train.batch(rows, device);
+        Ok(classification_loss(model.forward(ids), labels))
     }
 
-    fn batch_loss(&self, model: &GptClassifier, batch: &Vec<usize>, device: &Device) -> Tensor<1> {
-        let (ids, labels) = self.train.batch(batch, device);
-        classification_loss(model.forward(ids), labels)
+    fn batch_tokens(&self, rows: &[usize]) -> u64 {
+        (rows.len() * self.train.max_length) as u64
     }
 
-    fn batch_tokens(&self, batch: &Vec<usize>) -> u64 {
-        (batch.len() * self.train.max_length) as u64
-    }
-
-    fn evaluate(&self, model: &GptClassifier, device: &Device) -> Evaluation {
+    fn evaluate(&self, model: &GptClassifier, device: &Device) -> Result<Evaluation, TrainError> {
         let b = self.config.batch_size;
         let n = Some(self.config.eval_iter);
         let train = self.train.evaluate(model, b, n, device);
         let val = self.val.evaluate(model, b, n, device);
-        Evaluation {
+        Ok(Evaluation {
             train_loss: train.map(|t| t.0),
             val_loss: val.map(|v| v.0),
             train_accuracy: train.map(|t| t.1),
             val_accuracy: val.map(|v| v.1),
-        }
+            ..Default::default()
+        })
     }
 
     fn epoch_report(&self, model: &GptClassifier, device: &Device) -> Option<String> {
-        let e = self.evaluate(model, device);
+        let e = self.evaluate(model, device).ok()?;
         Some(format!(
             "training accuracy {:.2}% | validation accuracy {:.2}%",
             100.0 * e.train_accuracy.unwrap_or(0.0),
             100.0 * e.val_accuracy.unwrap_or(0.0)
         ))
     }
-}
-
-/// Errors of a fine-tuning run.
-#[derive(Debug, thiserror::Error)]
-pub enum FinetuneError {
-    /// The loop or the run directory failed.
-    #[error(transparent)]
-    Train(#[from] TrainError),
-    /// Data, model or configuration problem, with the thing named.
-    #[error("{0}")]
-    Input(String),
-    /// Ctrl-C: a checkpoint was written at `step`.
-    #[error("interrupted at step {step}; a checkpoint is written, continue with --resume {}", run_dir.display())]
-    Interrupted {
-        /// Steps done.
-        step: usize,
-        /// The run to resume.
-        run_dir: PathBuf,
-    },
 }
 
 /// Accuracy on the whole splits after training (`results.json`).
@@ -329,33 +310,6 @@ pub struct ClassifierInfo {
     pub max_length: usize,
 }
 
-/// Resolves a base model path: a pretraining run directory stands for its `model/`.
-pub fn resolve_base(path: &Path) -> PathBuf {
-    let model = path.join("model");
-    if path.join("metrics.jsonl").exists() && model.join("config.json").exists() {
-        model
-    } else {
-        path.to_path_buf()
-    }
-}
-
-/// The model a fine-tuning run starts from: `base` loaded (a `.pth` needs `model` for
-/// its shape), or a new `model` drawn on `device` when there is no base.
-pub fn base_model(
-    base: Option<&Path>,
-    model: &GptConfig,
-    device: &Device,
-) -> Result<ember_model::GptModel, FinetuneError> {
-    let Some(base) = base else {
-        return Ok(model.init(device));
-    };
-    let base = resolve_base(base);
-    let pth = base.extension().is_some_and(|e| e == "pth" || e == "pt");
-    Ok(load_model(&base, pth.then_some(model), device)
-        .map_err(|e| FinetuneError::Input(e.to_string()))?
-        .model)
-}
-
 /// Fine-tunes the spam classifier of chapter 6 in `run_dir`.
 pub fn finetune_spam(
     config: &SpamConfig,
@@ -363,48 +317,44 @@ pub fn finetune_spam(
     device: &Device,
     options: RunOptions<'_>,
 ) -> Result<SpamResults, FinetuneError> {
-    config.check().map_err(FinetuneError::Input)?;
     let started = Instant::now();
-    let paths = RunPaths::new(run_dir);
-    paths.prepare(options.resume)?;
-    let split = book_split(&config.data).map_err(|e| FinetuneError::Input(e.to_string()))?;
-    let tokenizer = Gpt2Tokenizer::gpt2().map_err(|e| FinetuneError::Input(e.to_string()))?;
-    let train_device = device.clone().autodiff();
-    train_device.seed(config.train.seed);
-    let gpt = base_model(config.base.as_deref(), &config.model, &train_device)?
+    let run = Run::start(config, run_dir, device, options)?;
+    let split = book_split(&config.data)?;
+    let tokenizer = Gpt2Tokenizer::gpt2()?;
+    let gpt = base_model(config.base.as_deref(), &config.model, run.train_device())?
         .with_dropout(config.drop_rate);
     let context = gpt.context_length;
     let max_length = match config.max_length {
         Some(n) => n,
-        None => PaddedTexts::new(&split.train, &tokenizer, None)
-            .map_err(FinetuneError::Input)?
+        None => LabeledTexts::new(&split.train, &tokenizer, None)?
             .max_length
             .min(context),
     };
     if max_length > context {
-        return Err(FinetuneError::Input(format!(
+        return Err(FinetuneError::Setting(format!(
             "max_length {max_length} exceeds the model's context length {context}"
         )));
     }
-    let pad = |part: &[SmsExample], name: &str| {
+    let texts = |part: &[SmsExample], name: &str| {
         if part.is_empty() {
-            return Err(FinetuneError::Input(format!(
-                "{}: the {name} split is empty",
-                config.data.display()
-            )));
+            return Err(FinetuneError::TooLittleData {
+                path: config.data.clone(),
+                message: format!("the {name} split is empty"),
+            });
         }
-        PaddedTexts::new(part, &tokenizer, Some(max_length)).map_err(FinetuneError::Input)
+        LabeledTexts::new(part, &tokenizer, Some(max_length))
     };
     let (train, val, test) = (
-        pad(&split.train, "training")?,
-        pad(&split.validation, "validation")?,
-        pad(&split.test, "test")?,
+        texts(&split.train, "training")?,
+        texts(&split.validation, "validation")?,
+        texts(&split.test, "test")?,
     );
-    let classifier = GptClassifier::new(gpt, SPAM_LABELS.len(), &train_device);
+    let classifier = GptClassifier::new(gpt, SPAM_LABELS.len(), run.train_device());
     let classifier = match config.lora_rank {
         Some(rank) => classifier.with_lora(rank, config.lora_alpha),
-        None => classifier.with_trainable(config.trainable().map_err(FinetuneError::Input)?),
+        None => classifier.with_trainable(config.trainable().map_err(TrainError::from)?),
     };
+    check_trainable(&classifier, config)?;
     let trainable_params = classifier.num_trainable_params();
     tracing::info!(
         trainable_params,
@@ -414,41 +364,22 @@ pub fn finetune_spam(
         test = test.len(),
         "spam fine-tuning"
     );
-    if options.resume {
-        paths.check_resumable(config)?;
-    }
-    paths.write_config(config)?;
     let task = SpamTask {
         train: &train,
         val: &val,
         config: &config.train,
     };
-    let outcome = fit(
-        &task,
-        classifier,
-        &config.train,
-        &paths,
-        &train_device,
-        options,
-    )?;
-    if outcome.stop == StopReason::Interrupted {
-        // The checkpoint is written; the evaluation waits for the resumed run.
-        return Err(FinetuneError::Interrupted {
-            step: outcome.state.step,
-            run_dir: paths.root.clone(),
-        });
-    }
+    let outcome = run.fit(&task, classifier)?;
 
     let trained = outcome.model.valid();
     let model = if config.lora_rank.is_some() {
-        let adapters_path = paths.root.join("adapters.bpk");
-        save_adapters(&trained, &adapters_path)?;
+        save_adapters(&trained, &run.dir().root().join("adapters.bpk"))?;
         trained.merge_lora()
     } else {
         trained
     };
-    let accuracy_of = |part: &PaddedTexts| {
-        part.evaluate(&model, config.train.batch_size, None, device)
+    let accuracy_of = |part: &LabeledTexts| {
+        part.evaluate(&model, config.train.batch_size, None, run.device())
             .map_or(0.0, |(_, acc)| acc)
     };
     let results = SpamResults {
@@ -467,10 +398,32 @@ pub fn finetune_spam(
             labels: SPAM_LABELS.iter().map(|s| s.to_string()).collect(),
             max_length,
         },
-        &paths.model(),
+        &run.dir().model(),
     )?;
-    paths.write_json("results.json", &results)?;
+    run.dir().write_json("results.json", &results)?;
     Ok(results)
+}
+
+/// Refuses settings the model cannot honour: `last-N` beyond its blocks, a LoRA rank
+/// beyond the smallest adapted dimension.
+fn check_trainable(model: &GptClassifier, config: &SpamConfig) -> Result<(), FinetuneError> {
+    let blocks = model.gpt.h.len();
+    if let (None, Ok(Trainable::LastBlocks(n))) = (config.lora_rank, config.trainable())
+        && n > blocks
+    {
+        return Err(FinetuneError::Setting(format!(
+            "trainable last-{n}: the model has {blocks} blocks"
+        )));
+    }
+    let width = model.gpt.wte.weight.dims()[1];
+    if let Some(rank) = config.lora_rank
+        && rank > width
+    {
+        return Err(FinetuneError::Setting(format!(
+            "lora_rank {rank} exceeds the model width {width}"
+        )));
+    }
+    Ok(())
 }
 
 /// What a LoRA run trains and the base model lacks: the low-rank factors, and the new
@@ -482,92 +435,105 @@ fn adapter_group() -> ParamGroup {
 /// Writes the low-rank factors and the head alone: a few MB instead of the model.
 pub fn save_adapters(model: &GptClassifier, path: &Path) -> Result<(), FinetuneError> {
     let record = model.clone().into_record_group(adapter_group());
+    let bad = |message: String| FinetuneError::BadFile {
+        path: path.to_path_buf(),
+        message,
+    };
     if record.is_empty() {
-        return Err(FinetuneError::Input(
-            "the model has no LoRA adapters to save".into(),
-        ));
+        return Err(bad("the model has no LoRA adapters to save".into()));
     }
-    let bytes = record
-        .into_bytes()
-        .map_err(|e| FinetuneError::Input(e.to_string()))?;
-    write_atomic(path, &bytes).map_err(|e| file_error(path)(e.to_string()))?;
+    let bytes = record.into_bytes().map_err(|e| bad(e.to_string()))?;
+    write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))?;
     Ok(())
+}
+
+/// Reads a Burn record file.
+fn read_record(path: &Path) -> Result<ModuleRecord, FinetuneError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| FinetuneError::BadFile {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Loads adapters written by [`save_adapters`] into `model`, which must carry
 /// adapters of the same rank on the same layers ([`GptClassifier::with_lora`]).
 pub fn load_adapters(model: GptClassifier, path: &Path) -> Result<GptClassifier, FinetuneError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| FinetuneError::Input(format!("{}: {e}", path.display())))?;
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-        .map_err(|e| FinetuneError::Input(format!("{}: {e}", path.display())))?
-        .allow_partial(true);
+    let record = read_record(path)?.allow_partial(true);
     model
         .try_load_record(record)
-        .map_err(|e| FinetuneError::Input(format!("{}: {e}", path.display())))
+        .map_err(|e| FinetuneError::BadFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
-/// Saves a classifier: the GPT as an Ember checkpoint, the head as `classifier.bpk`,
-/// the labels and padded length as `classifier.json`.
+/// Saves a classifier: the GPT as a model directory, the head as `classifier.bpk`, the
+/// labels and padded length as `classifier.json`.
 pub fn save_classifier(
     model: &GptClassifier,
     info: &ClassifierInfo,
     dir: &Path,
 ) -> Result<(), FinetuneError> {
-    save_checkpoint(&model.gpt, dir).map_err(|e| FinetuneError::Input(e.to_string()))?;
-    let head = model
-        .head
-        .clone()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| FinetuneError::Input(e.to_string()))?;
+    save_model(&model.gpt, dir)?;
     let head_path = dir.join("classifier.bpk");
-    write_atomic(&head_path, &head).map_err(|e| file_error(&head_path)(e.to_string()))?;
+    let head =
+        model
+            .head
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| FinetuneError::BadFile {
+                path: head_path.clone(),
+                message: e.to_string(),
+            })?;
+    write_atomic(&head_path, &head).map_err(|e| TrainError::io(&head_path, e))?;
     let info_path = dir.join("classifier.json");
-    write_atomic(
-        &info_path,
-        serde_json::to_string_pretty(info)
-            .expect("serialisable")
-            .as_bytes(),
-    )
-    .map_err(|e| file_error(&info_path)(e.to_string()))?;
+    let text = serde_json::to_string_pretty(info).expect("classifier info serialises");
+    write_atomic(&info_path, text.as_bytes()).map_err(|e| TrainError::io(&info_path, e))?;
     Ok(())
 }
 
 /// Loads what [`save_classifier`] wrote (a fine-tuning run directory stands for its
-/// `model/`).
+/// `model/`), checking `classifier.json` against the model before using it.
 pub fn load_classifier(
     path: &Path,
     device: &Device,
 ) -> Result<(GptClassifier, ClassifierInfo), FinetuneError> {
-    let dir = if path.join("model").join("classifier.json").exists() {
-        path.join("model")
-    } else {
-        path.to_path_buf()
-    };
+    let dir = ember_model::resolve_model_path(path);
     let info_path = dir.join("classifier.json");
-    let info: ClassifierInfo = std::fs::read_to_string(&info_path)
-        .map_err(|e| {
-            format!(
-                "{}: {e} (not a classifier made by `ember finetune-spam`)",
-                info_path.display()
-            )
-        })
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("{}: {e}", info_path.display())))
-        .map_err(FinetuneError::Input)?;
-    let gpt = load_model(&dir, None, device)
-        .map_err(|e| FinetuneError::Input(e.to_string()))?
-        .model;
+    let bad = |message: String| FinetuneError::BadFile {
+        path: info_path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&info_path).map_err(|e| {
+        bad(format!(
+            "{e} (not a classifier made by `ember finetune-spam`)"
+        ))
+    })?;
+    let info: ClassifierInfo = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let gpt = load_model(&dir, None, device)?.model;
+    if info.labels.len() < 2 {
+        return Err(bad(format!(
+            "{} label(s); a classifier needs at least 2",
+            info.labels.len()
+        )));
+    }
+    if info.max_length == 0 || info.max_length > gpt.context_length {
+        return Err(bad(format!(
+            "max_length {} must be between 1 and the model's context length {}",
+            info.max_length, gpt.context_length
+        )));
+    }
     let mut model = GptClassifier::new(gpt, info.labels.len(), device);
     let head_path = dir.join("classifier.bpk");
-    let bytes = std::fs::read(&head_path)
-        .map_err(|e| FinetuneError::Input(format!("{}: {e}", head_path.display())))?;
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-        .map_err(|e| FinetuneError::Input(format!("{}: {e}", head_path.display())))?;
     model.head = model
         .head
-        .try_load_record(record)
-        .map_err(|e| FinetuneError::Input(format!("{}: {e}", head_path.display())))?;
+        .try_load_record(read_record(&head_path)?)
+        .map_err(|e| FinetuneError::BadFile {
+            path: head_path.clone(),
+            message: e.to_string(),
+        })?;
     Ok((model, info))
 }
 
@@ -584,14 +550,14 @@ pub fn classify_text(
         label: 0,
         text: text.to_string(),
     };
-    let padded = PaddedTexts::new(&[example], tokenizer, Some(info.max_length))
-        .map_err(FinetuneError::Input)?;
-    let (ids, _) = padded.batch(&[0], device);
+    let texts = LabeledTexts::new(&[example], tokenizer, Some(info.max_length))?;
+    let (ids, _) = texts.batch(&[0], device);
     let probs = softmax(model.forward(ids), 1);
     Ok(probs
         .into_data()
+        .convert::<f32>()
         .try_into_vec::<f32>()
-        .map_err(|e| FinetuneError::Input(format!("{e:?}")))?
+        .expect("f32 probabilities")
         .into_iter()
         .map(f64::from)
         .collect())

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
+use ember_data::error_chain;
 use ember_finetune::classifier::GptClassifier;
 use ember_finetune::instruct_finetune::{InstructConfig, finetune_instruct};
 use ember_finetune::spam_finetune::{
@@ -13,7 +14,7 @@ use ember_finetune::spam_finetune::{
 };
 use ember_model::{GptConfig, load_model};
 use ember_tokenizer::Gpt2Tokenizer;
-use ember_train::{MetricsLine, RunOptions};
+use ember_train::{MetricsLine, RunMode, RunOptions};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -21,7 +22,7 @@ fn root() -> PathBuf {
 
 fn options(interrupt: &AtomicBool) -> RunOptions<'_> {
     RunOptions {
-        resume: false,
+        mode: RunMode::New,
         progress: false,
         interrupt,
     }
@@ -104,9 +105,9 @@ fn spam_classifier_learns_saves_and_reloads() {
     assert!((correct as f64 / 300.0 - results.test_accuracy).abs() <= 1.0 / 300.0 + 1e-12);
 
     // A second run into the same directory is refused, nothing is overwritten.
-    let err = finetune_spam(&spam_config(), &run, &device, options(&interrupt))
-        .unwrap_err()
-        .to_string();
+    let err = error_chain(
+        &finetune_spam(&spam_config(), &run, &device, options(&interrupt)).unwrap_err(),
+    );
     assert!(err.contains("already holds a run"), "{err}");
 }
 
@@ -117,7 +118,7 @@ fn lora_trains_adapters_that_can_be_saved_alone() {
     let device = Device::ndarray();
     device.seed(5);
     // A base model on disk, as a pretraining run would leave it.
-    ember_model::save_checkpoint(&small_model().init(&device), &base).unwrap();
+    ember_model::save_model(&small_model().init(&device), &base).unwrap();
     let mut config = spam_config();
     config.base = Some(base.clone());
     config.lora_rank = Some(4);
@@ -152,21 +153,21 @@ fn bad_spam_settings_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = spam_config();
     config.trainable = "last".into();
-    let err = finetune_spam(&config, &dir.path().join("a"), &device, options(&interrupt))
-        .unwrap_err()
-        .to_string();
+    let err =
+        finetune_spam(&config, &dir.path().join("a"), &device, options(&interrupt)).unwrap_err();
+    let err = error_chain(&err);
     assert!(err.contains("trainable \"last\""), "{err}");
     let mut config = spam_config();
     config.data = dir.path().join("missing.tsv");
-    let err = finetune_spam(&config, &dir.path().join("b"), &device, options(&interrupt))
-        .unwrap_err()
-        .to_string();
+    let err =
+        finetune_spam(&config, &dir.path().join("b"), &device, options(&interrupt)).unwrap_err();
+    let err = error_chain(&err);
     assert!(err.contains("missing.tsv"), "{err}");
     let mut config = spam_config();
     config.max_length = Some(500);
-    let err = finetune_spam(&config, &dir.path().join("c"), &device, options(&interrupt))
-        .unwrap_err()
-        .to_string();
+    let err =
+        finetune_spam(&config, &dir.path().join("c"), &device, options(&interrupt)).unwrap_err();
+    let err = error_chain(&err);
     assert!(
         err.contains("exceeds the model's context length 128"),
         "{err}"
@@ -214,8 +215,7 @@ fn instruction_run_trains_and_answers_the_test_entries() {
     assert!(answered.iter().all(|e| e["model_response"].is_string()));
     // The model written at the end answers the same way as during the run.
     let model = load_model(&run.join("model"), None, &device).unwrap().model;
-    let entry: ember_finetune::instruct::InstructionEntry =
-        serde_json::from_value(data[85].clone()).unwrap();
+    let entry: ember_data::InstructionEntry = serde_json::from_value(data[85].clone()).unwrap();
     let tokenizer = Gpt2Tokenizer::gpt2().unwrap();
     let again =
         ember_finetune::instruct_finetune::respond(&model, &tokenizer, &entry, 8, &device).unwrap();

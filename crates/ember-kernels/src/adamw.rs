@@ -10,6 +10,10 @@
 
 use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, Optimizer};
 use burn::prelude::*;
+use rayon::prelude::*;
+
+use crate::ELEMENTS_PER_TASK;
+use crate::cpu::{CpuBackend, with_cpu_backend};
 
 /// AdamW's hyper-parameters (PyTorch's names and meaning).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +38,7 @@ pub struct FusedAdamW {
 }
 
 impl FusedAdamW {
+    /// The optimizer with these hyper-parameters.
     pub fn new(hyper: AdamWHyper) -> Self {
         let fallback = AdamWConfig::new()
             .with_beta_1(hyper.beta1)
@@ -55,12 +60,10 @@ impl Optimizer for FusedAdamW {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        #[cfg(feature = "ndarray")]
-        let (tensor, grad, state) =
-            match crate::cpu::adamw_step(&self.hyper, lr, tensor, grad, state) {
-                Ok((tensor, state)) => return (tensor, Some(state)),
-                Err(inputs) => inputs,
-            };
+        let (tensor, grad, state) = match fused_step(&self.hyper, lr, tensor, grad, state) {
+            Ok((tensor, state)) => return (tensor, Some(state)),
+            Err(inputs) => inputs,
+        };
         self.fallback.step(lr, tensor, grad, state)
     }
 
@@ -69,8 +72,120 @@ impl Optimizer for FusedAdamW {
     }
 }
 
+/// A step's inputs, handed back when the kernel does not apply.
+type StepInputs<const D: usize> = (Tensor<D>, Tensor<D>, Option<AdamWState<D>>);
+
+/// One AdamW step on an f32 parameter of a CPU backend, in place: the parameter and
+/// both moments are updated in one parallel pass (Burn's arithmetic, operation for
+/// operation, so results match its `AdamW`). `Err` hands back anything else, and states
+/// with an AMSGrad maximum.
+#[allow(clippy::result_large_err)] // the caller's own tensors, handed back unboxed
+fn fused_step<const D: usize>(
+    hyper: &AdamWHyper,
+    lr: f64,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<AdamWState<D>>,
+) -> Result<(Tensor<D>, AdamWState<D>), StepInputs<D>> {
+    let plain = |t: &Tensor<D>| !t.device().is_autodiff();
+    let moments_fit = state.as_ref().is_none_or(|s| {
+        s.momentum.max_moment_2.is_none()
+            && plain(&s.momentum.moment_1)
+            && plain(&s.momentum.moment_2)
+    });
+    if !(plain(&tensor) && plain(&grad) && moments_fit) {
+        return Err((tensor, grad, state));
+    }
+    let routed = with_cpu_backend!(&tensor, B => {
+        let same = |t: &Tensor<D>| B::plain(t).is_some();
+        let all_here = same(&grad)
+            && state.as_ref().is_none_or(|s| same(&s.momentum.moment_1) && same(&s.momentum.moment_2));
+        all_here
+    });
+    if routed != Some(true) {
+        return Err((tensor, grad, state));
+    }
+    Ok(
+        with_cpu_backend!(&tensor, B => step_on::<B, D>(hyper, lr, tensor, grad, state))
+            .expect("routed above"),
+    )
+}
+
+/// The step on backend `B`. The tensors are taken by value so that their storage is not
+/// shared and the update happens in place, without a copy.
+fn step_on<B: CpuBackend, const D: usize>(
+    hyper: &AdamWHyper,
+    lr: f64,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<AdamWState<D>>,
+) -> (Tensor<D>, AdamWState<D>) {
+    let shape = tensor.dims();
+    let take = |t: Tensor<D>| B::into_values(B::into_plain(t).expect("checked by the caller"));
+    let mut param = take(tensor);
+    let grad = B::into_plain(grad).expect("checked by the caller");
+    let grad = B::values(&grad);
+    let (time, mut moment_1, mut moment_2) = match state {
+        Some(state) => (
+            state.momentum.time + 1,
+            take(state.momentum.moment_1),
+            take(state.momentum.moment_2),
+        ),
+        None => (1, vec![0.0; param.len()], vec![0.0; param.len()]),
+    };
+    update(
+        hyper,
+        lr,
+        time,
+        &mut param,
+        &mut moment_1,
+        &mut moment_2,
+        &grad,
+    );
+    let wrap = |values: Vec<f32>| B::from_plain::<D>(B::new_tensor(&shape, values));
+    let state = state_of(time, wrap(moment_1), wrap(moment_2));
+    (wrap(param), state)
+}
+
+/// The AdamW update of step `time` (1-based) on slices, in place: the same f32 values
+/// Burn's AdamW computes.
+fn update(
+    hyper: &AdamWHyper,
+    lr: f64,
+    time: usize,
+    param: &mut [f32],
+    moment_1: &mut [f32],
+    moment_2: &mut [f32],
+    grad: &[f32],
+) {
+    assert_eq!(
+        param.len(),
+        grad.len(),
+        "parameter and gradient differ in size"
+    );
+    let (beta1, beta2, eps) = (hyper.beta1, hyper.beta2, hyper.eps);
+    let (factor1, factor2) = (1.0 - beta1, 1.0 - beta2);
+    let correction1 = 1f32 - beta1.powi(time as i32);
+    let correction2 = 1f32 - beta2.powi(time as i32);
+    let decay = (1.0 - lr * hyper.weight_decay as f64) as f32;
+    let lr = lr as f32;
+    param
+        .par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(moment_1.par_chunks_mut(ELEMENTS_PER_TASK))
+        .zip(moment_2.par_chunks_mut(ELEMENTS_PER_TASK))
+        .zip(grad.par_chunks(ELEMENTS_PER_TASK))
+        .for_each(|(((p, m), v), g)| {
+            for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                *m = *m * beta1 + g * factor1;
+                *v = *v * beta2 + g * g * factor2;
+                let delta = (*m / correction1) / ((*v / correction2).sqrt() + eps);
+                *p = *p * decay - delta * lr;
+            }
+        });
+}
+
 /// Burn's AdamW state from its parts (no AMSGrad maximum).
-pub(crate) fn state_of<const D: usize>(
+fn state_of<const D: usize>(
     time: usize,
     moment_1: Tensor<D>,
     moment_2: Tensor<D>,
@@ -153,9 +268,8 @@ mod tests {
         assert!((got as f64 - want).abs() < 1e-7, "{got} vs {want}");
         assert_eq!(state.unwrap().momentum.time, 1);
         // ... and on this backend it came from the fused kernel.
-        #[cfg(feature = "ndarray")]
         assert!(
-            crate::cpu::adamw_step(
+            fused_step(
                 &hyper(),
                 lr,
                 Tensor::<1>::from_floats([p], &device),

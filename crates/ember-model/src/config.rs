@@ -103,10 +103,12 @@ impl GptConfig {
         Self::gpt2(1600, 48, 25)
     }
 
-    /// The book's chapter 5 training model: GPT-2 small with a 256-token context.
+    /// The book's chapter 5 training model: GPT-2 small with a 256-token context, drawn
+    /// with PyTorch's layer defaults as the book's code draws it.
     pub fn book() -> Self {
         Self {
             context_length: 256,
+            weight_init: WeightInit::Torch,
             ..Self::gpt2_small()
         }
     }

@@ -6,7 +6,8 @@
 //! - [`gpt`]: [`GptModel`], one readable file in nanoGPT's layout and GPT-2's
 //!   parameter names (`wte`, `wpe`, `h.N.ln_1`, `attn.c_attn`, `mlp.c_fc`, `ln_f`).
 //! - [`weights`]: loading Hugging Face GPT-2 directories and the book's `.pth` state
-//!   dicts, and Ember's own checkpoints (an HF-compatible directory).
+//!   dicts, and saving models as Hugging Face directories, through one name table per
+//!   architecture.
 //! - [`generate`]: greedy, temperature, top-k and top-p sampling, with or without the
 //!   KV cache, streaming.
 
@@ -18,4 +19,7 @@ pub mod weights;
 pub use config::{ConfigError, GptConfig, WeightInit};
 pub use generate::{GenerateError, GenerationConfig, generate, sample_next_token};
 pub use gpt::{FeedForward, GptModel, TransformerBlock};
-pub use weights::{LoadedModel, ModelSource, WeightsError, load_model, save_checkpoint};
+pub use weights::{
+    LoadedModel, ModelSource, WeightsError, load_model, read_model_config, resolve_model_path,
+    save_model,
+};

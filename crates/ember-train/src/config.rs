@@ -4,28 +4,61 @@
 use std::path::{Path, PathBuf};
 
 use ember_model::{GptConfig, WeightInit};
+
+#[cfg(test)]
+use ember_data::error_chain;
 use serde::{Deserialize, Serialize};
 
 use crate::optim::AdamWSettings;
+
+/// A setting whose value cannot make a run, named by its dotted key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key} {message}")]
+pub struct InvalidSetting {
+    /// The dotted key (`train.lr`).
+    pub key: String,
+    /// What is wrong with the value (`must be positive, got -5`).
+    pub message: String,
+}
+
+impl InvalidSetting {
+    /// `key` `message`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Errors in a run configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum RunConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: std::io::Error,
     },
-    /// Not valid TOML or not a valid configuration.
+    /// Not valid TOML, or keys and types that do not fit the configuration.
     #[error("{origin}: {message}")]
-    Invalid {
+    Parse {
         /// Where the bad value came from (a file or `--set`).
         origin: String,
         /// What is wrong.
         message: String,
+    },
+    /// A value out of range.
+    #[error("{origin}")]
+    Invalid {
+        /// Where the value came from (a file, `--set`, or the configuration as a whole).
+        origin: String,
+        /// The setting.
+        #[source]
+        source: InvalidSetting,
     },
     /// An unknown preset.
     #[error("unknown run preset \"{0}\" (known: book, tiny, corpus)")]
@@ -98,6 +131,11 @@ pub struct TrainConfig {
 pub struct PretrainConfig {
     /// Architecture.
     pub model: GptConfig,
+    /// Start from these weights instead of drawing new ones: any model Ember loads (a
+    /// Hugging Face or Ember directory, a run directory, the book's `.pth`), which must
+    /// have the shape of `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
     /// Data.
     pub data: DataConfig,
     /// Training.
@@ -110,11 +148,8 @@ impl PretrainConfig {
     /// every 5 steps on 5 batches, the-verdict split 90/10.
     pub fn book() -> Self {
         Self {
-            // The book's code keeps PyTorch's layer initialisation.
-            model: GptConfig {
-                weight_init: WeightInit::Torch,
-                ..GptConfig::book()
-            },
+            model: GptConfig::book(),
+            init: None,
             data: DataConfig {
                 path: PathBuf::from("datasets/the-verdict.txt"),
                 train_ratio: 0.9,
@@ -192,17 +227,19 @@ impl PretrainConfig {
     }
 
     /// Checks the values that would otherwise fail mid-run.
-    pub fn validate(&self) -> Result<(), String> {
-        self.model.validate().map_err(|e| e.to_string())?;
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        self.model
+            .validate()
+            .map_err(|e| InvalidSetting::new("model", e.to_string()))?;
         self.train.validate()?;
         if !(self.data.train_ratio > 0.0 && self.data.train_ratio < 1.0) {
-            return Err(format!(
-                "data.train_ratio {} must be between 0 and 1",
-                self.data.train_ratio
+            return Err(InvalidSetting::new(
+                "data.train_ratio",
+                format!("must be between 0 and 1, got {}", self.data.train_ratio),
             ));
         }
         if self.data.stride == Some(0) {
-            return Err("data.stride must be at least 1".into());
+            return Err(InvalidSetting::new("data.stride", "must be at least 1"));
         }
         Ok(())
     }
@@ -228,8 +265,22 @@ impl TrainConfig {
         }
     }
 
-    /// Checks the values that would otherwise fail mid-run.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The settings a resumed run may change: they decide how long the run goes, how
+    /// often it reports, not what it computes.
+    pub const RESUMABLE: [&'static str; 8] = [
+        "train.epochs",
+        "train.max_steps",
+        "train.eval_freq",
+        "train.eval_iter",
+        "train.checkpoint_every",
+        "train.peak_flops",
+        "train.sample_prompt",
+        "train.sample_tokens",
+    ];
+
+    /// Checks every value, so that nonsense fails before a run starts rather than
+    /// changing its losses silently or failing mid-run.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         for (name, value) in [
             ("train.epochs", self.epochs),
             ("train.batch_size", self.batch_size),
@@ -238,19 +289,44 @@ impl TrainConfig {
             ("train.eval_iter", self.eval_iter),
         ] {
             if value == 0 {
-                return Err(format!("{name} must be at least 1"));
+                return Err(InvalidSetting::new(name, "must be at least 1"));
             }
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(format!("train.lr {} must be positive", self.lr));
+        let positive = |key: &str, value: f64| {
+            if value > 0.0 && value.is_finite() {
+                Ok(())
+            } else {
+                Err(InvalidSetting::new(
+                    key,
+                    format!("must be positive and finite, got {value}"),
+                ))
+            }
+        };
+        let not_negative = |key: &str, value: f64| {
+            if value >= 0.0 && value.is_finite() {
+                Ok(())
+            } else {
+                Err(InvalidSetting::new(
+                    key,
+                    format!("must be zero or positive and finite, got {value}"),
+                ))
+            }
+        };
+        positive("train.lr", self.lr)?;
+        positive("train.peak_flops", self.peak_flops)?;
+        if let Some(initial) = self.initial_lr {
+            not_negative("train.initial_lr", initial)?;
         }
-        if !(self.peak_flops > 0.0 && self.peak_flops.is_finite()) {
-            return Err(format!(
-                "train.peak_flops {} must be positive",
-                self.peak_flops
-            ));
+        if let Some(min) = self.min_lr {
+            not_negative("train.min_lr", min)?;
         }
-        Ok(())
+        if let Some(clip) = self.grad_clip {
+            positive("train.grad_clip", clip)?;
+        }
+        if self.max_steps == Some(0) {
+            return Err(InvalidSetting::new("train.max_steps", "must be at least 1"));
+        }
+        self.optimizer.validate()
     }
 
     /// The learning-rate schedule for a run of `total_steps` optimizer steps.
@@ -266,12 +342,19 @@ impl TrainConfig {
 }
 
 /// A run configuration read from TOML and `--set key=value` overrides, every key
-/// checked (the pretraining and both fine-tuning configurations).
+/// checked (the pretraining and every fine-tuning configuration).
 pub trait RunConfig: Serialize + serde::de::DeserializeOwned + Clone {
+    /// Settings beyond [`TrainConfig::RESUMABLE`] that a resumed run may change (those
+    /// that only act after training, such as how many responses to write).
+    const RESUMABLE: &'static [&'static str] = &[];
+
     /// Checks the values that would otherwise fail mid-run.
-    fn check(&self) -> Result<(), String>;
+    fn check(&self) -> Result<(), InvalidSetting>;
 
     /// The optimisation settings.
+    fn train(&self) -> &TrainConfig;
+
+    /// The optimisation settings, to edit.
     fn train_mut(&mut self) -> &mut TrainConfig;
 
     /// Read a TOML file. Sections may be partial: what they leave out comes from
@@ -284,11 +367,10 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned + Clone {
             path: path.to_path_buf(),
             source,
         })?;
-        let overrides: toml::Table =
-            toml::from_str(&text).map_err(|e| RunConfigError::Invalid {
-                origin: path.display().to_string(),
-                message: e.message().to_string(),
-            })?;
+        let overrides: toml::Table = toml::from_str(&text).map_err(|e| RunConfigError::Parse {
+            origin: path.display().to_string(),
+            message: e.message().to_string(),
+        })?;
         base.merged(overrides, &path.display().to_string())
     }
 
@@ -300,7 +382,7 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned + Clone {
     {
         let mut config = self.clone();
         for pair in pairs {
-            let invalid = |message: String| RunConfigError::Invalid {
+            let invalid = |message: String| RunConfigError::Parse {
                 origin: format!("--set {pair}"),
                 message,
             };
@@ -334,23 +416,30 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned + Clone {
     where
         Self: Sized,
     {
-        let invalid = |message: String| RunConfigError::Invalid {
+        let parse = |message: String| RunConfigError::Parse {
             origin: origin.to_string(),
             message,
         };
-        let mut base = toml::Table::try_from(self).map_err(|e| invalid(e.to_string()))?;
-        merge(&mut base, overrides, "").map_err(invalid)?;
+        let mut base = toml::Table::try_from(self).map_err(|e| parse(e.to_string()))?;
+        merge(&mut base, overrides);
         let config: Self = base
             .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
-        config.check().map_err(invalid)?;
+            .map_err(|e: toml::de::Error| parse(e.message().to_string()))?;
+        config.check().map_err(|source| RunConfigError::Invalid {
+            origin: origin.to_string(),
+            source,
+        })?;
         Ok(config)
     }
 }
 
 impl RunConfig for PretrainConfig {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), InvalidSetting> {
         self.validate()
+    }
+
+    fn train(&self) -> &TrainConfig {
+        &self.train
     }
 
     fn train_mut(&mut self) -> &mut TrainConfig {
@@ -358,28 +447,19 @@ impl RunConfig for PretrainConfig {
     }
 }
 
-/// Recursively overlays `overrides` on `base`; a key that `base` does not have is an
-/// error naming its full path (except inside optional fields that base leaves unset).
-fn merge(base: &mut toml::Table, overrides: toml::Table, prefix: &str) -> Result<(), String> {
+/// Recursively overlays `overrides` on `base`. Keys `base` does not have are added:
+/// optional fields are absent from the serialised base when unset, and serde's
+/// `deny_unknown_fields` still rejects keys that are not fields at all.
+fn merge(base: &mut toml::Table, overrides: toml::Table) {
     for (key, value) in overrides {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(inner)), toml::Value::Table(over)) => {
-                merge(inner, over, &path)?
-            }
+            (Some(toml::Value::Table(inner)), toml::Value::Table(over)) => merge(inner, over),
             (Some(slot), value) => *slot = value,
-            // Optional fields are absent from the serialised base when unset; serde's
-            // deny_unknown_fields still rejects keys that are not fields at all.
             (None, value) => {
                 base.insert(key, value);
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -409,11 +489,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `learning_rate`"), "{err}");
-        let err = base
-            .with_overrides(&["train.epochs=0".into()])
-            .unwrap_err()
-            .to_string();
+        let err = error_chain(&base.with_overrides(&["train.epochs=0".into()]).unwrap_err());
         assert!(err.contains("train.epochs must be at least 1"), "{err}");
+        for (pair, key) in [
+            ("train.grad_clip=-1", "train.grad_clip must be positive"),
+            ("train.grad_clip=nan", "train.grad_clip must be positive"),
+            (
+                "train.optimizer.beta1=2",
+                "train.optimizer.beta1 must be in [0, 1)",
+            ),
+            (
+                "train.initial_lr=-5",
+                "train.initial_lr must be zero or positive",
+            ),
+            (
+                "train.optimizer.eps=0",
+                "train.optimizer.eps must be positive",
+            ),
+        ] {
+            let err = error_chain(&base.with_overrides(&[pair.into()]).unwrap_err());
+            assert!(err.starts_with(&format!("--set {pair}: {key}")), "{err}");
+        }
         let err = base
             .with_overrides(&["train.epochs".into()])
             .unwrap_err()

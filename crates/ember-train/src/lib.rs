@@ -1,27 +1,46 @@
-//! Pretraining, chapter 5 and appendix D of *Build a Large Language Model (From
-//! Scratch)*.
+//! Training, chapter 5 and appendix D of *Build a Large Language Model (From
+//! Scratch)*, and the run layer every later chapter plugs into.
 //!
-//! - [`loss`]: next-token cross-entropy with the `-100` ignore index, perplexity;
-//! - [`optim`]: AdamW with PyTorch's semantics, global-norm clipping, warmup + cosine;
-//! - [`fit`]: the training loop every chapter shares (accumulation, clipping, evaluation,
-//!   metrics, plots, checkpoints, Ctrl-C, exact resume), driven by a [`TrainTask`];
-//! - [`trainer`]: pretraining as such a task (sliding windows, text samples);
-//! - [`config`]: run configuration (TOML, presets, `key=value` overrides);
-//! - [`plot`]: the loss plot of figure 5.12.
+//! - [`simple`]: listing 5.3's `train_model_simple`, to read beside the book;
+//! - [`trainer`]: the loop every run shares, [`train_step`] and [`fit`], driven by a
+//!   [`TrainTask`] ([`task`]);
+//! - [`pipeline`]: [`Run`], the one shape of a training pipeline;
+//! - [`run_dir`], [`checkpoint`], [`metrics`]: the run directory, its lock,
+//!   configuration, reports, checkpoints and `metrics.jsonl`;
+//! - [`pretrain`]: pretraining as a task (sliding windows, text samples);
+//! - [`loss`], [`optim`], [`eval`]: masked cross-entropy, PyTorch-exact AdamW,
+//!   global-norm clipping, warmup + cosine, evaluation over the first batches;
+//! - [`config`]: run configuration (TOML, presets, `key=value` overrides, validation);
+//! - [`plot`]: the loss plot of figure 5.12;
+//! - [`error`]: [`TrainError`].
 
+pub mod checkpoint;
 pub mod config;
-pub mod data;
-pub mod fit;
+pub mod error;
+pub mod eval;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
+pub mod pipeline;
 pub mod plot;
+pub mod pretrain;
+pub mod run_dir;
+pub mod simple;
+pub mod task;
 pub mod trainer;
 
-pub use config::{DataConfig, PretrainConfig, RunConfig, RunConfigError, TrainConfig};
-pub use fit::{
-    Evaluation, FitOutcome, MetricsLine, RunOptions, RunPaths, StopReason, TrainError, TrainState,
-    TrainTask, fit,
+pub use checkpoint::TrainState;
+pub use config::{
+    DataConfig, InvalidSetting, PretrainConfig, RunConfig, RunConfigError, TrainConfig,
 };
+pub use error::TrainError;
+pub use eval::{labeled_tensors, mean_loss, over_eval_batches, token_tensors};
 pub use loss::{IGNORE_INDEX, cross_entropy, perplexity};
+pub use metrics::MetricsLine;
 pub use optim::{AdamWSettings, LrSchedule, clip_grad_norm, grad_norm};
-pub use trainer::{PretrainOutcome, evaluate_loss, flops_per_token, pretrain, sample_text};
+pub use pipeline::Run;
+pub use pretrain::{PretrainOutcome, evaluate_loss, flops_per_token, pretrain, sample_text};
+pub use run_dir::{Report, RunDir, RunMode};
+pub use simple::{SimpleTrainingLog, evaluate_model, train_model_simple};
+pub use task::{Evaluation, TrainTask};
+pub use trainer::{FitOutcome, RunOptions, StepOutcome, StopReason, fit, train_step};

@@ -39,6 +39,38 @@ impl Default for AdamWSettings {
 }
 
 impl AdamWSettings {
+    /// Checks every value (`train.optimizer.*`).
+    pub fn validate(&self) -> Result<(), crate::config::InvalidSetting> {
+        use crate::config::InvalidSetting;
+        for (key, beta) in [
+            ("train.optimizer.beta1", self.beta1),
+            ("train.optimizer.beta2", self.beta2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(InvalidSetting::new(
+                    key,
+                    format!("must be in [0, 1), got {beta}"),
+                ));
+            }
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(InvalidSetting::new(
+                "train.optimizer.eps",
+                format!("must be positive and finite, got {}", self.eps),
+            ));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(InvalidSetting::new(
+                "train.optimizer.weight_decay",
+                format!(
+                    "must be zero or positive and finite, got {}",
+                    self.weight_decay
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The optimizer, without Burn's per-tensor clipping (use [`clip_grad_norm`]).
     ///
     /// It is Burn's AdamW arithmetic, fused into one pass per parameter on the CPU

@@ -112,6 +112,36 @@ pub fn plot_losses(
     Ok(())
 }
 
+/// Draws `loss.png` (and `accuracy.png` when the run measured accuracies) from the
+/// evaluation points of `metrics`; a plot that cannot be drawn is only a warning.
+pub fn write_plots(dir: &crate::run_dir::RunDir, metrics: &[crate::metrics::MetricsLine]) {
+    use crate::metrics::MetricsLine;
+    let points = |pick: fn(&MetricsLine) -> (Option<f64>, Option<f64>)| -> Vec<LossPoint> {
+        metrics
+            .iter()
+            .filter_map(|m| {
+                let (train, val) = pick(m);
+                train.map(|train| LossPoint {
+                    epoch: m.epoch,
+                    tokens_seen: m.tokens_seen,
+                    train,
+                    val,
+                })
+            })
+            .collect()
+    };
+    let losses = points(|m| (m.eval_train_loss, m.val_loss));
+    if let Err(e) = plot_losses(&dir.loss_plot(), "Loss", &losses, "Loss") {
+        tracing::warn!(error = %e, "could not draw the loss plot");
+    }
+    let accuracies = points(|m| (m.train_accuracy, m.val_accuracy));
+    if !accuracies.is_empty()
+        && let Err(e) = plot_losses(&dir.accuracy_plot(), "Accuracy", &accuracies, "Accuracy")
+    {
+        tracing::warn!(error = %e, "could not draw the accuracy plot");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

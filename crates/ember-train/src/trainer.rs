@@ -1,207 +1,325 @@
-//! Pretraining (chapter 5's `train_model_simple`, with appendix D's additions) as a
-//! [`TrainTask`] for the shared loop [`fit`].
+//! The training loop every chapter shares.
 //!
-//! A run directory holds:
-//! - `config.toml`: the resolved configuration;
-//! - `metrics.jsonl`: one line per optimizer step (`step`, `epoch`, `tokens_seen`,
-//!   `lr`, `train_loss`, `tokens_per_sec`, `mfu`; on evaluation steps also
-//!   `eval_train_loss` and `val_loss`);
-//! - `samples.txt`: the text sample after each epoch;
-//! - `loss.png`: training and validation loss against epochs and tokens seen;
-//! - `checkpoints/step-N/` (model, optimizer and trainer state) and
-//!   `checkpoints/latest` naming the newest complete one;
-//! - `model/`: the final model as an Ember checkpoint (a Hugging Face GPT-2 directory).
-//!
-//! Resumption is exact: dropout is re-seeded from the step number, the shuffling order
-//! is a function of the seed and the epoch, and checkpoints hold the optimizer's
-//! moments and the parameter ids they are keyed by. A resumed run writes the same
-//! metrics as an uninterrupted one.
+//! [`train_step`] is one optimizer step (forward, backward and gradient accumulation
+//! over the micro-batches, global-norm clipping, AdamW); [`fit`] runs steps epoch after
+//! epoch and around them the hooks of a run: evaluation, epoch reports, metrics,
+//! plots, progress, checkpoints, interruption and exact resumption. What a chapter
+//! trains is a [`TrainTask`].
 
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use ember_data::WindowSource;
-use ember_model::{GenerationConfig, GptModel, generate, save_checkpoint};
-use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
+use ember_data::EpochPlan;
 
-use crate::config::PretrainConfig;
-use crate::data::{TrainData, epoch_batches, make_batch};
-use crate::fit::{
-    Evaluation, RunOptions, RunPaths, StopReason, TrainError, TrainState, TrainTask, file_error,
-    fit,
-};
-use crate::loss::cross_entropy;
+use crate::checkpoint::{Checkpoints, TrainState};
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::metrics::{MetricsLine, MetricsLog};
+use crate::optim::{clip_grad_norm, grad_norm};
+use crate::plot::write_plots;
+use crate::run_dir::{Report, RunDir, RunMode};
+use crate::task::{Evaluation, TrainTask};
 
-/// The result of [`pretrain`].
-#[derive(Debug, Clone)]
-pub struct PretrainOutcome {
+/// Options of a run that are not part of its configuration.
+#[derive(Clone, Copy)]
+pub struct RunOptions<'a> {
+    /// New run, resume, or start over.
+    pub mode: RunMode,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+    /// Raised (by Ctrl-C or SIGTERM) to stop after the current step with a checkpoint.
+    pub interrupt: &'a AtomicBool,
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Every epoch ran.
+    Finished,
+    /// `max_steps` was reached.
+    MaxSteps,
+    /// The interrupt flag was raised; a checkpoint was written.
+    Interrupted,
+}
+
+/// The result of [`fit`].
+#[derive(Debug)]
+pub struct FitOutcome<M> {
+    /// The trained model (on the autodiff device).
+    pub model: M,
     /// Where the run stopped.
     pub state: TrainState,
     /// Why.
     pub stop: StopReason,
-    /// Last evaluated training loss.
-    pub train_loss: Option<f64>,
-    /// Last evaluated validation loss.
-    pub val_loss: Option<f64>,
-    /// The run directory.
-    pub run_dir: PathBuf,
+    /// Every metrics line of the run, resumed parts included.
+    pub metrics: Vec<MetricsLine>,
 }
 
-/// FLOPs of one training token: 6 per parameter (forward and backward) plus the
-/// attention scores, 12 · layers · width · context (PaLM's appendix B).
-pub fn flops_per_token(config: &ember_model::GptConfig) -> f64 {
-    let attention = 12 * config.n_layers * config.emb_dim * config.context_length;
-    (6 * config.num_params() + attention) as f64
+impl<M> FitOutcome<M> {
+    /// The last evaluation of the run.
+    pub fn last_evaluation(&self) -> Evaluation {
+        self.metrics
+            .iter()
+            .rev()
+            .find(|m| m.val_loss.is_some() || m.eval_train_loss.is_some())
+            .map(|m| Evaluation {
+                train_loss: m.eval_train_loss,
+                val_loss: m.val_loss,
+                train_accuracy: m.train_accuracy,
+                val_accuracy: m.val_accuracy,
+                extra: m.extra.clone(),
+            })
+            .unwrap_or_default()
+    }
 }
 
-/// Mean loss over the first `max_batches` batches of `source` in order (the book's
-/// `calc_loss_loader`), without the autodiff graph.
-pub fn evaluate_loss(
-    model: &GptModel,
-    source: &dyn WindowSource,
-    batch_size: usize,
-    max_batches: usize,
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// Loss of the step's batch (mean over its micro-batches).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens the step consumed.
+    pub tokens: u64,
+}
+
+/// One optimizer step: the loss of each micro-batch (`rows` of the task's examples),
+/// scaled by the number of micro-batches, backward, gradients summed; then the global
+/// gradient norm, clipping to `grad_clip`, and the optimizer at rate `lr`.
+///
+/// `step` (1-based) only names the step when the loss is not finite.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step<T: TrainTask>(
+    task: &T,
+    model: T::Model,
+    optimizer: &mut ModuleOptimizer,
+    micro_batches: &[Vec<usize>],
+    lr: f64,
+    grad_clip: Option<f64>,
     device: &Device,
-) -> Option<f64> {
-    let indices: Vec<usize> = (0..source.num_windows()).collect();
-    let batches: Vec<&[usize]> = indices.chunks(batch_size).take(max_batches).collect();
-    if batches.is_empty() {
-        return None;
-    }
-    let total: f64 = batches
-        .iter()
-        .map(|batch| {
-            let (inputs, targets) = make_batch(source, batch, device);
-            cross_entropy(model.forward(inputs), targets).into_scalar::<f32>() as f64
-        })
-        .sum();
-    Some(total / batches.len() as f64)
-}
-
-/// Next-token prediction on sliding windows (chapter 5).
-struct PretrainTask<'a> {
-    config: &'a PretrainConfig,
-    data: TrainData,
-    tokenizer: Gpt2Tokenizer,
-}
-
-impl TrainTask for PretrainTask<'_> {
-    type Model = GptModel;
-    type Batch = Vec<usize>;
-
-    fn batches_per_epoch(&self) -> usize {
-        self.data.train.num_windows() / self.config.train.batch_size
-    }
-
-    fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>, TrainError> {
-        let t = &self.config.train;
-        epoch_batches(&*self.data.train, t.batch_size, t.shuffle, t.seed, epoch)
-    }
-
-    fn batch_loss(&self, model: &GptModel, batch: &Vec<usize>, device: &Device) -> Tensor<1> {
-        let (inputs, targets) = make_batch(&*self.data.train, batch, device);
-        cross_entropy(model.forward(inputs), targets)
-    }
-
-    fn batch_tokens(&self, batch: &Vec<usize>) -> u64 {
-        (batch.len() * self.config.model.context_length) as u64
-    }
-
-    fn flops_per_token(&self) -> f64 {
-        flops_per_token(&self.config.model)
-    }
-
-    fn evaluate(&self, model: &GptModel, device: &Device) -> Evaluation {
-        let t = &self.config.train;
-        Evaluation {
-            train_loss: evaluate_loss(model, &*self.data.train, t.batch_size, t.eval_iter, device),
-            val_loss: evaluate_loss(model, &*self.data.val, t.batch_size, t.eval_iter, device),
-            ..Default::default()
+    step: usize,
+) -> Result<(T::Model, StepOutcome), TrainError> {
+    let mut accumulator = GradientsAccumulator::<T::Model>::new();
+    let (mut loss_sum, mut tokens) = (0.0, 0);
+    for rows in micro_batches {
+        tokens += task.batch_tokens(rows);
+        let loss = task.batch_loss(&model, rows, device)? / micro_batches.len() as f64;
+        let value: f32 = loss.clone().into_scalar();
+        if !value.is_finite() {
+            return Err(TrainError::Diverged { step, loss: value });
         }
+        loss_sum += value as f64;
+        accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
     }
-
-    fn epoch_report(&self, model: &GptModel, device: &Device) -> Option<String> {
-        let t = &self.config.train;
-        Some(sample_text(
-            model,
-            &self.tokenizer,
-            &t.sample_prompt,
-            t.sample_tokens,
-            device,
-        ))
-    }
+    let mut grads = accumulator.grads();
+    let norm = match grad_clip {
+        Some(max_norm) => clip_grad_norm(&model, &mut grads, max_norm),
+        None => grad_norm(&model, &mut grads),
+    };
+    let model = optimizer.step(lr, model, grads);
+    Ok((
+        model,
+        StepOutcome {
+            loss: loss_sum,
+            grad_norm: norm,
+            tokens,
+        },
+    ))
 }
 
-/// Run (or resume) the pretraining described by `config` in `run_dir`.
-pub fn pretrain(
-    config: &PretrainConfig,
-    run_dir: &Path,
-    device: &Device,
-    options: RunOptions<'_>,
-) -> Result<PretrainOutcome, TrainError> {
-    config.validate().map_err(TrainError::Config)?;
-    let paths = RunPaths::new(run_dir);
-    paths.prepare(options.resume)?;
-    let tokenizer = Gpt2Tokenizer::gpt2().map_err(|e| TrainError::Config(e.to_string()))?;
-    let data = TrainData::load(config, &tokenizer)?;
-    let t = &config.train;
-    if data.train.num_windows() / t.batch_size / t.grad_accum_steps == 0 {
-        return Err(TrainError::Data(format!(
-            "{}: {} training windows of {} tokens make no full step of batch_size {} x grad_accum_steps {}; \
-             use more text, a smaller batch or a shorter context",
-            config.data.path.display(),
-            data.train.num_windows(),
-            config.model.context_length,
-            t.batch_size,
-            t.grad_accum_steps
+/// Trains `model` (on `train_device`, an autodiff device) on `task` as `train`
+/// describes, writing metrics, reports, plots and checkpoints into `dir`.
+///
+/// Resumption is exact: the batches of an epoch are a function of the seed and the
+/// epoch ([`EpochPlan`]), dropout is re-seeded from the step, and checkpoints hold the
+/// optimizer's moments and the parameter ids they are keyed by; with
+/// [`RunMode::Resume`] the model, optimizer and position come from the newest good
+/// checkpoint and the metrics and reports after it are written again.
+pub fn fit<T: TrainTask>(
+    task: &T,
+    mut model: T::Model,
+    train: &TrainConfig,
+    dir: &RunDir,
+    train_device: &Device,
+    options: &RunOptions<'_>,
+) -> Result<FitOutcome<T::Model>, TrainError> {
+    let eval_device = train_device.clone().inner();
+    let plan = EpochPlan::new(train.batch_size, train.shuffle, train.seed, true)
+        .map_err(|e| TrainError::data("train.batch_size", e))?;
+    let examples = task.num_examples();
+    let micro_batches = plan.num_batches(examples);
+    let steps_per_epoch = micro_batches / train.grad_accum_steps;
+    if steps_per_epoch == 0 {
+        return Err(TrainError::TooLittleData(format!(
+            "{examples} training examples make no full step of batch_size {} x grad_accum_steps {}",
+            train.batch_size, train.grad_accum_steps
         )));
     }
-    if options.resume {
-        paths.check_resumable(config)?;
-    }
-    paths.write_config(config)?;
-
-    let train_device = device.clone().autodiff();
-    train_device.seed(t.seed);
-    let model = config.model.init(&train_device);
-    let task = PretrainTask {
-        config,
-        data,
-        tokenizer,
+    let total_steps = train.max_steps.map_or(steps_per_epoch * train.epochs, |m| {
+        m.min(steps_per_epoch * train.epochs)
+    });
+    let schedule = train.schedule(steps_per_epoch * train.epochs);
+    let mut optimizer = train.optimizer.init();
+    let checkpoints = Checkpoints::new(dir.checkpoints());
+    let (mut state, mut metrics, mut log) = if options.mode == RunMode::Resume {
+        let restored = checkpoints.load(model, optimizer, dir.root())?;
+        (model, optimizer) = (restored.model, restored.optimizer);
+        let (log, metrics) = MetricsLog::resume(&dir.metrics(), restored.state.step)?;
+        dir.rewind_reports(restored.state.step)?;
+        tracing::info!(
+            step = restored.state.step,
+            epoch = restored.state.epoch,
+            "resuming"
+        );
+        (restored.state, metrics, log)
+    } else {
+        dir.write_reports(&[])?;
+        (
+            TrainState::default(),
+            Vec::new(),
+            MetricsLog::create(&dir.metrics())?,
+        )
     };
-    let outcome = fit(&task, model, t, &paths, &train_device, options)?;
-    save_checkpoint(&outcome.model.valid(), &paths.model())
-        .map_err(|e| file_error(&paths.model())(e.to_string()))?;
-    let last = outcome.last_evaluation();
-    Ok(PretrainOutcome {
-        state: outcome.state,
-        stop: outcome.stop,
-        train_loss: last.train_loss,
-        val_loss: last.val_loss,
-        run_dir: paths.root.clone(),
+
+    let flops = task.flops_per_token();
+    let mut stop = StopReason::Finished;
+    let mut last_tick = Instant::now();
+    'epochs: while state.epoch < train.epochs {
+        let batches = plan.batches(examples, state.epoch as u64);
+        let bar = ember_data::progress::bar(
+            options.progress,
+            Some(steps_per_epoch as u64),
+            "{prefix} [{bar:30.cyan/blue}] {pos}/{len} steps  {msg}  {per_sec}  ETA {eta}",
+        );
+        bar.set_prefix(format!("epoch {}/{}", state.epoch + 1, train.epochs));
+        bar.set_position((state.batch_in_epoch / train.grad_accum_steps) as u64);
+        while state.batch_in_epoch + train.grad_accum_steps <= batches.len() {
+            if state.step >= total_steps {
+                stop = StopReason::MaxSteps;
+                break 'epochs;
+            }
+            // Dropout masks depend only on the step, so a resumed run draws the same ones.
+            train_device.seed(
+                train
+                    .seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(state.step as u64),
+            );
+            let lr = schedule.lr(state.step);
+            let micro =
+                &batches[state.batch_in_epoch..state.batch_in_epoch + train.grad_accum_steps];
+            let outcome;
+            (model, outcome) = train_step(
+                task,
+                model,
+                &mut optimizer,
+                micro,
+                lr,
+                train.grad_clip,
+                train_device,
+                state.step + 1,
+            )?;
+            state.step += 1;
+            state.batch_in_epoch += train.grad_accum_steps;
+            state.tokens_seen = state.tokens_seen.saturating_add(outcome.tokens);
+
+            let tokens_per_sec =
+                outcome.tokens as f64 / last_tick.elapsed().as_secs_f64().max(1e-9);
+            let mut line = MetricsLine {
+                step: state.step,
+                epoch: state.epoch as f64
+                    + state.batch_in_epoch as f64
+                        / (steps_per_epoch * train.grad_accum_steps) as f64,
+                tokens_seen: state.tokens_seen,
+                lr,
+                train_loss: outcome.loss,
+                grad_norm: outcome.grad_norm,
+                tokens_per_sec,
+                mfu: tokens_per_sec * flops / train.peak_flops,
+                eval_train_loss: None,
+                val_loss: None,
+                train_accuracy: None,
+                val_accuracy: None,
+                extra: Default::default(),
+            };
+            // The book evaluates after its first step and then every eval_freq steps.
+            if (state.step - 1).is_multiple_of(train.eval_freq) {
+                let eval = task.evaluate(&model.valid(), &eval_device)?;
+                tracing::info!(
+                    step = state.step,
+                    train_loss = eval.train_loss,
+                    val_loss = eval.val_loss,
+                    train_accuracy = eval.train_accuracy,
+                    val_accuracy = eval.val_accuracy,
+                    tokens_seen = state.tokens_seen,
+                    "evaluation"
+                );
+                line.eval_train_loss = eval.train_loss;
+                line.val_loss = eval.val_loss;
+                line.train_accuracy = eval.train_accuracy;
+                line.val_accuracy = eval.val_accuracy;
+                line.extra = eval.extra;
+            }
+            bar.set_message(format!(
+                "loss {:.3}  lr {lr:.2e}  {tokens_per_sec:.0} tok/s",
+                outcome.loss
+            ));
+            bar.inc(1);
+            log.append(&line)?;
+            metrics.push(line);
+            if train.checkpoint_every > 0 && state.step.is_multiple_of(train.checkpoint_every) {
+                checkpoints.save(&model, &optimizer, &state)?;
+            }
+            if options.interrupt.load(Ordering::SeqCst) {
+                stop = StopReason::Interrupted;
+                break 'epochs;
+            }
+            // Evaluation and checkpoints do not count against the throughput.
+            last_tick = Instant::now();
+        }
+        bar.finish_and_clear();
+        report(task, &model, dir, &state, &eval_device, false)?;
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        write_plots(dir, &metrics);
+    }
+    // A run that ends mid-epoch shows where it got to (unless it stopped right after
+    // an epoch's report).
+    if stop == StopReason::Interrupted || (stop == StopReason::MaxSteps && state.batch_in_epoch > 0)
+    {
+        report(task, &model, dir, &state, &eval_device, true)?;
+    }
+    checkpoints.save(&model, &optimizer, &state)?;
+    write_plots(dir, &metrics);
+    Ok(FitOutcome {
+        model,
+        state,
+        stop,
+        metrics,
     })
 }
 
-/// Greedy continuation of `prompt`, as the book prints after each epoch.
-pub fn sample_text(
-    model: &GptModel,
-    tokenizer: &Gpt2Tokenizer,
-    prompt: &str,
-    tokens: usize,
+/// Adds the task's report for the current position to the run's reports.
+fn report<T: TrainTask>(
+    task: &T,
+    model: &T::Model,
+    dir: &RunDir,
+    state: &TrainState,
     device: &Device,
-) -> String {
-    let Ok(ids) = tokenizer.encode(prompt, true) else {
-        return String::new();
-    };
-    let config = GenerationConfig {
-        max_new_tokens: tokens,
-        ..Default::default()
-    };
-    match generate(model, &ids, &config, device, |_| {}) {
-        Ok(new) => {
-            let all: Vec<u32> = ids.into_iter().chain(new).collect();
-            tokenizer.decode(&all).unwrap_or_default()
-        }
-        Err(_) => String::new(),
+    stopped: bool,
+) -> Result<(), TrainError> {
+    if let Some(text) = task.epoch_report(&model.valid(), device) {
+        tracing::info!(epoch = state.epoch + 1, step = state.step, report = %text, "epoch");
+        dir.append_report(Report {
+            step: state.step,
+            epoch: state.epoch + 1,
+            stopped,
+            text: text.replace('\n', " "),
+        })?;
     }
+    Ok(())
 }

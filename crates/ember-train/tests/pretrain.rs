@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use burn::prelude::Device;
+use ember_data::error_chain;
 use ember_model::GptConfig;
-use ember_train::{MetricsLine, PretrainConfig, RunOptions, StopReason, pretrain};
+use ember_train::{MetricsLine, PretrainConfig, RunMode, RunOptions, StopReason, pretrain};
 
 fn verdict() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/the-verdict.txt")
@@ -53,7 +54,11 @@ fn try_run(
         dir,
         &Device::ndarray(),
         RunOptions {
-            resume,
+            mode: if resume {
+                RunMode::Resume
+            } else {
+                RunMode::New
+            },
             progress: false,
             interrupt: &interrupt,
         },
@@ -167,9 +172,7 @@ fn a_finished_run_is_not_overwritten() {
     let mut config = small_config();
     config.train.max_steps = Some(1);
     run(&config, root.path(), false);
-    let err = try_run(&config, root.path(), false, false)
-        .unwrap_err()
-        .to_string();
+    let err = error_chain(&try_run(&config, root.path(), false, false).unwrap_err());
     assert!(err.contains("already holds a run; pass --resume"), "{err}");
 }
 
@@ -177,9 +180,7 @@ fn a_finished_run_is_not_overwritten() {
 fn data_that_cannot_feed_the_run_is_a_clear_error() {
     let root = tempfile::tempdir().unwrap();
     let attempt = |config: &PretrainConfig| {
-        try_run(config, &root.path().join("run"), false, false)
-            .unwrap_err()
-            .to_string()
+        error_chain(&try_run(config, &root.path().join("run"), false, false).unwrap_err())
     };
     let short = root.path().join("short.txt");
     std::fs::write(&short, "Only a few words here, far too few for a window.").unwrap();
@@ -244,9 +245,11 @@ fn gradient_accumulation_equals_one_larger_batch() {
 fn interrupt_writes_a_checkpoint_that_resumes() {
     let root = tempfile::tempdir().unwrap();
     let config = small_config();
-    let outcome = try_run(&config, root.path(), false, true).unwrap();
-    assert_eq!(outcome.stop, StopReason::Interrupted);
-    assert_eq!(outcome.state.step, 1);
+    let err = try_run(&config, root.path(), false, true).unwrap_err();
+    assert!(
+        matches!(err, ember_train::TrainError::Interrupted { step: 1, .. }),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read_to_string(root.path().join("checkpoints/latest"))
             .unwrap()

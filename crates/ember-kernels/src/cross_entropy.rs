@@ -1,0 +1,273 @@
+//! Mean cross-entropy with an ignore index, one pass each way.
+//!
+//! Over a 50,257-token vocabulary, the plain form is a log-softmax, a gather and their
+//! backward passes over a `[rows, vocab]` tensor (100 MB at the book's batch). Here the
+//! log-softmax is never materialised: the forward pass keeps each row's log-sum-exp and
+//! the backward pass writes `softmax − onehot` directly.
+
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+use burn::backend::tensor::FloatTensor;
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use rayon::prelude::*;
+
+use crate::IGNORE_INDEX;
+use crate::cpu::{CpuBackend, with_cpu_backend};
+
+/// Mean cross-entropy of `logits` against `targets`, over the targets that are not
+/// [`IGNORE_INDEX`], as `torch.nn.functional.cross_entropy` computes it; with no
+/// counted target it is 0.
+///
+/// # Shapes
+/// - logits: `[rows, classes]`
+/// - targets: `[rows]`
+/// - returns `[1]`
+pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    with_cpu_backend!(&logits, B => cross_entropy_on::<B>(&logits, host_targets(targets.clone())))
+        .unwrap_or_else(|| cross_entropy_reference(logits, targets))
+}
+
+/// [`cross_entropy`] as plain tensor operations: log-softmax, gather, masked mean.
+pub fn cross_entropy_reference(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let [rows, _] = logits.dims();
+    let log_probs = log_softmax(logits, 1);
+    let counted = targets.clone().not_equal_elem(IGNORE_INDEX);
+    // Ignored positions gather index 0 and are then zeroed by the mask.
+    let safe = targets.mask_fill(counted.clone().bool_not(), 0);
+    let picked = log_probs.gather(1, safe.reshape([rows, 1])).reshape([rows]);
+    let mask = counted.float();
+    let count = mask.clone().sum().clamp_min(1.0);
+    -(picked * mask).sum() / count
+}
+
+fn host_targets(targets: Tensor<1, Int>) -> Arc<[i64]> {
+    let data = targets.into_data().convert::<i64>();
+    data.try_into_vec::<i64>().expect("i64 targets").into()
+}
+
+fn cross_entropy_on<B: CpuBackend>(logits: &Tensor<2>, targets: Arc<[i64]>) -> Tensor<1> {
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::ops::{Backward, OpsKind};
+    if let Some(tracked) = B::tracked(logits) {
+        let prepared =
+            Backward::<B, 1>::prepare::<NoCheckpointing>(CrossEntropyBackward, [tracked.node()])
+                .compute_bound()
+                .stateful();
+        let classes = B::shape(tracked.primitive())[1];
+        let rows = row_losses(&B::values(tracked.primitive()), classes, &targets);
+        let loss = B::new_tensor(&[1], vec![rows.mean()]);
+        let out = match prepared {
+            OpsKind::Tracked(prep) => {
+                let state = CrossEntropyState {
+                    logits: tracked.primitive().clone(),
+                    log_sum_exp: rows.log_sum_exp,
+                    targets,
+                    counted: rows.counted,
+                };
+                prep.finish(state, loss)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(loss),
+        };
+        return B::from_tracked(out);
+    }
+    let plain = B::plain(logits).expect("routed to this backend");
+    let classes = B::shape(&plain)[1];
+    let rows = row_losses(&B::values(&plain), classes, &targets);
+    B::from_plain(B::new_tensor(&[1], vec![rows.mean()]))
+}
+
+/// Per-row log-sum-exp and the mean loss over the counted rows.
+struct RowLosses {
+    log_sum_exp: Arc<[f32]>,
+    loss_sum: f64,
+    counted: usize,
+}
+
+impl RowLosses {
+    fn mean(&self) -> f32 {
+        if self.counted == 0 {
+            0.0
+        } else {
+            (self.loss_sum / self.counted as f64) as f32
+        }
+    }
+}
+
+/// One pass per row: its maximum, the sum of `exp(x − max)` (accumulated in f64), and
+/// `log_sum_exp − x[target]` for counted rows.
+fn row_losses(xs: &[f32], classes: usize, targets: &[i64]) -> RowLosses {
+    assert_eq!(
+        xs.len(),
+        classes * targets.len(),
+        "logits rows and targets differ in number"
+    );
+    let per_row: Vec<(f32, Option<f64>)> = xs
+        .par_chunks(classes)
+        .zip(targets.par_iter())
+        .map(|(row, &target)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
+            let log_sum_exp = max + sum.ln() as f32;
+            let loss = (target != IGNORE_INDEX).then(|| {
+                let target = usize::try_from(target)
+                    .ok()
+                    .filter(|&t| t < classes)
+                    .unwrap_or_else(|| panic!("target {target} is not a class in 0..{classes}"));
+                log_sum_exp as f64 - row[target] as f64
+            });
+            (log_sum_exp, loss)
+        })
+        .collect();
+    RowLosses {
+        log_sum_exp: per_row.iter().map(|&(lse, _)| lse).collect(),
+        loss_sum: per_row.iter().filter_map(|&(_, loss)| loss).sum(),
+        counted: per_row.iter().filter(|(_, loss)| loss.is_some()).count(),
+    }
+}
+
+/// The backward node of the cross-entropy: the logits, each row's log-sum-exp, the
+/// targets and the number of counted rows.
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+#[derive(Debug, Clone)]
+struct CrossEntropyState<T> {
+    logits: T,
+    log_sum_exp: Arc<[f32]>,
+    targets: Arc<[i64]>,
+    counted: usize,
+}
+
+impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 1> for CrossEntropyBackward {
+    type State = CrossEntropyState<FloatTensor<B>>;
+
+    fn backward(
+        self,
+        ops: burn::backend::autodiff::ops::Ops<Self::State, 1>,
+        grads: &mut burn::backend::autodiff::grads::Gradients,
+        _: &mut burn::backend::autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let state = ops.state;
+        burn::backend::autodiff::ops::unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            let grad = *B::values(&grad).first().expect("a scalar loss gradient");
+            let shape = B::shape(&state.logits);
+            let values = gradient(
+                &B::values(&state.logits),
+                shape[1],
+                &state.targets,
+                &state.log_sum_exp,
+                grad,
+                state.counted,
+            );
+            B::new_tensor(&shape, values)
+        });
+    }
+}
+
+/// `grad · (softmax(x) − onehot(target)) / counted` for counted rows, zero for ignored
+/// ones; one pass that writes every element once.
+fn gradient(
+    xs: &[f32],
+    classes: usize,
+    targets: &[i64],
+    log_sum_exp: &[f32],
+    grad: f32,
+    counted: usize,
+) -> Vec<f32> {
+    let scale = if counted == 0 {
+        0.0
+    } else {
+        grad / counted as f32
+    };
+    let mut out: Vec<f32> = Vec::with_capacity(xs.len());
+    out.spare_capacity_mut()[..xs.len()]
+        .par_chunks_mut(classes)
+        .zip(xs.par_chunks(classes))
+        .zip(targets.par_iter().zip(log_sum_exp.par_iter()))
+        .for_each(|((out, row), (&target, &log_sum_exp))| {
+            write_row_gradient(out, row, target, log_sum_exp, scale)
+        });
+    // SAFETY: every row of the first `xs.len()` elements was written above.
+    unsafe { out.set_len(xs.len()) };
+    out
+}
+
+fn write_row_gradient(
+    out: &mut [MaybeUninit<f32>],
+    row: &[f32],
+    target: i64,
+    log_sum_exp: f32,
+    scale: f32,
+) {
+    if target == IGNORE_INDEX {
+        out.iter_mut().for_each(|o| {
+            o.write(0.0);
+        });
+        return;
+    }
+    for (o, &x) in out.iter_mut().zip(row) {
+        o.write((x - log_sum_exp).exp() * scale);
+    }
+    let target = target as usize; // checked in the forward pass
+    let softmax = (row[target] - log_sum_exp).exp();
+    out[target].write((softmax - 1.0) * scale);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+    use crate::tests::assert_close;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn matches_a_hand_computed_value_and_ignores_masked_targets() {
+        for device in [Device::ndarray(), Device::ndarray().autodiff()] {
+            let logits = Tensor::<2>::from_data(
+                TensorData::new(vec![1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5], [2, 3]),
+                &device,
+            );
+            let l0 = -(3f64.exp() / (1f64.exp() + 2f64.exp() + 3f64.exp())).ln();
+            let l1 = 3f64.ln();
+            for loss_fn in [cross_entropy, cross_entropy_reference] {
+                let targets =
+                    Tensor::<1, Int>::from_data(TensorData::new(vec![2i64, 0], [2]), &device);
+                let loss: f32 = loss_fn(logits.clone(), targets).into_scalar();
+                assert!((loss as f64 - (l0 + l1) / 2.0).abs() < 1e-6, "{loss}");
+                let masked = Tensor::<1, Int>::from_data(
+                    TensorData::new(vec![2i64, IGNORE_INDEX], [2]),
+                    &device,
+                );
+                let loss: f32 = loss_fn(logits.clone(), masked).into_scalar();
+                assert!((loss as f64 - l0).abs() < 1e-6, "{loss}");
+                let none = Tensor::<1, Int>::from_data(
+                    TensorData::new(vec![IGNORE_INDEX, IGNORE_INDEX], [2]),
+                    &device,
+                );
+                let loss: f32 = loss_fn(logits.clone(), none).into_scalar();
+                assert_eq!(loss, 0.0);
+            }
+        }
+    }
+
+    /// The loss and its gradient against the log-softmax + gather of the reference, with
+    /// ignored rows, on a non-contiguous (transposed) input.
+    #[test]
+    fn loss_and_gradient_match_the_reference() {
+        let device = Device::ndarray().autodiff();
+        let logits = Tensor::<2>::random([300, 6], Distribution::Normal(0.0, 3.0), &device);
+        let logits = logits.transpose().require_grad(); // [6, 300], column-major
+        let targets = Tensor::<1, Int>::from_data(
+            TensorData::new(vec![0i64, 299, IGNORE_INDEX, 17, 150, IGNORE_INDEX], [6]),
+            &device,
+        );
+        let fused = cross_entropy(logits.clone(), targets.clone());
+        let reference = cross_entropy_reference(logits.clone(), targets);
+        assert_close(fused.clone(), reference.clone(), 1e-6);
+        let fused_grad = logits.grad(&(fused * 2.5).backward()).unwrap();
+        let reference_grad = logits.grad(&(reference * 2.5).backward()).unwrap();
+        assert_close(fused_grad, reference_grad, 1e-6);
+    }
+}

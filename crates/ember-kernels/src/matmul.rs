@@ -1,0 +1,207 @@
+//! Matrix products and linear layers through the strided `gemm` crate.
+//!
+//! Burn's ndarray matmul reshapes each operand to 3-D first, and for a transposed one
+//! (every weight in a backward pass) that reshape is a single-threaded strided copy: for
+//! gpt2-small's output head, 38.6M elements a step. It also zero-fills an output that the
+//! product then overwrites. `gemm` reads transposed operands through their strides.
+
+use burn::backend::tensor::FloatTensor;
+use burn::nn::Linear;
+use burn::prelude::*;
+
+use crate::cpu::{CpuBackend, MatrixView, with_cpu_backend};
+
+/// `a · b`.
+///
+/// # Shapes
+/// - a: `[m, k]`
+/// - b: `[k, n]`
+/// - returns `[m, n]`
+pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    match with_cpu_backend!(&a, B => matmul_on::<B>(&a, &b)).flatten() {
+        Some(product) => product,
+        None => a.matmul(b),
+    }
+}
+
+/// `layer` applied to `x` (`x · W + b`), its leading dimensions folded into rows for one
+/// [`matmul`]. The weight is read through `Param::val`, so LoRA adapters that Burn's
+/// `apply_lora` put on it take part.
+///
+/// # Shapes
+/// - x: `[..., d_input]`
+/// - returns `[..., d_output]`
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let weight = layer.weight.val();
+    let [d_input, d_output] = weight.dims();
+    let mut dims = x.dims();
+    assert_eq!(
+        dims[D - 1],
+        d_input,
+        "linear layer of {d_input} inputs given {dims:?}"
+    );
+    let rows = dims[..D - 1].iter().product();
+    let mut y = matmul(x.reshape([rows, d_input]), weight);
+    if let Some(bias) = &layer.bias {
+        y = y + bias.val().unsqueeze::<2>();
+    }
+    dims[D - 1] = d_output;
+    y.reshape(dims)
+}
+
+/// Both operands on backend `B`: tracked (either may need a gradient) or both plain.
+fn matmul_on<B: CpuBackend>(a: &Tensor<2>, b: &Tensor<2>) -> Option<Tensor<2>> {
+    if let (Some(a), Some(b)) = (B::tracked(a), B::tracked(b)) {
+        return Some(B::from_tracked(matmul_autodiff::<B>(a, b)));
+    }
+    let (a, b) = (B::plain(a)?, B::plain(b)?);
+    Some(B::from_plain(product::<B>(B::matrix(&a), B::matrix(&b))))
+}
+
+/// The backward node of [`matmul_autodiff`]: the operands each gradient needs (`b` for
+/// `a`'s, `a` for `b`'s), kept only when that gradient is wanted.
+#[derive(Debug)]
+struct MatmulBackward;
+
+impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 2> for MatmulBackward {
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+    fn backward(
+        self,
+        ops: burn::backend::autodiff::ops::Ops<Self::State, 2>,
+        grads: &mut burn::backend::autodiff::grads::Gradients,
+        _: &mut burn::backend::autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let (a, b) = ops.state;
+        burn::backend::autodiff::ops::binary::<B, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            // dA = G · Bᵀ
+            |grad| {
+                product::<B>(
+                    B::matrix(&grad),
+                    B::matrix(b.as_ref().expect("kept for a")).t(),
+                )
+            },
+            // dB = Aᵀ · G
+            |grad| {
+                product::<B>(
+                    B::matrix(a.as_ref().expect("kept for b")).t(),
+                    B::matrix(&grad),
+                )
+            },
+        );
+    }
+}
+
+fn matmul_autodiff<B: CpuBackend>(
+    a: FloatTensor<burn::backend::Autodiff<B>>,
+    b: FloatTensor<burn::backend::Autodiff<B>>,
+) -> FloatTensor<burn::backend::Autodiff<B>> {
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::ops::{Backward, OpsKind};
+    let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
+    let output = product::<B>(B::matrix(a.primitive()), B::matrix(b.primitive()));
+    match Backward::<B, 2>::prepare::<NoCheckpointing>(MatmulBackward, [a.node(), b.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = (
+                b_tracked.then(|| a.primitive().clone()),
+                a_tracked.then(|| b.primitive().clone()),
+            );
+            prep.finish(state, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+/// `a · b` into a new row-major tensor of backend `B`.
+fn product<B: CpuBackend>(a: MatrixView<'_>, b: MatrixView<'_>) -> FloatTensor<B> {
+    let (m, n) = (a.dims.0, b.dims.1);
+    B::new_tensor(&[m, n], gemm(a, b))
+}
+
+/// `a · b` into a new row-major vector, on every core.
+pub(crate) fn gemm(a: MatrixView<'_>, b: MatrixView<'_>) -> Vec<f32> {
+    let ((m, k), (k2, n)) = (a.dims, b.dims);
+    assert_eq!(k, k2, "matrix product of [{m}, {k}] and [{k2}, {n}]");
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the operands are valid for their shapes and strides (MatrixView's
+    // contract); with `read_dst` false gemm only writes the m·n destination, which `out`
+    // has room for, and every element of it is written before `set_len`.
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.ptr,
+            a.col_stride,
+            a.row_stride,
+            b.ptr,
+            b.col_stride,
+            b.row_stride,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            ::gemm::Parallelism::Rayon(0),
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+    use crate::tests::assert_close;
+    use burn::tensor::Distribution;
+
+    /// Products of plain and transposed operands, and both gradients, against Burn's
+    /// matmul; an untracked operand gets no gradient.
+    #[test]
+    fn matmul_and_its_gradients_match_burns() {
+        let device = Device::ndarray().autodiff();
+        let a = Tensor::<2>::random([33, 70], Distribution::Normal(0.0, 1.0), &device);
+        let b = Tensor::<2>::random([50, 70], Distribution::Normal(0.0, 1.0), &device);
+        let weights = Tensor::<2>::random([33, 50], Distribution::Default, &device);
+        let (a, b) = (a.require_grad(), b.require_grad());
+        let fused = matmul(a.clone(), b.clone().transpose());
+        let reference = a.clone().matmul(b.clone().transpose());
+        assert_close(fused.clone(), reference.clone(), 1e-5);
+        let fused_grads = (fused * weights.clone()).sum().backward();
+        let reference_grads = (reference * weights.clone()).sum().backward();
+        assert_close(
+            a.grad(&fused_grads).unwrap(),
+            a.grad(&reference_grads).unwrap(),
+            1e-5,
+        );
+        assert_close(
+            b.grad(&fused_grads).unwrap(),
+            b.grad(&reference_grads).unwrap(),
+            1e-5,
+        );
+
+        let frozen = b.clone().detach();
+        let grads = matmul(a.clone().transpose(), weights).sum().backward();
+        assert!(a.grad(&grads).is_some());
+        let grads = matmul(a.clone(), frozen.transpose()).sum().backward();
+        assert!(a.grad(&grads).is_some() && b.grad(&grads).is_none());
+
+        let plain = Device::ndarray();
+        let x = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &plain);
+        assert!(crate::cpu::is_on_cpu_backend(&x));
+        let y = matmul(x.clone(), x.clone().transpose());
+        y.into_data()
+            .assert_eq(&TensorData::from([[5.0f32, 11.0], [11.0, 25.0]]), true);
+    }
+}

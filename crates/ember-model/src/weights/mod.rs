@@ -1,0 +1,466 @@
+//! Loading and saving weights (chapter 5.5).
+//!
+//! Three sources are understood, all through [`load_model`]:
+//! - a Hugging Face GPT-2 directory (`config.json` + `model.safetensors`, or shards
+//!   listed in `model.safetensors.index.json`), the layout users download from the Hub;
+//! - the book's PyTorch state dict (`.pth`), see [`book`];
+//! - Ember's own saved models, which are Hugging Face directories with one more key in
+//!   `config.json` and a `SHA256SUMS` manifest that is checked on load.
+//!
+//! Parameters and Hub tensors correspond through one declarative [`NameTable`] per
+//! architecture ([`gpt2::table`]), read by loading and saving alike. Every tensor is
+//! checked by name and shape, and the configuration against the weights before anything
+//! is allocated: a missing, unexpected or mis-shaped tensor is reported by name, never
+//! loaded half-way.
+
+pub mod book;
+pub mod gpt2;
+pub mod table;
+pub mod tensors;
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use ember_data::files::{CHECKSUMS_FILE, ChecksumError, verify_checksums, write_checksums};
+
+pub use table::{Layout, NameTable, collect_parameters, load_parameters};
+pub use tensors::{
+    INDEX_FILE, MemoryTensors, RawTensor, SafetensorsFiles, TensorSource, WEIGHTS_FILE,
+    read_safetensors, write_safetensors,
+};
+
+use crate::config::GptConfig;
+use crate::gpt::GptModel;
+
+/// Errors while reading or writing weights.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// A file could not be read or written (the cause follows in the chain).
+    #[error("{}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file that is not in the expected format.
+    #[error("{}: {message}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Tensors missing, unexpected or of the wrong shape.
+    #[error("{}: {problems}", path.display())]
+    Mismatch {
+        /// The weights file.
+        path: PathBuf,
+        /// Every problem found, `; `-separated.
+        problems: String,
+    },
+    /// A file of an Ember model that changed since it was written.
+    #[error("integrity check failed")]
+    Checksum(#[from] ChecksumError),
+    /// A parameter holding NaN or infinite values, which is never saved.
+    #[error("{}: parameter {tensor} holds NaN or infinite values; not saved", dir.display())]
+    NonFinite {
+        /// The directory that was to receive the model.
+        dir: PathBuf,
+        /// The parameter.
+        tensor: String,
+    },
+    /// The path is none of the understood forms.
+    #[error("{}: {message}", path.display())]
+    NotAModel {
+        /// The path.
+        path: PathBuf,
+        /// What was expected.
+        message: String,
+    },
+}
+
+impl WeightsError {
+    /// A [`WeightsError::Io`].
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// A [`WeightsError::Format`].
+    pub fn format(path: &Path, message: impl Into<String>) -> Self {
+        Self::Format {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What [`load_model`] found at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A Hugging Face GPT-2 directory.
+    HuggingFace,
+    /// A model saved by Ember.
+    Ember,
+    /// The book's `.pth` state dict.
+    BookPth,
+}
+
+/// A model and what it was loaded from.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The model, on the requested device.
+    pub model: GptModel,
+    /// Its configuration.
+    pub config: GptConfig,
+    /// The kind of source.
+    pub source: ModelSource,
+}
+
+/// Whether `path` names a book state dict (by its extension).
+pub fn is_pth(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e == "pth" || e == "pt" || e == "bin")
+}
+
+/// The model directory a path stands for: a training run directory stands for the
+/// model it exported (`RUN/model`); anything else for itself.
+pub fn resolve_model_path(path: &Path) -> PathBuf {
+    let exported = path.join("model");
+    if path.is_dir() && !path.join("config.json").exists() && exported.join("config.json").exists()
+    {
+        exported
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// The configuration of the model at `path` (a directory or its `config.json`), read
+/// and validated, without loading weights. `.pth` files hold none.
+pub fn read_model_config(path: &Path) -> Result<(GptConfig, ModelSource), WeightsError> {
+    let dir = resolve_model_path(path);
+    let config_path = if dir.is_dir() {
+        dir.join("config.json")
+    } else if dir.file_name().is_some_and(|n| n == "config.json") {
+        dir
+    } else {
+        dir.parent().unwrap_or(Path::new(".")).join("config.json")
+    };
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| WeightsError::io(&config_path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| WeightsError::format(&config_path, format!("invalid JSON: {e}")))?;
+    let source = if json.get(gpt2::EMBER_KEY).is_some() {
+        ModelSource::Ember
+    } else {
+        ModelSource::HuggingFace
+    };
+    Ok((gpt2::read_config(&json, &config_path)?, source))
+}
+
+/// Fails unless the weights hold exactly the parameters `config` describes (a tied
+/// head may be stored too), before any model is built: a config that asks for more
+/// than the file holds never allocates it.
+fn check_size(config: &GptConfig, source: &dyn TensorSource) -> Result<(), WeightsError> {
+    let table = gpt2::table(gpt2::is_prefixed(source));
+    let held: u128 = source
+        .names()
+        .iter()
+        .filter(|n| !table.is_ignored(n))
+        .filter_map(|n| source.shape(n))
+        .map(|s| s.iter().map(|&d| d as u128).product::<u128>())
+        .sum();
+    let wanted = config.num_params() as u128;
+    let head = (config.vocab_size as u128) * (config.emb_dim as u128);
+    if held == wanted || (config.tie_embeddings && held == wanted + head) {
+        return Ok(());
+    }
+    Err(WeightsError::format(
+        source.origin(),
+        format!(
+            "the configuration describes {wanted} parameters but the weights hold {held}: config.json does not belong to these weights"
+        ),
+    ))
+}
+
+/// Builds a GPT-2 model from Hub-named tensors.
+fn model_from_tensors(
+    config: &GptConfig,
+    source: &dyn TensorSource,
+    device: &Device,
+) -> Result<GptModel, WeightsError> {
+    check_size(config, source)?;
+    let table = gpt2::table(gpt2::is_prefixed(source));
+    let mut also_used = Vec::new();
+    if config.tie_embeddings && source.shape("lm_head.weight").is_some() {
+        // transformers sometimes writes the tied head out; it must be the embedding.
+        let wte = table.hub_name("wte.weight").0;
+        if source.read("lm_head.weight")? != source.read(&wte)? {
+            return Err(WeightsError::Mismatch {
+                path: source.origin().to_path_buf(),
+                problems: format!("lm_head.weight differs from {wte} but the config ties them"),
+            });
+        }
+        also_used.push("lm_head.weight");
+    }
+    // The parameters are not drawn: `load_parameters` gives each its tensor first.
+    let skeleton = config.init(device);
+    load_parameters(skeleton, &table, source, device, &also_used)
+}
+
+/// Load a model from a Hugging Face or Ember directory (or the `model.safetensors`
+/// inside one; a run directory stands for its `model/`), or from a book `.pth` file.
+///
+/// `config` is required for a `.pth` file (the book's state dict has no config; the
+/// shapes are checked against it) and overrides `config.json` elsewhere when given.
+pub fn load_model(
+    path: &Path,
+    config: Option<&GptConfig>,
+    device: &Device,
+) -> Result<LoadedModel, WeightsError> {
+    let path = resolve_model_path(path);
+    if is_pth(&path) {
+        let config = config.ok_or_else(|| WeightsError::NotAModel {
+            path: path.clone(),
+            message: "a .pth state dict holds no configuration; pass a preset or a config.json"
+                .into(),
+        })?;
+        config
+            .validate()
+            .map_err(|e| WeightsError::format(&path, e.to_string()))?;
+        let tensors = book::to_gpt2_tensors(config, book::read_pth(&path)?, &path)?;
+        let model = model_from_tensors(config, &tensors, device)?;
+        return Ok(LoadedModel {
+            model,
+            config: config.clone(),
+            source: ModelSource::BookPth,
+        });
+    }
+    if !path.exists() {
+        return Err(WeightsError::NotAModel {
+            path,
+            message: "no such file or directory".into(),
+        });
+    }
+    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    if !path.is_dir() && !is_safetensors {
+        return Err(WeightsError::NotAModel {
+            path,
+            message: "expected a model directory (config.json + model.safetensors), a .safetensors file or a .pth file".into(),
+        });
+    }
+    let dir = if path.is_dir() {
+        path.clone()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let (config, source) = match config {
+        Some(c) => {
+            c.validate()
+                .map_err(|e| WeightsError::format(&path, e.to_string()))?;
+            (c.clone(), ModelSource::HuggingFace)
+        }
+        None => read_model_config(&dir)?,
+    };
+    // Ember's own models carry a manifest: a file changed since it was written is
+    // refused before it is read.
+    verify_checksums(&dir)?;
+    let tensors = SafetensorsFiles::open(&path)?;
+    let model = model_from_tensors(&config, &tensors, device)?;
+    Ok(LoadedModel {
+        model,
+        config,
+        source,
+    })
+}
+
+/// Save `model` as a Hugging Face GPT-2 directory that Ember and transformers both
+/// read: `model.safetensors`, `config.json` (with Ember's full config under `"ember"`)
+/// and a `SHA256SUMS` manifest. LoRA adapters are merged first. A model holding NaN or
+/// infinite values is refused, so a diverged run never replaces a good model. Each file
+/// is written atomically, the manifest last.
+pub fn save_model(model: &GptModel, dir: &Path) -> Result<(), WeightsError> {
+    std::fs::create_dir_all(dir).map_err(|e| WeightsError::io(dir, e))?;
+    let model = model.clone().materialize();
+    let config = model.config();
+    let tensors = collect_parameters(&model, &gpt2::table(true));
+    if let Some((name, _, _)) = tensors
+        .iter()
+        .find(|(_, _, values)| values.iter().any(|v| !v.is_finite()))
+    {
+        return Err(WeightsError::NonFinite {
+            dir: dir.to_path_buf(),
+            tensor: name.clone(),
+        });
+    }
+    // The old manifest goes first: a crash between the files leaves a directory that
+    // is checked by nothing rather than one that fails its check.
+    let manifest = dir.join(CHECKSUMS_FILE);
+    if manifest.exists() {
+        std::fs::remove_file(&manifest).map_err(|e| WeightsError::io(&manifest, e))?;
+    }
+    write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
+    let config_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(&gpt2::config_json(&config)).expect("serialisable");
+    ember_data::files::write_atomic(&config_path, text.as_bytes())
+        .map_err(|e| WeightsError::io(&config_path, e))?;
+    write_checksums(dir, &[WEIGHTS_FILE, "config.json"])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+    use ember_data::error_chain;
+
+    fn logits(model: &GptModel, device: &Device) -> Vec<f32> {
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 2], [1, 4]), device);
+        model.forward(ids).into_data().to_vec::<f32>().unwrap()
+    }
+
+    fn small(tied: bool, n_layers: usize) -> GptConfig {
+        GptConfig {
+            vocab_size: 40,
+            context_length: 8,
+            emb_dim: 16,
+            n_heads: 2,
+            n_layers,
+            drop_rate: 0.0,
+            qkv_bias: !tied,
+            tie_embeddings: tied,
+            weight_init: Default::default(),
+        }
+    }
+
+    #[test]
+    fn models_round_trip_tied_and_untied() {
+        let device = Device::ndarray();
+        let dir = tempfile::tempdir().unwrap();
+        for tied in [true, false] {
+            let config = small(tied, 2);
+            let model = config.init(&device);
+            let path = dir.path().join(format!("tied-{tied}"));
+            save_model(&model, &path).unwrap();
+            let loaded = load_model(&path, None, &device).unwrap();
+            assert_eq!(loaded.source, ModelSource::Ember);
+            assert_eq!(loaded.config, config);
+            // An untied head loads as a transposed view: the products may round
+            // differently in the last bit.
+            let (a, b) = (logits(&model, &device), logits(&loaded.model, &device));
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6),
+                "{a:?} vs {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mismatches_are_all_named() {
+        let device = Device::ndarray();
+        let config = small(true, 1);
+        let mut tensors: std::collections::BTreeMap<String, RawTensor> =
+            collect_parameters(&config.init(&device), &gpt2::table(true))
+                .into_iter()
+                .map(|(name, shape, data)| (name, RawTensor { shape, data }))
+                .collect();
+        tensors.remove("transformer.ln_f.bias");
+        let bias = tensors.remove("transformer.h.0.ln_2.bias").unwrap();
+        tensors.insert(
+            "transformer.wpe.weight".into(),
+            RawTensor {
+                shape: vec![4, 16],
+                data: vec![0.0; 64],
+            },
+        );
+        // The same number of values as the config describes, in the wrong places.
+        tensors.insert("transformer.h.0.extra".into(), bias);
+        let extra = RawTensor {
+            shape: vec![16 + 64],
+            data: vec![0.0; 16 + 64],
+        };
+        tensors.insert("transformer.h.0.filler".into(), extra);
+        let source = MemoryTensors {
+            tensors,
+            origin: PathBuf::from("m.safetensors"),
+        };
+        let err = model_from_tensors(&config, &source, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("m.safetensors: "), "{err}");
+        assert!(
+            err.contains("tensor transformer.wpe.weight has shape [4, 16], expected [8, 16]"),
+            "{err}"
+        );
+        assert!(
+            err.contains("missing tensor transformer.ln_f.bias [16]"),
+            "{err}"
+        );
+        assert!(
+            err.contains("unexpected tensor transformer.h.0.extra"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn corrupt_and_oversized_configs_are_refused_before_allocation() {
+        let device = Device::ndarray();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{\"n_embd\": 4").unwrap();
+        let err = load_model(dir.path(), None, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.json: invalid JSON"), "{err}");
+
+        let model = small(true, 1).init(&device);
+        save_model(&model, dir.path()).unwrap();
+        let config = dir.path().join("config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        json["ember"]["n_layers"] = serde_json::json!(100_000_000u64);
+        std::fs::write(&config, json.to_string()).unwrap();
+        // The manifest catches the edit...
+        let err = error_chain(&load_model(dir.path(), None, &device).unwrap_err());
+        assert!(err.contains("config.json is corrupt"), "{err}");
+        // ... and without one the size check refuses it before building anything.
+        std::fs::remove_file(dir.path().join(CHECKSUMS_FILE)).unwrap();
+        let err = load_model(dir.path(), None, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.json does not belong to these weights"),
+            "{err}"
+        );
+        json["ember"]["n_layers"] = serde_json::json!(1);
+        json["ember"]["n_heads"] = serde_json::json!(0);
+        std::fs::write(&config, json.to_string()).unwrap();
+        let err = load_model(dir.path(), None, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("n_heads must be positive"), "{err}");
+    }
+
+    #[test]
+    fn non_finite_weights_never_replace_a_model() {
+        let device = Device::ndarray();
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = small(true, 1).init(&device);
+        save_model(&model, dir.path()).unwrap();
+        let before = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
+        model.ln_f.gamma = burn::module::Param::from_tensor(Tensor::full([16], f32::NAN, &device));
+        let err = save_model(&model, dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("parameter transformer.ln_f.weight holds NaN"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap(),
+            before
+        );
+        load_model(dir.path(), None, &device).unwrap();
+    }
+}
