@@ -205,20 +205,13 @@ const MEASUREMENTS: [(&str, &[&str], &str); 4] = [
     ),
 ];
 
-/// The number a measurement compares, out of one JSON line.
+/// The number a measurement compares, out of one JSON line: `key` itself, or for the
+/// generation rows `key.new_tokens_per_s`.
 fn metric(line: &str, key: &str) -> Option<f64> {
-    let field = |json: &str, name: &str| -> Option<f64> {
-        let start = json.find(&format!("\"{name}\":"))? + name.len() + 3;
-        let rest = json[start..].trim_start();
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        rest[..end].trim().parse().ok()
-    };
+    let json: serde_json::Value = serde_json::from_str(line).ok()?;
     match key {
-        "kv_cache" | "no_cache" => {
-            let start = line.find(&format!("\"{key}\""))?;
-            field(&line[start..], "new_tokens_per_s")
-        }
-        other => field(line, other),
+        "kv_cache" | "no_cache" => json[key]["new_tokens_per_s"].as_f64(),
+        other => json[other].as_f64(),
     }
 }
 

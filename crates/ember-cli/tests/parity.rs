@@ -182,7 +182,7 @@ fn kv_cache_logits_equal_full_logits_up_to_a_full_context() {
     let model = hf_model(&device);
     // 64 positions: the whole context of the fixture model.
     let ids: Vec<i64> = (0..64).map(|i| (i * 773 + 11) % 50257).collect();
-    let full = to_vec(model.forward(int_tensor(&[ids.clone()], &device)));
+    let full = to_vec(model.forward(int_tensor(std::slice::from_ref(&ids), &device)));
     let mut cache = model.new_cache();
     let mut cached = to_vec(
         model

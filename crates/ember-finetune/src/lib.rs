@@ -9,7 +9,8 @@
 //!   new text;
 //! - [`instruct_finetune`]: chapter 7's run and the responses to the test entries for
 //!   the judge (the Alpaca prompt, split and collate are `ember_data`'s);
-//! - [`base`]: the model a run starts from; [`error`]: [`FinetuneError`].
+//! - [`base`]: the model a run starts from;
+//! - [`error`]: the errors of the runs, [`FinetuneError`].
 
 pub mod base;
 pub mod classifier;

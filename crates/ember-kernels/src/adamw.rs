@@ -98,9 +98,10 @@ fn fused_step<const D: usize>(
     }
     let routed = with_cpu_backend!(&tensor, B => {
         let same = |t: &Tensor<D>| B::plain(t).is_some();
-        let all_here = same(&grad)
-            && state.as_ref().is_none_or(|s| same(&s.momentum.moment_1) && same(&s.momentum.moment_2));
-        all_here
+        same(&grad)
+            && state
+                .as_ref()
+                .is_none_or(|s| same(&s.momentum.moment_1) && same(&s.momentum.moment_2))
     });
     if routed != Some(true) {
         return Err((tensor, grad, state));

@@ -12,7 +12,7 @@
 //!   global-norm clipping, warmup + cosine, evaluation over the first batches;
 //! - [`config`]: run configuration (TOML, presets, `key=value` overrides, validation);
 //! - [`plot`]: the loss plot of figure 5.12;
-//! - [`error`]: [`TrainError`].
+//! - [`error`]: the errors of a run, [`TrainError`].
 
 pub mod checkpoint;
 pub mod config;

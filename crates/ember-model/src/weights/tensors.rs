@@ -131,7 +131,7 @@ impl SafetensorsFiles {
         let single = path.join(WEIGHTS_FILE);
         let index = path.join(INDEX_FILE);
         if single.exists() {
-            return Self::from_files(&single, &[single.clone()]);
+            return Self::from_files(&single, std::slice::from_ref(&single));
         }
         if !index.exists() {
             return Err(WeightsError::format(
