@@ -183,9 +183,12 @@ pub struct GenerateArgs<'a> {
 
 /// `ember generate`
 pub fn generate_text(model: &ModelArgs, args: GenerateArgs<'_>, device: &Device) -> Result<()> {
+    // Every setting is checked before anything is printed.
+    args.config.validate()?;
     let loaded = model.load(device)?;
     let tokenizer = Gpt2Tokenizer::gpt2()?;
     let prompt_ids = tokenizer.encode(args.prompt, true)?;
+    ember_model::check_prompt(&loaded.model, &prompt_ids)?;
     let mut out = std::io::stdout().lock();
     let mut pending: Vec<u8> = Vec::new();
     let stream = !args.json;
@@ -295,6 +298,11 @@ pub struct PretrainArgs {
 
 /// `ember pretrain`
 pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
+    if args.run.resume.is_some() && args.preset.is_some() {
+        bail!(
+            "--resume continues the run with its own config.toml; leave out --preset (change what may change with --set)"
+        );
+    }
     let base = PretrainConfig::preset(args.preset.as_deref().unwrap_or("book"))?;
     let (config, run_dir) = args.run.resolve(base, "runs/pretrain", |c| {
         if let Some(data) = &args.data {

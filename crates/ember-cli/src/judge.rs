@@ -4,10 +4,86 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use ember_data::{InstructionEntry, format_input, read_instruction_data};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
+
+/// Options of `ember judge`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JudgeArgs {
+    /// JSON list of entries with instruction, input, output and model_response.
+    #[arg(long)]
+    pub responses: std::path::PathBuf,
+    /// Judge server.
+    #[arg(long, default_value = "http://localhost:11434")]
+    pub url: String,
+    /// Judge model.
+    #[arg(long, default_value = "llama3")]
+    pub model: String,
+    /// `ollama` (/api/chat) or `openai` (/v1/chat/completions).
+    #[arg(long, default_value = "ollama")]
+    pub api: String,
+    /// Attempts per entry for connection errors, timeouts, HTTP 429 and 5xx.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    /// Seconds one request may take.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// API key sent as `Authorization: Bearer` (default: $OPENAI_API_KEY with
+    /// `--api openai`).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Print `{"count", "scored", "average", "failures"}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ember judge`: fails (non-zero exit) when no response could be scored.
+pub fn run(args: JudgeArgs) -> Result<()> {
+    let api = match args.api.as_str() {
+        "ollama" => JudgeApi::Ollama,
+        "openai" => JudgeApi::OpenAi,
+        other => bail!("unknown judge API \"{other}\" (ollama, openai)"),
+    };
+    let api_key = args.api_key.clone().or_else(|| {
+        (api == JudgeApi::OpenAi)
+            .then(|| std::env::var("OPENAI_API_KEY").ok())
+            .flatten()
+            .filter(|k| !k.is_empty())
+    });
+    let options = JudgeOptions {
+        url: args.url,
+        model: args.model,
+        api,
+        attempts: args.attempts.max(1),
+        progress: !args.json,
+        timeout: Duration::from_secs(args.timeout.max(1)),
+        api_key,
+    };
+    let summary = judge_file(&args.responses, &options)?;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "count": summary.count,
+                "scored": summary.scored,
+                "average": summary.average,
+                "failures": summary.failures,
+            })
+        );
+    } else {
+        println!(
+            "scored {} of {} responses, average {}, {} failure(s)",
+            summary.scored,
+            summary.count,
+            summary
+                .average
+                .map_or("-".to_string(), |a| format!("{a:.2}")),
+            summary.failures
+        );
+    }
+    Ok(())
+}
 
 /// Which wire protocol the judge speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +103,14 @@ pub struct JudgeOptions {
     pub model: String,
     /// Protocol.
     pub api: JudgeApi,
-    /// Attempts per entry for connection errors and HTTP 5xx.
+    /// Attempts per entry for connection errors, timeouts, HTTP 429 and 5xx.
     pub attempts: u32,
     /// Show a progress bar.
     pub progress: bool,
+    /// How long one request may take.
+    pub timeout: Duration,
+    /// Sent as `Authorization: Bearer`.
+    pub api_key: Option<String>,
 }
 
 /// The outcome over a file.
@@ -94,9 +174,11 @@ fn ask(agent: &ureq::Agent, options: &JudgeOptions, prompt: &str) -> Result<Stri
             json!({ "model": options.model, "messages": messages, "seed": 123, "temperature": 0 }),
         ),
     };
-    let mut response = agent
-        .post(&url)
-        .header("Content-Type", "application/json")
+    let mut request = agent.post(&url).header("Content-Type", "application/json");
+    if let Some(key) = &options.api_key {
+        request = request.header("Authorization", &format!("Bearer {key}"));
+    }
+    let mut response = request
         .send(body.to_string())
         .map_err(|e| Failure::Transient(format!("{url}: {e}")))?;
     let status = response.status().as_u16();
@@ -127,8 +209,20 @@ fn ask(agent: &ureq::Agent, options: &JudgeOptions, prompt: &str) -> Result<Stri
     Ok(content)
 }
 
-/// Scores every entry of `path` (each with `model_response`).
+/// Consecutive failed entries, with nothing scored yet, after which the judge is taken
+/// to be unusable and the run stops.
+const GIVE_UP_AFTER: usize = 3;
+
+/// Scores every entry of `path` (each with `model_response`). An entry that cannot be
+/// scored (after its retries) counts as a failure and the next one is tried; the scores
+/// collected are kept. It is an error when nothing could be scored.
 pub fn judge_file(path: &Path, options: &JudgeOptions) -> Result<JudgeSummary> {
+    if !(options.url.starts_with("http://") || options.url.starts_with("https://")) {
+        bail!(
+            "judge URL \"{}\" is not an http:// or https:// address",
+            options.url
+        );
+    }
     let entries = read_instruction_data(path)?;
     if entries.is_empty() {
         bail!("{}: no entries to judge", path.display());
@@ -138,53 +232,60 @@ pub fn judge_file(path: &Path, options: &JudgeOptions) -> Result<JudgeSummary> {
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(300)))
+        .timeout_connect(Some(options.timeout.min(Duration::from_secs(10))))
+        .timeout_global(Some(options.timeout))
         .build()
         .into();
-    let bar = ProgressBar::with_draw_target(
+    let bar = ember_data::progress::bar(
+        options.progress,
         Some(entries.len() as u64),
-        if options.progress {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("judging [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        "judging [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
     );
     let mut scores = Vec::with_capacity(entries.len());
+    let mut first_failure: Option<String> = None;
     for entry in &entries {
         let prompt = judge_prompt(entry, entry.model_response.as_deref().unwrap_or_default());
         let mut attempt = 0;
         let score = loop {
             attempt += 1;
             match ask(&agent, options, &prompt) {
-                Ok(answer) => break parse_score(&answer),
+                Ok(answer) => {
+                    let score = parse_score(&answer);
+                    if score.is_none() {
+                        first_failure.get_or_insert(format!("no score in the answer {answer:?}"));
+                    }
+                    break score;
+                }
                 Err(Failure::Transient(e)) if attempt < options.attempts => {
                     tracing::warn!(attempt, error = %e, "judge request failed; retrying");
                     std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
                 }
-                Err(Failure::Transient(e)) => {
-                    tracing::warn!(error = %e, "judge request failed; giving up on this entry");
+                Err(Failure::Transient(e) | Failure::Fatal(e)) => {
+                    tracing::warn!(error = %e, "judge request failed; counting the entry as a failure");
+                    first_failure.get_or_insert(e);
                     break None;
-                }
-                Err(Failure::Fatal(e)) => {
-                    return Err(anyhow!(e)).context("the judge refused the request");
                 }
             }
         };
         scores.push(score);
         bar.inc(1);
+        if scores.len() >= GIVE_UP_AFTER && scores.iter().all(Option::is_none) {
+            break;
+        }
     }
     bar.finish_and_clear();
     let scored: Vec<u32> = scores.iter().flatten().copied().collect();
+    if scored.is_empty() {
+        bail!(
+            "no response could be scored ({} tried): {}",
+            scores.len(),
+            first_failure.unwrap_or_default()
+        );
+    }
     Ok(JudgeSummary {
         count: entries.len(),
         scored: scored.len(),
-        average: (!scored.is_empty())
-            .then(|| scored.iter().map(|&s| s as f64).sum::<f64>() / scored.len() as f64),
+        average: Some(scored.iter().map(|&s| s as f64).sum::<f64>() / scored.len() as f64),
         failures: entries.len() - scored.len(),
         scores,
     })

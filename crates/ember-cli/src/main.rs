@@ -1,8 +1,10 @@
 //! `ember`: tokenize, prepare, inspect, generate, evaluate and pretrain GPT models.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ember_cli::{backend, commands, model_arg::ModelArgs};
 use ember_model::{GenerationConfig, GptConfig};
@@ -162,49 +164,11 @@ enum Command {
     /// Measure training and generation speed (same settings and JSON keys as
     /// bench/torch_gpt_bench.py).
     Bench(ember_cli::bench::BenchArgs),
-    /// Download public GPT-2 weights (config.json + model.safetensors) from the
-    /// Hugging Face Hub: resumable, checksum-verified.
-    Download {
-        /// gpt2-small, gpt2-medium, gpt2-large or gpt2-xl.
-        #[arg(long, default_value = "gpt2-small")]
-        size: String,
-        /// Destination directory (default models/SIZE).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Hub address (default $HF_ENDPOINT or https://huggingface.co).
-        #[arg(long)]
-        endpoint: Option<String>,
-        /// Another repository than the size's.
-        #[arg(long)]
-        repo: Option<String>,
-        /// Branch, tag or commit.
-        #[arg(long, default_value = "main")]
-        revision: String,
-        /// Attempts per file for transient failures.
-        #[arg(long, default_value_t = 5)]
-        attempts: u32,
-    },
+    /// Download a model from the Hugging Face Hub (or a server laid out like it):
+    /// resumable, checksum- and size-verified.
+    Download(ember_cli::download::DownloadArgs),
     /// Score model responses 0-100 with an LLM judge (Ollama or OpenAI-compatible).
-    Judge {
-        /// JSON list of entries with instruction, input, output and model_response.
-        #[arg(long)]
-        responses: PathBuf,
-        /// Judge server.
-        #[arg(long, default_value = "http://localhost:11434")]
-        url: String,
-        /// Judge model.
-        #[arg(long, default_value = "llama3")]
-        model: String,
-        /// `ollama` (/api/chat) or `openai` (/v1/chat/completions).
-        #[arg(long, default_value = "ollama")]
-        api: String,
-        /// Attempts per entry for connection errors and HTTP 5xx.
-        #[arg(long, default_value_t = 3)]
-        attempts: u32,
-        /// Print `{"count", "scored", "average", "failures"}`.
-        #[arg(long)]
-        json: bool,
-    },
+    Judge(ember_cli::judge::JudgeArgs),
     /// Talk to an instruction-tuned model: each line is wrapped in the Alpaca prompt and
     /// the answer streams back. An empty line or `exit` quits.
     Chat {
@@ -254,15 +218,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             model,
             json,
         } => {
+            // A model is described from its config.json, checked against its weights,
+            // without being built.
             let config = match model {
                 Some(path) => {
-                    let args = ModelArgs {
-                        model: path,
-                        preset: None,
-                        config: None,
-                        qkv_bias: false,
-                    };
-                    args.load(&device()?)?.config
+                    ember_model::describe_model(&path)
+                        .with_context(|| format!("cannot describe the model {}", path.display()))?
+                        .0
                 }
                 None => GptConfig::preset(&preset)?,
             };
@@ -325,80 +287,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{record}");
             Ok(())
         }
-        Command::Download {
-            size,
-            out,
-            endpoint,
-            repo,
-            revision,
-            attempts,
-        } => {
-            let repo = match repo {
-                Some(repo) => repo,
-                None => ember_cli::download::repo_for(&size)?.to_string(),
-            };
-            let options = ember_cli::download::DownloadOptions {
-                endpoint: endpoint
-                    .or_else(|| std::env::var("HF_ENDPOINT").ok())
-                    .unwrap_or_else(|| "https://huggingface.co".to_string()),
-                repo,
-                revision,
-                files: ember_cli::download::MODEL_FILES
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect(),
-                out_dir: out.unwrap_or_else(|| PathBuf::from("models").join(&size)),
-                attempts: attempts.max(1),
-                progress: true,
-            };
-            ember_cli::download::download(&options)?;
-            println!("{}", options.out_dir.display());
-            Ok(())
-        }
-        Command::Judge {
-            responses,
-            url,
-            model,
-            api,
-            attempts,
-            json,
-        } => {
-            let api = match api.as_str() {
-                "ollama" => ember_cli::judge::JudgeApi::Ollama,
-                "openai" => ember_cli::judge::JudgeApi::OpenAi,
-                other => anyhow::bail!("unknown judge API \"{other}\" (ollama, openai)"),
-            };
-            let options = ember_cli::judge::JudgeOptions {
-                url,
-                model,
-                api,
-                attempts: attempts.max(1),
-                progress: !json,
-            };
-            let summary = ember_cli::judge::judge_file(&responses, &options)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "count": summary.count,
-                        "scored": summary.scored,
-                        "average": summary.average,
-                        "failures": summary.failures,
-                    })
-                );
-            } else {
-                println!(
-                    "scored {} of {} responses, average {}, {} failure(s)",
-                    summary.scored,
-                    summary.count,
-                    summary
-                        .average
-                        .map_or("-".to_string(), |a| format!("{a:.2}")),
-                    summary.failures
-                );
-            }
-            Ok(())
-        }
+        Command::Download(args) => ember_cli::download::run(args),
+        Command::Judge(args) => ember_cli::judge::run(args),
         Command::Chat {
             model,
             system,
@@ -425,9 +315,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// 130 (the shell's code for SIGINT) for a run stopped by Ctrl-C or SIGTERM after its
-/// checkpoint, so `ember pretrain ... && next-step` does not go on; 2 for every other
-/// error.
+/// 128 + the signal (130 for Ctrl-C, 143 for SIGTERM) for a run stopped by one after
+/// its checkpoint, so `ember pretrain ... && next-step` does not go on; 2 for every
+/// other error.
 fn exit_code(error: &anyhow::Error) -> u8 {
     use ember_finetune::FinetuneError;
     use ember_train::TrainError;
@@ -440,20 +330,47 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             Some(FinetuneError::Train(TrainError::Interrupted { .. }))
         )
     });
-    if interrupted { 130 } else { 2 }
+    if interrupted {
+        ember_cli::runs::interrupted_exit_code()
+    } else {
+        2
+    }
+}
+
+/// Prints the process's peak resident memory (`VmHWM`) to stderr: how the tests and
+/// benchmarks see what a command needed at most.
+fn report_peak_rss() {
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    match peak {
+        Some(kb) => eprintln!("peak RSS: {} MiB", kb / 1024),
+        None => eprintln!("peak RSS: unknown"),
+    }
 }
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    // EMBER_LOG, else RUST_LOG, else info; colours only on a terminal.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    if std::env::var_os("EMBER_REPORT_PEAK_RSS").is_some() {
+        report_peak_rss();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes.

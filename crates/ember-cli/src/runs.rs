@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ember_train::{RunConfig, RunMode, RunOptions};
@@ -102,21 +102,43 @@ impl RunArgs {
     }
 }
 
-/// A flag raised by Ctrl-C: the run finishes its step and writes a checkpoint. A second
-/// Ctrl-C while that happens ends the process at once.
+/// The signal that interrupted the run (0: none), for the exit code.
+static RECEIVED_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// A flag raised by Ctrl-C (SIGINT) or SIGTERM: the run finishes its step, writes a
+/// checkpoint and stops, and the process exits with 128 + the signal (130, 143). A
+/// second signal while that happens ends the process at once.
 pub fn interrupt_flag() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                for signal in signals.forever() {
+                    if flag.swap(true, Ordering::SeqCst) {
+                        std::process::exit(128 + signal);
+                    }
+                    RECEIVED_SIGNAL.store(signal, Ordering::SeqCst);
+                    eprintln!(
+                        "\ninterrupted: finishing the step and writing a checkpoint (interrupt again to abort)"
+                    );
+                }
+            });
         }
-        eprintln!(
-            "\ninterrupted: finishing the step and writing a checkpoint (Ctrl-C again to abort)"
-        );
-    })
-    .ok();
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGINT/SIGTERM; an interrupt ends the run without a checkpoint")
+        }
+    }
     interrupt
+}
+
+/// The exit code of a run that stopped on a signal: 128 + the signal (130 for Ctrl-C).
+pub fn interrupted_exit_code() -> u8 {
+    match RECEIVED_SIGNAL.load(Ordering::SeqCst) {
+        0 => 130,
+        signal => (128 + signal).clamp(1, 255) as u8,
+    }
 }
 
 /// `x.xxx` or `-`.

@@ -145,3 +145,106 @@ fn entries_without_responses_are_an_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("entry 0 has no \"model_response\""));
 }
+
+mod common;
+
+/// `ember judge` with `args` on the responses file.
+fn judge_output(file: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .env("EMBER_LOG", "error")
+        .env_remove("OPENAI_API_KEY")
+        .args(["judge", "--responses", file.to_str().unwrap(), "--json"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn nothing_scored_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = responses(dir.path());
+    // Connection refused (port 9: discard, closed on loopback), retried, then given up.
+    let o = judge_output(&file, &["--url", "http://127.0.0.1:9", "--attempts", "2"]);
+    common::assert_one_line_error(&o, "no response could be scored (3 tried)");
+    let o = judge_output(&file, &["--url", "localhost:11434"]);
+    common::assert_one_line_error(&o, "is not an http:// or https:// address");
+    // A server that refuses every request.
+    let url = common::serve(|_, stream| {
+        common::respond(stream, "401 Unauthorized", &[], b"{\"error\": \"no key\"}")
+    });
+    let o = judge_output(&file, &["--url", &url]);
+    common::assert_one_line_error(&o, "HTTP 401");
+}
+
+#[test]
+fn later_failures_keep_the_scores_already_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    let url = common::serve(move |_, stream| {
+        if count.fetch_add(1, Ordering::SeqCst) == 0 {
+            let body = serde_json::json!({"message": {"content": "80"}}).to_string();
+            common::respond(stream, "200 OK", &[], body.as_bytes());
+        } else {
+            common::respond(stream, "200 OK", &[], b"not json");
+        }
+    });
+    let o = judge_output(&responses(dir.path()), &["--url", &url]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"count": 4, "scored": 1, "average": 80.0, "failures": 3})
+    );
+}
+
+#[test]
+fn a_hung_judge_times_out_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::serve(|_, _| std::thread::sleep(std::time::Duration::from_secs(60)));
+    let started = std::time::Instant::now();
+    let o = judge_output(
+        &responses(dir.path()),
+        &["--url", &url, "--timeout", "1", "--attempts", "1"],
+    );
+    common::assert_one_line_error(&o, "no response could be scored (3 tried)");
+    // Three entries of one second each, not 60 s per attempt.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn the_api_key_is_sent_to_openai_compatible_judges() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::serve(|request, stream| {
+        if request.header("authorization") != Some("Bearer sk-test") {
+            common::respond(stream, "401 Unauthorized", &[], b"{}");
+            return;
+        }
+        let body = serde_json::json!({"choices": [{"message": {"content": "75"}}]}).to_string();
+        common::respond(stream, "200 OK", &[], body.as_bytes());
+    });
+    let file = responses(dir.path());
+    let o = judge_output(
+        &file,
+        &["--url", &url, "--api", "openai", "--api-key", "sk-test"],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["scored"], 4);
+    // From the environment, as OpenAI's clients read it.
+    let o = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .env("EMBER_LOG", "error")
+        .env("OPENAI_API_KEY", "sk-test")
+        .args([
+            "judge",
+            "--responses",
+            file.to_str().unwrap(),
+            "--json",
+            "--url",
+            &url,
+        ])
+        .args(["--api", "openai"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+}

@@ -227,3 +227,36 @@ fn instruction_run_trains_and_answers_the_test_entries() {
         "{samples}"
     );
 }
+
+#[test]
+fn a_corrupt_classifier_json_is_refused_by_name() {
+    use ember_finetune::spam_finetune::{ClassifierInfo, save_classifier};
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::ndarray();
+    let model = GptClassifier::new(small_model().init(&device), 2, &device);
+    let info = ClassifierInfo {
+        labels: vec!["ham".into(), "spam".into()],
+        max_length: 16,
+    };
+    save_classifier(&model, &info, dir.path()).unwrap();
+    load_classifier(dir.path(), &device).unwrap();
+    for (json, needle) in [
+        (
+            r#"{"labels": ["ham", "spam"], "max_length": 0}"#,
+            "max_length 0 must be between 1 and the model's context length 128",
+        ),
+        (
+            r#"{"labels": ["ham", "spam"], "max_length": 100000}"#,
+            "max_length 100000 must be between 1",
+        ),
+        (
+            r#"{"labels": ["ham"], "max_length": 16}"#,
+            "1 label(s); a classifier needs at least 2",
+        ),
+        (r#"{"labels": 3}"#, "classifier.json: invalid type"),
+    ] {
+        std::fs::write(dir.path().join("classifier.json"), json).unwrap();
+        let err = error_chain(&load_classifier(dir.path(), &device).unwrap_err());
+        assert!(err.contains(needle), "{err}");
+    }
+}

@@ -68,7 +68,8 @@ pub enum GenerateError {
 }
 
 impl GenerationConfig {
-    fn validate(&self) -> Result<(), GenerateError> {
+    /// Checks the sampling settings (temperature, top-k, top-p).
+    pub fn validate(&self) -> Result<(), GenerateError> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(GenerateError::Invalid(format!(
                 "temperature {} must be >= 0",
@@ -142,6 +143,19 @@ fn argmax(values: &[f32]) -> u32 {
     best as u32
 }
 
+/// Fails for an empty prompt or a token outside the model's vocabulary (what
+/// [`generate`] refuses), so a caller can check before printing anything.
+pub fn check_prompt(model: &GptModel, prompt: &[u32]) -> Result<(), GenerateError> {
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let vocab_size = model.wte.weight.dims()[0];
+    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
+        return Err(GenerateError::UnknownToken { id, vocab_size });
+    }
+    Ok(())
+}
+
 /// Continue `prompt` by up to `config.max_new_tokens` tokens; `on_token` sees each new
 /// token as it is produced (for streaming output). Returns the new tokens only.
 pub fn generate(
@@ -152,13 +166,7 @@ pub fn generate(
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>, GenerateError> {
     config.validate()?;
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
-    let vocab_size = model.wte.weight.dims()[0];
-    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
-        return Err(GenerateError::UnknownToken { id, vocab_size });
-    }
+    check_prompt(model, prompt)?;
     let context = model.context_length;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut tokens = prompt.to_vec();

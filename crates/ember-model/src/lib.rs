@@ -17,9 +17,9 @@ pub mod gpt;
 pub mod weights;
 
 pub use config::{ConfigError, GptConfig, WeightInit};
-pub use generate::{GenerateError, GenerationConfig, generate, sample_next_token};
+pub use generate::{GenerateError, GenerationConfig, check_prompt, generate, sample_next_token};
 pub use gpt::{FeedForward, GptModel, TransformerBlock};
 pub use weights::{
-    LoadedModel, ModelSource, WeightsError, load_model, read_model_config, resolve_model_path,
-    save_model,
+    LoadedModel, ModelSource, WeightsError, describe_model, load_model, read_model_config,
+    resolve_model_path, save_model,
 };

@@ -287,3 +287,104 @@ fn trains_from_prepared_shards() {
     // 5145 tokens, 10% held out: 4631 training tokens in windows of 16.
     assert!(outcome.val_loss.unwrap() > 9.0);
 }
+
+/// Overwrites 8 bytes in the middle of `path` with 0xFF.
+fn corrupt(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 8].fill(0xff);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused_and_the_previous_one_resumes_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = small_config();
+    config.train.max_steps = Some(6);
+    let straight = root.path().join("straight");
+    run(&config, &straight, false);
+
+    let dir = root.path().join("damaged");
+    config.train.max_steps = Some(4);
+    config.train.checkpoint_every = 2;
+    run(&config, &dir, false);
+    // Both the newest checkpoint and the one before are kept.
+    assert!(dir.join("checkpoints/step-2").is_dir() && dir.join("checkpoints/step-4").is_dir());
+    for file in ["model.bpk", "optimizer.bpk"] {
+        corrupt(&dir.join("checkpoints/step-4").join(file));
+        config.train.max_steps = Some(6);
+        let resumed = run(&config, &dir, true);
+        assert_eq!(resumed.state.step, 6);
+        // Resumed from step 2: the same run as a straight one.
+        assert_eq!(comparable(&metrics(&dir)), comparable(&metrics(&straight)));
+        // Start the damaged case again for the next file.
+        config.train.max_steps = Some(4);
+        std::fs::remove_dir_all(&dir).unwrap();
+        run(&config, &dir, false);
+    }
+    // With every checkpoint damaged, the run is refused and names the newest one.
+    corrupt(&dir.join("checkpoints/step-4/model.bpk"));
+    corrupt(&dir.join("checkpoints/step-2/state.json"));
+    let err = error_chain(&try_run(&config, &dir, true, false).unwrap_err());
+    assert!(
+        err.contains("no checkpoint passed its integrity check")
+            && err.contains("step-4/model.bpk is corrupt"),
+        "{err}"
+    );
+}
+
+#[test]
+fn checkpoint_pointers_and_states_cannot_lie() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = small_config();
+    config.train.max_steps = Some(2);
+    let dir = root.path().join("run");
+    run(&config, &dir, false);
+    // `latest` naming a path outside the run is ignored: the newest step-N is used.
+    std::fs::write(dir.join("checkpoints/latest"), "../../../etc\n").unwrap();
+    config.train.max_steps = Some(3);
+    assert_eq!(run(&config, &dir, true).state.step, 3);
+    // A state.json that claims another step than its checkpoint is refused (its
+    // manifest is rewritten so that only the claim is wrong).
+    let checkpoint = dir.join("checkpoints/step-3");
+    let state = std::fs::read_to_string(checkpoint.join("state.json")).unwrap();
+    std::fs::write(
+        checkpoint.join("state.json"),
+        state.replace("\"step\": 3", "\"step\": 0"),
+    )
+    .unwrap();
+    ember_data::files::write_checksums(&checkpoint, &["model.bpk", "optimizer.bpk", "state.json"])
+        .unwrap();
+    config.train.max_steps = Some(4);
+    let err = error_chain(&try_run(&config, &dir, true, false).unwrap_err());
+    assert!(
+        err.contains("claims step 0 in the checkpoint of step 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn temporaries_of_killed_writes_are_removed_and_kept_metrics_keep_their_bytes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = small_config();
+    config.train.max_steps = Some(3);
+    let dir = root.path().join("run");
+    run(&config, &dir, false);
+    let before = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    // What a write killed half-way leaves behind.
+    for folder in [dir.clone(), dir.join("checkpoints"), dir.join("model")] {
+        std::fs::write(folder.join(".ember-tmp-abc"), vec![0u8; 4096]).unwrap();
+    }
+    config.train.max_steps = Some(5);
+    run(&config, &dir, true);
+    for folder in [dir.clone(), dir.join("checkpoints"), dir.join("model")] {
+        assert!(
+            !folder.join(".ember-tmp-abc").exists(),
+            "{}",
+            folder.display()
+        );
+    }
+    let after = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert!(after.starts_with(&before), "the kept lines changed");
+    assert_eq!(after.lines().count(), 5);
+}

@@ -131,8 +131,7 @@ pub fn is_pth(path: &Path) -> bool {
 /// model it exported (`RUN/model`); anything else for itself.
 pub fn resolve_model_path(path: &Path) -> PathBuf {
     let exported = path.join("model");
-    if path.is_dir() && !path.join("config.json").exists() && exported.join("config.json").exists()
-    {
+    if path.is_dir() && !path.join("config.json").exists() && exported.is_dir() {
         exported
     } else {
         path.to_path_buf()
@@ -160,6 +159,27 @@ pub fn read_model_config(path: &Path) -> Result<(GptConfig, ModelSource), Weight
         ModelSource::HuggingFace
     };
     Ok((gpt2::read_config(&json, &config_path)?, source))
+}
+
+/// The configuration of the model at `path`, checked against its weights (their
+/// checksums when Ember wrote them, and their sizes) without building the model.
+pub fn describe_model(path: &Path) -> Result<(GptConfig, ModelSource), WeightsError> {
+    let dir = resolve_model_path(path);
+    if is_pth(&dir) {
+        return Err(WeightsError::NotAModel {
+            path: dir,
+            message: "a .pth state dict holds no configuration".into(),
+        });
+    }
+    let (config, source) = read_model_config(&dir)?;
+    let weights_dir = if dir.is_dir() {
+        dir.clone()
+    } else {
+        dir.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    verify_checksums(&weights_dir)?;
+    check_size(&config, &SafetensorsFiles::open(&weights_dir)?)?;
+    Ok((config, source))
 }
 
 /// Fails unless the weights hold exactly the parameters `config` describes (a tied
