@@ -4,124 +4,9 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
-/// Errors of incremental decoding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttentionError {
-    /// The cache holds `cached` positions, `new` more do not fit in `capacity`.
-    ContextOverflow {
-        /// Positions already in the cache.
-        cached: usize,
-        /// Positions that were to be appended.
-        new: usize,
-        /// The model's context length.
-        capacity: usize,
-    },
-}
-
-impl std::fmt::Display for AttentionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AttentionError::ContextOverflow {
-                cached,
-                new,
-                capacity,
-            } => write!(
-                f,
-                "context overflow: {cached} cached + {new} new tokens exceed the context length {capacity}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for AttentionError {}
-
-/// Keys and values of every layer for the positions already processed, so that each
-/// new token costs one row of attention instead of a whole forward pass.
-///
-/// The cache is an explicit object owned by the caller (as in candle-transformers):
-/// create one per sequence batch, pass it to each forward call, [`KvCache::reset`] it
-/// to start over.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
-    capacity: usize,
-}
-
-impl KvCache {
-    /// An empty cache for `num_layers` layers and at most `capacity` positions (the
-    /// model's context length).
-    pub fn new(num_layers: usize, capacity: usize) -> Self {
-        Self {
-            layers: vec![None; num_layers],
-            capacity,
-        }
-    }
-
-    /// Number of positions cached so far.
-    pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|layer| layer.as_ref())
-            .map_or(0, |(keys, _)| keys.dims()[2])
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The maximum number of positions.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Forget every cached position.
-    pub fn reset(&mut self) {
-        self.layers.iter_mut().for_each(|layer| *layer = None);
-    }
-
-    /// Fails when `new` more positions would not fit.
-    pub fn check_room(&self, new: usize) -> Result<(), AttentionError> {
-        let cached = self.len();
-        if cached + new > self.capacity {
-            return Err(AttentionError::ContextOverflow {
-                cached,
-                new,
-                capacity: self.capacity,
-            });
-        }
-        Ok(())
-    }
-
-    /// Number of layers the cache was made for.
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
-    /// Appends `keys`/`values` (`[batch, heads, new, head_dim]`) to layer `layer` and
-    /// returns the whole cached sequence for it.
-    fn extend(
-        &mut self,
-        layer: usize,
-        keys: Tensor<4>,
-        values: Tensor<4>,
-    ) -> (Tensor<4>, Tensor<4>) {
-        let slot = &mut self.layers[layer];
-        let (keys, values) = match slot.take() {
-            Some((k, v)) => (
-                Tensor::cat(vec![k, keys], 2),
-                Tensor::cat(vec![v, values], 2),
-            ),
-            None => (keys, values),
-        };
-        *slot = Some((keys.clone(), values.clone()));
-        (keys, values)
-    }
-}
+use crate::kv_cache::KvCache;
+use crate::sdpa::{causal_attention, explicit_attention};
 
 /// Configuration of [`CausalSelfAttention`].
 #[derive(Config, Debug)]
@@ -229,35 +114,7 @@ impl CausalSelfAttention {
 
     fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
         let [batch, _, seq_len, _] = q.dims();
-        let dropout_active = self.attn_dropout.prob > 0.0
-            && self.attn_dropout.training.is_enabled()
-            && q.device().is_autodiff();
-        let seq_k = k.dims()[2];
-        let context = if dropout_active {
-            // The fused kernel has no dropout; the book drops attention weights.
-            explicit_attention(q, k, v, Some(&self.attn_dropout))
-        } else if seq_len != seq_k {
-            // Queries that continue a cached sequence. Backends disagree on where a
-            // non-square causal mask sits (libtorch aligns it top-left), so: one new
-            // query sees every key, several get the explicit bottom-right mask.
-            if seq_len == 1 {
-                attention(q, k, v, None, None, AttentionModuleOptions::default())
-            } else {
-                explicit_attention(q, k, v, None)
-            }
-        } else {
-            attention(
-                q,
-                k,
-                v,
-                None,
-                None,
-                AttentionModuleOptions {
-                    is_causal: true,
-                    ..Default::default()
-                },
-            )
-        };
+        let context = causal_attention(q, k, v, Some(&self.attn_dropout));
         self.merge_heads(context, batch, seq_len)
     }
 
@@ -268,35 +125,11 @@ impl CausalSelfAttention {
     }
 }
 
-/// softmax(QKᵀ/√d + causal mask) · V, with optional dropout on the weights. The mask
-/// is aligned at the bottom right so queries that continue a cached sequence see every
-/// earlier key.
-fn explicit_attention(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    dropout: Option<&Dropout>,
-) -> Tensor<4> {
-    let [batch, heads, seq_q, head_dim] = q.dims();
-    let seq_k = k.dims()[2];
-    let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-    // `tril_mask` is `true` above the (shifted) diagonal: the positions to hide.
-    let offset = seq_k as i64 - seq_q as i64;
-    let mask = Tensor::<2, Bool>::tril_mask([seq_q, seq_k], offset, &scores.device())
-        .reshape([1, 1, seq_q, seq_k])
-        .expand([batch, heads, seq_q, seq_k]);
-    let mut weights = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
-    if let Some(dropout) = dropout {
-        weights = ember_kernels::dropout(dropout, weights);
-    }
-    weights.matmul(v)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(deprecated)]
     use super::*;
-    use crate::MultiHeadAttentionConfig;
+    use crate::{AttentionError, MultiHeadAttentionConfig};
     use burn::module::Param;
     use burn::tensor::{Distribution, Tolerance};
 

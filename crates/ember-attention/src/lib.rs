@@ -6,15 +6,20 @@
 //!   [`SelfAttentionV1`] / [`SelfAttentionV2`], [`CausalAttention`],
 //!   [`MultiHeadAttentionWrapper`] and [`MultiHeadAttention`].
 //! - [`causal`]: [`CausalSelfAttention`], the layer the GPT model runs. It computes
-//!   Q, K and V with one fused projection (GPT-2's `c_attn`), uses Burn's fused
-//!   attention kernel when no attention dropout is active, and extends a [`KvCache`]
-//!   during incremental decoding. Tests prove it equals [`MultiHeadAttention`].
+//!   Q, K and V with one fused projection (GPT-2's `c_attn`), and extends a [`KvCache`]
+//!   ([`kv_cache`]) during incremental decoding. Tests prove it equals
+//!   [`MultiHeadAttention`].
+//! - [`sdpa`]: [`causal_attention`], the attention itself, shared with the
+//!   grouped-query attention of Llama and Qwen3 (Burn's fused kernel when no dropout is
+//!   active, the explicit formulation otherwise).
 //!
 //! Tensors are Burn's backend-agnostic tensors: the caller's `Device` picks the
 //! backend, this crate never does.
 
 pub mod book;
 pub mod causal;
+pub mod kv_cache;
+pub mod sdpa;
 
 pub use book::{
     CausalAttention, CausalAttentionConfig, MultiHeadAttention, MultiHeadAttentionConfig,
@@ -22,4 +27,6 @@ pub use book::{
     SelfAttentionV1Config, SelfAttentionV2, SelfAttentionV2Config, causal_mask,
     simplified_self_attention,
 };
-pub use causal::{AttentionError, CausalSelfAttention, CausalSelfAttentionConfig, KvCache};
+pub use causal::{CausalSelfAttention, CausalSelfAttentionConfig};
+pub use kv_cache::{AttentionError, KvCache};
+pub use sdpa::{causal_attention, explicit_attention, repeat_kv};

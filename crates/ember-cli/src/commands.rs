@@ -5,13 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
-use ember_model::{GenerationConfig, GptConfig, generate};
-use ember_tokenizer::{END_OF_TEXT_ID, Gpt2Tokenizer, Tokenizer};
-use ember_train::{PretrainConfig, StopReason, cross_entropy, perplexity as ppl};
+use ember_model::ModelConfig;
+use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
+use ember_train::{PretrainConfig, StopReason};
 
 use crate::runs::{RunArgs, fmt_opt, interrupt_flag};
-
-use crate::model_arg::ModelArgs;
 
 /// Read all of stdin as UTF-8.
 fn read_stdin_text() -> Result<String> {
@@ -108,8 +106,35 @@ pub fn prepare(
     Ok(())
 }
 
-/// `ember info`
-pub fn info(config: &GptConfig, json: bool) -> Result<()> {
+/// `ember info` for any architecture: GPT-2's figures as the book gives them (with and
+/// without a tied head), the others' parameter count.
+pub fn info(config: &ModelConfig, json: bool) -> Result<()> {
+    let config = match config {
+        ModelConfig::Gpt2(c) => c,
+        other => {
+            let params = other.num_params();
+            let size_mb = params as f64 * 4.0 / (1024.0 * 1024.0);
+            if json {
+                let ModelConfig::Llama(llama) = other else {
+                    unreachable!()
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "model_type": other.model_type(),
+                        "config": llama,
+                        "params": params,
+                        "size_mb": size_mb,
+                    })
+                );
+            } else {
+                println!("{other:#?}");
+                println!("parameters:               {:>13}", group(params));
+                println!("size in float32:          {size_mb:>10.2} MB");
+            }
+            return Ok(());
+        }
+    };
     let untied = config.clone().with_tied_embeddings(false);
     let tied = config.clone().with_tied_embeddings(true);
     if json {
@@ -145,138 +170,6 @@ fn group(n: usize) -> String {
         out.push(c);
     }
     out
-}
-
-/// Streams one token: prints the whole UTF-8 characters received so far and keeps the
-/// bytes of a character that a token ended in the middle of.
-fn print_token(tokenizer: &Gpt2Tokenizer, id: u32, pending: &mut Vec<u8>, out: &mut impl Write) {
-    if let Ok(bytes) = tokenizer.decode_bytes(&[id]) {
-        pending.extend(bytes);
-        let valid = match std::str::from_utf8(pending) {
-            Ok(s) => s.len(),
-            Err(e) => e.valid_up_to(),
-        };
-        // A closed stdout (a pipe to `head`) must not stop the generation with a panic.
-        let _ = out.write_all(&pending[..valid]);
-        let _ = out.flush();
-        pending.drain(..valid);
-    }
-}
-
-/// Ends a streamed answer: whatever incomplete bytes remain, then a newline.
-fn finish_stream(pending: &[u8], out: &mut impl Write) -> std::io::Result<()> {
-    if !pending.is_empty() {
-        out.write_all(String::from_utf8_lossy(pending).as_bytes())?;
-    }
-    writeln!(out)
-}
-
-/// Settings of `ember generate`.
-pub struct GenerateArgs<'a> {
-    /// Prompt text.
-    pub prompt: &'a str,
-    /// Sampling settings.
-    pub config: GenerationConfig,
-    /// JSON output instead of streamed text.
-    pub json: bool,
-}
-
-/// `ember generate`
-pub fn generate_text(model: &ModelArgs, args: GenerateArgs<'_>, device: &Device) -> Result<()> {
-    // Every setting is checked before anything is printed.
-    args.config.validate()?;
-    let loaded = model.load(device)?;
-    let tokenizer = Gpt2Tokenizer::gpt2()?;
-    let prompt_ids = tokenizer.encode(args.prompt, true)?;
-    ember_model::check_prompt(&loaded.model, &prompt_ids)?;
-    let mut out = std::io::stdout().lock();
-    let mut pending: Vec<u8> = Vec::new();
-    let stream = !args.json;
-    if stream {
-        write!(out, "{}", args.prompt)?;
-        out.flush()?;
-    }
-    let generated = generate(&loaded.model, &prompt_ids, &args.config, device, |id| {
-        if stream {
-            print_token(&tokenizer, id, &mut pending, &mut out);
-        }
-    })?;
-    if stream {
-        finish_stream(&pending, &mut out)?;
-    } else {
-        let text = tokenizer.decode(&generated)?;
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({
-                "prompt_ids": prompt_ids,
-                "generated_ids": generated,
-                "text": text,
-            })
-        )?;
-    }
-    Ok(())
-}
-
-/// `ember perplexity`: mean next-token loss over the text, in windows of the context
-/// length when it does not fit in one.
-pub fn perplexity(model: &ModelArgs, text_file: &Path, json: bool, device: &Device) -> Result<()> {
-    let loaded = model.load(device)?;
-    let bytes =
-        std::fs::read(text_file).with_context(|| format!("cannot read {}", text_file.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow!(
-            "{}: not valid UTF-8 (byte {})",
-            text_file.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    let tokenizer = Gpt2Tokenizer::gpt2()?;
-    let ids = tokenizer.encode(&text, true)?;
-    if ids.len() < 2 {
-        bail!(
-            "{}: {} token(s); perplexity needs at least 2",
-            text_file.display(),
-            ids.len()
-        );
-    }
-    let context = loaded.model.context_length;
-    let mut total = 0.0f64;
-    let mut count = 0usize;
-    let mut start = 0;
-    while start + 1 < ids.len() {
-        let end = (start + context + 1).min(ids.len());
-        let window = &ids[start..end];
-        let n = window.len() - 1;
-        let to_tensor = |s: &[u32]| {
-            Tensor::<2, Int>::from_data(
-                TensorData::new(
-                    s.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                    [1, s.len()],
-                ),
-                device,
-            )
-        };
-        let logits = loaded.model.forward(to_tensor(&window[..n]));
-        let loss: f32 = cross_entropy(logits, to_tensor(&window[1..])).into_scalar();
-        total += loss as f64 * n as f64;
-        count += n;
-        start += context;
-    }
-    let loss = total / count as f64;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"tokens": ids.len(), "loss": loss, "perplexity": ppl(loss)})
-        );
-    } else {
-        println!(
-            "tokens {}  loss {loss:.4}  perplexity {:.2}",
-            ids.len(),
-            ppl(loss)
-        );
-    }
-    Ok(())
 }
 
 /// Options of `ember pretrain`.
@@ -337,47 +230,3 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
     );
     Ok(())
 }
-
-/// `ember chat`: each line of standard input becomes the instruction of an Alpaca
-/// prompt (the chapter 7 format); the answer streams until `<|endoftext|>`, the token
-/// limit, or the end of the context. An empty line, `exit` or end of input quits.
-pub fn chat(
-    model: &ModelArgs,
-    system: Option<&str>,
-    config: GenerationConfig,
-    device: &Device,
-) -> Result<()> {
-    use std::io::BufRead;
-    let loaded = model.load(device)?;
-    let tokenizer = Gpt2Tokenizer::gpt2()?;
-    let stdin = std::io::stdin();
-    let mut out = std::io::stdout().lock();
-    loop {
-        write!(out, "> ")?;
-        out.flush()?;
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            writeln!(out)?;
-            return Ok(());
-        }
-        let message = line.trim();
-        if message.is_empty() || message == "exit" || message == "quit" {
-            return Ok(());
-        }
-        let entry = ember_data::InstructionEntry::question(
-            system.map_or_else(|| message.to_string(), |s| format!("{s}\n\n{message}")),
-        );
-        let prompt = ember_data::format_prompt(&entry);
-        let ids = tokenizer.encode(&prompt, false)?;
-        let mut pending: Vec<u8> = Vec::new();
-        generate(&loaded.model, &ids, &config, device, |id| {
-            if id != END_OF_TEXT_ID {
-                print_token(&tokenizer, id, &mut pending, &mut out);
-            }
-        })?;
-        finish_stream(&pending, &mut out)?;
-    }
-}
-
-/// The `<|endoftext|>` id, where generation stops unless `--no-stop`.
-pub const EOT: u32 = END_OF_TEXT_ID;

@@ -1,5 +1,6 @@
-//! `ember download`: model files from the Hugging Face Hub (or any server laid out like
-//! it), resumable and verified.
+//! `ember download`: a model from the Hugging Face Hub (or any server laid out like it):
+//! its configuration, tokenizer and generation files, and its weights, one file or the
+//! shards of a sharded checkpoint; resumable and verified.
 //!
 //! Plain HTTP through `ureq`: each file is fetched from
 //! `{endpoint}/{repo}/resolve/{revision}/{file}` into `{file}.part`, then checked and
@@ -29,13 +30,13 @@ pub struct DownloadArgs {
     /// gpt2-small, gpt2-medium, gpt2-large or gpt2-xl.
     #[arg(long, default_value = "gpt2-small")]
     pub size: String,
-    /// Destination directory (default models/SIZE).
+    /// Destination directory (default models/SIZE, or models/NAME for --repo).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Hub address (default $HF_ENDPOINT or https://huggingface.co).
     #[arg(long)]
     pub endpoint: Option<String>,
-    /// Another repository than the size's.
+    /// A Hub repository, OWNER/NAME (GPT-2, Llama 3.x, Qwen3), instead of a GPT-2 size.
     #[arg(long)]
     pub repo: Option<String>,
     /// Branch, tag or commit.
@@ -60,15 +61,19 @@ pub fn run(args: DownloadArgs) -> Result<()> {
         .clone()
         .or_else(|| std::env::var("HF_ENDPOINT").ok())
         .unwrap_or_else(|| "https://huggingface.co".to_string());
+    let default_name = match &args.repo {
+        Some(repo) => repo.rsplit('/').next().unwrap_or(repo).to_string(),
+        None => args.size.clone(),
+    };
     let out_dir = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("models").join(&args.size));
+        .unwrap_or_else(|| PathBuf::from("models").join(default_name));
     let mut options = DownloadOptions::new(&endpoint, &repo, &args.revision, out_dir);
     options.attempts = args.attempts.max(1);
     options.read_timeout = Duration::from_secs(args.timeout.max(1));
     options.token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
-    download(&options)?;
+    download_model(&options)?;
     println!("{}", options.out_dir.display());
     Ok(())
 }
@@ -95,7 +100,7 @@ pub struct DownloadOptions {
     pub repo: String,
     /// Branch, tag or commit.
     pub revision: String,
-    /// Files to fetch.
+    /// Files to fetch; empty: a whole model ([`download_model`] decides which).
     pub files: Vec<String>,
     /// Destination directory.
     pub out_dir: PathBuf,
@@ -121,7 +126,7 @@ impl DownloadOptions {
             endpoint: endpoint.to_string(),
             repo: repo.to_string(),
             revision: revision.to_string(),
-            files: MODEL_FILES.iter().map(|f| f.to_string()).collect(),
+            files: Vec::new(),
             out_dir,
             attempts: 5,
             progress: true,
@@ -133,8 +138,26 @@ impl DownloadOptions {
     }
 }
 
-/// The files a GPT-2 directory needs.
-pub const MODEL_FILES: [&str; 2] = ["config.json", "model.safetensors"];
+/// What a model directory holds beside its weights: the configuration (required) and,
+/// when the repository has them, the tokenizer and generation settings.
+pub const MODEL_FILES: [&str; 4] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+/// The file a server does not have (HTTP 404).
+#[derive(Debug)]
+struct NotOnServer(String);
+
+impl std::fmt::Display for NotOnServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is not in the repository (HTTP 404)", self.0)
+    }
+}
+
+impl std::error::Error for NotOnServer {}
 
 fn agent(options: &DownloadOptions) -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -193,7 +216,65 @@ fn join_url(base: &str, location: &str) -> String {
     }
 }
 
-/// Fetch every file; returns their final paths.
+/// Fetches a model: `config.json`; the tokenizer and generation files the repository
+/// has; and the weights, one `model.safetensors` or the shards that
+/// `model.safetensors.index.json` lists. Returns the files written.
+pub fn download_model(options: &DownloadOptions) -> Result<Vec<PathBuf>> {
+    let mut written = download(&DownloadOptions {
+        files: vec!["config.json".into()],
+        ..options.clone()
+    })?;
+    for file in &MODEL_FILES[1..] {
+        written.extend(fetch_optional(options, file)?);
+    }
+    match fetch_optional(options, ember_model::weights::INDEX_FILE)? {
+        Some(index) => {
+            let text = std::fs::read_to_string(&index)?;
+            let parsed: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid shard index", index.display()))?;
+            let mut shards: Vec<String> = parsed["weight_map"]
+                .as_object()
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            if let Some(bad) = shards.iter().find(|s| s.contains('/') || s.contains('\\')) {
+                bail!("{}: shard \"{bad}\" is not a file name", index.display());
+            }
+            if shards.is_empty() {
+                bail!("{}: the index lists no shards", index.display());
+            }
+            written.push(index);
+            written.extend(download(&DownloadOptions {
+                files: shards,
+                ..options.clone()
+            })?);
+        }
+        None => written.extend(download(&DownloadOptions {
+            files: vec![ember_model::weights::WEIGHTS_FILE.into()],
+            ..options.clone()
+        })?),
+    }
+    Ok(written)
+}
+
+/// `file` if the repository has it (`None` on HTTP 404).
+fn fetch_optional(options: &DownloadOptions, file: &str) -> Result<Option<PathBuf>> {
+    match download(&DownloadOptions {
+        files: vec![file.to_string()],
+        ..options.clone()
+    }) {
+        Ok(mut paths) => Ok(paths.pop()),
+        Err(e) if e.chain().any(|c| c.downcast_ref::<NotOnServer>().is_some()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Fetch every file of `options.files`; returns their final paths.
 pub fn download(options: &DownloadOptions) -> Result<Vec<PathBuf>> {
     if !(options.endpoint.starts_with("http://") || options.endpoint.starts_with("https://")) {
         bail!(
@@ -320,6 +401,14 @@ fn fetch_file(
         }
         if status >= 500 || status == 429 {
             return Err(transient(format!("server answered HTTP {status}")));
+        }
+        if status == 404 {
+            return Err(anyhow!(NotOnServer(
+                target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default()
+            )));
         }
         if status == 401 || status == 403 {
             bail!("server answered HTTP {status}: the repository needs an access token (HF_TOKEN)");

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use ember_finetune::spam_finetune::{SpamConfig, classify_text, finetune_spam, load_classifier};
-use ember_tokenizer::Gpt2Tokenizer;
 
 use crate::runs::{RunArgs, interrupt_flag};
 
@@ -86,8 +85,7 @@ pub fn classify(model: &std::path::Path, text: &str, json: bool, device: &Device
     if text.trim().is_empty() {
         bail!("the text to classify is empty");
     }
-    let (classifier, info) = load_classifier(model, device)?;
-    let tokenizer = Gpt2Tokenizer::gpt2()?;
+    let (classifier, info, tokenizer) = load_classifier(model, device)?;
     let probs = classify_text(&classifier, &info, &tokenizer, text, device)?;
     let best = probs
         .iter()
@@ -122,8 +120,8 @@ pub fn classify(model: &std::path::Path, text: &str, json: bool, device: &Device
 pub struct InstructArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// Start from this model: a Hugging Face GPT-2 directory, an Ember checkpoint, a
-    /// pretraining run directory, or a book .pth file.
+    /// Start from this model: a Hugging Face directory (GPT-2, Llama 3.x, Qwen3), an
+    /// Ember model, a pretraining run directory, or a book .pth file.
     #[arg(long, conflicts_with = "from_scratch")]
     pub base: Option<PathBuf>,
     /// Start from random weights (the `model` section: tiny by default).
@@ -135,6 +133,10 @@ pub struct InstructArgs {
     /// Answer only the first N test entries (default: all).
     #[arg(long)]
     pub responses: Option<usize>,
+    /// Train LoRA adapters of this rank instead of the whole model (merged into the
+    /// saved model).
+    #[arg(long)]
+    pub lora: Option<usize>,
     /// The instruction data (JSON list of instruction/input/output).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -157,6 +159,9 @@ pub fn instruct(args: InstructArgs, device: &Device) -> Result<()> {
             }
             if let Some(n) = args.responses {
                 c.responses = Some(n);
+            }
+            if let Some(rank) = args.lora {
+                c.lora_rank = Some(rank);
             }
             if let Some(data) = &args.data {
                 c.data = data.clone();

@@ -12,3 +12,4 @@ pub mod finetune;
 pub mod judge;
 pub mod model_arg;
 pub mod runs;
+pub mod text;

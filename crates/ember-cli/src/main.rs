@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ember_cli::{backend, commands, model_arg::ModelArgs};
-use ember_model::{GenerationConfig, GptConfig};
+use ember_cli::{backend, commands};
+use ember_model::GptConfig;
 
 // Training allocates and frees tensors of tens of megabytes every step; glibc's malloc
 // hands each back to the kernel and faults it in again (a fifth of a step's time,
@@ -102,48 +102,9 @@ enum Command {
         json: bool,
     },
     /// Continue a prompt.
-    Generate {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// The prompt.
-        #[arg(long)]
-        prompt: String,
-        /// Tokens to generate at most.
-        #[arg(long, default_value_t = 50)]
-        max_new_tokens: usize,
-        /// Sampling temperature; 0 is greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f64,
-        /// Sample among the k most likely tokens.
-        #[arg(long)]
-        top_k: Option<usize>,
-        /// Sample within the top-p probability mass.
-        #[arg(long)]
-        top_p: Option<f64>,
-        /// Seed of the sampler.
-        #[arg(long, default_value_t = 123)]
-        seed: u64,
-        /// Recompute every position at each step instead of using the KV cache.
-        #[arg(long)]
-        no_kv_cache: bool,
-        /// Keep going after `<|endoftext|>`.
-        #[arg(long)]
-        no_stop: bool,
-        /// Print `{"prompt_ids", "generated_ids", "text"}` instead of streaming.
-        #[arg(long)]
-        json: bool,
-    },
+    Generate(ember_cli::text::GenerateArgs),
     /// Mean next-token loss and perplexity of a text file.
-    Perplexity {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// The text.
-        #[arg(long)]
-        text_file: PathBuf,
-        /// Print `{"tokens", "loss", "perplexity"}`.
-        #[arg(long)]
-        json: bool,
-    },
+    Perplexity(ember_cli::text::PerplexityArgs),
     /// Pretrain a GPT (chapter 5, appendix D).
     Pretrain(commands::PretrainArgs),
     /// Fine-tune a spam classifier on the SMS Spam Collection (chapter 6, appendix E).
@@ -169,27 +130,10 @@ enum Command {
     Download(ember_cli::download::DownloadArgs),
     /// Score model responses 0-100 with an LLM judge (Ollama or OpenAI-compatible).
     Judge(ember_cli::judge::JudgeArgs),
-    /// Talk to an instruction-tuned model: each line is wrapped in the Alpaca prompt and
-    /// the answer streams back. An empty line or `exit` quits.
-    Chat {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Text put before every message inside the instruction.
-        #[arg(long)]
-        system: Option<String>,
-        /// Tokens per answer at most.
-        #[arg(long, default_value_t = 256)]
-        max_new_tokens: usize,
-        /// Sampling temperature; 0 is greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f64,
-        /// Sample among the k most likely tokens.
-        #[arg(long)]
-        top_k: Option<usize>,
-        /// Seed of the sampler.
-        #[arg(long, default_value_t = 123)]
-        seed: u64,
-    },
+    /// Talk to a model: the conversation is rendered with its chat template (the book's
+    /// Alpaca prompt for GPT-2 models without one) and each answer streams back. An
+    /// empty line or `exit` quits; `--message` answers one message and exits.
+    Chat(ember_cli::text::ChatArgs),
     /// List the backends compiled into this binary.
     Backends,
 }
@@ -226,46 +170,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot describe the model {}", path.display()))?
                         .0
                 }
-                None => GptConfig::preset(&preset)?,
+                None => ember_model::ModelConfig::Gpt2(GptConfig::preset(&preset)?),
             };
             commands::info(&config, json)
         }
-        Command::Generate {
-            model,
-            prompt,
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            no_kv_cache,
-            no_stop,
-            json,
-        } => {
-            let config = GenerationConfig {
-                max_new_tokens,
-                temperature,
-                top_k,
-                top_p,
-                seed,
-                stop_token: (!no_stop).then_some(commands::EOT),
-                use_kv_cache: !no_kv_cache,
-            };
-            commands::generate_text(
-                &model,
-                commands::GenerateArgs {
-                    prompt: &prompt,
-                    config,
-                    json,
-                },
-                &device()?,
-            )
-        }
-        Command::Perplexity {
-            model,
-            text_file,
-            json,
-        } => commands::perplexity(&model, &text_file, json, &device()?),
+        Command::Generate(args) => ember_cli::text::generate_text(&args, &device()?),
+        Command::Perplexity(args) => ember_cli::text::perplexity(&args, &device()?),
         Command::Pretrain(args) => commands::pretrain(args, &device()?),
         Command::FinetuneSpam(args) => ember_cli::finetune::spam(args, &device()?),
         Command::FinetuneInstruct(args) => ember_cli::finetune::instruct(args, &device()?),
@@ -289,25 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Download(args) => ember_cli::download::run(args),
         Command::Judge(args) => ember_cli::judge::run(args),
-        Command::Chat {
-            model,
-            system,
-            max_new_tokens,
-            temperature,
-            top_k,
-            seed,
-        } => {
-            let config = GenerationConfig {
-                max_new_tokens,
-                temperature,
-                top_k,
-                top_p: None,
-                seed,
-                stop_token: Some(commands::EOT),
-                use_kv_cache: true,
-            };
-            commands::chat(&model, system.as_deref(), config, &device()?)
-        }
+        Command::Chat(args) => ember_cli::text::chat(&args, &device()?),
         Command::Backends => {
             println!("{}", backend::available().join("\n"));
             Ok(())

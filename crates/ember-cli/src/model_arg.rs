@@ -5,13 +5,17 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::prelude::Device;
 use clap::Args;
-use ember_model::{GptConfig, LoadedModel, load_model, read_model_config};
+use ember_model::{
+    GptConfig, LoadedModel, ModelConfig, load_model, model_tokenizer, read_model_config,
+};
+use ember_tokenizer::ModelTokenizer;
 
 /// Where a model comes from.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// A Hugging Face GPT-2 directory, an Ember checkpoint or run directory, or a book
-    /// `.pth` state dict (which needs --preset or --config).
+    /// A model directory as the Hub ships it (GPT-2, Llama 3.x, Qwen3), a model Ember
+    /// saved or its run directory, or a book `.pth` state dict (which needs --preset or
+    /// --config).
     #[arg(long)]
     pub model: PathBuf,
     /// Architecture preset for a `.pth` file (gpt2-small, gpt2-medium, gpt2-large,
@@ -35,10 +39,25 @@ impl ModelArgs {
                 c.qkv_bias |= self.qkv_bias;
                 Some(c)
             }
-            (None, Some(path)) => Some(read_model_config(path)?.0),
+            (None, Some(path)) => match read_model_config(path)?.0 {
+                ModelConfig::Gpt2(c) => Some(c),
+                other => anyhow::bail!(
+                    "{}: a {} configuration; a .pth file holds a GPT-2 model",
+                    path.display(),
+                    other.model_type()
+                ),
+            },
             (None, None) => None,
         };
         load_model(&self.model, config.as_ref(), device)
             .with_context(|| format!("cannot load the model {}", self.model.display()))
+    }
+
+    /// Load the model and the tokenizer that goes with it.
+    pub fn load_with_tokenizer(&self, device: &Device) -> Result<(LoadedModel, ModelTokenizer)> {
+        let loaded = self.load(device)?;
+        let tokenizer = model_tokenizer(&loaded)
+            .with_context(|| format!("cannot load the model {}", self.model.display()))?;
+        Ok((loaded, tokenizer))
     }
 }

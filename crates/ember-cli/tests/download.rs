@@ -58,6 +58,12 @@ fn handle(hub: &Hub, mut stream: TcpStream) {
         }
     }
     let file = path.rsplit('/').next().unwrap_or("");
+    if !["config.json", "model.safetensors"].contains(&file) {
+        // Like the Hub for a file the repository does not have.
+        let _ = stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
     let body: &[u8] = if file == "config.json" {
         &hub.config
     } else {

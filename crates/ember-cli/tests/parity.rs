@@ -85,17 +85,25 @@ fn assert_rel(actual: f64, expected: f64, tol: f64, what: &str) {
 }
 
 fn hf_model(device: &Device) -> GptModel {
-    load_model(&fixture_dir(), None, device).unwrap().model
+    load_model(&fixture_dir(), None, device)
+        .unwrap()
+        .into_gpt2()
+        .unwrap()
 }
 
 fn book_model(tied: bool, device: &Device) -> GptModel {
-    let config = read_model_config(&fixture_dir().join("config.json"))
-        .unwrap()
-        .0
-        .with_tied_embeddings(tied);
+    let ember_model::ModelConfig::Gpt2(config) =
+        read_model_config(&fixture_dir().join("config.json"))
+            .unwrap()
+            .0
+    else {
+        unreachable!("the fixture is a GPT-2 model")
+    };
+    let config = config.with_tied_embeddings(tied);
     load_model(&fixture_dir().join("model.pth"), Some(&config), device)
         .unwrap()
-        .model
+        .into_gpt2()
+        .unwrap()
 }
 
 fn check_logits(model: &GptModel, device: &Device, source: &str) {

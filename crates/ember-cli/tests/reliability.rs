@@ -367,6 +367,11 @@ fn stalling_hub(data: Vec<u8>, stall_after: usize) -> (String, Arc<AtomicUsize>)
     let seen = ranged.clone();
     let stalled = Arc::new(AtomicUsize::new(0));
     let url = serve(move |request, stream: &mut TcpStream| {
+        if !request.path.ends_with("/config.json") && !request.path.ends_with("/model.safetensors")
+        {
+            respond(stream, "404 Not Found", &[], b"");
+            return;
+        }
         let etag = "\"v1\"".to_string();
         let start: usize = request
             .header("range")
@@ -457,6 +462,11 @@ fn a_stale_part_file_is_not_trusted_without_the_server_confirming_it() {
     let seen = ranges.clone();
     let served = data.clone();
     let url = serve(move |request, stream: &mut TcpStream| {
+        if !request.path.ends_with("/config.json") && !request.path.ends_with("/model.safetensors")
+        {
+            respond(stream, "404 Not Found", &[], b"");
+            return;
+        }
         if request.header("range").is_some() {
             seen.fetch_add(1, Ordering::SeqCst);
         }

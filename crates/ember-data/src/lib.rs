@@ -24,6 +24,7 @@ pub mod files;
 mod instruction;
 mod plan;
 pub mod progress;
+mod prompt;
 mod shards;
 mod window;
 
@@ -37,6 +38,7 @@ pub use instruction::{
     format_prompt, read_instruction_data, read_json_list,
 };
 pub use plan::{EpochPlan, evaluation_batches};
+pub use prompt::{conversation_prompt, instruction_message, instruction_prompt};
 pub use shards::{
     HEADER_BYTES, HEADER_INTS, PrepareOptions, PrepareSummary, SHARD_MAGIC, SHARD_VERSION,
     ShardDataset, prepare_corpus, read_shard, write_shard,

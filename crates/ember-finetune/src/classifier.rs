@@ -1,11 +1,11 @@
-//! The classification model of chapter 6: a GPT whose output head is replaced by a
-//! `d_model → num_classes` layer read at the last token, with the book's partial
-//! freezing.
+//! The classification model of chapter 6: a language model (GPT-2, or any other
+//! architecture Ember runs) whose output head is replaced by a `d_model → num_classes`
+//! layer read at the last token, with the book's partial freezing.
 
 use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use ember_model::GptModel;
+use ember_model::LanguageModel;
 
 /// Which parameters train (section 6.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,15 +23,15 @@ pub enum Trainable {
 #[derive(Module, Debug)]
 pub struct GptClassifier {
     /// The transformer (its language-model head is not used).
-    pub gpt: GptModel,
+    pub gpt: LanguageModel,
     /// `[d_model, num_classes]`
     pub head: Linear,
 }
 
 impl GptClassifier {
     /// Puts a freshly initialised `d_model → num_classes` head on `gpt`.
-    pub fn new(gpt: GptModel, num_classes: usize, device: &Device) -> Self {
-        let d_model = gpt.wte.weight.dims()[1];
+    pub fn new(gpt: LanguageModel, num_classes: usize, device: &Device) -> Self {
+        let d_model = gpt.hidden_size();
         Self {
             gpt,
             head: LinearConfig::new(d_model, num_classes).init(device),
@@ -47,22 +47,7 @@ impl GptClassifier {
                 self
             }
             Trainable::LastBlocks(n) => {
-                let mut gpt = self.gpt.no_grad();
-                let first = gpt.h.len().saturating_sub(n);
-                gpt.h = gpt
-                    .h
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, block)| {
-                        if i >= first {
-                            block.set_require_grad(true)
-                        } else {
-                            block
-                        }
-                    })
-                    .collect();
-                gpt.ln_f = gpt.ln_f.set_require_grad(true);
-                self.gpt = gpt;
+                self.gpt = self.gpt.freeze_all_but_last_blocks(n);
                 self
             }
         }
@@ -94,11 +79,7 @@ impl GptClassifier {
     /// no adapter, as in the book.
     pub fn with_lora(self, rank: usize, alpha: f64) -> Self {
         let mut paths = vec!["head.weight".to_string()];
-        for i in 0..self.gpt.h.len() {
-            for layer in ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"] {
-                paths.push(format!("gpt.h.{i}.{layer}.weight"));
-            }
-        }
+        paths.extend(self.gpt.lora_targets("gpt."));
         self.apply_lora(Lora::new(rank, alpha).set_param_group(ParamGroup::from_paths(paths)))
     }
 
@@ -223,10 +204,13 @@ mod tests {
             tie_embeddings: true,
             weight_init: Default::default(),
         };
-        let model = GptClassifier::new(config.init(&device), 2, &device);
+        let model = GptClassifier::new(LanguageModel::Gpt2(config.init(&device)), 2, &device);
         let all = model.num_trainable_params();
         assert_eq!(all, config.num_params() + 16 * 2 + 2);
-        let block = model.gpt.h[2].num_params();
+        let LanguageModel::Gpt2(gpt) = &model.gpt else {
+            unreachable!()
+        };
+        let block = gpt.h[2].num_params();
         let frozen = model.with_trainable(Trainable::LastBlocks(1));
         assert_eq!(frozen.num_trainable_params(), block + 2 * 16 + 16 * 2 + 2);
         let head_only = frozen.with_trainable(Trainable::HeadOnly);
@@ -257,7 +241,7 @@ mod tests {
             tie_embeddings: true,
             weight_init: Default::default(),
         };
-        let model = GptClassifier::new(config.init(&device), 2, &device);
+        let model = GptClassifier::new(LanguageModel::Gpt2(config.init(&device)), 2, &device);
         let ids =
             Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 7, 3, 9], [1, 4]), &device);
         let before = model.forward(ids.clone()).into_data();

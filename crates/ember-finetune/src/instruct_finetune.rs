@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use burn::module::{Lora, Module, ParamGroup};
 use burn::prelude::*;
 use ember_data::{
-    InstructionEntry, book_split, collate_instructions, format_example, format_prompt,
+    InstructionEntry, book_split, collate_instructions, format_input, instruction_prompt,
     read_instruction_data,
 };
-use ember_model::{GenerationConfig, GptConfig, GptModel, generate, save_model};
-use ember_tokenizer::{END_OF_TEXT_ID, Gpt2Tokenizer, Tokenizer};
+use ember_model::{CausalLm, GenerationConfig, GptConfig, LanguageModel, generate, save_model};
+use ember_tokenizer::ModelTokenizer;
 use ember_train::{
     Evaluation, InvalidSetting, Run, RunConfig, RunOptions, TrainConfig, TrainError, TrainTask,
     cross_entropy, mean_loss, token_tensors,
@@ -51,6 +52,13 @@ pub struct InstructConfig {
     /// Answer only the first N test entries (unset: all 110).
     #[serde(default)]
     pub responses: Option<usize>,
+    /// Train LoRA adapters of this rank on every projection of every block instead of
+    /// the whole model (appendix E); they are merged into the saved model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_rank: Option<usize>,
+    /// LoRA alpha (the book: 16).
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f64,
     /// Optimisation (the book: AdamW 5e-5, weight decay 0.1, 2 epochs, batch 8).
     pub train: TrainConfig,
 }
@@ -70,9 +78,15 @@ impl InstructConfig {
             mask_instruction: false,
             max_new_tokens: 256,
             responses: None,
+            lora_rank: None,
+            lora_alpha: default_lora_alpha(),
             train: TrainConfig::finetune(2, 5),
         }
     }
+}
+
+fn default_lora_alpha() -> f64 {
+    16.0
 }
 
 impl RunConfig for InstructConfig {
@@ -116,20 +130,25 @@ struct Examples {
     max_length: usize,
     /// Leave the prompt out of the loss.
     mask_prompt: bool,
+    /// Appended to each answer, and padding: the token that ends an answer.
+    end_id: u32,
 }
 
 impl Examples {
+    /// Each entry as the model is asked (its chat template, or the Alpaca prompt)
+    /// followed by the answer; the collate appends the end-of-answer token.
     fn new(
         entries: &[InstructionEntry],
-        tokenizer: &Gpt2Tokenizer,
+        tokenizer: &ModelTokenizer,
         max_length: usize,
         mask_prompt: bool,
     ) -> Result<Self, FinetuneError> {
         let mut ids = Vec::with_capacity(entries.len());
         let mut prompt_lens = Vec::with_capacity(entries.len());
         for entry in entries {
-            let full = tokenizer.encode(&format_example(entry, &entry.output), false)?;
-            let prompt = tokenizer.encode(&format_prompt(entry), false)?;
+            let prompt_text = instruction_prompt(tokenizer, entry)?;
+            let full = tokenizer.encode_rendered(&format!("{prompt_text}{}", entry.output))?;
+            let prompt = tokenizer.encode_rendered(&prompt_text)?;
             prompt_lens.push(prompt.len().min(full.len()));
             ids.push(full);
         }
@@ -138,6 +157,7 @@ impl Examples {
             prompt_lens,
             max_length,
             mask_prompt,
+            end_id: tokenizer.end_of_turn_id(),
         })
     }
 
@@ -146,12 +166,12 @@ impl Examples {
     }
 
     /// The next-token loss of `rows`, collated as the book does.
-    fn loss(&self, model: &GptModel, rows: &[usize], device: &Device) -> Tensor<1> {
+    fn loss(&self, model: &LanguageModel, rows: &[usize], device: &Device) -> Tensor<1> {
         let seqs: Vec<&[u32]> = rows.iter().map(|&r| self.ids[r].as_slice()).collect();
         let lens: Vec<usize> = rows.iter().map(|&r| self.prompt_lens[r]).collect();
         let batch = collate_instructions(
             &seqs,
-            END_OF_TEXT_ID,
+            self.end_id,
             Some(self.max_length),
             self.mask_prompt.then_some(&lens[..]),
         );
@@ -164,12 +184,12 @@ struct InstructTask<'a> {
     train: Examples,
     val: Examples,
     sample_entry: InstructionEntry,
-    tokenizer: &'a Gpt2Tokenizer,
+    tokenizer: &'a ModelTokenizer,
     config: &'a InstructConfig,
 }
 
 impl TrainTask for InstructTask<'_> {
-    type Model = GptModel;
+    type Model = LanguageModel;
 
     fn num_examples(&self) -> usize {
         self.train.len()
@@ -177,7 +197,7 @@ impl TrainTask for InstructTask<'_> {
 
     fn batch_loss(
         &self,
-        model: &GptModel,
+        model: &LanguageModel,
         rows: &[usize],
         device: &Device,
     ) -> Result<Tensor<1>, TrainError> {
@@ -193,7 +213,7 @@ impl TrainTask for InstructTask<'_> {
         (rows.len() * longest.min(self.train.max_length)) as u64
     }
 
-    fn evaluate(&self, model: &GptModel, device: &Device) -> Result<Evaluation, TrainError> {
+    fn evaluate(&self, model: &LanguageModel, device: &Device) -> Result<Evaluation, TrainError> {
         let t = &self.config.train;
         let loss = |examples: &Examples| {
             mean_loss(examples.len(), t.batch_size, t.eval_iter, |rows| {
@@ -207,7 +227,7 @@ impl TrainTask for InstructTask<'_> {
         })
     }
 
-    fn epoch_report(&self, model: &GptModel, device: &Device) -> Option<String> {
+    fn epoch_report(&self, model: &LanguageModel, device: &Device) -> Option<String> {
         respond(
             model,
             self.tokenizer,
@@ -219,30 +239,44 @@ impl TrainTask for InstructTask<'_> {
     }
 }
 
-/// The model's answer to `entry` (the book's section 7.7): greedy decoding of the
-/// Alpaca prompt until `<|endoftext|>` or `max_new_tokens`, the prompt and the
-/// response header stripped.
+/// The model's answer to `entry` (the book's section 7.7): greedy decoding until an
+/// end-of-text token or `max_new_tokens`. A model with a chat template is asked through
+/// it; a GPT-2 model as the book asks, with the Alpaca prompt (the response header, if
+/// the model writes one, removed).
 pub fn respond(
-    model: &GptModel,
-    tokenizer: &Gpt2Tokenizer,
+    model: &LanguageModel,
+    tokenizer: &ModelTokenizer,
     entry: &InstructionEntry,
     max_new_tokens: usize,
     device: &Device,
 ) -> Result<String, FinetuneError> {
     // A prompt longer than the context is cut to its last `context` tokens by
     // `generate`, as the book's `generate` does.
-    let ids = tokenizer.encode(&ember_data::format_input(entry), false)?;
+    let chat = tokenizer.chat_template().is_some();
+    let prompt = if chat {
+        instruction_prompt(tokenizer, entry)?
+    } else {
+        format_input(entry)
+    };
+    let ids = tokenizer.encode_rendered(&prompt)?;
     let config = GenerationConfig {
         max_new_tokens,
-        stop_token: Some(END_OF_TEXT_ID),
+        stop_tokens: tokenizer.eos_ids().to_vec(),
         ..Default::default()
     };
     let mut new = generate(model, &ids, &config, device, |_| {})?;
-    if new.last() == Some(&END_OF_TEXT_ID) {
+    if new
+        .last()
+        .is_some_and(|id| tokenizer.eos_ids().contains(id))
+    {
         new.pop();
     }
     let text = tokenizer.decode(&new)?;
-    Ok(text.replace("### Response:", "").trim().to_string())
+    Ok(if chat {
+        text.trim().to_string()
+    } else {
+        text.replace("### Response:", "").trim().to_string()
+    })
 }
 
 /// What an instruction fine-tuning run reached (`results.json`).
@@ -291,10 +325,16 @@ pub fn finetune_instruct(
             ),
         });
     }
-    let tokenizer = Gpt2Tokenizer::gpt2()?;
-    let model = base_model(config.base.as_deref(), &config.model, run.train_device())?
-        .with_dropout(config.drop_rate);
-    let max_length = config.allowed_max_length.min(model.context_length);
+    let (model, tokenizer) = base_model(config.base.as_deref(), &config.model, run.train_device())?;
+    let model = model.with_dropout(config.drop_rate);
+    let max_length = config.allowed_max_length.min(model.context_length());
+    let model = match config.lora_rank {
+        Some(rank) => {
+            let targets = ParamGroup::from_paths(model.lora_targets(""));
+            model.apply_lora(Lora::new(rank, config.lora_alpha).set_param_group(targets))
+        }
+        None => model,
+    };
     let examples =
         |entries| Examples::new(entries, &tokenizer, max_length, config.mask_instruction);
     let task = InstructTask {
@@ -307,8 +347,9 @@ pub fn finetune_instruct(
     let started = Instant::now();
     let outcome = run.fit(&task, model)?;
     let train_seconds = started.elapsed().as_secs_f64();
-    let model = outcome.model.valid();
-    save_model(&model, &run.dir().model())?;
+    // Adapters are folded into the weights: the saved model is an ordinary one.
+    let model = outcome.model.valid().materialize();
+    save_model(&model, &tokenizer, &run.dir().model())?;
 
     let started = Instant::now();
     let count = config.responses.unwrap_or(test.len()).min(test.len());

@@ -19,8 +19,8 @@ use burn::tensor::Bytes;
 use burn::tensor::activation::softmax;
 use ember_data::collate_labeled;
 use ember_data::files::write_atomic;
-use ember_model::{GptConfig, load_model, save_model};
-use ember_tokenizer::{END_OF_TEXT_ID, Gpt2Tokenizer, Tokenizer};
+use ember_model::{CausalLm, GptConfig, load_model, model_tokenizer, save_model};
+use ember_tokenizer::ModelTokenizer;
 use ember_train::{
     Evaluation, InvalidSetting, Run, RunConfig, RunOptions, TrainConfig, TrainError, TrainTask,
     labeled_tensors, over_eval_batches,
@@ -146,8 +146,8 @@ pub fn parse_trainable(text: &str) -> Result<Trainable, InvalidSetting> {
     }
 }
 
-/// Messages tokenized (the book's `SpamDataset`), padded with `<|endoftext|>` to one
-/// length when batched.
+/// Messages tokenized (the book's `SpamDataset`), padded with the end-of-text token
+/// (`<|endoftext|>` for GPT-2) to one length when batched.
 #[derive(Debug, Clone)]
 pub struct LabeledTexts {
     /// Token ids of each message.
@@ -156,24 +156,27 @@ pub struct LabeledTexts {
     pub labels: Vec<i64>,
     /// Tokens per row once padded or truncated.
     pub max_length: usize,
+    /// The padding token.
+    pub pad_id: u32,
 }
 
 impl LabeledTexts {
     /// Tokenizes `examples`, to be truncated to `max_length` (default: the longest).
     pub fn new(
         examples: &[SmsExample],
-        tokenizer: &Gpt2Tokenizer,
+        tokenizer: &ModelTokenizer,
         max_length: Option<usize>,
     ) -> Result<Self, FinetuneError> {
         let ids: Vec<Vec<u32>> = examples
             .iter()
-            .map(|e| tokenizer.encode(&e.text, false))
+            .map(|e| tokenizer.encode(&e.text))
             .collect::<Result<_, _>>()?;
         let max_length = max_length.unwrap_or_else(|| ids.iter().map(Vec::len).max().unwrap_or(1));
         Ok(Self {
             ids,
             labels: examples.iter().map(|e| i64::from(e.label)).collect(),
             max_length,
+            pad_id: tokenizer.end_of_turn_id(),
         })
     }
 
@@ -192,7 +195,7 @@ impl LabeledTexts {
         let texts: Vec<&[u32]> = rows.iter().map(|&r| self.ids[r].as_slice()).collect();
         let labels: Vec<i64> = rows.iter().map(|&r| self.labels[r]).collect();
         labeled_tensors(
-            &collate_labeled(&texts, &labels, END_OF_TEXT_ID, self.max_length),
+            &collate_labeled(&texts, &labels, self.pad_id, self.max_length),
             device,
         )
     }
@@ -320,10 +323,9 @@ pub fn finetune_spam(
     let started = Instant::now();
     let run = Run::start(config, run_dir, device, options)?;
     let split = book_split(&config.data)?;
-    let tokenizer = Gpt2Tokenizer::gpt2()?;
-    let gpt = base_model(config.base.as_deref(), &config.model, run.train_device())?
-        .with_dropout(config.drop_rate);
-    let context = gpt.context_length;
+    let (gpt, tokenizer) = base_model(config.base.as_deref(), &config.model, run.train_device())?;
+    let gpt = gpt.with_dropout(config.drop_rate);
+    let context = gpt.context_length();
     let max_length = match config.max_length {
         Some(n) => n,
         None => LabeledTexts::new(&split.train, &tokenizer, None)?
@@ -398,6 +400,7 @@ pub fn finetune_spam(
             labels: SPAM_LABELS.iter().map(|s| s.to_string()).collect(),
             max_length,
         },
+        &tokenizer,
         &run.dir().model(),
     )?;
     run.dir().write_json("results.json", &results)?;
@@ -407,7 +410,7 @@ pub fn finetune_spam(
 /// Refuses settings the model cannot honour: `last-N` beyond its blocks, a LoRA rank
 /// beyond the smallest adapted dimension.
 fn check_trainable(model: &GptClassifier, config: &SpamConfig) -> Result<(), FinetuneError> {
-    let blocks = model.gpt.h.len();
+    let blocks = model.gpt.num_blocks();
     if let (None, Ok(Trainable::LastBlocks(n))) = (config.lora_rank, config.trainable())
         && n > blocks
     {
@@ -415,7 +418,7 @@ fn check_trainable(model: &GptClassifier, config: &SpamConfig) -> Result<(), Fin
             "trainable last-{n}: the model has {blocks} blocks"
         )));
     }
-    let width = model.gpt.wte.weight.dims()[1];
+    let width = model.gpt.hidden_size();
     if let Some(rank) = config.lora_rank
         && rank > width
     {
@@ -468,14 +471,15 @@ pub fn load_adapters(model: GptClassifier, path: &Path) -> Result<GptClassifier,
         })
 }
 
-/// Saves a classifier: the GPT as a model directory, the head as `classifier.bpk`, the
-/// labels and padded length as `classifier.json`.
+/// Saves a classifier: the GPT and its tokenizer as a model directory, the head as
+/// `classifier.bpk`, the labels and padded length as `classifier.json`.
 pub fn save_classifier(
     model: &GptClassifier,
     info: &ClassifierInfo,
+    tokenizer: &ModelTokenizer,
     dir: &Path,
 ) -> Result<(), FinetuneError> {
-    save_model(&model.gpt, dir)?;
+    save_model(&model.gpt, tokenizer, dir)?;
     let head_path = dir.join("classifier.bpk");
     let head =
         model
@@ -499,7 +503,7 @@ pub fn save_classifier(
 pub fn load_classifier(
     path: &Path,
     device: &Device,
-) -> Result<(GptClassifier, ClassifierInfo), FinetuneError> {
+) -> Result<(GptClassifier, ClassifierInfo, ModelTokenizer), FinetuneError> {
     let dir = ember_model::resolve_model_path(path);
     let info_path = dir.join("classifier.json");
     let bad = |message: String| FinetuneError::BadFile {
@@ -512,17 +516,20 @@ pub fn load_classifier(
         ))
     })?;
     let info: ClassifierInfo = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let gpt = load_model(&dir, None, device)?.model;
+    let loaded = load_model(&dir, None, device)?;
+    let tokenizer = model_tokenizer(&loaded)?;
+    let gpt = loaded.model;
     if info.labels.len() < 2 {
         return Err(bad(format!(
             "{} label(s); a classifier needs at least 2",
             info.labels.len()
         )));
     }
-    if info.max_length == 0 || info.max_length > gpt.context_length {
+    if info.max_length == 0 || info.max_length > gpt.context_length() {
         return Err(bad(format!(
             "max_length {} must be between 1 and the model's context length {}",
-            info.max_length, gpt.context_length
+            info.max_length,
+            gpt.context_length()
         )));
     }
     let mut model = GptClassifier::new(gpt, info.labels.len(), device);
@@ -534,7 +541,7 @@ pub fn load_classifier(
             path: head_path.clone(),
             message: e.to_string(),
         })?;
-    Ok((model, info))
+    Ok((model, info, tokenizer))
 }
 
 /// Class probabilities of `text` (the book's `classify_review`): tokenized, truncated
@@ -542,7 +549,7 @@ pub fn load_classifier(
 pub fn classify_text(
     model: &GptClassifier,
     info: &ClassifierInfo,
-    tokenizer: &Gpt2Tokenizer,
+    tokenizer: &ModelTokenizer,
     text: &str,
     device: &Device,
 ) -> Result<Vec<f64>, FinetuneError> {

@@ -13,7 +13,6 @@ use ember_finetune::spam_finetune::{
     SpamConfig, classify_text, finetune_spam, load_adapters, load_classifier,
 };
 use ember_model::{GptConfig, load_model};
-use ember_tokenizer::Gpt2Tokenizer;
 use ember_train::{MetricsLine, RunMode, RunOptions};
 
 fn root() -> PathBuf {
@@ -85,9 +84,8 @@ fn spam_classifier_learns_saves_and_reloads() {
     }
 
     // The saved classifier gives the probabilities the trained one gives.
-    let (model, info) = load_classifier(&run, &device).unwrap();
+    let (model, info, tokenizer) = load_classifier(&run, &device).unwrap();
     assert_eq!(info.labels, ["ham", "spam"]);
-    let tokenizer = Gpt2Tokenizer::gpt2().unwrap();
     let text = "WINNER!! You have won a 1000 cash prize. Call 09061701461 to claim now";
     let probs = classify_text(&model, &info, &tokenizer, text, &device).unwrap();
     assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5);
@@ -118,7 +116,12 @@ fn lora_trains_adapters_that_can_be_saved_alone() {
     let device = Device::ndarray();
     device.seed(5);
     // A base model on disk, as a pretraining run would leave it.
-    ember_model::save_model(&small_model().init(&device), &base).unwrap();
+    ember_model::save_model(
+        &ember_model::LanguageModel::Gpt2(small_model().init(&device)),
+        &ember_tokenizer::ModelTokenizer::gpt2().unwrap(),
+        &base,
+    )
+    .unwrap();
     let mut config = spam_config();
     config.base = Some(base.clone());
     config.lora_rank = Some(4);
@@ -133,13 +136,12 @@ fn lora_trains_adapters_that_can_be_saved_alone() {
     assert_eq!(results.trainable_params, 2 * per_block + r * (d + 2));
 
     // Base + the adapters file = the merged classifier that was saved.
-    let (merged, info) = load_classifier(&run, &device).unwrap();
+    let (merged, info, tokenizer) = load_classifier(&run, &device).unwrap();
     let gpt = load_model(&base, None, &device).unwrap().model;
     let fresh = GptClassifier::new(gpt, 2, &device).with_lora(4, 8.0);
     // The head is not an adapter: take the trained one.
     let mut restored = load_adapters(fresh, &run.join("adapters.bpk")).unwrap();
     restored.head.bias = merged.head.bias.clone();
-    let tokenizer = Gpt2Tokenizer::gpt2().unwrap();
     let text = "Are we still meeting for lunch today?";
     let a = classify_text(&merged, &info, &tokenizer, text, &device).unwrap();
     let b = classify_text(&restored, &info, &tokenizer, text, &device).unwrap();
@@ -214,9 +216,10 @@ fn instruction_run_trains_and_answers_the_test_entries() {
     assert_eq!(answered[0]["instruction"], data[85]["instruction"]);
     assert!(answered.iter().all(|e| e["model_response"].is_string()));
     // The model written at the end answers the same way as during the run.
-    let model = load_model(&run.join("model"), None, &device).unwrap().model;
+    let loaded = load_model(&run.join("model"), None, &device).unwrap();
+    let tokenizer = ember_model::model_tokenizer(&loaded).unwrap();
+    let model = loaded.model;
     let entry: ember_data::InstructionEntry = serde_json::from_value(data[85].clone()).unwrap();
-    let tokenizer = Gpt2Tokenizer::gpt2().unwrap();
     let again =
         ember_finetune::instruct_finetune::respond(&model, &tokenizer, &entry, 8, &device).unwrap();
     assert_eq!(again, answered[0]["model_response"].as_str().unwrap());
@@ -233,12 +236,14 @@ fn a_corrupt_classifier_json_is_refused_by_name() {
     use ember_finetune::spam_finetune::{ClassifierInfo, save_classifier};
     let dir = tempfile::tempdir().unwrap();
     let device = Device::ndarray();
-    let model = GptClassifier::new(small_model().init(&device), 2, &device);
+    let gpt = ember_model::LanguageModel::Gpt2(small_model().init(&device));
+    let model = GptClassifier::new(gpt, 2, &device);
     let info = ClassifierInfo {
         labels: vec!["ham".into(), "spam".into()],
         max_length: 16,
     };
-    save_classifier(&model, &info, dir.path()).unwrap();
+    let tokenizer = ember_tokenizer::ModelTokenizer::gpt2().unwrap();
+    save_classifier(&model, &info, &tokenizer, dir.path()).unwrap();
     load_classifier(dir.path(), &device).unwrap();
     for (json, needle) in [
         (
@@ -259,4 +264,48 @@ fn a_corrupt_classifier_json_is_refused_by_name() {
         let err = error_chain(&load_classifier(dir.path(), &device).unwrap_err());
         assert!(err.contains(needle), "{err}");
     }
+}
+
+/// Chapter 7's run on a Qwen3 base with LoRA: the model is asked through its chat
+/// template, the loss falls, and the saved model (adapters merged, tokenizer files
+/// beside it) reloads and answers as it did in the run.
+#[test]
+fn lora_instruction_tuning_of_qwen3_lowers_its_loss_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::ndarray();
+    let data: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(root().join("datasets/instruction-data.json")).unwrap(),
+    )
+    .unwrap();
+    let path = dir.path().join("data.json");
+    std::fs::write(&path, serde_json::to_string(&data[..100]).unwrap()).unwrap();
+    let mut config = InstructConfig::book();
+    config.data = path;
+    config.base = Some(root().join("tests/fixtures/tiny-qwen3"));
+    config.lora_rank = Some(8);
+    config.train.lr = 5e-3;
+    config.train.max_steps = Some(10);
+    config.train.eval_freq = 9;
+    config.train.sample_tokens = 4;
+    config.max_new_tokens = 6;
+    config.responses = Some(2);
+    let run = dir.path().join("qwen3");
+    let interrupt = AtomicBool::new(false);
+    let results = finetune_instruct(&config, &run, &device, options(&interrupt)).unwrap();
+    let lines = metrics(&run);
+    let evals: Vec<f64> = lines.iter().filter_map(|m| m.val_loss).collect();
+    assert_eq!(evals.len(), 2);
+    assert!(evals[1] < evals[0] - 0.1, "validation loss {evals:?}");
+    // Reloaded: a Qwen3 model with its chat template, answering as during the run.
+    let loaded = load_model(&run.join("model"), None, &device).unwrap();
+    assert_eq!(loaded.config.model_type(), "qwen3");
+    let tokenizer = ember_model::model_tokenizer(&loaded).unwrap();
+    assert!(tokenizer.chat_template().is_some());
+    let answered: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&results.responses_file).unwrap()).unwrap();
+    let entry: ember_data::InstructionEntry = serde_json::from_value(data[85].clone()).unwrap();
+    let again =
+        ember_finetune::instruct_finetune::respond(&loaded.model, &tokenizer, &entry, 6, &device)
+            .unwrap();
+    assert_eq!(again, answered[0]["model_response"].as_str().unwrap());
 }

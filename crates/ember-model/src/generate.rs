@@ -13,7 +13,7 @@ use burn::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::gpt::GptModel;
+use crate::model::CausalLm;
 
 /// How to pick each new token.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,8 +28,9 @@ pub struct GenerationConfig {
     pub top_p: Option<f64>,
     /// Seed of the sampling generator.
     pub seed: u64,
-    /// Stop after producing this token (e.g. `<|endoftext|>`), which is kept.
-    pub stop_token: Option<u32>,
+    /// Stop after producing any of these tokens (e.g. `<|endoftext|>`; a model may have
+    /// several end-of-text tokens), which is kept.
+    pub stop_tokens: Vec<u32>,
     /// Use the KV cache (same ids, far less work per token).
     pub use_kv_cache: bool,
 }
@@ -42,7 +43,7 @@ impl Default for GenerationConfig {
             top_k: None,
             top_p: None,
             seed: 123,
-            stop_token: None,
+            stop_tokens: Vec::new(),
             use_kv_cache: true,
         }
     }
@@ -145,11 +146,11 @@ fn argmax(values: &[f32]) -> u32 {
 
 /// Fails for an empty prompt or a token outside the model's vocabulary (what
 /// [`generate`] refuses), so a caller can check before printing anything.
-pub fn check_prompt(model: &GptModel, prompt: &[u32]) -> Result<(), GenerateError> {
+pub fn check_prompt(model: &impl CausalLm, prompt: &[u32]) -> Result<(), GenerateError> {
     if prompt.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
-    let vocab_size = model.wte.weight.dims()[0];
+    let vocab_size = model.vocab_size();
     if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
         return Err(GenerateError::UnknownToken { id, vocab_size });
     }
@@ -159,7 +160,7 @@ pub fn check_prompt(model: &GptModel, prompt: &[u32]) -> Result<(), GenerateErro
 /// Continue `prompt` by up to `config.max_new_tokens` tokens; `on_token` sees each new
 /// token as it is produced (for streaming output). Returns the new tokens only.
 pub fn generate(
-    model: &GptModel,
+    model: &impl CausalLm,
     prompt: &[u32],
     config: &GenerationConfig,
     device: &Device,
@@ -167,7 +168,7 @@ pub fn generate(
 ) -> Result<Vec<u32>, GenerateError> {
     config.validate()?;
     check_prompt(model, prompt)?;
-    let context = model.context_length;
+    let context = model.context_length();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut tokens = prompt.to_vec();
     let mut cache = model.new_cache();
@@ -188,10 +189,10 @@ pub fn generate(
             }
             let feed = &tokens[cache_start + cache.len()..];
             model
-                .forward_cached(ids_tensor(feed), &mut cache)
+                .logits_cached(ids_tensor(feed), &mut cache)
                 .expect("the window fits the context by construction")
         } else {
-            model.forward(ids_tensor(&tokens[window_start..]))
+            model.logits(ids_tensor(&tokens[window_start..]))
         };
         let seq_len = logits.dims()[1];
         let last: Vec<f32> = logits
@@ -204,7 +205,7 @@ pub fn generate(
         tokens.push(next);
         generated.push(next);
         on_token(next);
-        if config.stop_token == Some(next) {
+        if config.stop_tokens.contains(&next) {
             break;
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     /// Reading or writing a file failed.
-    #[error("I/O error on {path}: {source}", path = path.display())]
+    #[error("{path}", path = path.display())]
     Io {
         /// The file or directory involved.
         path: PathBuf,
@@ -37,6 +37,9 @@ pub enum TokenizerError {
     /// An argument is out of range (e.g. a vocabulary size that is too small to train).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A chat template that does not render.
+    #[error("chat template: {0}")]
+    Template(String),
     /// An error reported by the HuggingFace `tokenizers` backend.
     #[error("tokenizers backend error: {0}")]
     Backend(String),

@@ -1,4 +1,5 @@
-//! The pretrained GPT-2 tokenizer, backed by HuggingFace `tokenizers`.
+//! Tokenizers of the Hugging Face Hub (`tokenizer.json`), GPT-2's embedded, backed by
+//! HuggingFace `tokenizers`.
 
 use std::path::Path;
 
@@ -13,12 +14,15 @@ use crate::{END_OF_TEXT, Tokenizer, TokenizerError};
 /// GPT-2's `tokenizer.json` (HuggingFace format), embedded so [`Gpt2Tokenizer::gpt2`] works offline.
 static GPT2_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/gpt2-tokenizer.json");
 
-/// A byte-level BPE tokenizer loaded from a HuggingFace `tokenizer.json` (GPT-2 by default).
+/// A tokenizer loaded from a HuggingFace `tokenizer.json`: GPT-2's by default (the same
+/// ids as `tiktoken.get_encoding("gpt2")`), or a model's own (Llama 3, Qwen3).
 ///
-/// Produces the same ids as `tiktoken.get_encoding("gpt2")`. See the crate documentation for the
-/// special-token policy.
+/// [`Tokenizer::encode`] follows tiktoken's special-token policy (see the crate
+/// documentation); [`HubTokenizer::encode_default`] encodes as transformers does by
+/// default (special tokens in the text recognized, and a beginning-of-text token added
+/// where the tokenizer adds one).
 #[derive(Clone)]
-pub struct Gpt2Tokenizer {
+pub struct HubTokenizer {
     inner: HfTokenizer,
     /// Contents of every special added token (for GPT-2: just `<|endoftext|>`).
     special_tokens: Vec<(String, u32)>,
@@ -27,9 +31,9 @@ pub struct Gpt2Tokenizer {
     vocab_size: usize,
 }
 
-impl std::fmt::Debug for Gpt2Tokenizer {
+impl std::fmt::Debug for HubTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gpt2Tokenizer")
+        f.debug_struct("HubTokenizer")
             .field("vocab_size", &self.vocab_size)
             .field("special_tokens", &self.special_tokens)
             .field("byte_level", &self.byte_level)
@@ -37,7 +41,7 @@ impl std::fmt::Debug for Gpt2Tokenizer {
     }
 }
 
-impl Gpt2Tokenizer {
+impl HubTokenizer {
     /// The original GPT-2 tokenizer (50,257 tokens), loaded from the copy embedded in this crate.
     pub fn gpt2() -> Result<Self, TokenizerError> {
         let inner = HfTokenizer::from_bytes(GPT2_TOKENIZER_JSON)
@@ -102,6 +106,54 @@ impl Gpt2Tokenizer {
             byte_level,
             vocab_size,
         }
+    }
+
+    /// Encodes `text` as transformers' `tokenizer(text)` does: special tokens written in
+    /// the text are recognized, and the tokenizer's post-processor adds what it adds by
+    /// default (Llama 3's `<|begin_of_text|>`; nothing for GPT-2 or Qwen3).
+    pub fn encode_default(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        if text.len() <= PIECE_BYTES || !self.byte_level {
+            return self.encode_with_specials(text);
+        }
+        // A long text in pieces: what the post-processor adds to an empty text (a
+        // beginning-of-text token) goes first.
+        let mut ids = self.encode_with_specials("")?;
+        ids.extend(self.encode_plain(text)?);
+        Ok(ids)
+    }
+
+    /// Encodes `text` recognizing the special tokens written in it but adding none: a
+    /// rendered chat template, which carries its own.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        if !self.byte_level {
+            return self.encode_piece(text);
+        }
+        let mut ids = Vec::with_capacity(text.len() / 3);
+        for piece in pieces(text, PIECE_BYTES) {
+            ids.extend(self.encode_piece(piece)?);
+        }
+        Ok(ids)
+    }
+
+    /// `text` encoded with the post-processor's special tokens.
+    fn encode_with_specials(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, true)
+            .map_err(|e| TokenizerError::Backend(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The token string of `id` (special tokens included), if it exists.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The `tokenizer.json` this tokenizer serialises to.
+    pub fn to_json(&self) -> Result<String, TokenizerError> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| TokenizerError::Backend(e.to_string()))
     }
 
     /// The wrapped HuggingFace tokenizer.
@@ -209,7 +261,7 @@ pub(crate) fn pieces(text: &str, size: usize) -> impl Iterator<Item = &str> {
     })
 }
 
-impl Gpt2Tokenizer {
+impl HubTokenizer {
     fn encode_piece(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let encoding = self
             .inner
@@ -219,7 +271,7 @@ impl Gpt2Tokenizer {
     }
 }
 
-impl Tokenizer for Gpt2Tokenizer {
+impl Tokenizer for HubTokenizer {
     fn encode(&self, text: &str, allow_special: bool) -> Result<Vec<u32>, TokenizerError> {
         if !allow_special
             && let Some((token, _)) = self
@@ -231,16 +283,9 @@ impl Tokenizer for Gpt2Tokenizer {
                 token: token.clone(),
             });
         }
-        if !self.byte_level {
-            return self.encode_piece(text);
-        }
         // A long text is encoded piece by piece: the backend's working memory grows
         // with its input (2.7 GB for 20 MB of text at once), the pieces' does not.
-        let mut ids = Vec::with_capacity(text.len() / 3);
-        for piece in pieces(text, PIECE_BYTES) {
-            ids.extend(self.encode_piece(piece)?);
-        }
-        Ok(ids)
+        self.encode_plain(text)
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
@@ -263,7 +308,7 @@ mod tests {
 
     #[test]
     fn book_example() {
-        let tok = Gpt2Tokenizer::gpt2().unwrap();
+        let tok = HubTokenizer::gpt2().unwrap();
         assert_eq!(tok.vocab_size(), 50257);
         let text =
             "Hello, do you like tea? <|endoftext|> In the sunlit terraces of someunknownPlace.";
@@ -282,7 +327,7 @@ mod tests {
     /// on the-verdict cut into pieces of 64 bytes.
     #[test]
     fn pieces_encode_like_the_whole_text() {
-        let tok = Gpt2Tokenizer::gpt2().unwrap();
+        let tok = HubTokenizer::gpt2().unwrap();
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut texts =
             vec![std::fs::read_to_string(root.join("datasets/the-verdict.txt")).unwrap()];
@@ -308,7 +353,7 @@ mod tests {
 
     #[test]
     fn special_token_policy() {
-        let tok = Gpt2Tokenizer::gpt2().unwrap();
+        let tok = HubTokenizer::gpt2().unwrap();
         let err = tok.encode("a <|endoftext|> b", false).unwrap_err();
         assert!(
             matches!(err, TokenizerError::SpecialTokenNotAllowed { ref token } if token == END_OF_TEXT)
@@ -326,7 +371,7 @@ mod tests {
 
     #[test]
     fn partial_utf8_decoding() {
-        let tok = Gpt2Tokenizer::gpt2().unwrap();
+        let tok = HubTokenizer::gpt2().unwrap();
         let ids = tok.encode("🤗", false).unwrap();
         assert!(ids.len() > 1);
         let head = tok.decode_bytes(&ids[..1]).unwrap();
@@ -338,7 +383,7 @@ mod tests {
 
     #[test]
     fn unknown_id_is_an_error() {
-        let tok = Gpt2Tokenizer::gpt2().unwrap();
+        let tok = HubTokenizer::gpt2().unwrap();
         assert!(matches!(
             tok.decode(&[50257]),
             Err(TokenizerError::UnknownId(50257))

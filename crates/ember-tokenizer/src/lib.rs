@@ -1,8 +1,12 @@
 //! Tokenizers for Ember, a Rust implementation of *Build a Large Language Model (From Scratch)*.
 //!
-//! * [`Gpt2Tokenizer`]: the pretrained GPT-2 byte-level BPE tokenizer (50,257 tokens), backed by
-//!   HuggingFace `tokenizers` and producing exactly tiktoken's `gpt2` ids. The GPT-2
-//!   `tokenizer.json` is embedded, so [`Gpt2Tokenizer::gpt2`] works offline.
+//! * [`HubTokenizer`] (alias [`Gpt2Tokenizer`]): the pretrained GPT-2 byte-level BPE tokenizer
+//!   (50,257 tokens), backed by HuggingFace `tokenizers` and producing exactly tiktoken's `gpt2`
+//!   ids; the GPT-2 `tokenizer.json` is embedded, so [`HubTokenizer::gpt2`] works offline. The
+//!   same type loads any model's `tokenizer.json` (Llama 3, Qwen3).
+//! * [`ModelTokenizer`]: what a model directory says about its text: the tokenizer, the
+//!   beginning- and end-of-text tokens, and its [`ChatTemplate`] ([`chat`], rendered with
+//!   minijinja).
 //! * [`SimpleTokenizerV1`] / [`SimpleTokenizerV2`]: the book's chapter 2 word-level tokenizers.
 //! * [`BpeTokenizer`]: a byte-level BPE implemented from scratch, trainable on any text and able to
 //!   load GPT-2's `encoder.json` + `vocab.bpe` (reproducing GPT-2's ids).
@@ -33,13 +37,21 @@
 
 mod bpe;
 pub mod byte_level;
+pub mod chat;
 mod error;
 mod gpt2;
+mod model_tokenizer;
 mod simple;
 
 pub use bpe::{BpeTokenizer, GPT2_PATTERN, gpt2_pretokenize};
+pub use chat::{ChatMessage, ChatTemplate};
 pub use error::TokenizerError;
-pub use gpt2::Gpt2Tokenizer;
+pub use gpt2::HubTokenizer;
+pub use model_tokenizer::ModelTokenizer;
+
+/// The GPT-2 tokenizer of chapter 2 ([`HubTokenizer::gpt2`]); the same type loads any
+/// Hub `tokenizer.json`.
+pub type Gpt2Tokenizer = HubTokenizer;
 pub use simple::{SimpleTokenizerV1, SimpleTokenizerV2, UNKNOWN, simple_split};
 
 /// GPT-2's end-of-text (document separator) special token.

@@ -375,7 +375,9 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned + Clone {
     }
 
     /// Apply `key=value` overrides (`train.lr=1e-3`, `model.n_layers=2`, `data.path=...`).
-    /// Values are TOML literals; anything that does not parse as one is a string.
+    /// Values are TOML literals; anything that does not parse as one is a string. Each
+    /// pair must name a field and fit its type; the values are validated together once
+    /// all are applied, so their order does not matter.
     fn with_overrides(&self, pairs: &[String]) -> Result<Self, RunConfigError>
     where
         Self: Sized,
@@ -393,7 +395,6 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned + Clone {
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or_else(|| toml::Value::String(value.to_string()));
-            let mut table = toml::Table::new();
             let mut parts: Vec<&str> = key.trim().split('.').collect();
             let last = parts
                 .pop()
@@ -401,18 +402,38 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned + Clone {
                 .ok_or_else(|| invalid("empty key".into()))?;
             let mut leaf = toml::Table::new();
             leaf.insert(last.to_string(), value);
-            let nested = parts.iter().rev().fold(leaf, |inner, part| {
+            let table = parts.iter().rev().fold(leaf, |inner, part| {
                 let mut outer = toml::Table::new();
                 outer.insert(part.to_string(), toml::Value::Table(inner));
                 outer
             });
-            table.extend(nested);
-            config = config.merged(table, &format!("--set {pair}"))?;
+            config = config.merged_unchecked(table, &format!("--set {pair}"))?;
+        }
+        if !pairs.is_empty() {
+            config.check().map_err(|source| RunConfigError::Invalid {
+                origin: format!("--set {}", pairs.join(" --set ")),
+                source,
+            })?;
         }
         Ok(config)
     }
 
+    /// `overrides` laid over this configuration, validated.
     fn merged(&self, overrides: toml::Table, origin: &str) -> Result<Self, RunConfigError>
+    where
+        Self: Sized,
+    {
+        let config = self.merged_unchecked(overrides, origin)?;
+        config.check().map_err(|source| RunConfigError::Invalid {
+            origin: origin.to_string(),
+            source,
+        })?;
+        Ok(config)
+    }
+
+    /// `overrides` laid over this configuration: every key a field, every value of its
+    /// type (not yet range-checked).
+    fn merged_unchecked(&self, overrides: toml::Table, origin: &str) -> Result<Self, RunConfigError>
     where
         Self: Sized,
     {
@@ -422,14 +443,8 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned + Clone {
         };
         let mut base = toml::Table::try_from(self).map_err(|e| parse(e.to_string()))?;
         merge(&mut base, overrides);
-        let config: Self = base
-            .try_into()
-            .map_err(|e: toml::de::Error| parse(e.message().to_string()))?;
-        config.check().map_err(|source| RunConfigError::Invalid {
-            origin: origin.to_string(),
-            source,
-        })?;
-        Ok(config)
+        base.try_into()
+            .map_err(|e: toml::de::Error| parse(e.message().to_string()))
     }
 }
 
@@ -489,6 +504,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `learning_rate`"), "{err}");
+        // Values are validated together: the order of the pairs does not matter.
+        let c = base
+            .with_overrides(&["model.emb_dim=64".into(), "model.n_heads=4".into()])
+            .unwrap();
+        assert_eq!((c.model.emb_dim, c.model.n_heads), (64, 4));
         let err = error_chain(&base.with_overrides(&["train.epochs=0".into()]).unwrap_err());
         assert!(err.contains("train.epochs must be at least 1"), "{err}");
         for (pair, key) in [

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use ember_data::{ShardDataset, SlidingWindowDataset, WindowSource, collate_windows, split_text};
-use ember_model::{GenerationConfig, GptModel, generate, load_model, save_model};
-use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
+use ember_model::{GenerationConfig, GptModel, LanguageModel, generate, load_model, save_model};
+use ember_tokenizer::{Gpt2Tokenizer, ModelTokenizer, Tokenizer};
 
 use crate::checkpoint::TrainState;
 use crate::config::PretrainConfig;
@@ -179,7 +179,7 @@ impl TrainTask for PretrainTask<'_> {
 pub fn initial_model(config: &PretrainConfig, device: &Device) -> Result<GptModel, TrainError> {
     Ok(match &config.init {
         None => config.model.init(device),
-        Some(path) => load_model(path, Some(&config.model), device)?.model,
+        Some(path) => load_model(path, Some(&config.model), device)?.into_gpt2()?,
     })
 }
 
@@ -212,7 +212,11 @@ pub fn pretrain(
         tokenizer,
     };
     let outcome = run.fit(&task, model)?;
-    save_model(&outcome.model.valid(), &run.dir().model())?;
+    save_model(
+        &LanguageModel::Gpt2(outcome.model.valid()),
+        &ModelTokenizer::gpt2()?,
+        &run.dir().model(),
+    )?;
     let last = outcome.last_evaluation();
     Ok(PretrainOutcome {
         state: outcome.state,

@@ -135,9 +135,12 @@ fn fit_reproduces_the_books_training_run() {
         .collect();
     assert_matches_trace(&trace, &steps, &evals);
     let device = Device::ndarray();
-    let trained = load_model(&dir.path().join("model"), None, &device).unwrap();
+    let trained = load_model(&dir.path().join("model"), None, &device)
+        .unwrap()
+        .into_gpt2()
+        .unwrap();
     let want: Vec<u32> = serde_json::from_value(trace["greedy_after"]["ids"].clone()).unwrap();
-    assert_eq!(greedy_ids(&trained.model, &device), want);
+    assert_eq!(greedy_ids(&trained, &device), want);
 }
 
 #[test]
@@ -147,7 +150,8 @@ fn train_model_simple_reproduces_the_books_training_run() {
     let device = Device::ndarray().autodiff();
     let model = load_model(config.init.as_ref().unwrap(), Some(&config.model), &device)
         .unwrap()
-        .model;
+        .into_gpt2()
+        .unwrap();
     let tokenizer = Gpt2Tokenizer::gpt2().unwrap();
     let text = std::fs::read_to_string(&config.data.path).unwrap();
     let (train_text, val_text) = split_text(&text, config.data.train_ratio);

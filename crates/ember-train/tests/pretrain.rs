@@ -159,10 +159,10 @@ fn resumed_run_writes_the_same_metrics_as_a_straight_run() {
     // (The initialisation scheme is not part of the weights.)
     assert_eq!(
         loaded.config,
-        GptConfig {
+        ember_model::ModelConfig::Gpt2(GptConfig {
             weight_init: Default::default(),
             ..config.model.clone()
-        }
+        })
     );
 }
 

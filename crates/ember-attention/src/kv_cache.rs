@@ -1,0 +1,118 @@
+//! The KV cache of incremental decoding.
+
+use burn::prelude::*;
+
+/// Errors of incremental decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttentionError {
+    /// The cache holds `cached` positions, `new` more do not fit in `capacity`.
+    ContextOverflow {
+        /// Positions already in the cache.
+        cached: usize,
+        /// Positions that were to be appended.
+        new: usize,
+        /// The model's context length.
+        capacity: usize,
+    },
+}
+
+impl std::fmt::Display for AttentionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttentionError::ContextOverflow {
+                cached,
+                new,
+                capacity,
+            } => write!(
+                f,
+                "context overflow: {cached} cached + {new} new tokens exceed the context length {capacity}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AttentionError {}
+
+/// Keys and values of every layer for the positions already processed, so that each
+/// new token costs one row of attention instead of a whole forward pass.
+///
+/// The cache is an explicit object owned by the caller (as in candle-transformers):
+/// create one per sequence batch, pass it to each forward call, [`KvCache::reset`] it
+/// to start over.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `num_layers` layers and at most `capacity` positions (the
+    /// model's context length).
+    pub fn new(num_layers: usize, capacity: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            capacity,
+        }
+    }
+
+    /// Number of positions cached so far.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|layer| layer.as_ref())
+            .map_or(0, |(keys, _)| keys.dims()[2])
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The maximum number of positions.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forget every cached position.
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(|layer| *layer = None);
+    }
+
+    /// Fails when `new` more positions would not fit.
+    pub fn check_room(&self, new: usize) -> Result<(), AttentionError> {
+        let cached = self.len();
+        if cached + new > self.capacity {
+            return Err(AttentionError::ContextOverflow {
+                cached,
+                new,
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
+    }
+
+    /// Number of layers the cache was made for.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Appends `keys`/`values` (`[batch, heads, new, head_dim]`) to layer `layer` and
+    /// returns the whole cached sequence for it.
+    pub fn extend(
+        &mut self,
+        layer: usize,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let slot = &mut self.layers[layer];
+        let (keys, values) = match slot.take() {
+            Some((k, v)) => (
+                Tensor::cat(vec![k, keys], 2),
+                Tensor::cat(vec![v, values], 2),
+            ),
+            None => (keys, values),
+        };
+        *slot = Some((keys.clone(), values.clone()));
+        (keys, values)
+    }
+}

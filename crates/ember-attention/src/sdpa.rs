@@ -1,0 +1,130 @@
+//! Causal scaled dot-product attention, shared by GPT-2's layer and the grouped-query
+//! attention of Llama and Qwen3: `softmax(QKᵀ/√d + causal mask) · V`.
+
+use burn::nn::Dropout;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+/// Causal attention of queries over keys and values, the mask aligned at the bottom
+/// right so that queries which continue a cached sequence see every earlier key.
+/// Keys and values may have fewer heads than the queries (grouped-query attention):
+/// each is shared by `heads / kv_heads` consecutive query heads. `dropout`, when it is
+/// active (training on an autodiff device), drops attention weights, as the book does.
+///
+/// Burn's fused kernel runs where it can (no dropout; a square mask, or one new query);
+/// elsewhere the explicit formulation.
+///
+/// # Shapes
+/// - q: `[batch, heads, seq_q, head_dim]`
+/// - k, v: `[batch, kv_heads, seq_k, head_dim]`, `heads` a multiple of `kv_heads`,
+///   `seq_k >= seq_q`
+/// - returns `[batch, heads, seq_q, head_dim]`
+pub fn causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    dropout: Option<&Dropout>,
+) -> Tensor<4> {
+    let heads = q.dims()[1];
+    let (k, v) = (repeat_kv(k, heads), repeat_kv(v, heads));
+    let seq_q = q.dims()[2];
+    let seq_k = k.dims()[2];
+    let dropout =
+        dropout.filter(|d| d.prob > 0.0 && d.training.is_enabled() && q.device().is_autodiff());
+    if dropout.is_some() {
+        // The fused kernel has no dropout; the book drops attention weights.
+        return explicit_attention(q, k, v, dropout);
+    }
+    if seq_q == seq_k {
+        let options = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
+        return attention(q, k, v, None, None, options);
+    }
+    // Queries that continue a cached sequence. Backends disagree on where a non-square
+    // causal mask sits (libtorch aligns it top-left), so: one new query sees every key,
+    // several get the explicit bottom-right mask.
+    if seq_q == 1 {
+        attention(q, k, v, None, None, AttentionModuleOptions::default())
+    } else {
+        explicit_attention(q, k, v, None)
+    }
+}
+
+/// Keys or values of `kv_heads` heads, each repeated for the `heads / kv_heads` query
+/// heads that share it (a no-op without grouping).
+///
+/// # Shapes
+/// - x: `[batch, kv_heads, seq, head_dim]` → `[batch, heads, seq, head_dim]`
+pub fn repeat_kv(x: Tensor<4>, heads: usize) -> Tensor<4> {
+    let [batch, kv_heads, seq, head_dim] = x.dims();
+    if kv_heads == heads {
+        return x;
+    }
+    assert!(
+        heads.is_multiple_of(kv_heads),
+        "{heads} query heads cannot share {kv_heads} key/value heads"
+    );
+    let groups = heads / kv_heads;
+    x.unsqueeze_dim::<5>(2)
+        .expand([batch, kv_heads, groups, seq, head_dim])
+        .reshape([batch, heads, seq, head_dim])
+}
+
+/// softmax(QKᵀ/√d + causal mask) · V, with optional dropout on the weights: the plain
+/// formulation, also what the fused kernel is tested against. The mask is aligned at the
+/// bottom right.
+///
+/// # Shapes
+/// - q: `[batch, heads, seq_q, head_dim]`, k, v: `[batch, heads, seq_k, head_dim]`
+/// - returns `[batch, heads, seq_q, head_dim]`
+pub fn explicit_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    dropout: Option<&Dropout>,
+) -> Tensor<4> {
+    let [batch, heads, seq_q, head_dim] = q.dims();
+    let seq_k = k.dims()[2];
+    let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+    // `tril_mask` is `true` above the (shifted) diagonal: the positions to hide.
+    let offset = seq_k as i64 - seq_q as i64;
+    let mask = Tensor::<2, Bool>::tril_mask([seq_q, seq_k], offset, &scores.device())
+        .reshape([1, 1, seq_q, seq_k])
+        .expand([batch, heads, seq_q, seq_k]);
+    let mut weights = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+    if let Some(dropout) = dropout {
+        weights = ember_kernels::dropout(dropout, weights);
+    }
+    weights.matmul(v)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    /// Grouped-query attention equals ordinary attention with each key/value head copied
+    /// for its query heads, by hand.
+    #[test]
+    fn shared_key_value_heads_equal_copied_ones() {
+        let device = Device::ndarray();
+        device.seed(3);
+        let q = Tensor::<4>::random([2, 4, 5, 8], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<4>::random([2, 2, 5, 8], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<4>::random([2, 2, 5, 8], Distribution::Normal(0.0, 1.0), &device);
+        let by_hand = |x: &Tensor<4>| {
+            let heads: Vec<Tensor<4>> = (0..4).map(|h| x.clone().narrow(1, h / 2, 1)).collect();
+            Tensor::cat(heads, 1)
+        };
+        let grouped = causal_attention(q.clone(), k.clone(), v.clone(), None);
+        let copied = explicit_attention(q, by_hand(&k), by_hand(&v), None);
+        grouped
+            .into_data()
+            .assert_approx_eq::<f32>(&copied.into_data(), Tolerance::absolute(1e-5));
+    }
+}

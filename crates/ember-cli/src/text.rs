@@ -1,0 +1,320 @@
+//! The commands that run a model on text, for every architecture Ember loads:
+//! `ember generate`, `ember perplexity`, `ember chat`.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn::prelude::*;
+use ember_model::{CausalLm, GenerationConfig, check_prompt, generate};
+use ember_tokenizer::{ChatMessage, ModelTokenizer};
+use ember_train::{cross_entropy, perplexity as ppl};
+
+use crate::model_arg::ModelArgs;
+
+/// Sampling options shared by `generate` and `chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
+    /// Tokens to generate at most.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Sample among the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample within the top-p probability mass.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 123)]
+    pub seed: u64,
+    /// Recompute every position at each step instead of using the KV cache.
+    #[arg(long)]
+    pub no_kv_cache: bool,
+}
+
+impl SamplingArgs {
+    /// The generation settings, stopping at `stop_tokens`; `default_tokens` when
+    /// `--max-new-tokens` is not given.
+    pub fn config(&self, default_tokens: usize, stop_tokens: Vec<u32>) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_new_tokens.unwrap_or(default_tokens),
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop_tokens,
+            use_kv_cache: !self.no_kv_cache,
+        }
+    }
+}
+
+/// Options of `ember generate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt, encoded as the model's tokenizer does by default.
+    #[arg(long)]
+    pub prompt: String,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Keep going past every end-of-text token of the model.
+    #[arg(long)]
+    pub no_stop: bool,
+    /// Print `{"prompt_ids", "generated_ids", "text"}` instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Streams tokens as whole UTF-8 characters: a token that ends inside a character
+/// waits for the next.
+pub struct Utf8Stream<'a> {
+    tokenizer: &'a ModelTokenizer,
+    pending: Vec<u8>,
+}
+
+impl<'a> Utf8Stream<'a> {
+    /// A stream decoding with `tokenizer`.
+    pub fn new(tokenizer: &'a ModelTokenizer) -> Self {
+        Self {
+            tokenizer,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The whole characters `id` completes (possibly none).
+    pub fn push(&mut self, id: u32) -> String {
+        if let Ok(bytes) = self.tokenizer.decode_bytes(&[id]) {
+            self.pending.extend(bytes);
+        }
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(s) => s.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+        self.pending.drain(..valid);
+        text
+    }
+
+    /// What is left at the end (an incomplete character, replaced).
+    pub fn finish(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        text
+    }
+}
+
+/// Writes and flushes; a closed stdout (a pipe to `head`) does not stop generation.
+fn emit(out: &mut impl Write, text: &str) {
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// `ember generate`
+pub fn generate_text(args: &GenerateArgs, device: &Device) -> Result<()> {
+    // Every setting is checked before anything is printed.
+    args.sampling.config(50, Vec::new()).validate()?;
+    let (loaded, tokenizer) = args.model.load_with_tokenizer(device)?;
+    let prompt_ids = tokenizer.encode(&args.prompt)?;
+    check_prompt(&loaded.model, &prompt_ids)?;
+    let stops = if args.no_stop {
+        Vec::new()
+    } else {
+        tokenizer.eos_ids().to_vec()
+    };
+    let config = args.sampling.config(50, stops);
+    let mut out = std::io::stdout().lock();
+    let mut stream = Utf8Stream::new(&tokenizer);
+    if !args.json {
+        emit(&mut out, &args.prompt);
+    }
+    let generated = generate(&loaded.model, &prompt_ids, &config, device, |id| {
+        if !args.json {
+            let text = stream.push(id);
+            emit(&mut out, &text);
+        }
+    })?;
+    if args.json {
+        let text = tokenizer.decode(&generated)?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "prompt_ids": prompt_ids,
+                "generated_ids": generated,
+                "text": text,
+            })
+        )?;
+    } else {
+        let rest = stream.finish();
+        emit(&mut out, &format!("{rest}\n"));
+    }
+    Ok(())
+}
+
+/// Options of `ember perplexity`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text.
+    #[arg(long)]
+    pub text_file: PathBuf,
+    /// Print `{"tokens", "loss", "perplexity"}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Reads a UTF-8 text file.
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "{}: not valid UTF-8 (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// `ember perplexity`: the mean next-token loss over the text, tokenized as `generate`
+/// tokenizes a prompt, in windows of the context length when it does not fit in one.
+pub fn perplexity(args: &PerplexityArgs, device: &Device) -> Result<()> {
+    let (loaded, tokenizer) = args.model.load_with_tokenizer(device)?;
+    let text = read_text(&args.text_file)?;
+    let ids = tokenizer.encode(&text)?;
+    if ids.len() < 2 {
+        bail!(
+            "{}: {} token(s); perplexity needs at least 2",
+            args.text_file.display(),
+            ids.len()
+        );
+    }
+    let model = &loaded.model;
+    let context = model.context_length();
+    let to_tensor = |s: &[u32]| {
+        let data: Vec<i64> = s.iter().map(|&i| i64::from(i)).collect();
+        Tensor::<2, Int>::from_data(TensorData::new(data, [1, s.len()]), device)
+    };
+    let (mut total, mut count, mut start) = (0.0f64, 0usize, 0usize);
+    while start + 1 < ids.len() {
+        let end = (start + context + 1).min(ids.len());
+        let window = &ids[start..end];
+        let n = window.len() - 1;
+        let logits = model.logits(to_tensor(&window[..n]));
+        let loss: f32 = cross_entropy(logits, to_tensor(&window[1..])).into_scalar();
+        total += loss as f64 * n as f64;
+        count += n;
+        start += context;
+    }
+    let loss = total / count as f64;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"tokens": ids.len(), "loss": loss, "perplexity": ppl(loss)})
+        );
+    } else {
+        println!(
+            "tokens {}  loss {loss:.4}  perplexity {:.2}",
+            ids.len(),
+            ppl(loss)
+        );
+    }
+    Ok(())
+}
+
+/// Options of `ember chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A system message before the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// One turn without a terminal: answer this message and exit.
+    #[arg(long)]
+    pub message: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// With --message: print `{"prompt_ids", "generated_ids", "text"}`.
+    #[arg(long, requires = "message")]
+    pub json: bool,
+}
+
+/// `ember chat`: a conversation rendered with the model's chat template (the book's
+/// Alpaca prompt for GPT-2 models without one); each answer streams until an
+/// end-of-text token, the token limit or the end of the context. Interactive: an empty
+/// line, `exit` or the end of input quits. With `--message`: one turn.
+pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
+    args.sampling.config(256, Vec::new()).validate()?;
+    let (loaded, tokenizer) = args.model.load_with_tokenizer(device)?;
+    let config = args.sampling.config(256, tokenizer.eos_ids().to_vec());
+    let mut messages: Vec<ChatMessage> = args
+        .system
+        .iter()
+        .map(|s| ChatMessage::new("system", s.clone()))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let answer = |messages: &[ChatMessage],
+                  stream: bool,
+                  out: &mut dyn Write|
+     -> Result<(Vec<u32>, Vec<u32>, String)> {
+        let prompt = ember_data::conversation_prompt(&tokenizer, messages)?;
+        let ids = tokenizer.encode_rendered(&prompt)?;
+        check_prompt(&loaded.model, &ids)?;
+        let mut utf8 = Utf8Stream::new(&tokenizer);
+        let generated = generate(&loaded.model, &ids, &config, device, |id| {
+            if stream && !tokenizer.eos_ids().contains(&id) {
+                let text = utf8.push(id);
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+        })?;
+        if stream {
+            let rest = utf8.finish();
+            writeln!(out, "{rest}")?;
+        }
+        let spoken: Vec<u32> = generated
+            .iter()
+            .copied()
+            .filter(|id| !tokenizer.eos_ids().contains(id))
+            .collect();
+        Ok((ids, generated, tokenizer.decode(&spoken)?))
+    };
+    if let Some(message) = &args.message {
+        messages.push(ChatMessage::new("user", message.clone()));
+        let (prompt_ids, generated_ids, text) = answer(&messages, !args.json, &mut out)?;
+        if args.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "prompt_ids": prompt_ids,
+                    "generated_ids": generated_ids,
+                    "text": text,
+                })
+            )?;
+        }
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    loop {
+        write!(out, "> ")?;
+        out.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            writeln!(out)?;
+            return Ok(());
+        }
+        let message = line.trim();
+        if message.is_empty() || message == "exit" || message == "quit" {
+            return Ok(());
+        }
+        messages.push(ChatMessage::new("user", message));
+        let (_, _, text) = answer(&messages, true, &mut out)?;
+        messages.push(ChatMessage::new("assistant", text));
+    }
+}

@@ -1,0 +1,229 @@
+//! Llama 3 and Qwen3 through the `ember` binary: every model command on the reference
+//! models (tests/fixtures/tiny-llama3, tiny-qwen3: Hub layouts, bf16 in one file and f32
+//! in eight shards), both forms of `config.json`, a download from a local server laid
+//! out like the Hub, and one-line errors for directories that are not models. The
+//! reference values are transformers' (see crates/ember-model/tests/llama_qwen3_parity.rs).
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::Value;
+
+const MODELS: [&str; 2] = ["tiny-llama3", "tiny-qwen3"];
+
+fn fixture(name: &str) -> PathBuf {
+    workspace().join("tests/fixtures").join(name)
+}
+
+fn json_file(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn run_json(args: &[&str]) -> Value {
+    let o = ember().args(args).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A copy of a fixture model whose `config.json` is replaced by `config`.
+fn with_config(name: &str, config: &Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// `generate --json` gives the reference prompt ids and greedy tokens with and without
+/// the KV cache, from both forms of config.json.
+#[test]
+fn generate_matches_transformers_with_both_config_forms() {
+    for name in MODELS {
+        let v5 = with_config(name, &json_file(&fixture(name).join("config-v5.json")));
+        let cases = json_file(&fixture(name).join("cases.json"));
+        let reference = json_file(&fixture(name).join("as-loaded.json"));
+        for (dir, cache) in [(fixture(name), true), (v5.path().to_path_buf(), false)] {
+            let prompt = &cases["prompts"][0];
+            let mut args = vec![
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--prompt",
+                prompt["text"].as_str().unwrap(),
+                "--max-new-tokens",
+                "24",
+                "--no-stop",
+                "--json",
+            ];
+            if !cache {
+                args.push("--no-kv-cache");
+            }
+            let v = run_json(&args);
+            assert_eq!(v["prompt_ids"], prompt["ids"], "{name}");
+            assert_eq!(
+                v["generated_ids"], reference["prompts"][0]["greedy_24"],
+                "{name} cache {cache}"
+            );
+        }
+    }
+}
+
+#[test]
+fn perplexity_info_and_chat_match_transformers() {
+    for name in MODELS {
+        let dir = fixture(name);
+        let model = dir.to_str().unwrap();
+        let cases = json_file(&dir.join("cases.json"));
+        let reference = json_file(&dir.join("as-loaded.json"));
+        let text = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(text.path(), cases["loss"]["text"].as_str().unwrap()).unwrap();
+        let v = run_json(&[
+            "perplexity",
+            "--model",
+            model,
+            "--text-file",
+            text.path().to_str().unwrap(),
+            "--json",
+        ]);
+        let want = reference["loss"]["mean_next_token_loss"].as_f64().unwrap();
+        let loss = v["loss"].as_f64().unwrap();
+        assert!(
+            (loss - want).abs() / want < 1e-5,
+            "{name}: {loss} vs {want}"
+        );
+        let v = run_json(&["info", "--model", model, "--json"]);
+        assert_eq!(v["params"], cases["parameters"], "{name}");
+        let messages = cases["chat"]["messages"].as_array().unwrap();
+        let v = run_json(&[
+            "chat",
+            "--model",
+            model,
+            "--system",
+            messages[0]["content"].as_str().unwrap(),
+            "--message",
+            messages[1]["content"].as_str().unwrap(),
+            "--max-new-tokens",
+            "16",
+            "--json",
+        ]);
+        assert_eq!(v["prompt_ids"], cases["chat"]["ids"], "{name}");
+        assert_eq!(
+            v["generated_ids"], reference["chat"]["greedy_16_until_eos"],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn directories_that_are_not_usable_models_are_named() {
+    let good = json_file(&fixture("tiny-llama3").join("config.json"));
+    let mut unknown = good.clone();
+    unknown["model_type"] = "mamba".into();
+    let mut rope = good.clone();
+    rope["rope_scaling"]["rope_type"] = "yarn".into();
+    let mut heads = good.clone();
+    heads["num_key_value_heads"] = 3.into();
+    for (config, needle) in [
+        (
+            unknown,
+            "model_type \"mamba\" is not supported (supported: gpt2, llama, qwen3)",
+        ),
+        (
+            rope,
+            "rope_type \"yarn\" is not supported (supported: default, llama3)",
+        ),
+        (
+            heads,
+            "num_attention_heads 4 is not a multiple of num_key_value_heads 3",
+        ),
+    ] {
+        let dir = with_config("tiny-llama3", &config);
+        let o = ember()
+            .args([
+                "generate",
+                "--model",
+                dir.path().to_str().unwrap(),
+                "--prompt",
+                "hi",
+            ])
+            .output()
+            .unwrap();
+        assert_one_line_error(&o, needle);
+    }
+    let dir = with_config(
+        "tiny-qwen3",
+        &json_file(&fixture("tiny-qwen3").join("config.json")),
+    );
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let o = ember()
+        .args([
+            "generate",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "tokenizer.json");
+}
+
+/// A server laid out like the Hub, serving a fixture directory (404 for what it lacks).
+fn hub_of(dir: PathBuf) -> String {
+    serve(move |request, stream: &mut TcpStream| {
+        let file = request.path.rsplit('/').next().unwrap_or("").to_string();
+        match std::fs::read(dir.join(&file)) {
+            Ok(bytes) if request.path.contains("/resolve/main/") => {
+                let etag = format!("\"{}\"", ember_data::files::sha256_hex(&bytes));
+                respond(stream, "200 OK", &[("ETag", etag)], &bytes);
+            }
+            _ => respond(stream, "404 Not Found", &[], b""),
+        }
+    })
+}
+
+#[test]
+fn a_sharded_hub_repository_downloads_and_runs() {
+    let url = hub_of(fixture("tiny-qwen3"));
+    let out = tempfile::tempdir().unwrap();
+    let model = out.path().join("tiny-qwen3");
+    let o = ember()
+        .args(["download", "--repo", "test/tiny-qwen3", "--endpoint", &url])
+        .args(["--out", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for file in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00008.safetensors",
+        "model-00008-of-00008.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(model.join(file)).unwrap(),
+            std::fs::read(fixture("tiny-qwen3").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let cases = json_file(&fixture("tiny-qwen3").join("cases.json"));
+    let v = run_json(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        cases["prompts"][1]["text"].as_str().unwrap(),
+        "--max-new-tokens",
+        "24",
+        "--no-stop",
+        "--json",
+    ]);
+    assert_eq!(v["generated_ids"], cases["prompts"][1]["greedy_24"]);
+}

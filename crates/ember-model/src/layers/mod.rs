@@ -1,0 +1,12 @@
+//! The building blocks the Llama family (Llama 3.x, Qwen3) shares, each one readable
+//! layer with a test against its plain formula.
+
+pub mod attention;
+pub mod rms_norm;
+pub mod rope;
+pub mod swiglu;
+
+pub use attention::{GroupedQueryAttention, GroupedQueryAttentionConfig};
+pub use rms_norm::{RmsNorm, RmsNormConfig};
+pub use rope::{Llama3Scaling, RopeConfig};
+pub use swiglu::{SwiGlu, SwiGluConfig};

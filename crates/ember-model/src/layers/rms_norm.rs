@@ -1,0 +1,72 @@
+//! Root-mean-square layer normalization (Zhang and Sennrich 2019), as Llama and Qwen3
+//! use it: no mean subtraction, no bias, a learned scale.
+
+use burn::module::Module;
+use burn::nn::Initializer;
+use burn::prelude::*;
+
+/// Configuration of [`RmsNorm`].
+#[derive(Config, Debug)]
+pub struct RmsNormConfig {
+    /// Size of the normalized (last) dimension.
+    pub d_model: usize,
+    /// Added to the mean square (`rms_norm_eps` in the Hub's configs).
+    #[config(default = 1e-6)]
+    pub epsilon: f64,
+}
+
+/// `x / √(mean(x²) + ε) · weight` over the last dimension.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// The learned scale, `[d_model]` (the Hub's `weight`).
+    pub weight: burn::module::Param<Tensor<1>>,
+    /// ε.
+    pub epsilon: f64,
+}
+
+impl RmsNormConfig {
+    /// A norm whose scale starts at one.
+    pub fn init(&self, device: &Device) -> RmsNorm {
+        RmsNorm {
+            weight: Initializer::Ones.init([self.d_model], device),
+            epsilon: self.epsilon,
+        }
+    }
+}
+
+impl RmsNorm {
+    /// # Shapes
+    /// - x: `[..., d_model]` → `[..., d_model]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mean_square = x.clone().square().mean_dim(D - 1);
+        let inverse_rms = (mean_square + self.epsilon).sqrt().recip();
+        x * inverse_rms * self.weight.val().unsqueeze::<D>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+    use burn::module::Param;
+
+    #[test]
+    fn matches_the_formula() {
+        let device = Device::ndarray();
+        let mut norm = RmsNormConfig::new(3).with_epsilon(1e-5).init(&device);
+        norm.weight = Param::from_data([1.0f32, 2.0, 0.5], &device);
+        let rows = [[1.0f32, -2.0, 3.0], [0.0, 0.5, -0.25]];
+        let y = norm
+            .forward(Tensor::<2>::from_floats(rows, &device))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        for (r, row) in rows.iter().enumerate() {
+            let ms: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / 3.0;
+            for (c, (&v, w)) in row.iter().zip([1.0, 2.0, 0.5]).enumerate() {
+                let want = v as f64 / (ms + 1e-5).sqrt() * w;
+                assert!((y[r * 3 + c] as f64 - want).abs() < 1e-6, "{r},{c}");
+            }
+        }
+    }
+}
