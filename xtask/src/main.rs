@@ -8,9 +8,12 @@
 //! cargo xtask build             [--backend ...] [--debug]
 //! cargo xtask bench    [--backend ...] [--python PYTHON] [--quick]
 //! ```
-//! `bench` runs `ember bench` and `bench/torch_gpt_bench.py` (with `--python`, default
-//! `python3`, which must have torch) on the same settings, one after the other for each
-//! measurement, prints the side-by-side table and writes `target/bench.json`.
+//! `bench` runs `ember bench` and its reference on the same settings, one after the
+//! other for each measurement: `bench/torch_gpt_bench.py` (PyTorch) for GPT-2 training
+//! and generation, `bench/hf_generate_bench.py` (transformers) for generation with
+//! Qwen3-0.6B's shape in fp32 and bf16. `--python` (default `python3`) must have torch
+//! and transformers. It prints the side-by-side table, with each side's peak memory,
+//! and writes `target/bench.json`.
 //! Every argument xtask does not know is passed on to the `ember` subcommand of the
 //! same name (`--config`, `--preset`, `--set key=value`, `--max-steps`, `--out`,
 //! `--resume`, ...). `finetune-instruct` with `--judge-url` then scores the responses
@@ -181,38 +184,104 @@ fn run_ember(binary: &std::path::Path, args: &[String]) -> ExitCode {
     }
 }
 
-/// One measurement: the arguments both benchmarks take, and the JSON key compared.
-const MEASUREMENTS: [(&str, &[&str], &str); 4] = [
-    (
-        "train tiny (tokens/s)",
-        &["--mode", "train", "--preset", "tiny", "--steps", "5"],
-        "tokens_per_s",
-    ),
-    (
-        "train gpt2-small (tokens/s)",
-        &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
-        "tokens_per_s",
-    ),
-    (
-        "generate gpt2-small, KV cache (new tokens/s)",
-        &["--mode", "generate", "--preset", "gpt2-small"],
-        "kv_cache",
-    ),
-    (
-        "generate gpt2-small, no cache (new tokens/s)",
-        &["--mode", "generate", "--preset", "gpt2-small"],
-        "no_cache",
-    ),
+/// One row of the side-by-side table.
+struct Measurement {
+    name: &'static str,
+    /// Arguments of `ember bench`.
+    ember: &'static [&'static str],
+    /// The reference script (under bench/) and its arguments.
+    reference: (&'static str, &'static [&'static str]),
+    /// The number compared: a JSON key, or for generation rows of `ember bench` and
+    /// torch_gpt_bench.py `kv_cache` / `no_cache` (their `new_tokens_per_s`).
+    key: &'static str,
+}
+
+const GPT_SCRIPT: &str = "torch_gpt_bench.py";
+const HF_SCRIPT: &str = "hf_generate_bench.py";
+const QWEN3_CONFIG: &str = "bench/configs/qwen3-0.6b.json";
+
+const MEASUREMENTS: [Measurement; 6] = [
+    Measurement {
+        name: "train tiny (tokens/s)",
+        ember: &["--mode", "train", "--preset", "tiny", "--steps", "5"],
+        reference: (
+            GPT_SCRIPT,
+            &["--mode", "train", "--preset", "tiny", "--steps", "5"],
+        ),
+        key: "tokens_per_s",
+    },
+    Measurement {
+        name: "train gpt2-small (tokens/s)",
+        ember: &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
+        reference: (
+            GPT_SCRIPT,
+            &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
+        ),
+        key: "tokens_per_s",
+    },
+    Measurement {
+        name: "generate gpt2-small, KV cache (new tokens/s)",
+        ember: &["--mode", "generate", "--preset", "gpt2-small"],
+        reference: (
+            GPT_SCRIPT,
+            &["--mode", "generate", "--preset", "gpt2-small"],
+        ),
+        key: "kv_cache",
+    },
+    Measurement {
+        name: "generate gpt2-small, no cache (new tokens/s)",
+        ember: &["--mode", "generate", "--preset", "gpt2-small"],
+        reference: (
+            GPT_SCRIPT,
+            &["--mode", "generate", "--preset", "gpt2-small"],
+        ),
+        key: "no_cache",
+    },
+    // Qwen3-0.6B's shape, random weights, prompt 16 + 64 new tokens, KV cache; the
+    // reference is transformers.
+    Measurement {
+        name: "generate Qwen3-0.6B shape, fp32 (new tokens/s)",
+        ember: &[
+            "--mode",
+            "generate",
+            "--model-config",
+            QWEN3_CONFIG,
+            "--dtype",
+            "f32",
+        ],
+        reference: (HF_SCRIPT, &["--config", QWEN3_CONFIG, "--dtype", "fp32"]),
+        key: "kv_cache",
+    },
+    Measurement {
+        name: "generate Qwen3-0.6B shape, bf16 (new tokens/s)",
+        ember: &[
+            "--mode",
+            "generate",
+            "--model-config",
+            QWEN3_CONFIG,
+            "--dtype",
+            "bf16",
+        ],
+        reference: (HF_SCRIPT, &["--config", QWEN3_CONFIG, "--dtype", "bf16"]),
+        key: "kv_cache",
+    },
 ];
 
-/// The number a measurement compares, out of one JSON line: `key` itself, or for the
-/// generation rows `key.new_tokens_per_s`.
+/// The number `key` names in one JSON line: `key.new_tokens_per_s` for the generation
+/// rows of `ember bench` and torch_gpt_bench.py, the line's own `new_tokens_per_s` for
+/// hf_generate_bench.py (one mode per run), else `key` itself.
 fn metric(line: &str, key: &str) -> Option<f64> {
     let json: serde_json::Value = serde_json::from_str(line).ok()?;
     match key {
-        "kv_cache" | "no_cache" => json[key]["new_tokens_per_s"].as_f64(),
+        "kv_cache" | "no_cache" => json[key]["new_tokens_per_s"]
+            .as_f64()
+            .or_else(|| json["new_tokens_per_s"].as_f64()),
         other => json[other].as_f64(),
     }
+}
+
+fn peak_mb(line: &str) -> Option<f64> {
+    serde_json::from_str::<serde_json::Value>(line).ok()?["peak_rss_mb"].as_f64()
 }
 
 fn last_json_line(output: &std::process::Output) -> Option<String> {
@@ -238,45 +307,66 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
         }
     }
     let root = workspace_root();
-    let script = root.join("bench/torch_gpt_bench.py");
     let mut rows = Vec::new();
     let mut records = Vec::new();
     let mut last_args: Option<&[&str]> = None;
     let mut cached: (Option<String>, Option<String>) = (None, None);
-    for (name, args, key) in MEASUREMENTS
+    for m in MEASUREMENTS
         .iter()
         .take(if quick { 1 } else { MEASUREMENTS.len() })
     {
-        // Both generate rows come from one run of each side.
-        if last_args != Some(*args) {
+        // Rows with the same arguments (both gpt2-small generate rows) share one run
+        // of each side.
+        if last_args != Some(m.ember) {
+            eprintln!("xtask bench: {}", m.name);
             let ember = Command::new(binary)
                 .current_dir(&root)
                 .env("EMBER_LOG", "warn")
                 .args(["--backend", backend_name(backend), "bench"])
-                .args(*args)
+                .args(m.ember)
                 .output();
-            let torch = Command::new(&python).arg(&script).args(*args).output();
+            let (script, args) = m.reference;
+            let reference = Command::new(&python)
+                .current_dir(&root)
+                .arg(root.join("bench").join(script))
+                .args(args)
+                .output();
             cached = (
                 ember.ok().as_ref().and_then(last_json_line),
-                torch.ok().as_ref().and_then(last_json_line),
+                reference.ok().as_ref().and_then(last_json_line),
             );
             records.extend(cached.0.clone());
             records.extend(cached.1.clone());
-            last_args = Some(*args);
+            last_args = Some(m.ember);
         }
-        let e = cached.0.as_deref().and_then(|l| metric(l, key));
-        let t = cached.1.as_deref().and_then(|l| metric(l, key));
-        rows.push((name.to_string(), e, t));
+        let value = |line: &Option<String>| line.as_deref().and_then(|l| metric(l, m.key));
+        let peak = |line: &Option<String>| line.as_deref().and_then(peak_mb);
+        rows.push((
+            m.name,
+            value(&cached.0),
+            value(&cached.1),
+            peak(&cached.0),
+            peak(&cached.1),
+        ));
     }
-    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-    println!("| measurement | Ember ({backend}) | PyTorch | Ember / PyTorch |");
-    println!("|---|---:|---:|---:|");
-    for (name, e, t) in &rows {
+    let fmt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    println!(
+        "| measurement | Ember ({backend}) | PyTorch | Ember / PyTorch | peak MB Ember | peak MB PyTorch |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, e, t, pe, pt) in &rows {
         let ratio = match (e, t) {
             (Some(e), Some(t)) if *t > 0.0 => format!("{:.2}x", e / t),
             _ => "-".to_string(),
         };
-        println!("| {name} | {} | {} | {ratio} |", fmt(*e), fmt(*t));
+        println!(
+            "| {name} | {} | {} | {ratio} | {} | {} |",
+            fmt(*e, 1),
+            fmt(*t, 1),
+            fmt(*pe, 0),
+            fmt(*pt, 0)
+        );
     }
     let out = root.join("target/bench.json");
     let _ = std::fs::write(&out, format!("[\n{}\n]\n", records.join(",\n")));

@@ -4,15 +4,25 @@
 //! - `train`: tokens/s of full training steps (forward, cross-entropy, backward, AdamW)
 //!   on random tokens, median over `steps` after `warmup`;
 //! - `generate`: new tokens/s of greedy decoding from a random prompt, with and
-//!   without the KV cache, median over `reps`.
+//!   without the KV cache, median over `reps`; with `--model-config`, a model of that
+//!   `config.json`'s shape (any architecture, random weights: speed does not depend on
+//!   the values), the counterpart of `bench/hf_generate_bench.py`, with the KV cache only;
+//! - `load`: seconds and peak resident memory to load `--model DIR` (weights and
+//!   tokenizer), beside the model's size in f32.
+//!
+//! Every record carries `peak_rss_mb`, the process's peak resident memory so far.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use ember_model::{GenerationConfig, GptConfig, generate};
+use ember_model::{
+    GenerationConfig, GptConfig, LanguageModel, ModelConfig, WeightDtype, generate,
+    read_model_config, with_weight_dtype,
+};
 use ember_train::{AdamWSettings, cross_entropy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -21,9 +31,19 @@ use serde_json::{Value, json};
 /// Settings of one benchmark run (the PyTorch script's arguments and defaults).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// `train` or `generate`.
+    /// `train`, `generate` or `load`.
     #[arg(long, default_value = "train")]
     pub mode: String,
+    /// `generate`: a `config.json` (GPT-2, Llama 3.x, Qwen3) whose shape replaces
+    /// --preset, e.g. bench/configs/qwen3-0.6b.json.
+    #[arg(long)]
+    pub model_config: Option<PathBuf>,
+    /// `load`: the model directory to load.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// `generate` and `load`: precision of the weight matrices (f32, bf16, f16).
+    #[arg(long, default_value_t = WeightDtype::F32)]
+    pub dtype: WeightDtype,
     /// `tiny` (64 wide, 2 layers), `gpt2-small` or `gpt2-medium`.
     #[arg(long, default_value = "gpt2-small")]
     pub preset: String,
@@ -61,6 +81,28 @@ fn median(mut values: Vec<f64>) -> f64 {
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
+}
+
+/// A dtype as the PyTorch scripts name it (`fp32`, `bf16`, `f16`).
+fn dtype_name(dtype: WeightDtype) -> String {
+    match dtype {
+        WeightDtype::F32 => "fp32".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The process's peak resident memory in MiB (`VmHWM`), where the kernel reports it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib as f64 / 1024.0)
 }
 
 fn config(args: &BenchArgs) -> Result<GptConfig> {
@@ -164,13 +206,26 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
             })
         }
         "generate" => {
-            device.seed(123);
-            let model = config.init(device);
+            let (model, vocab_size, shape) = generation_model(args, &config, device)?;
+            record["dtype"] = json!(dtype_name(args.dtype));
+            record["params"] = json!(model.config().num_params());
+            record["context"] = json!(args.prompt_len + args.new_tokens);
+            if let Some(shape) = shape {
+                record["config"] = json!(shape);
+                record["model_type"] = json!(model.config().model_type());
+            }
             let prompt: Vec<u32> = (0..args.prompt_len)
-                .map(|_| rng.random_range(0..50257))
+                .map(|_| rng.random_range(0..vocab_size as u32))
                 .collect();
             let mut out = serde_json::Map::new();
-            for use_kv_cache in [true, false] {
+            // A real model's shape is timed the way transformers generates, with the KV
+            // cache (without it, 0.6B parameters take minutes per run).
+            let modes: &[bool] = if args.model_config.is_some() {
+                &[true]
+            } else {
+                &[true, false]
+            };
+            for &use_kv_cache in modes {
                 let settings = GenerationConfig {
                     max_new_tokens: args.new_tokens,
                     use_kv_cache,
@@ -192,10 +247,69 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
             }
             Value::Object(out)
         }
-        other => bail!("unknown bench mode \"{other}\" (train, generate)"),
+        "load" => {
+            let dir = args
+                .model
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--mode load needs --model DIR"))?;
+            let before = peak_rss_mib();
+            let start = Instant::now();
+            let (loaded, _tokenizer) = crate::model_arg::ModelArgs {
+                model: dir.clone(),
+                preset: None,
+                config: None,
+                qkv_bias: false,
+                dtype: args.dtype,
+            }
+            .load_with_tokenizer(device)?;
+            let load_s = start.elapsed().as_secs_f64();
+            let params = loaded.config.num_params();
+            let f32_mb = params as f64 * 4.0 / (1024.0 * 1024.0);
+            let peak = peak_rss_mib();
+            record["params"] = json!(params);
+            record["model_type"] = json!(loaded.config.model_type());
+            record["dtype"] = json!(dtype_name(args.dtype));
+            json!({
+                "model": dir,
+                "load_s": load_s,
+                "peak_rss_mb_before_load": before,
+                "f32_size_mb": f32_mb,
+                "peak_rss_over_f32_size": peak.map(|p| p / f32_mb),
+            })
+        }
+        other => bail!("unknown bench mode \"{other}\" (train, generate, load)"),
     };
     if let (Value::Object(r), Value::Object(e)) = (&mut record, extra) {
         r.extend(e);
     }
+    record["peak_rss_mb"] = json!(peak_rss_mib());
     Ok(record)
+}
+
+/// The model `generate` times: `--model-config`'s shape with random weights in
+/// `--dtype`, loaded the way a checkpoint is (so the peak memory is a real model's), or
+/// the preset; its vocabulary size; and the config file's name, if one was given.
+fn generation_model(
+    args: &BenchArgs,
+    preset: &GptConfig,
+    device: &Device,
+) -> Result<(LanguageModel, usize, Option<String>)> {
+    device.seed(123);
+    let Some(path) = &args.model_config else {
+        let model = ModelConfig::Gpt2(preset.clone()).init(device);
+        let model = with_weight_dtype(model, args.dtype);
+        return Ok((model, preset.vocab_size, None));
+    };
+    let (config, _) = read_model_config(path)?;
+    let config = match config {
+        ModelConfig::Gpt2(mut c) => {
+            c.context_length = c.context_length.max(args.prompt_len + args.new_tokens);
+            c.drop_rate = 0.0;
+            ModelConfig::Gpt2(c)
+        }
+        other => other,
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let model = ember_model::weights::random_model(&config, args.dtype, 123, device)?;
+    Ok((model, config.vocab_size(), name))
 }

@@ -232,18 +232,29 @@ fn exit_code(error: &anyhow::Error) -> u8 {
 /// Prints the process's peak resident memory (`VmHWM`) to stderr: how the tests and
 /// benchmarks see what a command needed at most.
 fn report_peak_rss() {
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        });
-    match peak {
-        Some(kb) => eprintln!("peak RSS: {} MiB", kb / 1024),
+    match ember_cli::bench::peak_rss_mib() {
+        Some(mib) => eprintln!("peak RSS: {} MiB", mib as u64),
         None => eprintln!("peak RSS: unknown"),
     }
+}
+
+/// Runs `command` on one of rayon's worker threads rather than on the main thread.
+///
+/// The kernels split their work with rayon. Called from the main thread, each split
+/// wakes the pool's workers (one per core) and puts the main thread to sleep; between
+/// splits the workers spin while the main thread runs Burn's single-threaded
+/// operations, so three threads share two cores. Called from a worker, the caller takes
+/// a share of the work itself and the others steal the rest: as many threads as cores,
+/// no hand-off. KV-cached generation of a 0.6B model went from 12 to 14-15 new tokens/s
+/// on 2 cores. Workers get the main thread's stack size, for deep autodiff graphs.
+fn on_the_thread_pool<R: Send>(command: impl FnOnce() -> R + Send) -> R {
+    let built = rayon::ThreadPoolBuilder::new()
+        .stack_size(8 << 20)
+        .build_global();
+    if let Err(e) = built {
+        tracing::debug!("rayon's pool was already built: {e}");
+    }
+    rayon::scope(|_| command())
 }
 
 fn main() -> ExitCode {
@@ -258,7 +269,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = run(cli);
+    let result = on_the_thread_pool(move || run(cli));
     if std::env::var_os("EMBER_REPORT_PEAK_RSS").is_some() {
         report_peak_rss();
     }

@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use burn::prelude::Device;
 use clap::Args;
 use ember_model::{
-    GptConfig, LoadedModel, ModelConfig, load_model, model_tokenizer, read_model_config,
+    GptConfig, LoadedModel, ModelConfig, WeightDtype, load_model_as, model_tokenizer,
+    read_model_config,
 };
 use ember_tokenizer::ModelTokenizer;
 
@@ -28,6 +29,10 @@ pub struct ModelArgs {
     /// With --preset: the QKV projections have a bias (GPT-2's released weights do).
     #[arg(long)]
     pub qkv_bias: bool,
+    /// Precision of the weight matrices: f32, or bf16 / f16 (half the memory and
+    /// faster generation on a CPU; activations stay f32).
+    #[arg(long, default_value_t = WeightDtype::F32)]
+    pub dtype: WeightDtype,
 }
 
 impl ModelArgs {
@@ -49,7 +54,7 @@ impl ModelArgs {
             },
             (None, None) => None,
         };
-        load_model(&self.model, config.as_ref(), device)
+        load_model_as(&self.model, config.as_ref(), self.dtype, device)
             .with_context(|| format!("cannot load the model {}", self.model.display()))
     }
 

@@ -10,7 +10,9 @@
 //!   are also the definitions the kernels are tested against.
 //!
 //! One kernel per file: [`gelu`], [`matmul`] (and [`linear`]), [`dropout`],
-//! [`cross_entropy`], and the optimizer [`FusedAdamW`].
+//! [`cross_entropy`], [`rms_norm`], the optimizer [`FusedAdamW`], and for inference the
+//! [`half_weights`] (bf16/f16 weights computed with in f32) that [`linear`],
+//! [`embedding`] and [`unembed`] use when a model has them.
 //!
 //! Library crates call these functions and never choose a backend; the `ember` binary
 //! turns the `ndarray` feature on together with the ndarray backend.
@@ -24,15 +26,20 @@ mod adamw;
 mod cpu;
 mod cross_entropy;
 mod dropout;
+mod embedding;
 mod gelu;
+pub mod half_weights;
 mod matmul;
+mod rms_norm;
 
 pub use adamw::{AdamWHyper, FusedAdamW};
 pub use cross_entropy::{cross_entropy, cross_entropy_reference};
 pub use dropout::dropout;
+pub use embedding::{embedding, unembed};
 pub use ember_data::IGNORE_INDEX;
 pub use gelu::{gelu_tanh, gelu_tanh_reference};
 pub use matmul::{linear, matmul};
+pub use rms_norm::{rms_norm, rms_norm_reference};
 
 /// Elements per rayon task for the element-wise kernels: large enough that scheduling
 /// is noise, small enough to share a 1.5M-element GELU input between the cores.

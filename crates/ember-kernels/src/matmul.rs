@@ -31,7 +31,13 @@ pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
 /// # Shapes
 /// - x: `[..., d_input]`
 /// - returns `[..., d_output]`
+///
+/// A layer with [half weights](crate::half_weights) computes from them.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    if let Some(m) = crate::half_weights::half_matrix(&layer.weight) {
+        let bias = layer.bias.as_ref().map(|b| b.val());
+        return crate::half_weights::linear_half(x, &m, bias);
+    }
     let weight = layer.weight.val();
     let [d_input, d_output] = weight.dims();
     let mut dims = x.dims();
@@ -126,6 +132,16 @@ fn product<B: CpuBackend>(a: MatrixView<'_>, b: MatrixView<'_>) -> FloatTensor<B
 
 /// `a · b` into a new row-major vector, on every core.
 pub(crate) fn gemm(a: MatrixView<'_>, b: MatrixView<'_>) -> Vec<f32> {
+    gemm_with(a, b, ::gemm::Parallelism::Rayon(0))
+}
+
+/// `a · b` into a new row-major vector, on the calling thread (inside a task that is
+/// already one of many).
+pub(crate) fn gemm_on_this_thread(a: MatrixView<'_>, b: MatrixView<'_>) -> Vec<f32> {
+    gemm_with(a, b, ::gemm::Parallelism::None)
+}
+
+fn gemm_with(a: MatrixView<'_>, b: MatrixView<'_>, parallelism: ::gemm::Parallelism) -> Vec<f32> {
     let ((m, k), (k2, n)) = (a.dims, b.dims);
     assert_eq!(k, k2, "matrix product of [{m}, {k}] and [{k2}, {n}]");
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
@@ -152,7 +168,7 @@ pub(crate) fn gemm(a: MatrixView<'_>, b: MatrixView<'_>) -> Vec<f32> {
             false,
             false,
             false,
-            ::gemm::Parallelism::Rayon(0),
+            parallelism,
         );
         out.set_len(m * n);
     }

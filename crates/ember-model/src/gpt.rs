@@ -229,7 +229,8 @@ impl GptModel {
         let positions = Tensor::<1, Int>::arange(start as i64..(start + seq_len) as i64, &device)
             .reshape([1, seq_len])
             .expand([batch, seq_len]);
-        let x = self.wte.forward(ids) + self.wpe.forward(positions);
+        let x = ember_kernels::embedding(&self.wte, ids)
+            + ember_kernels::embedding(&self.wpe, positions);
         ember_kernels::dropout(&self.drop_emb, x)
     }
 
@@ -240,16 +241,8 @@ impl GptModel {
     pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => ember_kernels::linear(head, x),
-            None => {
-                // Tied: the token embedding matrix, transposed, is the head.
-                let [batch, seq_len, d] = x.dims();
-                let logits = ember_kernels::matmul(
-                    x.reshape([batch * seq_len, d]),
-                    self.wte.weight.val().transpose(),
-                );
-                let vocab = logits.dims()[1];
-                logits.reshape([batch, seq_len, vocab])
-            }
+            // Tied: the token embedding matrix, transposed, is the head.
+            None => ember_kernels::unembed(&self.wte, x),
         }
     }
 

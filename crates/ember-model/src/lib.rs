@@ -22,6 +22,7 @@ pub mod gpt;
 pub mod layers;
 pub mod llama;
 pub mod model;
+pub mod precision;
 pub mod qwen3;
 pub mod weights;
 
@@ -30,7 +31,8 @@ pub use generate::{GenerateError, GenerationConfig, check_prompt, generate, samp
 pub use gpt::{FeedForward, GptModel, TransformerBlock};
 pub use llama::{Family, LlamaConfig, LlamaModel};
 pub use model::{CausalLm, LanguageModel, ModelConfig};
+pub use precision::{WeightDtype, with_weight_dtype};
 pub use weights::{
-    LoadedModel, ModelSource, WeightsError, describe_model, load_model, model_tokenizer,
-    read_model_config, resolve_model_path, save_model,
+    LoadedModel, ModelSource, WeightsError, describe_model, load_model, load_model_as,
+    model_tokenizer, read_model_config, resolve_model_path, save_model,
 };

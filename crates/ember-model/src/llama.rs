@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::layers::{
     GroupedQueryAttention, GroupedQueryAttentionConfig, Llama3Scaling, RmsNorm, RmsNormConfig,
-    RopeConfig, SwiGlu, SwiGluConfig,
+    RopeConfig, RopeTables, SwiGlu, SwiGluConfig,
 };
 use crate::weights::WeightsError;
 
@@ -358,13 +358,12 @@ impl LlamaBlock {
     pub fn forward(
         &self,
         x: Tensor<3>,
-        rope: &RopeConfig,
-        start: usize,
+        rope: &RopeTables,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
-        let attn =
-            self.self_attn
-                .forward(self.input_layernorm.forward(x.clone()), rope, start, cache);
+        let attn = self
+            .self_attn
+            .forward(self.input_layernorm.forward(x.clone()), rope, cache);
         let x = x + attn;
         let mlp = self
             .mlp
@@ -402,9 +401,10 @@ impl LlamaModel {
     /// # Shapes
     /// - ids: `[batch, seq]` → `[batch, seq, hidden]`
     pub fn forward_hidden(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let mut x = self.model.embed_tokens.forward(ids);
+        let rope = self.rope_tables(0, ids.dims()[1], &ids.device());
+        let mut x = ember_kernels::embedding(&self.model.embed_tokens, ids);
         for block in &self.model.layers {
-            x = block.forward(x, &self.config.rope, 0, None);
+            x = block.forward(x, &rope, None);
         }
         self.model.norm.forward(x)
     }
@@ -428,9 +428,10 @@ impl LlamaModel {
     ) -> Result<Tensor<3>, AttentionError> {
         cache.check_room(ids.dims()[1])?;
         let start = cache.len();
-        let mut x = self.model.embed_tokens.forward(ids);
+        let rope = self.rope_tables(start, ids.dims()[1], &ids.device());
+        let mut x = ember_kernels::embedding(&self.model.embed_tokens, ids);
         for (layer, block) in self.model.layers.iter().enumerate() {
-            x = block.forward(x, &self.config.rope, start, Some((&mut *cache, layer)));
+            x = block.forward(x, &rope, Some((&mut *cache, layer)));
         }
         Ok(self.head(self.model.norm.forward(x)))
     }
@@ -442,16 +443,16 @@ impl LlamaModel {
     pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => ember_kernels::linear(head, x),
-            None => {
-                let [batch, seq, d] = x.dims();
-                let logits = ember_kernels::matmul(
-                    x.reshape([batch * seq, d]),
-                    self.model.embed_tokens.weight.val().transpose(),
-                );
-                let vocab = logits.dims()[1];
-                logits.reshape([batch, seq, vocab])
-            }
+            // Tied: the token embedding matrix, transposed, is the head.
+            None => ember_kernels::unembed(&self.model.embed_tokens, x),
         }
+    }
+
+    /// The rotation tables of positions `start..start + len`, shared by every block.
+    fn rope_tables(&self, start: usize, len: usize, device: &Device) -> RopeTables {
+        self.config
+            .rope
+            .tables(self.config.head_dim, start, len, device)
     }
 
     /// A cache for this model.

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use ember_attention::{KvCache, causal_attention};
 
 use super::rms_norm::{RmsNorm, RmsNormConfig};
-use super::rope::RopeConfig;
+use super::rope::RopeTables;
 
 /// Configuration of [`GroupedQueryAttention`].
 #[derive(Config, Debug)]
@@ -98,8 +98,7 @@ impl GroupedQueryAttention {
     pub fn forward(
         &self,
         x: Tensor<3>,
-        rope: &RopeConfig,
-        start: usize,
+        rope: &RopeTables,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
@@ -111,8 +110,8 @@ impl GroupedQueryAttention {
             };
             h.swap_dims(1, 2)
         };
-        let q = rope.apply(heads(&self.q_proj, self.heads, &self.q_norm), start);
-        let k = rope.apply(heads(&self.k_proj, self.kv_heads, &self.k_norm), start);
+        let q = rope.apply(heads(&self.q_proj, self.heads, &self.q_norm));
+        let k = rope.apply(heads(&self.k_proj, self.kv_heads, &self.k_norm));
         let v = heads(&self.v_proj, self.kv_heads, &None);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.extend(layer, k, v),
@@ -131,6 +130,7 @@ impl GroupedQueryAttention {
 mod tests {
     #![allow(deprecated)]
     use super::*;
+    use crate::layers::RopeConfig;
     use burn::tensor::{Distribution, Tolerance};
 
     /// Decoding one position at a time through the cache gives the full pass's
@@ -147,12 +147,20 @@ mod tests {
             llama3: None,
         };
         let x = Tensor::<3>::random([1, 6, 16], Distribution::Normal(0.0, 1.0), &device);
-        let full = layer.forward(x.clone(), &rope, 0, None);
+        let tables = |start, len| rope.tables(8, start, len, &device);
+        let full = layer.forward(x.clone(), &tables(0, 6), None);
         let mut cache = KvCache::new(1, 6);
-        let mut parts =
-            vec![layer.forward(x.clone().narrow(1, 0, 3), &rope, 0, Some((&mut cache, 0)))];
+        let mut parts = vec![layer.forward(
+            x.clone().narrow(1, 0, 3),
+            &tables(0, 3),
+            Some((&mut cache, 0)),
+        )];
         for t in 3..6 {
-            parts.push(layer.forward(x.clone().narrow(1, t, 1), &rope, t, Some((&mut cache, 0))));
+            parts.push(layer.forward(
+                x.clone().narrow(1, t, 1),
+                &tables(t, 1),
+                Some((&mut cache, 0)),
+            ));
         }
         Tensor::cat(parts, 1)
             .into_data()

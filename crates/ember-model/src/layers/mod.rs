@@ -8,5 +8,5 @@ pub mod swiglu;
 
 pub use attention::{GroupedQueryAttention, GroupedQueryAttentionConfig};
 pub use rms_norm::{RmsNorm, RmsNormConfig};
-pub use rope::{Llama3Scaling, RopeConfig};
+pub use rope::{Llama3Scaling, RopeConfig, RopeTables};
 pub use swiglu::{SwiGlu, SwiGluConfig};

@@ -38,9 +38,7 @@ impl RmsNorm {
     /// # Shapes
     /// - x: `[..., d_model]` → `[..., d_model]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let mean_square = x.clone().square().mean_dim(D - 1);
-        let inverse_rms = (mean_square + self.epsilon).sqrt().recip();
-        x * inverse_rms * self.weight.val().unsqueeze::<D>()
+        ember_kernels::rms_norm(x, self.weight.val(), self.epsilon)
     }
 }
 

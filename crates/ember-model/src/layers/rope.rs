@@ -73,13 +73,39 @@ impl RopeConfig {
         )
     }
 
+    /// The rotation tables of positions `start..start + len` for heads of `head_dim`:
+    /// computed once per forward pass and shared by every block.
+    pub fn tables(&self, head_dim: usize, start: usize, len: usize, device: &Device) -> RopeTables {
+        let (cos, sin) = self.cos_sin(head_dim, start, len, device);
+        RopeTables { cos, sin }
+    }
+
     /// Rotates queries or keys at positions `start..start + seq`.
     ///
     /// # Shapes
     /// - x: `[batch, heads, seq, head_dim]` → `[batch, heads, seq, head_dim]`
     pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
         let [_, _, seq, head_dim] = x.dims();
-        let (cos, sin) = self.cos_sin(head_dim, start, seq, &x.device());
+        self.tables(head_dim, start, seq, &x.device()).apply(x)
+    }
+}
+
+/// `cos` and `sin` of the rotation angles of a run of positions.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    /// `[seq, head_dim]`.
+    cos: Tensor<2>,
+    /// `[seq, head_dim]`.
+    sin: Tensor<2>,
+}
+
+impl RopeTables {
+    /// Rotates queries or keys at the tables' positions.
+    ///
+    /// # Shapes
+    /// - x: `[batch, heads, seq, head_dim]` → `[batch, heads, seq, head_dim]`
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let head_dim = x.dims()[3];
         let half = head_dim / 2;
         // rotate_half: (x1, x2) → (−x2, x1)
         let rotated = Tensor::cat(
@@ -89,7 +115,7 @@ impl RopeConfig {
             ],
             3,
         );
-        x * cos.unsqueeze::<4>() + rotated * sin.unsqueeze::<4>()
+        x * self.cos.clone().unsqueeze::<4>() + rotated * self.sin.clone().unsqueeze::<4>()
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod book;
 pub mod gpt2;
 pub mod llama;
+mod random;
 pub mod table;
 pub mod tensors;
 
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use ember_data::files::{CHECKSUMS_FILE, ChecksumError, verify_checksums, write_checksums};
 
+pub use random::random_model;
 pub use table::{Layout, NameTable, collect_parameters, load_parameters};
 pub use tensors::{
     INDEX_FILE, MemoryTensors, RawTensor, SafetensorsFiles, TensorSource, WEIGHTS_FILE,
@@ -34,6 +36,7 @@ pub use tensors::{
 use crate::config::GptConfig;
 use crate::gpt::GptModel;
 use crate::model::{LanguageModel, ModelConfig};
+use crate::precision::WeightDtype;
 
 /// Errors while reading or writing weights.
 #[derive(Debug, thiserror::Error)]
@@ -170,13 +173,14 @@ pub fn resolve_model_path(path: &Path) -> PathBuf {
     }
 }
 
-/// The raw `config.json` of the model at `path` (a directory or the file itself), and
-/// where it was.
+/// The raw `config.json` of the model at `path` (a directory, a `.json` file under any
+/// name, or a weights file beside `config.json`), and where it was.
 pub fn read_config_value(path: &Path) -> Result<(serde_json::Value, PathBuf), WeightsError> {
     let dir = resolve_model_path(path);
     let config_path = if dir.is_dir() {
         dir.join("config.json")
-    } else if dir.file_name().is_some_and(|n| n == "config.json") {
+    } else if dir.extension().is_some_and(|e| e == "json") {
+        // A configuration file under any name (bench/configs/qwen3-0.6b.json).
         dir
     } else {
         dir.parent().unwrap_or(Path::new(".")).join("config.json")
@@ -259,9 +263,10 @@ fn check_size(config: &ModelConfig, source: &dyn TensorSource) -> Result<(), Wei
 }
 
 /// Builds a model of `config`'s architecture from Hub-named tensors.
-fn model_from_tensors(
+pub(crate) fn model_from_tensors(
     config: &ModelConfig,
     source: &dyn TensorSource,
+    dtype: WeightDtype,
     device: &Device,
 ) -> Result<LanguageModel, WeightsError> {
     check_size(config, source)?;
@@ -313,6 +318,7 @@ fn model_from_tensors(
             &table,
             source,
             device,
+            dtype,
             &also_used,
         )?),
         ModelConfig::Llama(c) => LanguageModel::Llama(load_parameters(
@@ -320,6 +326,7 @@ fn model_from_tensors(
             &table,
             source,
             device,
+            dtype,
             &also_used,
         )?),
     })
@@ -336,6 +343,18 @@ pub fn load_model(
     shape: Option<&GptConfig>,
     device: &Device,
 ) -> Result<LoadedModel, WeightsError> {
+    load_model_as(path, shape, WeightDtype::F32, device)
+}
+
+/// [`load_model`] with the matrices of linear layers and embeddings held in `dtype`,
+/// converted from the file's values tensor by tensor (a bf16 model is never held in
+/// f32 on the way).
+pub fn load_model_as(
+    path: &Path,
+    shape: Option<&GptConfig>,
+    dtype: WeightDtype,
+    device: &Device,
+) -> Result<LoadedModel, WeightsError> {
     let path = resolve_model_path(path);
     if is_pth(&path) {
         let config = shape.ok_or_else(|| WeightsError::NotAModel {
@@ -348,7 +367,7 @@ pub fn load_model(
             .map_err(|e| WeightsError::format(&path, e.to_string()))?;
         let tensors = book::to_gpt2_tensors(config, book::read_pth(&path)?, &path)?;
         let config = ModelConfig::Gpt2(config.clone());
-        let model = model_from_tensors(&config, &tensors, device)?;
+        let model = model_from_tensors(&config, &tensors, dtype, device)?;
         return Ok(LoadedModel {
             model,
             config,
@@ -395,7 +414,7 @@ pub fn load_model(
     // refused before it is read.
     verify_checksums(&dir)?;
     let tensors = SafetensorsFiles::open(&path)?;
-    let model = model_from_tensors(&config, &tensors, device)?;
+    let model = model_from_tensors(&config, &tensors, dtype, device)?;
     Ok(LoadedModel {
         model,
         config,
@@ -580,9 +599,14 @@ mod tests {
             tensors,
             origin: PathBuf::from("m.safetensors"),
         };
-        let err = model_from_tensors(&ModelConfig::Gpt2(config), &source, &device)
-            .unwrap_err()
-            .to_string();
+        let err = model_from_tensors(
+            &ModelConfig::Gpt2(config),
+            &source,
+            WeightDtype::F32,
+            &device,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("m.safetensors: "), "{err}");
         assert!(
             err.contains("tensor transformer.wpe.weight has shape [4, 16], expected [8, 16]"),

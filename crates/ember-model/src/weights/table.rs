@@ -15,8 +15,11 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use regex::Regex;
 
+use ember_kernels::half_weights::{HalfKind, HalfMatrix};
+
 use super::WeightsError;
 use super::tensors::TensorSource;
+use crate::precision::{Containers, HalfRole, WeightDtype};
 
 /// How a Hub tensor is laid out relative to Ember's parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,18 +98,23 @@ struct Loader<'a> {
     table: &'a NameTable,
     source: &'a dyn TensorSource,
     device: Device,
+    /// Weight matrices are held in this 16-bit format, if any.
+    half: Option<HalfKind>,
     path: PathTracker,
+    containers: Containers,
     used: BTreeSet<String>,
     problems: Vec<String>,
 }
 
 impl ModuleMapper for Loader<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.enter(name);
+        self.containers.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _: &str, _: &str) {
         self.path.exit();
+        self.containers.exit();
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
@@ -140,6 +148,18 @@ impl ModuleMapper for Loader<'_> {
                 return param;
             }
         };
+        if let (Some(kind), Some(role)) = (self.half, self.containers.half_role()) {
+            // Straight from the file's values to 16 bits: no f32 tensor is built. The half
+            // matrix is `[out, in]`, a Linear weight's transpose and an Embedding's self.
+            let (a, b) = (hub_shape[0], hub_shape[1]);
+            let transpose = (role == HalfRole::LinearWeight) == (layout == Layout::Same);
+            let matrix = if transpose {
+                HalfMatrix::from_f32_transposed(kind, b, a, &values)
+            } else {
+                HalfMatrix::from_f32(kind, a, b, &values)
+            };
+            return role.param(&param, matrix, &self.device);
+        }
         let tensor = Tensor::<D>::from_data(TensorData::new(values, hub_shape), &self.device);
         let tensor = match layout {
             Layout::Same => tensor,
@@ -152,20 +172,24 @@ impl ModuleMapper for Loader<'_> {
 }
 
 /// Loads every float parameter of `model` (built on `device`, its parameters not yet
-/// drawn) from `source` as `table` maps them. Hub tensors that no parameter uses and
-/// that the table does not ignore, or that `also_used` lists, are errors.
+/// drawn) from `source` as `table` maps them, the matrices of linear layers and
+/// embeddings in `dtype`. Hub tensors that no parameter uses and that the table does
+/// not ignore, or that `also_used` lists, are errors.
 pub fn load_parameters<M: Module>(
     model: M,
     table: &NameTable,
     source: &dyn TensorSource,
     device: &Device,
+    dtype: WeightDtype,
     also_used: &[&str],
 ) -> Result<M, WeightsError> {
     let mut loader = Loader {
         table,
         source,
         device: device.clone(),
+        half: dtype.half_kind(),
         path: PathTracker::default(),
+        containers: Containers::default(),
         used: also_used.iter().map(|s| s.to_string()).collect(),
         problems: Vec::new(),
     };
@@ -180,9 +204,16 @@ pub fn load_parameters<M: Module>(
     if loader.problems.is_empty() {
         Ok(model)
     } else {
+        // Every problem counts, the first few are named: a wrong architecture would
+        // otherwise name every tensor of the model.
+        const NAMED: usize = 8;
+        let mut problems = loader.problems[..loader.problems.len().min(NAMED)].join("; ");
+        if loader.problems.len() > NAMED {
+            problems += &format!(" (and {} more)", loader.problems.len() - NAMED);
+        }
         Err(WeightsError::Mismatch {
             path: source.origin().to_path_buf(),
-            problems: loader.problems.join("; "),
+            problems,
         })
     }
 }

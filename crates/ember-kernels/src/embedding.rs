@@ -1,0 +1,37 @@
+//! Token embeddings and the tied output head, for f32 weights or half ones.
+//!
+//! Both read an `nn.Embedding`'s `[vocab, d]` matrix: the lookup takes rows of it, a tied
+//! head multiplies by its transpose. With [half weights](crate::half_weights) both read
+//! the 16-bit rows without ever computing the f32 matrix.
+
+use burn::nn::Embedding;
+use burn::prelude::*;
+
+use crate::half_weights::{embedding_half, half_matrix, linear_half};
+
+/// Rows `ids` of the embedding matrix.
+///
+/// # Shapes
+/// - ids: `[batch, seq]`
+/// - returns `[batch, seq, d]`
+pub fn embedding(layer: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
+    match half_matrix(&layer.weight) {
+        Some(m) => embedding_half(ids, &m),
+        None => layer.forward(ids),
+    }
+}
+
+/// `x · Eᵀ`: logits of a head tied to the embedding `layer`.
+///
+/// # Shapes
+/// - x: `[batch, seq, d]`
+/// - returns `[batch, seq, vocab]`
+pub fn unembed(layer: &Embedding, x: Tensor<3>) -> Tensor<3> {
+    if let Some(m) = half_matrix(&layer.weight) {
+        return linear_half(x, &m, None);
+    }
+    let [batch, seq, d] = x.dims();
+    let logits = crate::matmul(x.reshape([batch * seq, d]), layer.weight.val().transpose());
+    let vocab = logits.dims()[1];
+    logits.reshape([batch, seq, vocab])
+}

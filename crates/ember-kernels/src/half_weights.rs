@@ -1,0 +1,591 @@
+//! Weights kept in 16 bits (bf16 or f16) for inference, computed with in f32.
+//!
+//! Generating a token reads every weight once: on a CPU that is a memory-bound
+//! matrix-vector product, so weights held in 16 bits make it up to twice as fast and the
+//! model half as large. Activations, the KV cache and every sum stay f32 ("weight-only"
+//! half precision): the only rounding is the weights' own.
+//!
+//! A [`HalfMatrix`] holds a weight as `[out, in]` rows, the layout PyTorch's `nn.Linear`
+//! and `nn.Embedding` share, so one matrix serves a linear layer (`x · Mᵀ`), an embedding
+//! lookup (rows of `M`) and a tied output head (`x · Mᵀ` again).
+//!
+//! A model gets its half weights through [`half_param`]: the parameter stays a Burn
+//! parameter, but lazy, its f32 value computed from the half matrix only if something
+//! asks for it (saving, training, a backend without these kernels). Until then
+//! [`linear`](crate::linear), [`embedding`](crate::embedding) and
+//! [`unembed`](crate::unembed) find the half matrix by the parameter's id and compute
+//! from it; once the f32 value exists they use that, as they always did.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use burn::module::{Param, ParamId};
+use burn::prelude::*;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::cpu::{CpuBackend, MatrixView, with_cpu_backend};
+
+/// A 16-bit float format for weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HalfKind {
+    /// bfloat16: f32's range, 8 bits of mantissa; converting to f32 is a shift.
+    Bf16,
+    /// IEEE half: 11 bits of mantissa, range ±65504.
+    F16,
+}
+
+/// A matrix of 16-bit floats, row-major `[rows, cols]` (a weight's `[out, in]`).
+#[derive(Debug)]
+pub struct HalfMatrix {
+    kind: HalfKind,
+    rows: usize,
+    cols: usize,
+    bits: Vec<u16>,
+}
+
+impl HalfMatrix {
+    /// `values` (row-major `[rows, cols]`) rounded to `kind`, to nearest even as
+    /// PyTorch's `.to(dtype)` does.
+    pub fn from_f32(kind: HalfKind, rows: usize, cols: usize, values: &[f32]) -> Self {
+        assert_eq!(values.len(), rows * cols, "{rows} x {cols} values");
+        // Written in place: no per-thread pieces that the allocator would keep.
+        let mut bits = vec![0u16; values.len()];
+        bits.par_chunks_mut(1 << 16)
+            .zip(values.par_chunks(1 << 16))
+            .for_each(|(out, chunk)| {
+                for (o, &v) in out.iter_mut().zip(chunk) {
+                    *o = to_half_bits(kind, v);
+                }
+            });
+        Self {
+            kind,
+            rows,
+            cols,
+            bits,
+        }
+    }
+
+    /// The transpose of `values` (row-major `[cols, rows]`) rounded to `kind`: a
+    /// `[rows, cols]` matrix from a weight stored the other way round.
+    pub fn from_f32_transposed(kind: HalfKind, rows: usize, cols: usize, values: &[f32]) -> Self {
+        assert_eq!(values.len(), rows * cols, "{cols} x {rows} values");
+        let mut bits = vec![0u16; rows * cols];
+        if cols > 0 {
+            bits.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+                for (c, out) in row.iter_mut().enumerate() {
+                    *out = to_half_bits(kind, values[c * rows + r]);
+                }
+            });
+        }
+        Self {
+            kind,
+            rows,
+            cols,
+            bits,
+        }
+    }
+
+    /// The format.
+    pub fn kind(&self) -> HalfKind {
+        self.kind
+    }
+
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+
+    /// Bytes held.
+    pub fn size_bytes(&self) -> usize {
+        self.bits.len() * 2
+    }
+
+    /// Row `r` as f32 into `out` (`cols` long).
+    fn row_into(&self, r: usize, out: &mut [f32]) {
+        let bits = &self.bits[r * self.cols..(r + 1) * self.cols];
+        match self.kind {
+            HalfKind::Bf16 => bits
+                .iter()
+                .zip(out.iter_mut())
+                .for_each(|(&b, o)| *o = f32::from_bits((b as u32) << 16)),
+            // `half` converts slices with F16C where the CPU has it.
+            HalfKind::F16 => half_bits_as_f16(bits).convert_to_f32_slice(out),
+        }
+    }
+
+    /// Every value as f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        if self.cols > 0 {
+            out.par_chunks_mut(self.cols)
+                .enumerate()
+                .for_each(|(r, row)| self.row_into(r, row));
+        }
+        out
+    }
+}
+
+/// `v` rounded to `kind` (to nearest even), as bits.
+fn to_half_bits(kind: HalfKind, v: f32) -> u16 {
+    match kind {
+        HalfKind::Bf16 => bf16::from_f32(v).to_bits(),
+        HalfKind::F16 => f16::from_f32(v).to_bits(),
+    }
+}
+
+fn half_bits_as_f16(bits: &[u16]) -> &[f16] {
+    // SAFETY: `f16` is `#[repr(transparent)]` over `u16`.
+    unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<f16>(), bits.len()) }
+}
+
+/// The half matrices of live lazy parameters, by parameter id. Weak: the strong
+/// reference is the parameter's initializer, so a matrix leaves with its model, and
+/// stops being used the moment its parameter's f32 value is computed.
+fn registry() -> &'static Mutex<HashMap<ParamId, Weak<HalfMatrix>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<ParamId, Weak<HalfMatrix>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// A lazy parameter standing for `matrix`, with `id`: its f32 value, computed only when
+/// asked for, is `matrix` (`[out, in]`), transposed when `transposed` (a Burn `Linear`
+/// weight is `[in, out]`). The kernels compute from `matrix` until then.
+pub fn half_param<const D: usize>(
+    id: ParamId,
+    matrix: HalfMatrix,
+    transposed: bool,
+    device: &Device,
+    require_grad: bool,
+) -> Param<Tensor<D>> {
+    assert_eq!(D, 2, "half weights are matrices");
+    let [rows, cols] = matrix.dims();
+    let shape = if transposed {
+        [cols, rows]
+    } else {
+        [rows, cols]
+    };
+    let matrix = Arc::new(matrix);
+    {
+        let mut registry = registry().lock().expect("half weight registry");
+        registry.retain(|_, m| m.strong_count() > 0);
+        registry.insert(id, Arc::downgrade(&matrix));
+    }
+    Param::uninitialized(
+        id,
+        move |device, require_grad| {
+            let values = TensorData::new(matrix.to_f32(), [rows, cols]);
+            let tensor = Tensor::<2>::from_data(values, device);
+            let tensor = if transposed {
+                tensor.transpose()
+            } else {
+                tensor
+            };
+            let tensor: Tensor<D> = tensor.reshape(Shape::from(shape.to_vec()));
+            tensor.set_require_grad(require_grad)
+        },
+        device.clone(),
+        require_grad,
+        shape.into(),
+    )
+}
+
+/// The half matrix `param` stands for, while its f32 value has not been computed and
+/// no LoRA adapter modifies it.
+pub fn half_matrix<const D: usize>(param: &Param<Tensor<D>>) -> Option<Arc<HalfMatrix>> {
+    if param.is_initialized() || param.adapter().is_some() {
+        return None;
+    }
+    registry()
+        .lock()
+        .expect("half weight registry")
+        .get(&param.id)
+        .and_then(Weak::upgrade)
+}
+
+/// `x · Mᵀ (+ bias)`: a linear layer with half weights `m` (`[out, in]`).
+///
+/// # Shapes
+/// - x: `[..., in]`
+/// - returns `[..., out]`
+pub fn linear_half<const D: usize>(
+    x: Tensor<D>,
+    m: &HalfMatrix,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let [out_features, in_features] = m.dims();
+    let mut dims = x.dims();
+    assert_eq!(
+        dims[D - 1],
+        in_features,
+        "linear layer of {in_features} inputs given {dims:?}"
+    );
+    let rows: usize = dims[..D - 1].iter().product();
+    let x = x.reshape([rows, in_features]);
+    let device = x.device();
+    let mut y = match with_cpu_backend!(&x, B => product_on::<B>(&x, m)).flatten() {
+        Some(y) => y,
+        // Other backends compute with the weights in f32.
+        None => x.matmul(
+            Tensor::<2>::from_data(TensorData::new(m.to_f32(), m.dims()), &device).transpose(),
+        ),
+    };
+    if let Some(bias) = bias {
+        y = y + bias.unsqueeze::<2>();
+    }
+    dims[D - 1] = out_features;
+    y.reshape(dims)
+}
+
+/// Rows `ids` of `m`: an embedding lookup.
+///
+/// # Shapes
+/// - ids: `[batch, seq]`
+/// - returns `[batch, seq, cols]`
+pub fn embedding_half(ids: Tensor<2, Int>, m: &HalfMatrix) -> Tensor<3> {
+    let [batch, seq] = ids.dims();
+    let [rows, cols] = m.dims();
+    let device = ids.device();
+    let ids = ids
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("integer ids");
+    let mut out = vec![0.0f32; ids.len() * cols];
+    for (&id, row) in ids.iter().zip(out.chunks_mut(cols.max(1))) {
+        let id = usize::try_from(id)
+            .ok()
+            .filter(|&i| i < rows)
+            .unwrap_or_else(|| panic!("token id {id} outside an embedding of {rows} rows"));
+        m.row_into(id, row);
+    }
+    Tensor::from_data(TensorData::new(out, [batch, seq, cols]), &device)
+}
+
+/// Plain (untracked) `x` on CPU backend `B`: the product through the slice kernel.
+fn product_on<B: CpuBackend>(x: &Tensor<2>, m: &HalfMatrix) -> Option<Tensor<2>> {
+    let x = B::plain(x)?;
+    let [tokens, _] = B::shape(&x)[..] else {
+        return None;
+    };
+    let values = product(&B::values(&x), tokens, m);
+    Some(B::from_plain(B::new_tensor(&[tokens, m.dims()[0]], values)))
+}
+
+/// Output rows per task: one task converts and reads 64 weight rows.
+const ROWS_PER_TASK: usize = 64;
+/// From this many tokens on, a task converts its rows to f32 once and multiplies them
+/// with `gemm` (compute-bound prompts); below, it takes dot products (memory-bound
+/// decoding).
+const GEMM_FROM_TOKENS: usize = 16;
+
+/// `x · Mᵀ`, row-major `[tokens, out]`, on every core.
+pub(crate) fn product(x: &[f32], tokens: usize, m: &HalfMatrix) -> Vec<f32> {
+    let [out_features, in_features] = m.dims();
+    assert_eq!(x.len(), tokens * in_features);
+    if tokens == 1 {
+        // Decoding: each task writes its rows' dot products in place.
+        let mut out = vec![0.0f32; out_features];
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                let first = task * ROWS_PER_TASK;
+                let block = block_product(x, 1, m, first..first + chunk.len());
+                chunk.copy_from_slice(&block);
+            });
+        return out;
+    }
+    // Each task's block, stored `[its rows, tokens]`.
+    let blocks: Vec<(usize, Vec<f32>)> = (0..out_features.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .map(|task| {
+            let first = task * ROWS_PER_TASK;
+            let last = (first + ROWS_PER_TASK).min(out_features);
+            (first, block_product(x, tokens, m, first..last))
+        })
+        .collect();
+    let mut out = vec![0.0f32; tokens * out_features];
+    for (first, block) in blocks {
+        let n = block.len() / tokens.max(1);
+        for r in 0..n {
+            for t in 0..tokens {
+                out[t * out_features + first + r] = block[r * tokens + t];
+            }
+        }
+    }
+    out
+}
+
+/// `x · M[rows]ᵀ`, stored `[rows, tokens]`.
+fn block_product(
+    x: &[f32],
+    tokens: usize,
+    m: &HalfMatrix,
+    rows: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let k = m.dims()[1];
+    let n = rows.len();
+    if tokens >= GEMM_FROM_TOKENS {
+        let mut weights = vec![0.0f32; n * k];
+        for (i, r) in rows.enumerate() {
+            m.row_into(r, &mut weights[i * k..(i + 1) * k]);
+        }
+        // [n, k] · [k, tokens] with x read transposed through its strides.
+        let w = MatrixView::new(weights.as_ptr(), (n, k), k as isize, 1);
+        let xt = MatrixView::new(x.as_ptr(), (k, tokens), 1, k as isize);
+        return crate::matmul::gemm_on_this_thread(w, xt);
+    }
+    let mut out = Vec::with_capacity(n * tokens);
+    let mut row = vec![0.0f32; k];
+    let dot = dot_f32_kernel();
+    for r in rows {
+        if tokens == 1 && m.kind == HalfKind::Bf16 {
+            out.push(dot_bf16_kernel()(x, &m.bits[r * k..(r + 1) * k]));
+            continue;
+        }
+        m.row_into(r, &mut row);
+        for t in 0..tokens {
+            out.push(dot(&x[t * k..(t + 1) * k], &row));
+        }
+    }
+    out
+}
+
+/// Accumulators per dot product: enough independent chains to hide the FMA latency.
+const LANES: usize = 64;
+
+/// The body of both dot products, compiled once per instruction set below; `FMA`
+/// chooses fused multiply-adds (a libm call without the instruction).
+macro_rules! dot_body {
+    ($x:expr, $w:expr, $to_f32:expr, $fma:expr) => {{
+        let (x, w) = ($x, $w);
+        let mut acc = [0.0f32; LANES];
+        let (xc, wc) = (x.chunks_exact(LANES), w.chunks_exact(LANES));
+        let (xr, wr) = (xc.remainder(), wc.remainder());
+        for (xs, ws) in xc.zip(wc) {
+            for i in 0..LANES {
+                let wv: f32 = $to_f32(ws[i]);
+                acc[i] = if $fma {
+                    wv.mul_add(xs[i], acc[i])
+                } else {
+                    acc[i] + wv * xs[i]
+                };
+            }
+        }
+        let mut sum = 0.0f32;
+        for (&xv, &wv) in xr.iter().zip(wr) {
+            sum += $to_f32(wv) * xv;
+        }
+        // Pairwise, so the result does not depend on the instruction set's width.
+        let mut width = LANES;
+        while width > 1 {
+            width /= 2;
+            for i in 0..width {
+                acc[i] += acc[i + width];
+            }
+        }
+        acc[0] + sum
+    }};
+}
+
+fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+fn same(v: f32) -> f32 {
+    v
+}
+
+type DotBf16 = fn(&[f32], &[u16]) -> f32;
+type DotF32 = fn(&[f32], &[f32]) -> f32;
+
+fn dot_bf16_plain(x: &[f32], w: &[u16]) -> f32 {
+    dot_body!(x, w, bf16_to_f32, false)
+}
+
+fn dot_f32_plain(x: &[f32], w: &[f32]) -> f32 {
+    dot_body!(x, w, same, false)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_bf16_avx2(x: &[f32], w: &[u16]) -> f32 {
+        dot_body!(x, w, bf16_to_f32, true)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_f32_avx2(x: &[f32], w: &[f32]) -> f32 {
+        dot_body!(x, w, same, true)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,fma")]
+    unsafe fn dot_bf16_avx512(x: &[f32], w: &[u16]) -> f32 {
+        dot_body!(x, w, bf16_to_f32, true)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,fma")]
+    unsafe fn dot_f32_avx512(x: &[f32], w: &[f32]) -> f32 {
+        dot_body!(x, w, same, true)
+    }
+
+    pub(super) fn best() -> Option<(DotBf16, DotF32)> {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features these functions were compiled for.
+            return Some((
+                |x, w| unsafe { dot_bf16_avx512(x, w) },
+                |x, w| unsafe { dot_f32_avx512(x, w) },
+            ));
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return Some((
+                |x, w| unsafe { dot_bf16_avx2(x, w) },
+                |x, w| unsafe { dot_f32_avx2(x, w) },
+            ));
+        }
+        None
+    }
+}
+
+/// The dot products for this CPU, chosen once at run time: the binary runs on any
+/// x86-64 and uses AVX-512 or AVX2 where the CPU has them.
+fn kernels() -> (DotBf16, DotF32) {
+    static KERNELS: OnceLock<(DotBf16, DotF32)> = OnceLock::new();
+    *KERNELS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(best) = x86::best() {
+            return best;
+        }
+        (dot_bf16_plain, dot_f32_plain)
+    })
+}
+
+fn dot_bf16_kernel() -> DotBf16 {
+    kernels().0
+}
+
+fn dot_f32_kernel() -> DotF32 {
+    kernels().1
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+    use crate::tests::assert_close;
+    use burn::tensor::Distribution;
+
+    fn rounded(kind: HalfKind, values: &[f32]) -> Vec<f32> {
+        HalfMatrix::from_f32(kind, 1, values.len(), values).to_f32()
+    }
+
+    #[test]
+    // The expected values are written as PyTorch prints them (exact in binary).
+    #[allow(clippy::excessive_precision)]
+    fn rounding_is_to_nearest_even_as_in_pytorch() {
+        // torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, 1/3, 70000.0]).to(torch.bfloat16)
+        let values = [
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            1.0 / 3.0,
+            70000.0,
+        ];
+        assert_eq!(
+            rounded(HalfKind::Bf16, &values),
+            [1.0, 1.015625, 0.333984375, 70144.0]
+        );
+        // ... .to(torch.float16): 70000 overflows to inf.
+        assert_eq!(
+            rounded(HalfKind::F16, &values),
+            [1.00390625, 1.01171875, 0.333251953125, f32::INFINITY]
+        );
+    }
+
+    /// The product equals Burn's matmul with the rounded weights, for decoding (one
+    /// token), short prompts and long ones (the gemm path), odd sizes included.
+    #[test]
+    fn product_matches_the_matmul_of_the_rounded_weights() {
+        let device = Device::ndarray();
+        for kind in [HalfKind::Bf16, HalfKind::F16] {
+            for tokens in [1, 3, GEMM_FROM_TOKENS + 5] {
+                let (out, inp) = (ROWS_PER_TASK * 2 + 7, 3 * LANES + 5);
+                let w = Tensor::<2>::random([out, inp], Distribution::Normal(0.0, 1.0), &device);
+                let x =
+                    Tensor::<3>::random([1, tokens, inp], Distribution::Normal(0.0, 1.0), &device);
+                let bias = Tensor::<1>::random([out], Distribution::Default, &device);
+                let values = w.into_data().into_vec::<f32>().unwrap();
+                let m = HalfMatrix::from_f32(kind, out, inp, &values);
+                let w_rounded =
+                    Tensor::<2>::from_data(TensorData::new(m.to_f32(), [out, inp]), &device);
+                let want = x.clone().matmul(w_rounded.transpose().unsqueeze())
+                    + bias.clone().unsqueeze::<3>();
+                assert_close(linear_half(x, &m, Some(bias)), want, 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn a_transposed_matrix_reads_the_values_by_columns() {
+        let values: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let m = HalfMatrix::from_f32_transposed(HalfKind::Bf16, 3, 2, &values);
+        assert_eq!(m.dims(), [3, 2]);
+        assert_eq!(m.to_f32(), [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    }
+
+    #[test]
+    fn embedding_reads_rows() {
+        let device = Device::ndarray();
+        let values: Vec<f32> = (0..12).map(|v| v as f32 * 0.5).collect();
+        let m = HalfMatrix::from_f32(HalfKind::Bf16, 4, 3, &values);
+        let ids = Tensor::<2, Int>::from_ints([[3, 0]], &device);
+        embedding_half(ids, &m).into_data().assert_eq(
+            &TensorData::from([[[4.5f32, 5.0, 5.5], [0.0, 0.5, 1.0]]]),
+            true,
+        );
+    }
+
+    /// A half parameter computes from its matrix until its f32 value is asked for,
+    /// which then is the matrix (transposed for a Linear weight); the matrix goes with
+    /// the last copy of the model.
+    #[test]
+    fn half_parameters_are_lazy_and_leave_with_their_model() {
+        let device = Device::ndarray();
+        let values: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let id = ParamId::new();
+        let param: Param<Tensor<2>> = half_param(
+            id,
+            HalfMatrix::from_f32(HalfKind::Bf16, 2, 3, &values),
+            true,
+            &device,
+            false,
+        );
+        assert_eq!(param.lazy_shape().to_vec(), [3, 2]);
+        assert!(half_matrix(&param).is_some());
+        let copy = param.clone();
+        copy.val().into_data().assert_eq(
+            &TensorData::from([[0.0f32, 3.0], [1.0, 4.0], [2.0, 5.0]]),
+            true,
+        );
+        assert!(
+            half_matrix(&param).is_none(),
+            "the f32 value is used from now on"
+        );
+
+        let param: Param<Tensor<2>> = half_param(
+            ParamId::new(),
+            HalfMatrix::from_f32(HalfKind::Bf16, 2, 3, &values),
+            false,
+            &device,
+            false,
+        );
+        let weak = Arc::downgrade(&half_matrix(&param).unwrap());
+        drop(param);
+        assert!(weak.upgrade().is_none());
+    }
+}

@@ -1,0 +1,145 @@
+//! A model of a given architecture with random weights, built the way a checkpoint is
+//! loaded: for benchmarks, whose speed does not depend on the values, and whose memory
+//! should be what loading a real model of that shape and precision takes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::WeightsError;
+use super::table::{Layout, NameTable};
+use super::tensors::TensorSource;
+use crate::model::{LanguageModel, ModelConfig};
+use crate::precision::WeightDtype;
+
+/// Every parameter's Hub name and shape, read from a model whose parameters are never
+/// drawn.
+struct HubShapes<'a> {
+    table: &'a NameTable,
+    path: Vec<String>,
+    shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl ModuleVisitor for HubShapes<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let (name, layout) = self.table.hub_name(&self.path.join("."));
+        let mut shape = param.lazy_shape().to_vec();
+        if layout == Layout::Transposed {
+            shape.reverse();
+        }
+        self.shapes.insert(name, shape);
+    }
+}
+
+/// Uniform values in ±0.02 (GPT-2's initial scale), the same for a name and seed.
+struct RandomTensors {
+    shapes: BTreeMap<String, Vec<usize>>,
+    seed: u64,
+    origin: PathBuf,
+}
+
+impl TensorSource for RandomTensors {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.shapes.get(name).cloned()
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<f32>, WeightsError> {
+        let shape = self
+            .shapes
+            .get(name)
+            .ok_or_else(|| WeightsError::format(&self.origin, format!("no tensor {name}")))?;
+        let len: usize = shape.iter().product();
+        let name_seed = name.bytes().fold(self.seed, |h, b| {
+            h.wrapping_mul(0x100_0000_01b3) ^ u64::from(b)
+        });
+        let mut values = vec![0.0f32; len];
+        values
+            .par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(name_seed.wrapping_add(i as u64));
+                chunk
+                    .iter_mut()
+                    .for_each(|v| *v = rng.random_range(-0.02..0.02));
+            });
+        Ok(values)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.shapes.keys().cloned().collect()
+    }
+
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+}
+
+/// A model of `config`'s architecture with random weights (uniform in ±0.02, from
+/// `seed`) held in `dtype`, loaded tensor by tensor as a checkpoint is.
+pub fn random_model(
+    config: &ModelConfig,
+    dtype: WeightDtype,
+    seed: u64,
+    device: &Device,
+) -> Result<LanguageModel, WeightsError> {
+    let table = match config {
+        ModelConfig::Gpt2(_) => super::gpt2::table(false),
+        ModelConfig::Llama(_) => super::llama::table(),
+    };
+    let mut shapes = HubShapes {
+        table: &table,
+        path: Vec::new(),
+        shapes: BTreeMap::new(),
+    };
+    // The architecture's own module, whose paths the table names (not the enum's).
+    match config.init(device) {
+        LanguageModel::Gpt2(model) => model.visit(&mut shapes),
+        LanguageModel::Llama(model) => model.visit(&mut shapes),
+    };
+    let source = RandomTensors {
+        shapes: shapes.shapes,
+        seed,
+        origin: PathBuf::from("<random weights>"),
+    };
+    super::model_from_tensors(config, &source, dtype, device)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+    use crate::GptConfig;
+    use crate::model::CausalLm;
+
+    #[test]
+    fn random_models_have_every_parameter_and_depend_only_on_the_seed() {
+        let device = Device::ndarray();
+        let config = ModelConfig::Gpt2(GptConfig::preset("tiny").unwrap());
+        let ids = Tensor::<2, Int>::from_ints([[1, 2, 3]], &device);
+        let logits = |seed| {
+            random_model(&config, WeightDtype::F32, seed, &device)
+                .unwrap()
+                .logits(ids.clone())
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let (a, b, c) = (logits(1), logits(1), logits(2));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.iter().all(|v| v.is_finite() && v.abs() < 10.0));
+    }
+}

@@ -1,0 +1,156 @@
+//! bf16 and f16 weights for inference (`load_model_as`, `with_weight_dtype`), on the
+//! three fixture architectures: a model with half weights computes what the f32 model
+//! with the same rounded weights computes, whether it was loaded that way or converted
+//! after loading; a bf16 checkpoint loaded as bf16 loses nothing (transformers' greedy
+//! tokens, exactly); the f32 values, computed when something asks for them, are the
+//! rounded weights in Burn's layout.
+#![allow(deprecated)]
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use ember_model::weights::collect_parameters;
+use ember_model::{
+    CausalLm, GenerationConfig, LanguageModel, WeightDtype, generate, load_model, load_model_as,
+    with_weight_dtype,
+};
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn prompt(device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(vec![1i64, 7, 42, 3, 99, 5], [1, 6]), device)
+}
+
+fn logits(model: &LanguageModel, device: &Device) -> Vec<f32> {
+    model.logits(prompt(device)).into_data().to_vec().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Computes every parameter's f32 value, so the model stops using its half weights.
+struct ComputeF32;
+
+impl ModuleVisitor for ComputeF32 {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
+#[test]
+fn half_weights_compute_what_the_rounded_f32_weights_compute() {
+    let device = Device::ndarray();
+    for name in ["tiny-gpt2-a", "tiny-llama3", "tiny-qwen3"] {
+        let dir = fixture(name);
+        let f32_logits = logits(&load_model(&dir, None, &device).unwrap().model, &device);
+        for dtype in [WeightDtype::Bf16, WeightDtype::F16] {
+            let loaded = load_model_as(&dir, None, dtype, &device).unwrap().model;
+            let converted =
+                with_weight_dtype(load_model(&dir, None, &device).unwrap().model, dtype);
+            let half_logits = logits(&loaded, &device);
+            assert_eq!(half_logits, logits(&converted, &device), "{name} {dtype}");
+            // The same model computing in f32 from the rounded weights.
+            converted.visit(&mut ComputeF32);
+            let rounded_logits = logits(&converted, &device);
+            let worst = max_diff(&half_logits, &rounded_logits);
+            assert!(
+                worst <= 1e-5,
+                "{name} {dtype}: {worst} from the rounded f32 model"
+            );
+            // Rounding changed something, but not much.
+            let from_f32 = max_diff(&half_logits, &f32_logits);
+            if name != "tiny-llama3" {
+                assert!(from_f32 > 0.0, "{name} {dtype}: weights were not rounded");
+            }
+            assert!(
+                from_f32 < 0.05,
+                "{name} {dtype}: {from_f32} from the f32 model"
+            );
+        }
+    }
+}
+
+/// tiny-llama3 is stored in bf16: loading it as bf16 is lossless, and greedy decoding
+/// with and without the KV cache gives transformers' tokens.
+#[test]
+fn a_bf16_checkpoint_in_bf16_gives_transformers_tokens() {
+    let device = Device::ndarray();
+    let dir = fixture("tiny-llama3");
+    let f32_model = load_model(&dir, None, &device).unwrap().model;
+    let model = load_model_as(&dir, None, WeightDtype::Bf16, &device)
+        .unwrap()
+        .model;
+    let worst = max_diff(&logits(&model, &device), &logits(&f32_model, &device));
+    assert!(worst <= 1e-5, "{worst}");
+    let as_loaded: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("as-loaded.json")).unwrap())
+            .unwrap();
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    for (i, case) in cases["prompts"].as_array().unwrap().iter().enumerate() {
+        let prompt: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let want: Vec<u32> =
+            serde_json::from_value(as_loaded["prompts"][i]["greedy_24"].clone()).unwrap();
+        for use_kv_cache in [true, false] {
+            let config = GenerationConfig {
+                max_new_tokens: 24,
+                use_kv_cache,
+                ..Default::default()
+            };
+            let got = generate(&model, &prompt, &config, &device, |_| {}).unwrap();
+            assert_eq!(got, want, "prompt {i} cache {use_kv_cache}");
+        }
+    }
+}
+
+/// What a half model saves (its f32 values, computed on demand) is its rounded weights
+/// under the Hub's names and layouts.
+#[test]
+fn the_f32_values_of_half_weights_are_the_rounded_weights() {
+    let device = Device::ndarray();
+    let dir = fixture("tiny-qwen3");
+    let table = ember_model::weights::llama::table();
+    let LanguageModel::Llama(f32_model) = load_model(&dir, None, &device).unwrap().model else {
+        panic!("a Llama-family model")
+    };
+    let LanguageModel::Llama(half) = load_model_as(&dir, None, WeightDtype::Bf16, &device)
+        .unwrap()
+        .model
+    else {
+        panic!("a Llama-family model")
+    };
+    let want = collect_parameters(&f32_model, &table);
+    let got = collect_parameters(&half, &table);
+    assert_eq!(want.len(), got.len());
+    let mut halved = 0;
+    for ((name, shape, values), (got_name, got_shape, got_values)) in want.iter().zip(&got) {
+        assert_eq!((name, shape), (got_name, got_shape));
+        let is_matrix = name.ends_with("_proj.weight") || name.ends_with("embed_tokens.weight");
+        let rounded: Vec<f32> = if is_matrix {
+            halved += 1;
+            values
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect()
+        } else {
+            values.clone()
+        };
+        assert_eq!(&rounded, got_values, "{name}");
+    }
+    assert_eq!(
+        halved,
+        2 * 7 + 1,
+        "seven projections per block, two blocks, the embedding"
+    );
+}
