@@ -30,7 +30,8 @@ pub struct DownloadArgs {
     /// gpt2-small, gpt2-medium, gpt2-large or gpt2-xl.
     #[arg(long, default_value = "gpt2-small")]
     pub size: String,
-    /// Destination directory (default models/SIZE, or models/NAME for --repo).
+    /// Destination directory (default models/SIZE; for --repo, the Hugging Face cache,
+    /// shared with the Python tools, where `--model OWNER/NAME` finds it).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Hub address (default $HF_ENDPOINT or https://huggingface.co).
@@ -56,25 +57,22 @@ pub fn run(args: DownloadArgs) -> Result<()> {
         Some(repo) => repo.clone(),
         None => repo_for(&args.size)?.to_string(),
     };
-    let endpoint = args
-        .endpoint
-        .clone()
-        .or_else(|| std::env::var("HF_ENDPOINT").ok())
-        .unwrap_or_else(|| "https://huggingface.co".to_string());
-    let default_name = match &args.repo {
-        Some(repo) => repo.rsplit('/').next().unwrap_or(repo).to_string(),
-        None => args.size.clone(),
-    };
+    let endpoint = crate::hub_cache::endpoint_or_default(args.endpoint.as_deref());
     let out_dir = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("models").join(default_name));
+        .unwrap_or_else(|| PathBuf::from("models").join(&args.size));
     let mut options = DownloadOptions::new(&endpoint, &repo, &args.revision, out_dir);
     options.attempts = args.attempts.max(1);
     options.read_timeout = Duration::from_secs(args.timeout.max(1));
     options.token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
-    download_model(&options)?;
-    println!("{}", options.out_dir.display());
+    let dir = if args.repo.is_some() && args.out.is_none() {
+        crate::hub_cache::download_into(&crate::hub_cache::cache_dir(), &mut options)?
+    } else {
+        download_model(&options)?;
+        options.out_dir.clone()
+    };
+    println!("{}", dir.display());
     Ok(())
 }
 

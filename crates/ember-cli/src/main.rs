@@ -134,6 +134,8 @@ enum Command {
     /// Alpaca prompt for GPT-2 models without one) and each answer streams back. An
     /// empty line or `exit` quits; `--message` answers one message and exits.
     Chat(ember_cli::text::ChatArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API, with a chat page at `/`.
+    Serve(ember_cli::serve::ServeArgs),
     /// List the backends compiled into this binary.
     Backends,
 }
@@ -200,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(args) => ember_cli::download::run(args),
         Command::Judge(args) => ember_cli::judge::run(args),
         Command::Chat(args) => ember_cli::text::chat(&args, &device()?),
+        Command::Serve(args) => ember_cli::serve::run(&args, &device()?),
         Command::Backends => {
             println!("{}", backend::available().join("\n"));
             Ok(())
@@ -269,7 +272,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = on_the_thread_pool(move || run(cli));
+    // The server's generation thread enters the pool itself; its async runtime must not
+    // hold one of the pool's workers.
+    let result = if matches!(cli.command, Command::Serve(_)) {
+        run(cli)
+    } else {
+        on_the_thread_pool(move || run(cli))
+    };
     if std::env::var_os("EMBER_REPORT_PEAK_RSS").is_some() {
         report_peak_rss();
     }

@@ -15,8 +15,10 @@ use ember_tokenizer::ModelTokenizer;
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A model directory as the Hub ships it (GPT-2, Llama 3.x, Qwen3), a model Ember
-    /// saved or its run directory, or a book `.pth` state dict (which needs --preset or
-    /// --config).
+    /// saved or its run directory, a book `.pth` state dict (which needs --preset or
+    /// --config), or a Hub repository id OWNER/NAME, found in (or downloaded into) the
+    /// Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub; HF_ENDPOINT, HF_TOKEN and
+    /// HF_HUB_OFFLINE apply).
     #[arg(long)]
     pub model: PathBuf,
     /// Architecture preset for a `.pth` file (gpt2-small, gpt2-medium, gpt2-large,
@@ -36,8 +38,20 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Where the model is: `--model` itself, or for a Hub repository id that is not a
+    /// path here, its snapshot in the Hugging Face cache (downloaded if need be).
+    pub fn location(&self) -> Result<PathBuf> {
+        let text = self.model.to_string_lossy();
+        if !self.model.exists() && crate::hub_cache::is_repo_id(&text) {
+            return crate::hub_cache::resolve(&text, "main", None)
+                .with_context(|| format!("cannot get the model {text}"));
+        }
+        Ok(self.model.clone())
+    }
+
     /// Load the model onto `device`.
     pub fn load(&self, device: &Device) -> Result<LoadedModel> {
+        let path = self.location()?;
         let config = match (&self.preset, &self.config) {
             (Some(preset), _) => {
                 let mut c = GptConfig::preset(preset)?;
@@ -54,7 +68,7 @@ impl ModelArgs {
             },
             (None, None) => None,
         };
-        load_model_as(&self.model, config.as_ref(), self.dtype, device)
+        load_model_as(&path, config.as_ref(), self.dtype, device)
             .with_context(|| format!("cannot load the model {}", self.model.display()))
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use ember_model::{CausalLm, GenerationConfig, check_prompt, generate};
-use ember_tokenizer::{ChatMessage, ModelTokenizer};
+use ember_tokenizer::{ChatMessage, TextStream};
 use ember_train::{cross_entropy, perplexity as ppl};
 
 use crate::model_arg::ModelArgs;
@@ -69,44 +69,6 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
-/// Streams tokens as whole UTF-8 characters: a token that ends inside a character
-/// waits for the next.
-pub struct Utf8Stream<'a> {
-    tokenizer: &'a ModelTokenizer,
-    pending: Vec<u8>,
-}
-
-impl<'a> Utf8Stream<'a> {
-    /// A stream decoding with `tokenizer`.
-    pub fn new(tokenizer: &'a ModelTokenizer) -> Self {
-        Self {
-            tokenizer,
-            pending: Vec::new(),
-        }
-    }
-
-    /// The whole characters `id` completes (possibly none).
-    pub fn push(&mut self, id: u32) -> String {
-        if let Ok(bytes) = self.tokenizer.decode_bytes(&[id]) {
-            self.pending.extend(bytes);
-        }
-        let valid = match std::str::from_utf8(&self.pending) {
-            Ok(s) => s.len(),
-            Err(e) => e.valid_up_to(),
-        };
-        let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
-        self.pending.drain(..valid);
-        text
-    }
-
-    /// What is left at the end (an incomplete character, replaced).
-    pub fn finish(&mut self) -> String {
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        text
-    }
-}
-
 /// Writes and flushes; a closed stdout (a pipe to `head`) does not stop generation.
 fn emit(out: &mut impl Write, text: &str) {
     let _ = out.write_all(text.as_bytes());
@@ -127,7 +89,7 @@ pub fn generate_text(args: &GenerateArgs, device: &Device) -> Result<()> {
     };
     let config = args.sampling.config(50, stops);
     let mut out = std::io::stdout().lock();
-    let mut stream = Utf8Stream::new(&tokenizer);
+    let mut stream = TextStream::new(&tokenizer);
     if !args.json {
         emit(&mut out, &args.prompt);
     }
@@ -166,6 +128,10 @@ pub struct PerplexityArgs {
     /// Print `{"tokens", "loss", "perplexity"}`.
     #[arg(long)]
     pub json: bool,
+    /// Also write the logits of the text's first window (`logits`, `[tokens, vocab]`)
+    /// as a safetensors file, for comparing with another implementation.
+    #[arg(long)]
+    pub logits_out: Option<PathBuf>,
 }
 
 /// Reads a UTF-8 text file.
@@ -205,6 +171,19 @@ pub fn perplexity(args: &PerplexityArgs, device: &Device) -> Result<()> {
         let window = &ids[start..end];
         let n = window.len() - 1;
         let logits = model.logits(to_tensor(&window[..n]));
+        if let (Some(path), 0) = (&args.logits_out, start) {
+            let [_, rows, vocab] = logits.dims();
+            let values = logits
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>();
+            let values = values.map_err(|e| anyhow!("logits: {e:?}"))?;
+            ember_model::weights::write_safetensors(
+                path,
+                &[("logits".to_string(), vec![rows, vocab], values)],
+            )?;
+        }
         let loss: f32 = cross_entropy(logits, to_tensor(&window[1..])).into_scalar();
         total += loss as f64 * n as f64;
         count += n;
@@ -265,7 +244,7 @@ pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
         let prompt = ember_data::conversation_prompt(&tokenizer, messages)?;
         let ids = tokenizer.encode_rendered(&prompt)?;
         check_prompt(&loaded.model, &ids)?;
-        let mut utf8 = Utf8Stream::new(&tokenizer);
+        let mut utf8 = TextStream::new(&tokenizer);
         let generated = generate(&loaded.model, &ids, &config, device, |id| {
             if stream && !tokenizer.eos_ids().contains(&id) {
                 let text = utf8.push(id);

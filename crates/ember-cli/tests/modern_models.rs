@@ -227,3 +227,117 @@ fn a_sharded_hub_repository_downloads_and_runs() {
     ]);
     assert_eq!(v["generated_ids"], cases["prompts"][1]["greedy_24"]);
 }
+
+/// `hub_of` plus the Hub's revision API, naming `commit` as `main`.
+fn hub_with_api(dir: PathBuf, commit: &'static str) -> String {
+    serve(move |request, stream: &mut TcpStream| {
+        if request.path.contains("/api/models/") && request.path.ends_with("/revision/main") {
+            let body = format!("{{\"sha\": \"{commit}\"}}");
+            return respond(stream, "200 OK", &[], body.as_bytes());
+        }
+        let file = request.path.rsplit('/').next().unwrap_or("").to_string();
+        match std::fs::read(dir.join(&file)) {
+            Ok(bytes) if request.path.contains("/resolve/main/") => {
+                let etag = format!("\"{}\"", ember_data::files::sha256_hex(&bytes));
+                respond(stream, "200 OK", &[("ETag", etag)], &bytes);
+            }
+            _ => respond(stream, "404 Not Found", &[], b""),
+        }
+    })
+}
+
+/// `ember download --repo` fills the Hugging Face cache as huggingface_hub lays it out,
+/// `--model OWNER/NAME` reads it (offline too), downloads into it when a model is
+/// missing, and refuses to when HF_HUB_OFFLINE is set.
+#[test]
+fn repository_ids_go_through_the_hugging_face_cache() {
+    const COMMIT: &str = "1234567890abcdef1234567890abcdef12345678";
+    let url = hub_with_api(fixture("tiny-qwen3"), COMMIT);
+    let cache = tempfile::tempdir().unwrap();
+    let with_cache = |args: &[&str], offline: bool| {
+        let mut command = ember();
+        command
+            .env("HF_HUB_CACHE", cache.path())
+            .env("HF_ENDPOINT", &url)
+            .env_remove("HF_HOME");
+        if offline {
+            command.env("HF_HUB_OFFLINE", "1");
+        } else {
+            command.env_remove("HF_HUB_OFFLINE");
+        }
+        command.args(args).output().unwrap()
+    };
+    let o = with_cache(&["download", "--repo", "test/tiny-qwen3"], false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let repo = cache.path().join("models--test--tiny-qwen3");
+    let snapshot = repo.join("snapshots").join(COMMIT);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        snapshot.to_str().unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/main")).unwrap(),
+        COMMIT
+    );
+    assert!(snapshot.join("model-00008-of-00008.safetensors").is_file());
+
+    let cases = json_file(&fixture("tiny-qwen3").join("cases.json"));
+    let generate = |repo: &str, offline: bool| {
+        with_cache(
+            &[
+                "generate",
+                "--model",
+                repo,
+                "--prompt",
+                cases["prompts"][1]["text"].as_str().unwrap(),
+                "--max-new-tokens",
+                "24",
+                "--no-stop",
+                "--json",
+            ],
+            offline,
+        )
+    };
+    let o = generate("test/tiny-qwen3", true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["generated_ids"], cases["prompts"][1]["greedy_24"]);
+
+    // Not in the cache: offline refuses, online downloads.
+    assert_one_line_error(&generate("test/other-model", true), "HF_HUB_OFFLINE");
+    let o = generate("test/other-model", false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        cache
+            .path()
+            .join("models--test--other-model/snapshots")
+            .join(COMMIT)
+            .join("config.json")
+            .is_file()
+    );
+
+    // A cache laid out by huggingface_hub: snapshot files are links into blobs/.
+    let by_hand = cache.path().join("models--hand--made");
+    let commit = "fedcba9876543210fedcba9876543210fedcba98";
+    let snapshot = by_hand.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(by_hand.join("blobs")).unwrap();
+    std::fs::create_dir_all(by_hand.join("refs")).unwrap();
+    std::fs::write(by_hand.join("refs/main"), commit).unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-qwen3")).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let blob = ember_data::files::sha256_hex(&bytes);
+        std::fs::write(by_hand.join("blobs").join(&blob), &bytes).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(
+            PathBuf::from("../../blobs").join(&blob),
+            snapshot.join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    let o = generate("hand/made", true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["generated_ids"], cases["prompts"][1]["greedy_24"]);
+}

@@ -9,6 +9,8 @@
 //! context, the cache is rebuilt from that window at every step: exactly the book's
 //! result, at the uncached cost.
 
+use std::ops::ControlFlow;
+
 use burn::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -166,6 +168,21 @@ pub fn generate(
     device: &Device,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>, GenerateError> {
+    generate_until(model, prompt, config, device, |id| {
+        on_token(id);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate`], stopping early when `on_token` says so (a stop string was produced,
+/// the client went away): the token it was given is the last one returned.
+pub fn generate_until(
+    model: &impl CausalLm,
+    prompt: &[u32],
+    config: &GenerationConfig,
+    device: &Device,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Vec<u32>, GenerateError> {
     config.validate()?;
     check_prompt(model, prompt)?;
     let context = model.context_length();
@@ -189,14 +206,16 @@ pub fn generate(
             }
             let feed = &tokens[cache_start + cache.len()..];
             model
-                .logits_cached(ids_tensor(feed), &mut cache)
+                .next_token_logits(ids_tensor(feed), &mut cache)
                 .expect("the window fits the context by construction")
         } else {
-            model.logits(ids_tensor(&tokens[window_start..]))
+            let logits = model.logits(ids_tensor(&tokens[window_start..]));
+            let [_, seq_len, vocab] = logits.dims();
+            logits
+                .slice(s![.., seq_len - 1..seq_len, ..])
+                .reshape([1, vocab])
         };
-        let seq_len = logits.dims()[1];
         let last: Vec<f32> = logits
-            .slice(s![.., seq_len - 1..seq_len, ..])
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
@@ -204,8 +223,7 @@ pub fn generate(
         let next = sample_next_token(&last, config, &mut rng);
         tokens.push(next);
         generated.push(next);
-        on_token(next);
-        if config.stop_tokens.contains(&next) {
+        if on_token(next).is_break() || config.stop_tokens.contains(&next) {
             break;
         }
     }

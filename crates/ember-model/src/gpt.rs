@@ -209,12 +209,25 @@ impl GptModel {
         ids: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, AttentionError> {
+        Ok(self.head(self.forward_cached_hidden(ids, cache)?))
+    }
+
+    /// The final-norm output of the new positions `ids`, which continue the sequence
+    /// held in `cache`.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, new_len]` → `[batch, new_len, d_model]`
+    pub fn forward_cached_hidden(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, AttentionError> {
         cache.check_room(ids.dims()[1])?;
         let mut x = self.embed(ids, cache.len());
         for (layer, block) in self.h.iter().enumerate() {
             x = block.forward_cached(x, cache, layer);
         }
-        Ok(self.head(self.ln_f.forward(x)))
+        Ok(self.ln_f.forward(x))
     }
 
     /// A cache sized for this model.

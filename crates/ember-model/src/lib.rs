@@ -27,7 +27,9 @@ pub mod qwen3;
 pub mod weights;
 
 pub use config::{ConfigError, GptConfig, WeightInit};
-pub use generate::{GenerateError, GenerationConfig, check_prompt, generate, sample_next_token};
+pub use generate::{
+    GenerateError, GenerationConfig, check_prompt, generate, generate_until, sample_next_token,
+};
 pub use gpt::{FeedForward, GptModel, TransformerBlock};
 pub use llama::{Family, LlamaConfig, LlamaModel};
 pub use model::{CausalLm, LanguageModel, ModelConfig};

@@ -426,6 +426,19 @@ impl LlamaModel {
         ids: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, AttentionError> {
+        Ok(self.head(self.forward_cached_hidden(ids, cache)?))
+    }
+
+    /// The final-norm output of the new positions `ids`, which continue the sequence
+    /// in `cache`.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, new]` → `[batch, new, hidden]`
+    pub fn forward_cached_hidden(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, AttentionError> {
         cache.check_room(ids.dims()[1])?;
         let start = cache.len();
         let rope = self.rope_tables(start, ids.dims()[1], &ids.device());
@@ -433,7 +446,7 @@ impl LlamaModel {
         for (layer, block) in self.model.layers.iter().enumerate() {
             x = block.forward(x, &rope, Some((&mut *cache, layer)));
         }
-        Ok(self.head(self.model.norm.forward(x)))
+        Ok(self.model.norm.forward(x))
     }
 
     /// Output projection to vocabulary logits.

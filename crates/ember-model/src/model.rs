@@ -35,6 +35,18 @@ pub trait CausalLm {
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, AttentionError>;
 
+    /// Logits of the token after the new positions `ids` (which continue the sequence
+    /// in `cache`): the output head on the last position only, all generation needs (a
+    /// prompt of n tokens would otherwise cost n vocabulary-sized products).
+    ///
+    /// # Shapes
+    /// - ids: `[batch, new]` → `[batch, vocab]`
+    fn next_token_logits(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>, AttentionError>;
+
     /// A cache for one sequence batch.
     fn new_cache(&self) -> KvCache;
 
@@ -56,6 +68,15 @@ impl CausalLm for GptModel {
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, AttentionError> {
         self.forward_cached(ids, cache)
+    }
+
+    fn next_token_logits(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>, AttentionError> {
+        let hidden = self.forward_cached_hidden(ids, cache)?;
+        Ok(last_position_logits(hidden, |x| self.head(x)))
     }
 
     fn new_cache(&self) -> KvCache {
@@ -84,6 +105,15 @@ impl CausalLm for LlamaModel {
         self.forward_cached(ids, cache)
     }
 
+    fn next_token_logits(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>, AttentionError> {
+        let hidden = self.forward_cached_hidden(ids, cache)?;
+        Ok(last_position_logits(hidden, |x| self.head(x)))
+    }
+
     fn new_cache(&self) -> KvCache {
         LlamaModel::new_cache(self)
     }
@@ -95,6 +125,17 @@ impl CausalLm for LlamaModel {
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }
+}
+
+/// `head` applied to the last position of `hidden` only.
+///
+/// # Shapes
+/// - hidden: `[batch, seq, d]` → `[batch, vocab]`
+fn last_position_logits(hidden: Tensor<3>, head: impl Fn(Tensor<3>) -> Tensor<3>) -> Tensor<2> {
+    let [batch, seq, _] = hidden.dims();
+    let logits = head(hidden.narrow(1, seq - 1, 1));
+    let vocab = logits.dims()[2];
+    logits.reshape([batch, vocab])
 }
 
 /// The architecture of a model.
@@ -341,6 +382,17 @@ impl CausalLm for LanguageModel {
         match self {
             Self::Gpt2(m) => m.forward_cached(ids, cache),
             Self::Llama(m) => m.forward_cached(ids, cache),
+        }
+    }
+
+    fn next_token_logits(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>, AttentionError> {
+        match self {
+            Self::Gpt2(m) => m.next_token_logits(ids, cache),
+            Self::Llama(m) => m.next_token_logits(ids, cache),
         }
     }
 

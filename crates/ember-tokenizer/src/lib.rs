@@ -42,12 +42,14 @@ mod error;
 mod gpt2;
 mod model_tokenizer;
 mod simple;
+pub mod text_stream;
 
 pub use bpe::{BpeTokenizer, GPT2_PATTERN, gpt2_pretokenize};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use error::TokenizerError;
 pub use gpt2::HubTokenizer;
 pub use model_tokenizer::ModelTokenizer;
+pub use text_stream::TextStream;
 
 /// The GPT-2 tokenizer of chapter 2 ([`HubTokenizer::gpt2`]); the same type loads any
 /// Hub `tokenizer.json`.

@@ -1,0 +1,501 @@
+//! The HTTP side: parse and check a request, queue it, and answer with one JSON body or
+//! a stream of server-sent events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use ember_model::GenerationConfig;
+use ember_tokenizer::{ChatMessage, ModelTokenizer};
+use futures_util::{Stream, StreamExt, stream};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::unbounded_channel;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::api::{ApiError, ChatRequest, CompletionRequest, Sampling, Usage, parse};
+use super::engine::{Engine, Event, FinishReason, Job};
+
+/// The chat page: one file, no build step, nothing fetched from elsewhere.
+const PAGE: &str = include_str!("page.html");
+
+/// Most stop strings a request may give.
+const MAX_STOP_STRINGS: usize = 16;
+
+pub struct AppState {
+    engine: Engine,
+    tokenizer: Arc<ModelTokenizer>,
+    model_id: String,
+    context: usize,
+    api_key: Option<String>,
+    created: u64,
+    requests: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(
+        engine: Engine,
+        tokenizer: Arc<ModelTokenizer>,
+        model_id: String,
+        context: usize,
+        api_key: Option<String>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            tokenizer,
+            model_id,
+            context,
+            api_key,
+            created: unix_time(),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    fn check_model(&self, requested: &str) -> Result<(), ApiError> {
+        if requested == self.model_id {
+            Ok(())
+        } else {
+            Err(ApiError::unknown_model(requested, &self.model_id))
+        }
+    }
+
+    fn next_id(&self, prefix: &str) -> (String, u64) {
+        let n = self.requests.fetch_add(1, Ordering::SeqCst);
+        (format!("{prefix}-{:x}{n:06x}", self.created), n)
+    }
+
+    /// The generation settings of a request of `prompt_tokens` tokens, every field
+    /// checked; `default_max` new tokens when it gives none.
+    fn settings(
+        &self,
+        sampling: &Sampling,
+        prompt_tokens: usize,
+        default_max: usize,
+        request: u64,
+    ) -> Result<(GenerationConfig, Vec<String>), ApiError> {
+        if prompt_tokens == 0 {
+            return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
+        }
+        if prompt_tokens >= self.context {
+            return Err(ApiError::invalid(
+                Some("messages"),
+                format!(
+                    "the prompt has {prompt_tokens} tokens; the model's context is {} tokens, which must also hold the reply",
+                    self.context
+                ),
+            )
+            .with_code("context_length_exceeded"));
+        }
+        if sampling.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid(Some("n"), "only n = 1 is supported"));
+        }
+        let requested = sampling.max_completion_tokens.or(sampling.max_tokens);
+        if requested == Some(0) {
+            return Err(ApiError::invalid(
+                Some("max_tokens"),
+                "max_tokens must be at least 1",
+            ));
+        }
+        let temperature = sampling.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                Some("temperature"),
+                format!("temperature {temperature} is outside [0, 2]"),
+            ));
+        }
+        if let Some(p) = sampling.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(ApiError::invalid(
+                Some("top_p"),
+                format!("top_p {p} is outside (0, 1]"),
+            ));
+        }
+        if sampling.top_k == Some(0) {
+            return Err(ApiError::invalid(Some("top_k"), "top_k must be at least 1"));
+        }
+        let stops = sampling.stop.strings();
+        if stops.len() > MAX_STOP_STRINGS {
+            return Err(ApiError::invalid(
+                Some("stop"),
+                format!("at most {MAX_STOP_STRINGS} stop strings"),
+            ));
+        }
+        // The reply must fit in the context: `max_tokens` is capped, and a reply that
+        // reaches the end of the context finishes with "length".
+        let room = self.context - prompt_tokens;
+        let config = GenerationConfig {
+            max_new_tokens: requested.unwrap_or(default_max).min(room),
+            temperature,
+            top_k: sampling.top_k,
+            // 1 keeps every token: the sampler's "off".
+            top_p: sampling.top_p.filter(|&p| p < 1.0),
+            // Without a seed, each request samples differently.
+            seed: sampling
+                .seed
+                .unwrap_or(self.created ^ request.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            stop_tokens: self.tokenizer.eos_ids().to_vec(),
+            use_kv_cache: true,
+        };
+        config
+            .validate()
+            .map_err(|e| ApiError::invalid(None, e.to_string()))?;
+        Ok((config, stops))
+    }
+}
+
+pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    let api = Router::new()
+        .route("/models", get(models))
+        .route("/chat/completions", post(chat_completions))
+        .route("/completions", post(completions))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .nest("/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn page() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE))
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(json!({"status": "ok", "model": state.model_id, "waiting": state.engine.waiting()}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::invalid(
+        None,
+        "no such endpoint (see GET /v1/models, POST /v1/chat/completions, POST /v1/completions)",
+    )
+    .with_status(StatusCode::NOT_FOUND)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::invalid(None, "method not allowed on this endpoint")
+        .with_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// With an API key configured, `/v1/*` needs `Authorization: Bearer KEY`.
+async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.map(str::trim) != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.model_id,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "ember",
+        }],
+    }))
+}
+
+/// The body, or the 413/400 its reading failed with.
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "the request body is too large".to_string()
+        } else {
+            format!("cannot read the request body: {rejection}")
+        };
+        ApiError::invalid(None, message).with_status(status)
+    })
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: ChatRequest = parse(&body(raw)?)?;
+    state.check_model(&request.model)?;
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid(Some("messages"), "messages is empty"));
+    }
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for m in &request.messages {
+        if !matches!(
+            m.role.as_str(),
+            "system" | "developer" | "user" | "assistant"
+        ) {
+            return Err(ApiError::invalid(
+                Some("messages"),
+                format!(
+                    "unknown role \"{}\" (system, developer, user, assistant)",
+                    m.role
+                ),
+            ));
+        }
+        // OpenAI's newer name for the system role; templates know "system".
+        let role = if m.role == "developer" {
+            "system"
+        } else {
+            m.role.as_str()
+        };
+        let content = match &m.content {
+            Some(c) => c.text()?,
+            None => String::new(),
+        };
+        messages.push(ChatMessage::new(role, content));
+    }
+    let prompt = ember_data::conversation_prompt(&state.tokenizer, &messages).map_err(|e| {
+        ApiError::invalid(
+            Some("messages"),
+            format!("cannot render the conversation: {e}"),
+        )
+    })?;
+    let prompt_ids = state
+        .tokenizer
+        .encode_rendered(&prompt)
+        .map_err(|e| ApiError::internal(format!("cannot tokenize the conversation: {e}")))?;
+    let (id, n) = state.next_id("chatcmpl");
+    let (config, stops) = state.settings(&request.sampling, prompt_ids.len(), usize::MAX, n)?;
+    answer(
+        state,
+        Kind::Chat,
+        id,
+        prompt_ids,
+        config,
+        stops,
+        &request.sampling,
+    )
+    .await
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: CompletionRequest = parse(&body(raw)?)?;
+    state.check_model(&request.model)?;
+    let prompt_ids = state
+        .tokenizer
+        .encode(&request.prompt.text()?)
+        .map_err(|e| ApiError::internal(format!("cannot tokenize the prompt: {e}")))?;
+    let (id, n) = state.next_id("cmpl");
+    // OpenAI's default for completions.
+    let (config, stops) = state.settings(&request.sampling, prompt_ids.len(), 16, n)?;
+    answer(
+        state,
+        Kind::Completion,
+        id,
+        prompt_ids,
+        config,
+        stops,
+        &request.sampling,
+    )
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// Queues the request and answers it, whole or streamed.
+async fn answer(
+    state: Arc<AppState>,
+    kind: Kind,
+    id: String,
+    prompt_ids: Vec<u32>,
+    config: GenerationConfig,
+    stops: Vec<String>,
+    sampling: &Sampling,
+) -> Result<Response, ApiError> {
+    let (events, receiver) = unbounded_channel();
+    let prompt_tokens = prompt_ids.len();
+    let job = Job {
+        id: id.clone(),
+        prompt_ids,
+        config,
+        stop_strings: stops,
+        events,
+    };
+    if !state.engine.submit(job) {
+        return Err(ApiError::unavailable("the generation thread has stopped"));
+    }
+    let chunks = Chunks {
+        kind,
+        id,
+        created: unix_time(),
+        model: state.model_id.clone(),
+    };
+    if sampling.stream {
+        let include_usage = sampling.stream_options.include_usage;
+        let stream = sse_stream(chunks, receiver, prompt_tokens, include_usage);
+        // A client that left is noticed only when a write to it fails; the comment
+        // lines sent every second bound that delay even while no text is produced.
+        let keep_alive = KeepAlive::new().interval(Duration::from_secs(1));
+        return Ok(Sse::new(stream).keep_alive(keep_alive).into_response());
+    }
+    // Dropping this future (the client left) drops `receiver`, which cancels the job.
+    let mut receiver = receiver;
+    let mut text = String::new();
+    while let Some(event) = receiver.recv().await {
+        match event {
+            Event::Text(piece) => text.push_str(&piece),
+            Event::Done {
+                finish_reason,
+                completion_tokens,
+            } => {
+                let usage = Usage::new(prompt_tokens, completion_tokens);
+                return Ok(axum::Json(chunks.whole(&text, finish_reason, usage)).into_response());
+            }
+            Event::Failed(message) => return Err(ApiError::unavailable(message)),
+        }
+    }
+    Err(ApiError::internal("the generation ended without an answer"))
+}
+
+/// The shapes of one response's bodies.
+struct Chunks {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Chunks {
+    fn whole(&self, text: &str, finish: FinishReason, usage: Usage) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": finish.as_str(),
+            }),
+            Kind::Completion => json!({
+                "index": 0,
+                "text": text,
+                "logprobs": null,
+                "finish_reason": finish.as_str(),
+            }),
+        };
+        json!({
+            "id": self.id,
+            "object": match self.kind { Kind::Chat => "chat.completion", Kind::Completion => "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage,
+        })
+    }
+
+    /// One streamed chunk: a piece of text (`None`: the opening chunk of a chat, which
+    /// names the role), or the end.
+    fn chunk(&self, text: Option<&str>, finish: Option<FinishReason>) -> Value {
+        let finish_reason = finish.map(FinishReason::as_str);
+        let choice = match self.kind {
+            Kind::Chat => {
+                let delta = match (text, finish) {
+                    (_, Some(_)) => json!({}),
+                    (None, None) => json!({"role": "assistant", "content": ""}),
+                    (Some(t), None) => json!({"content": t}),
+                };
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason})
+            }
+            Kind::Completion => json!({
+                "index": 0,
+                "text": text.unwrap_or(""),
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }),
+        };
+        self.envelope(json!([choice]))
+    }
+
+    /// The last chunk of a stream with `include_usage`: no choices, the token counts.
+    fn usage(&self, usage: Usage) -> Value {
+        let mut body = self.envelope(json!([]));
+        body["usage"] = json!(usage);
+        body
+    }
+
+    fn envelope(&self, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": match self.kind { Kind::Chat => "chat.completion.chunk", Kind::Completion => "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+}
+
+fn data(value: &Value) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(value.to_string()))
+}
+
+/// The SSE events of a streamed answer: (for a chat) the role, the text as it comes,
+/// the finish reason, the usage if asked for, and `[DONE]`. An error after the stream
+/// began is sent as an error object, then `[DONE]`.
+fn sse_stream(
+    chunks: Chunks,
+    receiver: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    prompt_tokens: usize,
+    include_usage: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let chunks = Arc::new(chunks);
+    let opening = match chunks.kind {
+        Kind::Chat => vec![data(&chunks.chunk(None, None))],
+        Kind::Completion => Vec::new(),
+    };
+    let body = UnboundedReceiverStream::new(receiver).flat_map(move |event| {
+        let events = match event {
+            Event::Text(piece) => vec![data(&chunks.chunk(Some(&piece), None))],
+            Event::Done {
+                finish_reason,
+                completion_tokens,
+            } => {
+                let mut events = vec![data(&chunks.chunk(None, Some(finish_reason)))];
+                if include_usage {
+                    events.push(data(
+                        &chunks.usage(Usage::new(prompt_tokens, completion_tokens)),
+                    ));
+                }
+                events.push(Ok(SseEvent::default().data("[DONE]")));
+                events
+            }
+            Event::Failed(message) => vec![
+                data(&ApiError::unavailable(message).body()),
+                Ok(SseEvent::default().data("[DONE]")),
+            ],
+        };
+        stream::iter(events)
+    });
+    stream::iter(opening).chain(body)
+}
+
+fn unix_time() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

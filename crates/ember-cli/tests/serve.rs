@@ -1,0 +1,398 @@
+//! `ember serve` over real HTTP on 127.0.0.1: the OpenAI endpoints answer what the
+//! CLI answers for the same greedy request, streamed or whole; bad requests get
+//! OpenAI-style errors; concurrent clients are all answered; a client that leaves
+//! stops its generation; SIGTERM shuts the server down cleanly.
+//! (The official Python SDK, a browser and a load test: scripts/serve/.)
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const KEY: &str = "sk-test";
+
+/// A running server; killed when dropped. Its log is collected in `log`.
+struct Server {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(model: &str, extra: &[&str]) -> Self {
+        let mut child = ember()
+            .env("EMBER_LOG", "info")
+            .args(["serve", "--model", model, "--port", "0"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.find("listening on http://") {
+                    let rest = &line[at + "listening on ".len()..];
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(url.to_string());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the server did not start: {}", log.lock().unwrap()));
+        Self { child, url, log }
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into()
+    }
+
+    fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        let mut request = Self::agent().get(format!("{}{path}", self.url));
+        if let Some(key) = key {
+            request = request.header("Authorization", &format!("Bearer {key}"));
+        }
+        let mut response = request.call().unwrap();
+        (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap(),
+        )
+    }
+
+    fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        let mut response = Self::agent()
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {KEY}"))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text})),
+        )
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string().as_bytes())
+    }
+
+    /// The `data:` payloads of a streamed answer, `[DONE]` included.
+    fn stream(&self, path: &str, body: &Value) -> Vec<String> {
+        let mut response = Self::agent()
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {KEY}"))
+            .send(body.to_string().as_bytes())
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        let reader = BufReader::new(response.body_mut().as_reader());
+        reader
+            .lines()
+            .map(Result::unwrap)
+            .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fixture(name: &str) -> String {
+    workspace()
+        .join("tests/fixtures")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn cli_json(args: &[&str]) -> Value {
+    let o = ember().args(args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn chat_body(message: &str, max_tokens: usize, stream: bool) -> Value {
+    json!({
+        "model": "tiny-qwen3",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": message},
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+    })
+}
+
+#[test]
+fn the_api_answers_as_the_cli_does() {
+    let model = fixture("tiny-qwen3");
+    let server = Server::start(&model, &["--api-key", KEY]);
+
+    let (status, body) = server.get("/health", None);
+    assert_eq!(status, 200, "{body}");
+    let (status, page) = server.get("/", None);
+    assert_eq!(status, 200);
+    assert!(page.contains("<html") && page.contains("/v1/chat/completions"));
+    let (status, body) = server.get("/v1/models", None);
+    assert_eq!(status, 401, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "invalid_api_key");
+    let (status, body) = server.get("/v1/models", Some(KEY));
+    assert_eq!(status, 200);
+    let models: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny-qwen3");
+
+    // A chat completion equals `ember chat --message` with the same system prompt.
+    let want = cli_json(&[
+        "chat",
+        "--model",
+        &model,
+        "--system",
+        "Be brief.",
+        "--message",
+        "Hello!",
+        "--max-new-tokens",
+        "20",
+        "--json",
+    ]);
+    let (status, chat) = server.post("/v1/chat/completions", &chat_body("Hello!", 20, false));
+    assert_eq!(status, 200, "{chat}");
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["choices"][0]["message"]["content"], want["text"]);
+    let generated = want["generated_ids"].as_array().unwrap().len();
+    assert_eq!(
+        chat["usage"]["prompt_tokens"],
+        want["prompt_ids"].as_array().unwrap().len()
+    );
+    assert_eq!(chat["usage"]["completion_tokens"], generated);
+    let finish = if generated < 20 { "stop" } else { "length" };
+    assert_eq!(chat["choices"][0]["finish_reason"], finish);
+
+    // The same, streamed: the pieces add up to the text, then finish, usage, [DONE].
+    let events = server.stream("/v1/chat/completions", &chat_body("Hello!", 20, true));
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, want["text"].as_str().unwrap());
+    let finished = &chunks[chunks.len() - 2];
+    assert_eq!(finished["choices"][0]["finish_reason"], finish);
+    assert_eq!(chunks.last().unwrap()["usage"], chat["usage"]);
+
+    // A completion equals `ember generate`.
+    let want = cli_json(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "Once upon a time",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]);
+    let body = json!({"model": "tiny-qwen3", "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0});
+    let (status, completion) = server.post("/v1/completions", &body);
+    assert_eq!(status, 200, "{completion}");
+    assert_eq!(completion["choices"][0]["text"], want["text"]);
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let events = server.stream("/v1/completions", &streamed);
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, want["text"].as_str().unwrap());
+
+    // A stop string ends the text before it.
+    let full = want["text"].as_str().unwrap();
+    if let Some(stop) = full.get(3..5).filter(|s| !s.trim().is_empty()) {
+        let mut body = body.clone();
+        body["stop"] = json!([stop]);
+        let (_, stopped) = server.post("/v1/completions", &body);
+        let cut = &full[..full.find(stop).unwrap()];
+        assert_eq!(stopped["choices"][0]["text"], cut);
+        assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    }
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_stays_up() {
+    let server = Server::start(&fixture("tiny-qwen3"), &["--api-key", KEY]);
+    let error_of = |(status, body): (u16, Value)| {
+        (
+            status,
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            body,
+        )
+    };
+    let (status, message, _) = error_of(server.post_raw("/v1/chat/completions", b"{\"model\": "));
+    assert_eq!(status, 400);
+    assert!(message.contains("not valid JSON"), "{message}");
+    let (status, message, _) = error_of(server.post(
+        "/v1/chat/completions",
+        &json!({"model": "tiny-qwen3", "messages": "hi"}),
+    ));
+    assert_eq!(status, 400);
+    assert!(message.contains("invalid type"), "{message}");
+    let (status, _, body) = error_of(server.post(
+        "/v1/chat/completions",
+        &json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}),
+    ));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    let long = "word ".repeat(5000);
+    let (status, message, body) = error_of(server.post(
+        "/v1/completions",
+        &json!({"model": "tiny-qwen3", "prompt": long}),
+    ));
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"]["code"], "context_length_exceeded",
+        "{message}"
+    );
+    let (status, message, _) = error_of(server.post(
+        "/v1/chat/completions",
+        &json!({"model": "tiny-qwen3", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}),
+    ));
+    assert_eq!(status, 400);
+    assert!(message.contains("temperature"), "{message}");
+    let (status, message, _) = error_of(server.post(
+        "/v1/chat/completions",
+        &json!({"model": "tiny-qwen3", "messages": [{"role": "wizard", "content": "hi"}]}),
+    ));
+    assert_eq!(status, 400);
+    assert!(message.contains("wizard"), "{message}");
+    let huge = vec![b' '; 5 << 20];
+    let (status, _) = server.post_raw("/v1/completions", &huge);
+    assert_eq!(status, 413);
+    let (status, body) = server.get("/v2/nothing", None);
+    assert_eq!(status, 404, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_object());
+    // Still answering.
+    let (status, _) = server.post(
+        "/v1/completions",
+        &json!({"model": "tiny-qwen3", "prompt": "hi", "max_tokens": 2}),
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn concurrent_clients_are_all_answered_and_a_client_that_leaves_stops_its_generation() {
+    let server = Arc::new(Server::start(&fixture("tiny-qwen3"), &[]));
+    let body =
+        json!({"model": "tiny-qwen3", "prompt": "The sky is", "max_tokens": 8, "temperature": 0});
+    let (_, first) = server.post("/v1/completions", &body);
+    let want = first["choices"][0]["text"].clone();
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let (server, body) = (server.clone(), body.clone());
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| server.post("/v1/completions", &body))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for thread in threads {
+        for (status, answer) in thread.join().unwrap() {
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["choices"][0]["text"], want);
+        }
+    }
+
+    // A streamed request for thousands of tokens, abandoned after its first event.
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut socket = TcpStream::connect(&address).unwrap();
+    let request = json!({"model": "tiny-qwen3", "prompt": "Go on:", "max_tokens": 4000, "stream": true, "temperature": 0, "stop": ["never-appears"]}).to_string();
+    write!(
+        socket,
+        "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request}",
+        request.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 256];
+    let _ = socket.read(&mut first).unwrap();
+    drop(socket);
+    let started = Instant::now();
+    while !server.log().contains("cancelled after") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not cancelled: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = server.post("/v1/completions", &body);
+    assert_eq!(status, 200);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_shuts_the_server_down_cleanly() {
+    let mut server = Server::start(&fixture("tiny-gpt2-a"), &[]);
+    let (status, _) = server.get("/health", None);
+    assert_eq!(status, 200);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}: {}", server.log());
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.log().contains("shutting down"), "{}", server.log());
+}

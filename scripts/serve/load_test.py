@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""A small, bounded load test of a running `ember serve` (standard library only).
+
+Usage:
+    python load_test.py --base-url http://127.0.0.1:PORT --clients 8 --requests 20 \
+        --max-tokens 16 [--api-key KEY] [--pid PID]
+
+Each of --clients threads sends --requests chat completions one after the other
+(temperature 0.8, seed client*1000+i, a short prompt). At the end one JSON line
+reports the requests, failures, throughput (requests/s, completion tokens/s) and
+latency percentiles; with --pid, also the server's resident memory (VmRSS of
+/proc/PID/status) before, every second during, and after the run, so that growth
+shows. Exits 0 only when every request succeeded.
+
+Only loopback addresses are meant as targets: this is a test of a local server.
+"""
+
+import argparse
+import json
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+PROMPTS = [
+    "Say hello in one short sentence.",
+    "Name a colour.",
+    "Count from one to five.",
+    "What is two plus two?",
+    "Give me a word that rhymes with cat.",
+    "Write a very short greeting.",
+]
+
+
+def rss_mib(pid):
+    """Resident memory of `pid` in MiB, or None when it cannot be read (gone, no /proc)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024  # the value is in kB
+    except OSError:
+        return None
+    return None
+
+
+def percentile(sorted_values, p):
+    """Nearest-rank percentile of an ascending list (p in 0..100)."""
+    if not sorted_values:
+        return None
+    rank = max(1, -(-len(sorted_values) * p // 100))  # ceil(n * p / 100), at least 1
+    return sorted_values[int(rank) - 1]
+
+
+def request_json(url, body, headers, timeout):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, json.loads(r.read())
+
+
+def get_model(root, headers, timeout):
+    req = urllib.request.Request(root + "/v1/models", headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())["data"][0]["id"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base-url", required=True, help="the server's root, e.g. http://127.0.0.1:8080 (a trailing /v1 is accepted)")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=20, help="requests per client")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--api-key")
+    ap.add_argument("--pid", type=int, help="the server's process id, to sample its memory")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds one request may take")
+    args = ap.parse_args()
+
+    root = args.base_url.rstrip("/")
+    if root.endswith("/v1"):
+        root = root[: -len("/v1")]
+    headers = {"Content-Type": "application/json"}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+
+    try:
+        model = get_model(root, headers, args.timeout)
+    except (OSError, ValueError, KeyError, IndexError) as e:  # refused, 401, not the API, ...
+        detail = e.read()[:200].decode(errors="replace") if isinstance(e, urllib.error.HTTPError) else ""
+        print(json.dumps({"ok": False, "error": f"GET {root}/v1/models failed: {e} {detail}".strip()}))
+        return 1
+    url = root + "/v1/chat/completions"
+
+    # Results, appended under a lock by the client threads.
+    lock = threading.Lock()
+    latencies = []          # seconds, successful requests only
+    completion_tokens = [0]
+    failures = []           # (client, i, reason), the first few kept in the report
+    statuses = {}           # HTTP status (or "error") -> count
+
+    # Memory sampler: before, once a second while the clients run, after.
+    rss = []
+    stop_sampling = threading.Event()
+
+    def sample():
+        while not stop_sampling.wait(1.0):
+            v = rss_mib(args.pid)
+            if v is not None:
+                rss.append(v)
+
+    def client(c, barrier):
+        barrier.wait()  # all clients start together
+        for i in range(args.requests):
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": PROMPTS[(c + i) % len(PROMPTS)]}],
+                "max_tokens": args.max_tokens,
+                "temperature": 0.8,
+                "seed": c * 1000 + i,
+            }
+            t0 = time.monotonic()
+            try:
+                status, resp = request_json(url, body, headers, args.timeout)
+                elapsed = time.monotonic() - t0
+                # A 200 must still be a well-formed answer to count as a success.
+                content = resp["choices"][0]["message"]["content"]
+                n = resp["usage"]["completion_tokens"]
+                if not isinstance(content, str) or not 0 <= n <= args.max_tokens:
+                    raise ValueError(f"malformed answer: {json.dumps(resp)[:200]}")
+                with lock:
+                    statuses[status] = statuses.get(status, 0) + 1
+                    latencies.append(elapsed)
+                    completion_tokens[0] += n
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:200].decode(errors="replace")
+                with lock:
+                    statuses[e.code] = statuses.get(e.code, 0) + 1
+                    failures.append((c, i, f"HTTP {e.code}: {detail}"))
+            except Exception as e:  # connection reset, timeout, bad JSON, ...
+                with lock:
+                    statuses["error"] = statuses.get("error", 0) + 1
+                    failures.append((c, i, f"{type(e).__name__}: {e}"))
+
+    rss_before = rss_mib(args.pid) if args.pid else None
+    sampler = threading.Thread(target=sample, daemon=True) if args.pid else None
+    barrier = threading.Barrier(args.clients + 1)
+    threads = [threading.Thread(target=client, args=(c, barrier), daemon=True) for c in range(args.clients)]
+    for t in threads:
+        t.start()
+    if sampler:
+        sampler.start()
+    barrier.wait()
+    started = time.monotonic()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - started
+    stop_sampling.set()
+    if sampler:
+        sampler.join()
+    # Give the server a moment to free per-request memory before the last sample.
+    if args.pid:
+        time.sleep(1.0)
+    rss_after = rss_mib(args.pid) if args.pid else None
+
+    total = args.clients * args.requests
+    lat = sorted(latencies)
+    ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
+    report = {
+        "ok": not failures,
+        "model": model,
+        "clients": args.clients,
+        "requests": total,
+        "succeeded": len(lat),
+        "failures": len(failures),
+        "statuses": {str(k): v for k, v in sorted(statuses.items(), key=lambda kv: str(kv[0]))},
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(lat) / wall, 2) if wall > 0 else None,
+        "completion_tokens": completion_tokens[0],
+        "completion_tokens_per_s": round(completion_tokens[0] / wall, 1) if wall > 0 else None,
+        "latency_ms": {
+            "p50": ms(percentile(lat, 50)),
+            "p90": ms(percentile(lat, 90)),
+            "p99": ms(percentile(lat, 99)),
+            "max": ms(lat[-1] if lat else None),
+        },
+    }
+    if args.pid:
+        samples = [v for v in [rss_before, *rss, rss_after] if v is not None]
+        report["rss_mib"] = {
+            "first": round(samples[0], 1) if samples else None,
+            "max": round(max(samples), 1) if samples else None,
+            "last": round(samples[-1], 1) if samples else None,
+            "samples": len(samples),
+            "alive_after": rss_after is not None,  # False: the server died during the run
+        }
+    if failures:
+        report["first_failures"] = [f"client {c} request {i}: {why}" for c, i, why in failures[:5]]
+    print(json.dumps(report))
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
