@@ -166,7 +166,32 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            max_body,
+            refuse_announced_oversize,
+        ))
         .with_state(state)
+}
+
+/// A body announced larger than the limit is refused before it is read: the client
+/// gets its 413 at once instead of sending megabytes first (bodies without a
+/// `Content-Length` are still cut at the limit while they are read).
+async fn refuse_announced_oversize(
+    State(max_body): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > max_body as u64) {
+        return ApiError::invalid(None, "the request body is too large")
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn page() -> impl IntoResponse {
