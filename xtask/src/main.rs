@@ -5,6 +5,7 @@
 //! cargo xtask pretrain          [--backend ndarray|openblas|flex|wgpu|tch|cuda] [--debug] [ARGS...]
 //! cargo xtask finetune-spam     [--backend ...] [--base PATH|--from-scratch] [--lora RANK] [ARGS...]
 //! cargo xtask finetune-instruct [--backend ...] [--base PATH|--from-scratch] [--judge-url URL [--judge-model M]] [ARGS...]
+//! cargo xtask finetune-dpo      [--backend ...] [--base PATH|--from-scratch] [--judge-url URL [--judge-model M]] [ARGS...]
 //! cargo xtask build             [--backend ...] [--debug]
 //! cargo xtask bench    [--backend ...] [--python PYTHON] [--quick]
 //! ```
@@ -17,7 +18,8 @@
 //! Every argument xtask does not know is passed on to the `ember` subcommand of the
 //! same name (`--config`, `--preset`, `--set key=value`, `--max-steps`, `--out`,
 //! `--resume`, ...). `finetune-instruct` with `--judge-url` then scores the responses
-//! with `ember judge` (Ollama's API; `--judge-model`, default llama3).
+//! with `ember judge` (Ollama's API; `--judge-model`, default llama3); `finetune-dpo`
+//! with it scores the responses before and after preference tuning.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -26,7 +28,7 @@ const BACKENDS: [&str; 6] = ["ndarray", "openblas", "flex", "wgpu", "tch", "cuda
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <pretrain|finetune-spam|finetune-instruct|build|bench> [--backend {}] [--debug] [ember arguments...]",
+        "usage: cargo xtask <pretrain|finetune-spam|finetune-instruct|finetune-dpo|build|bench> [--backend {}] [--debug] [ember arguments...]",
         BACKENDS.join("|")
     );
     ExitCode::from(2)
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
     let mut rest = Vec::new();
     let mut judge_url = None;
     let mut judge_model = "llama3".to_string();
+    let judged = task == "finetune-instruct" || task == "finetune-dpo";
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -97,11 +100,11 @@ fn main() -> ExitCode {
                 None => return usage(),
             },
             "--debug" => release = false,
-            "--judge-url" if task == "finetune-instruct" => match iter.next() {
+            "--judge-url" if judged => match iter.next() {
                 Some(u) => judge_url = Some(u),
                 None => return usage(),
             },
-            "--judge-model" if task == "finetune-instruct" => match iter.next() {
+            "--judge-model" if judged => match iter.next() {
                 Some(m) => judge_model = m,
                 None => return usage(),
             },
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         "pretrain",
         "finetune-spam",
         "finetune-instruct",
+        "finetune-dpo",
     ]
     .contains(&task.as_str())
     {
@@ -147,23 +151,38 @@ fn main() -> ExitCode {
         return code;
     }
     if let Some(url) = judge_url {
-        // The responses file sits in the run directory (--out, or the default one).
+        // The responses sit in the run directory (--out, or the default one).
+        let (default_out, files): (&str, &[&str]) = match task.as_str() {
+            "finetune-dpo" => (
+                "runs/dpo",
+                &[
+                    "instruction-data-with-response-before-dpo.json",
+                    "instruction-data-with-response.json",
+                ],
+            ),
+            _ => ("runs/instruct", &["instruction-data-with-response.json"]),
+        };
         let out = rest
             .iter()
             .position(|a| a == "--out" || a == "--resume")
             .and_then(|i| rest.get(i + 1).cloned())
-            .unwrap_or_else(|| "runs/instruct".to_string());
-        let responses = PathBuf::from(out).join("instruction-data-with-response.json");
-        let judge = vec![
-            "judge".to_string(),
-            "--responses".to_string(),
-            responses.display().to_string(),
-            "--url".to_string(),
-            url,
-            "--model".to_string(),
-            judge_model,
-        ];
-        return run_ember(&binary, &judge);
+            .unwrap_or_else(|| default_out.to_string());
+        for file in files {
+            let responses = PathBuf::from(&out).join(file);
+            let judge = vec![
+                "judge".to_string(),
+                "--responses".to_string(),
+                responses.display().to_string(),
+                "--url".to_string(),
+                url.clone(),
+                "--model".to_string(),
+                judge_model.clone(),
+            ];
+            let code = run_ember(&binary, &judge);
+            if code != ExitCode::SUCCESS {
+                return code;
+            }
+        }
     }
     ExitCode::SUCCESS
 }

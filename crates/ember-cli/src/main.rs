@@ -111,6 +111,9 @@ enum Command {
     FinetuneSpam(ember_cli::finetune::SpamArgs),
     /// Fine-tune a GPT to follow instructions, then answer the test entries (chapter 7).
     FinetuneInstruct(ember_cli::finetune::InstructArgs),
+    /// Tune a model on preference pairs with DPO against a frozen copy of itself (the
+    /// chapter 7 bonus).
+    FinetuneDpo(ember_cli::finetune::DpoArgs),
     /// Classify a text with a classifier made by `ember finetune-spam`.
     Classify {
         /// The classifier (its run directory or its model/ directory).
@@ -181,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pretrain(args) => commands::pretrain(args, &device()?),
         Command::FinetuneSpam(args) => ember_cli::finetune::spam(args, &device()?),
         Command::FinetuneInstruct(args) => ember_cli::finetune::instruct(args, &device()?),
+        Command::FinetuneDpo(args) => ember_cli::finetune::dpo(args, &device()?),
         Command::Classify { model, json, text } => {
             ember_cli::finetune::classify(&model, &text, json, &device()?)
         }

@@ -333,6 +333,32 @@ fn finetune_commands_check_their_inputs_before_training() {
         b"",
     );
     assert_one_line_error(&o, "/nonexistent.json");
+    let o = run(&["finetune-dpo", "--out", out], b"");
+    assert_one_line_error(&o, "pass --base MODEL");
+    let o = run(
+        &[
+            "finetune-dpo",
+            "--from-scratch",
+            "--out",
+            out,
+            "--beta",
+            "0",
+        ],
+        b"",
+    );
+    assert_one_line_error(&o, "beta must be a positive number, got 0");
+    let o = run(
+        &[
+            "finetune-dpo",
+            "--from-scratch",
+            "--out",
+            out,
+            "--data",
+            "/nonexistent.json",
+        ],
+        b"",
+    );
+    assert_one_line_error(&o, "/nonexistent.json");
     // Nothing was written for a run that never started... except the refusal to reuse
     // a directory that holds one.
     assert!(!dir.path().join("run").join("metrics.jsonl").exists());

@@ -96,6 +96,63 @@ pub fn collate_instructions(
     }
 }
 
+/// One preference pair, tokenized: the prompt followed by each response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreferencePair<'a> {
+    /// The prompt and the preferred response.
+    pub chosen: &'a [u32],
+    /// The prompt and the dispreferred response.
+    pub rejected: &'a [u32],
+    /// Leading tokens of both sequences left out of the log-probabilities (the prompt).
+    pub prompt_len: usize,
+}
+
+/// The DPO notebook's `custom_collate_fn` as a next-token batch: the chosen sequences
+/// of `pairs` in rows `0..n`, the rejected ones in rows `n..2n`, all padded with `pad_id`
+/// to one length and truncated to `allowed_max_length` tokens.
+///
+/// Target `t` (the prediction of token `t + 1`) counts when token `t + 1` is neither
+/// prompt (the first `prompt_len`) nor padding nor cut off; every other target is
+/// [`IGNORE_INDEX`]. The notebook pads one token further and keeps the model's last
+/// position, whose prediction no label uses: causal attention makes the counted
+/// log-probabilities the same.
+pub fn collate_preferences(
+    pairs: &[PreferencePair<'_>],
+    pad_id: u32,
+    allowed_max_length: Option<usize>,
+) -> TokenBatch {
+    let longest = pairs
+        .iter()
+        .map(|p| p.chosen.len().max(p.rejected.len()))
+        .max()
+        .unwrap_or(0);
+    let tokens = allowed_max_length.map_or(longest, |max| longest.min(max));
+    let seq_len = tokens.saturating_sub(1);
+    let mut inputs = Vec::with_capacity(2 * pairs.len() * seq_len);
+    let mut targets = Vec::with_capacity(2 * pairs.len() * seq_len);
+    let sequences = pairs
+        .iter()
+        .map(|p| (p.chosen, p.prompt_len))
+        .chain(pairs.iter().map(|p| (p.rejected, p.prompt_len)));
+    for (seq, prompt_len) in sequences {
+        let token = |j: usize| seq.get(j).copied().unwrap_or(pad_id);
+        inputs.extend((0..seq_len).map(token));
+        targets.extend((1..=seq_len).map(|j| {
+            if j < prompt_len || j >= seq.len() {
+                IGNORE_INDEX
+            } else {
+                i64::from(seq[j])
+            }
+        }));
+    }
+    TokenBatch {
+        inputs,
+        targets,
+        batch_size: 2 * pairs.len(),
+        seq_len,
+    }
+}
+
 /// One batch of labelled texts (chapter 6), row-major `[batch_size, seq_len]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabeledBatch {
@@ -153,6 +210,67 @@ mod tests {
             let shape: Vec<usize> = serde_json::from_value(case["inputs_shape"].clone()).unwrap();
             assert_eq!(vec![got.batch_size, got.seq_len], shape);
         }
+    }
+
+    /// The DPO notebook's collate of the first four preference pairs (tokenized by the
+    /// fixture script), truncated to 64 tokens: the same ids, and a target counted
+    /// exactly where the notebook's shifted mask is true.
+    #[test]
+    fn preference_collate_matches_the_dpo_notebook() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/dpo/reference.json");
+        let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let ids =
+            |e: &Value, key: &str| -> Vec<u32> { serde_json::from_value(e[key].clone()).unwrap() };
+        let examples = fixture["examples"].as_array().unwrap();
+        let seqs: Vec<(Vec<u32>, Vec<u32>, usize)> = examples
+            .iter()
+            .map(|e| {
+                (
+                    ids(e, "chosen_ids"),
+                    ids(e, "rejected_ids"),
+                    ids(e, "prompt_ids").len() + 2,
+                )
+            })
+            .collect();
+        let pairs: Vec<PreferencePair> = seqs
+            .iter()
+            .map(|(chosen, rejected, prompt_len)| PreferencePair {
+                chosen,
+                rejected,
+                prompt_len: *prompt_len,
+            })
+            .collect();
+        let got = collate_preferences(&pairs, 50256, Some(64));
+        assert_eq!((got.batch_size, got.seq_len), (8, 63));
+        let rows = |key: &str| -> Vec<Vec<i64>> {
+            serde_json::from_value(fixture["batch"][key].clone()).unwrap()
+        };
+        let (chosen, rejected) = (rows("chosen_input_ids"), rows("rejected_input_ids"));
+        let (chosen_mask, rejected_mask) = (rows("chosen_mask"), rows("rejected_mask"));
+        let mut counted = Vec::new();
+        for (row, (ids, mask)) in chosen
+            .iter()
+            .zip(&chosen_mask)
+            .chain(rejected.iter().zip(&rejected_mask))
+            .enumerate()
+        {
+            let inputs: Vec<u32> = ids[..63].iter().map(|&t| t as u32).collect();
+            assert_eq!(got.input_row(row), inputs.as_slice(), "row {row}");
+            let targets: Vec<i64> = (1..64)
+                .map(|j| if mask[j] == 1 { ids[j] } else { IGNORE_INDEX })
+                .collect();
+            assert_eq!(got.target_row(row), targets.as_slice(), "row {row}");
+            counted.push(targets.iter().filter(|&&t| t != IGNORE_INDEX).count());
+        }
+        let want: Vec<usize> = ["chosen", "rejected"]
+            .iter()
+            .flat_map(|k| {
+                serde_json::from_value::<Vec<usize>>(fixture["counted_labels_per_row"][k].clone())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(counted, want);
     }
 
     #[test]

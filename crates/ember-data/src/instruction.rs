@@ -43,8 +43,38 @@ impl InstructionEntry {
     }
 }
 
+/// One entry of `instruction-data-with-preference.json` (the DPO bonus of chapter 7):
+/// an instruction with a preferred and a dispreferred response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreferenceEntry {
+    /// What to do.
+    pub instruction: String,
+    /// Optional input the instruction refers to (may be empty).
+    #[serde(default)]
+    pub input: String,
+    /// The instruction data's reference response (what a judge compares with).
+    #[serde(default)]
+    pub output: String,
+    /// The response to prefer.
+    pub chosen: String,
+    /// The response to avoid.
+    pub rejected: String,
+}
+
+impl PreferenceEntry {
+    /// The instruction part, as chapter 7 asks and judges it.
+    pub fn instruction_entry(&self) -> InstructionEntry {
+        InstructionEntry {
+            instruction: self.instruction.clone(),
+            input: self.input.clone(),
+            output: self.output.clone(),
+            model_response: None,
+        }
+    }
+}
+
 /// Reads a JSON list of entries (instructions, or preference pairs with `T` =
-/// [`crate::PreferenceEntry`]).
+/// [`PreferenceEntry`]).
 pub fn read_json_list<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
     serde_json::from_str(&text).map_err(|source| DataError::InvalidJson {

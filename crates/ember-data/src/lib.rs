@@ -12,7 +12,7 @@
 //! (the seeded shuffle and batching of each epoch, the one place that decides batch
 //! order) and a collate function per task ([`collate_windows`] for pretraining,
 //! [`collate_labeled`] for classification, [`collate_instructions`] for instruction
-//! fine-tuning), plus the Alpaca prompt of chapter 7 ([`format_prompt`]) and atomic,
+//! fine-tuning, [`collate_preferences`] for DPO), plus the Alpaca prompt of chapter 7 ([`format_prompt`]) and atomic,
 //! checksummed file writing ([`files`]).
 
 #![warn(missing_docs)]
@@ -30,12 +30,13 @@ mod window;
 
 pub use batch::{Batcher, EpochIter};
 pub use collate::{
-    IGNORE_INDEX, LabeledBatch, TokenBatch, collate_instructions, collate_labeled, collate_windows,
+    IGNORE_INDEX, LabeledBatch, PreferencePair, TokenBatch, collate_instructions, collate_labeled,
+    collate_preferences, collate_windows,
 };
 pub use error::{DataError, error_chain};
 pub use instruction::{
-    InstructionEntry, PREAMBLE, RESPONSE_HEADER, book_split, format_example, format_input,
-    format_prompt, read_instruction_data, read_json_list,
+    InstructionEntry, PREAMBLE, PreferenceEntry, RESPONSE_HEADER, book_split, format_example,
+    format_input, format_prompt, read_instruction_data, read_json_list,
 };
 pub use plan::{EpochPlan, evaluation_batches};
 pub use prompt::{conversation_prompt, instruction_message, instruction_prompt};

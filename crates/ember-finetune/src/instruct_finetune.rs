@@ -279,6 +279,62 @@ pub fn respond(
     })
 }
 
+/// Fails unless the book's split of the data at `path` (`[train, test, validation]`
+/// sizes) gives at least one training batch and one test and validation entry.
+pub fn check_split(path: &Path, sizes: [usize; 3], batch_size: usize) -> Result<(), FinetuneError> {
+    let [train, test, val] = sizes;
+    if train >= batch_size && test > 0 && val > 0 {
+        return Ok(());
+    }
+    Err(FinetuneError::TooLittleData {
+        path: path.to_path_buf(),
+        message: format!(
+            "{} entries make {train} training, {test} test and {val} validation entries; need at least one batch ({batch_size}) of training entries and one of each other",
+            train + test + val
+        ),
+    })
+}
+
+/// The entries with the model's response to each (chapter 7's
+/// `instruction-data-with-response.json`), and how many could not be answered (they
+/// keep an empty response). Ctrl-C stops early and keeps the responses so far.
+pub fn answer_entries(
+    model: &LanguageModel,
+    tokenizer: &ModelTokenizer,
+    entries: &[InstructionEntry],
+    max_new_tokens: usize,
+    device: &Device,
+    options: &RunOptions<'_>,
+) -> (Vec<InstructionEntry>, usize) {
+    let bar = ember_data::progress::bar(
+        options.progress,
+        Some(entries.len() as u64),
+        "responses [{bar:30.cyan/blue}] {pos}/{len}  {per_sec}  ETA {eta}",
+    );
+    let mut answered = Vec::with_capacity(entries.len());
+    let mut failures = 0;
+    for entry in entries {
+        if options.interrupt.load(Ordering::SeqCst) {
+            break;
+        }
+        let response = match respond(model, tokenizer, entry, max_new_tokens, device) {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::warn!(instruction = %entry.instruction, error = %ember_data::error_chain(&e), "no response");
+                failures += 1;
+                String::new()
+            }
+        };
+        answered.push(InstructionEntry {
+            model_response: Some(response),
+            ..entry.clone()
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    (answered, failures)
+}
+
 /// What an instruction fine-tuning run reached (`results.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstructResults {
@@ -312,19 +368,11 @@ pub fn finetune_instruct(
     let run = Run::start(config, run_dir, device, options)?;
     let data = read_instruction_data(&config.data)?;
     let (train, test, val) = book_split(&data);
-    if train.len() < config.train.batch_size || val.is_empty() || test.is_empty() {
-        return Err(FinetuneError::TooLittleData {
-            path: config.data.clone(),
-            message: format!(
-                "{} entries make {} training, {} test and {} validation entries; need at least one batch ({}) of training entries and one of each other",
-                data.len(),
-                train.len(),
-                test.len(),
-                val.len(),
-                config.train.batch_size
-            ),
-        });
-    }
+    check_split(
+        &config.data,
+        [train.len(), test.len(), val.len()],
+        config.train.batch_size,
+    )?;
     let (model, tokenizer) = base_model(config.base.as_deref(), &config.model, run.train_device())?;
     let model = model.with_dropout(config.drop_rate);
     let max_length = config.allowed_max_length.min(model.context_length());
@@ -353,39 +401,14 @@ pub fn finetune_instruct(
 
     let started = Instant::now();
     let count = config.responses.unwrap_or(test.len()).min(test.len());
-    let bar = ember_data::progress::bar(
-        run.options().progress,
-        Some(count as u64),
-        "responses [{bar:30.cyan/blue}] {pos}/{len}  {per_sec}  ETA {eta}",
+    let (answered, failures) = answer_entries(
+        &model,
+        &tokenizer,
+        &test[..count],
+        config.max_new_tokens,
+        run.device(),
+        run.options(),
     );
-    let mut answered = Vec::with_capacity(count);
-    let mut failures = 0;
-    for entry in test.iter().take(count) {
-        // Ctrl-C here keeps the trained model and writes the responses so far.
-        if run.options().interrupt.load(Ordering::SeqCst) {
-            break;
-        }
-        let response = match respond(
-            &model,
-            &tokenizer,
-            entry,
-            config.max_new_tokens,
-            run.device(),
-        ) {
-            Ok(response) => response,
-            Err(e) => {
-                tracing::warn!(instruction = %entry.instruction, error = %ember_data::error_chain(&e), "no response");
-                failures += 1;
-                String::new()
-            }
-        };
-        answered.push(InstructionEntry {
-            model_response: Some(response),
-            ..entry.clone()
-        });
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
     let responses_file = run
         .dir()
         .write_json("instruction-data-with-response.json", &answered)?;

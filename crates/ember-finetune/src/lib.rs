@@ -9,11 +9,15 @@
 //!   new text;
 //! - [`instruct_finetune`]: chapter 7's run and the responses to the test entries for
 //!   the judge (the Alpaca prompt, split and collate are `ember_data`'s);
+//! - [`dpo`]: the DPO loss and the log-probabilities it compares (the chapter 7
+//!   bonus); [`dpo_finetune`]: its run on preference pairs, before/after measures;
 //! - [`base`]: the model a run starts from;
 //! - [`error`]: the errors of the runs, [`FinetuneError`].
 
 pub mod base;
 pub mod classifier;
+pub mod dpo;
+pub mod dpo_finetune;
 pub mod error;
 pub mod instruct_finetune;
 pub mod numpy_rng;
