@@ -52,7 +52,7 @@ fn number(key: &str, name: &str) -> f64 {
         + 1;
     let value: String = key[start..]
         .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-')
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e'))
         .collect();
     value.parse().unwrap_or_else(|_| panic!("{name}={value}"))
 }
@@ -217,4 +217,41 @@ fn ch07_instruction() {
          ### Instruction:\nIdentify the correct spelling of the following word.\n\n\
          ### Input:\nOcassion\n\n### Response:\nThe correct spelling is 'Occasion.'"
     ), "{stdout}");
+}
+
+#[test]
+fn appendix_a() {
+    let (stdout, key) = run_example("appendix_a");
+    for expected in [
+        "product=[14, 32, 32, 77]",
+        "autograd_matches=true",
+        "grad_w1=-0.089826",
+        "grad_b=-0.081660",
+        "params=2213",
+        "params_2_2=752",
+        "train_accuracy=1.00",
+        "test_accuracy=1.00",
+        "reload_same=true",
+    ] {
+        assert_has(&key, expected);
+    }
+    // PyTorch's numbers (tests/fixtures/appendix-a): the seeded network's logits and
+    // softmax, the six batch losses from the same starting weights and batch orders,
+    // and the trained network's logits.
+    assert!(number(&key, "logits_diff") < 1e-5, "{key}");
+    assert!(number(&key, "losses_diff") < 1e-5, "{key}");
+    assert!(number(&key, "final_logits_diff") < 1e-5, "{key}");
+    let losses = list(&key, "losses");
+    let book = [0.75, 0.65, 0.44, 0.13, 0.03, 0.00];
+    // Printed with two decimals (0.6450 shows as 0.65).
+    for (got, printed) in losses.iter().zip(book) {
+        assert!(
+            (got - printed).abs() <= 0.0051,
+            "{losses:?} vs the appendix's {book:?}"
+        );
+    }
+    assert!(
+        stdout.contains("Epoch: 003/003 | Batch 001/002 | Train Loss: 0.00"),
+        "{stdout}"
+    );
 }
