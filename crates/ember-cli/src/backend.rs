@@ -74,3 +74,67 @@ pub fn device(name: Option<&str>) -> Result<Device> {
     };
     Ok(device)
 }
+
+/// Every device name `--devices` knows, compiled in or not.
+const DEVICE_NAMES: [&str; 7] = ["cpu", "ndarray", "flex", "wgpu", "tch", "tch-cuda", "cuda"];
+
+/// The devices of `--devices` (`cpu,cpu`, `cuda:0,cuda:1`): `NAME` as `--backend` knows
+/// it, `cpu` for the default CPU backend, `NAME:N` for the N-th GPU of `cuda` and
+/// `tch-cuda`. Every device must be of one backend: a replica's gradients are summed
+/// on the first device.
+pub fn devices(list: &[String]) -> Result<Vec<Device>> {
+    let mut parsed = Vec::with_capacity(list.len());
+    for item in list.iter().map(|s| s.trim()) {
+        let (name, index) = match item.split_once(':') {
+            Some((name, index)) => {
+                let index: usize = index.parse().map_err(|_| {
+                    anyhow::anyhow!("device \"{item}\": the part after ':' must be a GPU number")
+                })?;
+                (name, Some(index))
+            }
+            None => (item, None),
+        };
+        if !DEVICE_NAMES.contains(&name) {
+            bail!(
+                "unknown device \"{item}\" (devices: {}, with :N for cuda and tch-cuda)",
+                DEVICE_NAMES.join(", ")
+            );
+        }
+        if index.is_some() && !matches!(name, "cuda" | "tch-cuda") {
+            bail!("device \"{item}\": only cuda and tch-cuda devices are numbered");
+        }
+        let backend = match name {
+            "cpu" => available()
+                .into_iter()
+                .find(|b| matches!(*b, "ndarray" | "flex"))
+                .unwrap_or("ndarray"),
+            other => other,
+        };
+        parsed.push((backend, index));
+    }
+    let mut backends: Vec<&str> = Vec::new();
+    for (backend, _) in &parsed {
+        if !backends.contains(backend) {
+            backends.push(backend);
+        }
+    }
+    if backends.len() > 1 {
+        bail!(
+            "--devices mixes backends ({}): every replica must run on the same backend",
+            backends.join(", ")
+        );
+    }
+    parsed
+        .into_iter()
+        .map(|(backend, index)| {
+            check(backend)?;
+            Ok(match index {
+                #[cfg(feature = "cuda")]
+                Some(i) if backend == "cuda" => Device::cuda(i),
+                #[cfg(feature = "tch")]
+                Some(i) if backend == "tch-cuda" => Device::libtorch_cuda(i),
+                _ => device(Some(backend))?,
+            })
+        })
+        .collect()
+}

@@ -212,7 +212,14 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
         data = %config.data.path.display(),
         "pretraining"
     );
-    let outcome = ember_train::pretrain(&config, &run_dir, device, args.run.options(&interrupt))?;
+    let devices = args.run.devices()?;
+    let device = devices.first().unwrap_or(device);
+    let outcome = ember_train::pretrain(
+        &config,
+        &run_dir,
+        device,
+        args.run.options(&interrupt, &devices),
+    )?;
     println!(
         "{} after {} steps ({} tokens): train loss {}, val loss {}",
         match outcome.stop {

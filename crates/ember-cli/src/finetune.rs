@@ -63,7 +63,14 @@ pub fn spam(args: SpamArgs, device: &Device) -> Result<()> {
     })?;
     require_base(config.base.is_some(), &args.run, args.from_scratch)?;
     let interrupt = interrupt_flag();
-    let results = finetune_spam(&config, &run_dir, device, args.run.options(&interrupt))?;
+    let devices = args.run.devices()?;
+    let device = devices.first().unwrap_or(device);
+    let results = finetune_spam(
+        &config,
+        &run_dir,
+        device,
+        args.run.options(&interrupt, &devices),
+    )?;
     println!(
         "accuracy after {} steps ({:.0} s): train {:.2}%, validation {:.2}%, test {:.2}% ({} trainable parameters)",
         results.steps,
@@ -169,7 +176,14 @@ pub fn instruct(args: InstructArgs, device: &Device) -> Result<()> {
         })?;
     require_base(config.base.is_some(), &args.run, args.from_scratch)?;
     let interrupt = interrupt_flag();
-    let results = finetune_instruct(&config, &run_dir, device, args.run.options(&interrupt))?;
+    let devices = args.run.devices()?;
+    let device = devices.first().unwrap_or(device);
+    let results = finetune_instruct(
+        &config,
+        &run_dir,
+        device,
+        args.run.options(&interrupt, &devices),
+    )?;
     println!(
         "after {} steps ({:.0} s): train loss {}, val loss {}; {} responses in {:.0} s",
         results.steps,
@@ -244,7 +258,14 @@ pub fn dpo(args: DpoArgs, device: &Device) -> Result<()> {
     })?;
     require_base(config.base.is_some(), &args.run, args.from_scratch)?;
     let interrupt = interrupt_flag();
-    let results = finetune_dpo(&config, &run_dir, device, args.run.options(&interrupt))?;
+    let devices = args.run.devices()?;
+    let device = devices.first().unwrap_or(device);
+    let results = finetune_dpo(
+        &config,
+        &run_dir,
+        device,
+        args.run.options(&interrupt, &devices),
+    )?;
     let line = |name: &str, before: &PreferenceStats, after: &PreferenceStats| {
         println!(
             "{name}: preference accuracy {:.1}% -> {:.1}%, reward accuracy {:.1}%, reward margin {:.4}, DPO loss {:.4} -> {:.4}",

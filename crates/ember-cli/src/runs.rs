@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
+use burn::prelude::Device;
 use ember_train::{RunConfig, RunMode, RunOptions};
 
 /// Options of every training run.
@@ -33,11 +34,21 @@ pub struct RunArgs {
     /// Start the run over in a directory that holds one (its run files are removed).
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Train data-parallel on these devices, one model replica each, every batch split
+    /// across them: `cpu,cpu`, `cuda:0,cuda:1` (they also choose the backend).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub devices: Vec<String>,
 }
 
 impl RunArgs {
-    /// The run's options: resume, start over or new; progress bars unless `--quiet`.
-    pub fn options<'a>(&self, interrupt: &'a AtomicBool) -> RunOptions<'a> {
+    /// The devices of `--devices` (none without it).
+    pub fn devices(&self) -> Result<Vec<Device>> {
+        crate::backend::devices(&self.devices)
+    }
+
+    /// The run's options: resume, start over or new; progress bars unless `--quiet`;
+    /// data-parallel on `devices` (from [`RunArgs::devices`]).
+    pub fn options<'a>(&self, interrupt: &'a AtomicBool, devices: &'a [Device]) -> RunOptions<'a> {
         let mode = if self.resume.is_some() {
             RunMode::Resume
         } else if self.overwrite {
@@ -49,6 +60,7 @@ impl RunArgs {
             mode,
             progress: !self.quiet,
             interrupt,
+            devices,
         }
     }
 

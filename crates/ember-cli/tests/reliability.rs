@@ -484,3 +484,59 @@ fn a_stale_part_file_is_not_trusted_without_the_server_confirming_it() {
     assert_eq!(std::fs::read(out.path().join("config.json")).unwrap(), data);
     assert_eq!(ranges.load(Ordering::SeqCst), 0);
 }
+
+/// `--devices`: two CPU replicas train as one device (dropout off), and device lists
+/// that cannot work are one-line errors before anything is written.
+#[test]
+fn devices_replicate_the_model_or_refuse_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ["--max-steps", "3", "--set", "model.drop_rate=0"];
+    let one = dir.path().join("one");
+    let o = small_pretrain(&one, &settings).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let two = dir.path().join("two");
+    let mut args = settings.to_vec();
+    args.extend(["--devices", "cpu,cpu"]);
+    let o = small_pretrain(&two, &args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let losses = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (a, b) = (losses(&one), losses(&two));
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5 * x, "{a:?} vs {b:?}");
+    }
+
+    let refused = dir.path().join("refused");
+    for (devices, message) in [
+        ("cpu,gpu9", "unknown device \"gpu9\""),
+        (
+            "cpu,cuda:x",
+            "device \"cuda:x\": the part after ':' must be a GPU number",
+        ),
+        (
+            "cpu:1",
+            "device \"cpu:1\": only cuda and tch-cuda devices are numbered",
+        ),
+        ("cpu,cuda:0", "--devices mixes backends (ndarray, cuda)"),
+        (
+            "cpu,cpu,cpu",
+            "train.batch_size 4 does not split evenly across 3 devices",
+        ),
+    ] {
+        let o = small_pretrain(&refused, &["--devices", devices])
+            .output()
+            .unwrap();
+        assert_one_line_error(&o, message);
+        assert!(!refused.join("metrics.jsonl").exists());
+    }
+}

@@ -14,8 +14,8 @@ use std::time::Instant;
 use burn::module::{Lora, Module, ParamGroup};
 use burn::prelude::*;
 use ember_data::{
-    InstructionEntry, book_split, collate_instructions, format_input, instruction_prompt,
-    read_instruction_data,
+    IGNORE_INDEX, InstructionEntry, TokenBatch, book_split, collate_instructions, format_input,
+    instruction_prompt, read_instruction_data,
 };
 use ember_model::{CausalLm, GenerationConfig, GptConfig, LanguageModel, generate, save_model};
 use ember_tokenizer::ModelTokenizer;
@@ -165,18 +165,28 @@ impl Examples {
         self.ids.len()
     }
 
-    /// The next-token loss of `rows`, collated as the book does.
-    fn loss(&self, model: &LanguageModel, rows: &[usize], device: &Device) -> Tensor<1> {
+    /// `rows` collated as the book does.
+    fn batch(&self, rows: &[usize]) -> TokenBatch {
         let seqs: Vec<&[u32]> = rows.iter().map(|&r| self.ids[r].as_slice()).collect();
         let lens: Vec<usize> = rows.iter().map(|&r| self.prompt_lens[r]).collect();
-        let batch = collate_instructions(
+        collate_instructions(
             &seqs,
             self.end_id,
             Some(self.max_length),
             self.mask_prompt.then_some(&lens[..]),
-        );
-        let (inputs, targets) = token_tensors(&batch, device);
+        )
+    }
+
+    /// The next-token loss of `rows`: the mean over their counted targets.
+    fn loss(&self, model: &LanguageModel, rows: &[usize], device: &Device) -> Tensor<1> {
+        let (inputs, targets) = token_tensors(&self.batch(rows), device);
         cross_entropy(model.forward(inputs), targets)
+    }
+
+    /// How many targets of `rows` the loss counts.
+    fn counted_targets(&self, rows: &[usize]) -> f64 {
+        let batch = self.batch(rows);
+        batch.targets.iter().filter(|&&t| t != IGNORE_INDEX).count() as f64
     }
 }
 
@@ -202,6 +212,11 @@ impl TrainTask for InstructTask<'_> {
         device: &Device,
     ) -> Result<Tensor<1>, TrainError> {
         Ok(self.train.loss(model, rows, device))
+    }
+
+    /// The loss is a mean over tokens: a part of a batch weighs its counted targets.
+    fn loss_weight(&self, rows: &[usize]) -> f64 {
+        self.train.counted_targets(rows)
     }
 
     fn batch_tokens(&self, rows: &[usize]) -> u64 {

@@ -278,6 +278,7 @@ fn a_short_dpo_run_raises_held_out_preference_accuracy_and_resumes_exactly() {
             mode,
             progress: false,
             interrupt: &interrupt,
+            devices: &[],
         };
         finetune_dpo(config, dir, &device, options).unwrap()
     };
@@ -389,6 +390,7 @@ fn dpo_tunes_lora_adapters_of_a_qwen3_model_through_its_chat_template() {
         mode: RunMode::New,
         progress: false,
         interrupt: &interrupt,
+        devices: &[],
     };
     let dir = tempfile::tempdir().unwrap();
     let results = finetune_dpo(&config, dir.path(), &device, options).unwrap();

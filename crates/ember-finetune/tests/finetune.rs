@@ -24,6 +24,7 @@ fn options(interrupt: &AtomicBool) -> RunOptions<'_> {
         mode: RunMode::New,
         progress: false,
         interrupt,
+        devices: &[],
     }
 }
 
@@ -308,4 +309,58 @@ fn lora_instruction_tuning_of_qwen3_lowers_its_loss_and_reloads() {
         ember_finetune::instruct_finetune::respond(&loaded.model, &tokenizer, &entry, 6, &device)
             .unwrap();
     assert_eq!(again, answered[0]["model_response"].as_str().unwrap());
+}
+
+/// Data parallel on a loss averaged over tokens: the replicas' halves of each batch
+/// count different numbers of response tokens, so each part is weighted by its counted
+/// targets; then two replicas train as one device with the whole batch.
+#[test]
+fn instruction_tuning_on_two_replicas_equals_one_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::ndarray();
+    let data: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(root().join("datasets/instruction-data.json")).unwrap(),
+    )
+    .unwrap();
+    let path = dir.path().join("data.json");
+    std::fs::write(&path, serde_json::to_string(&data[..100]).unwrap()).unwrap();
+    let mut config = InstructConfig::book();
+    config.data = path;
+    config.model = GptConfig {
+        qkv_bias: true,
+        ..small_model()
+    };
+    config.train.lr = 1e-3;
+    config.train.max_steps = Some(3);
+    config.train.grad_clip = Some(0.5);
+    config.train.sample_tokens = 2;
+    config.max_new_tokens = 2;
+    config.responses = Some(1);
+    config.mask_instruction = true;
+    let interrupt = AtomicBool::new(false);
+    let devices = [Device::ndarray(), Device::ndarray()];
+    let one = dir.path().join("one");
+    let two = dir.path().join("two");
+    finetune_instruct(&config, &one, &device, options(&interrupt)).unwrap();
+    let replicated = RunOptions {
+        devices: &devices,
+        ..options(&interrupt)
+    };
+    finetune_instruct(&config, &two, &device, replicated).unwrap();
+    let (a, b) = (metrics(&one), metrics(&two));
+    assert_eq!(a.len(), 3);
+    for (a, b) in a.iter().zip(&b) {
+        assert!(
+            (a.train_loss - b.train_loss).abs() < 1e-5 * a.train_loss,
+            "{a:?} {b:?}"
+        );
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() < 1e-5 * a.grad_norm,
+            "{a:?} {b:?}"
+        );
+        assert_eq!(a.val_loss.is_some(), b.val_loss.is_some());
+        if let (Some(x), Some(y)) = (a.val_loss, b.val_loss) {
+            assert!((x - y).abs() < 1e-5 * x, "{a:?} {b:?}");
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 
-use crate::config::{RunConfig, TrainConfig};
+use crate::config::{InvalidSetting, RunConfig, TrainConfig};
 use crate::error::TrainError;
 use crate::run_dir::{RunDir, RunMode};
 use crate::task::TrainTask;
@@ -32,6 +32,17 @@ impl<'a> Run<'a> {
         options: RunOptions<'a>,
     ) -> Result<Self, TrainError> {
         config.check()?;
+        let replicas = options.devices.len();
+        if replicas > 1 && !config.train().batch_size.is_multiple_of(replicas) {
+            return Err(InvalidSetting::new(
+                "train.batch_size",
+                format!(
+                    "{} does not split evenly across {replicas} devices",
+                    config.train().batch_size
+                ),
+            )
+            .into());
+        }
         let dir = RunDir::open(run_dir, options.mode)?;
         if options.mode == RunMode::Resume {
             dir.check_resumable(config)?;

@@ -30,6 +30,14 @@ pub trait TrainTask {
         device: &Device,
     ) -> Result<Tensor<1>, TrainError>;
 
+    /// How many terms the mean of [`TrainTask::batch_loss`] over `rows` averages: one
+    /// per example by default; the counted target tokens for a loss averaged over
+    /// tokens. Data-parallel training weighs each replica's share of a batch by it, so
+    /// that a batch split across devices has the loss (and gradients) of the whole.
+    fn loss_weight(&self, rows: &[usize]) -> f64 {
+        rows.len() as f64
+    }
+
     /// Tokens the examples `rows` feed the model, for throughput.
     fn batch_tokens(&self, rows: &[usize]) -> u64;
 

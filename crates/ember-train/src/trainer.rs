@@ -32,6 +32,9 @@ pub struct RunOptions<'a> {
     pub progress: bool,
     /// Raised (by Ctrl-C or SIGTERM) to stop after the current step with a checkpoint.
     pub interrupt: &'a AtomicBool,
+    /// Devices for data-parallel training, the run's own device first: each batch is
+    /// split across them (empty or one: the run's device alone).
+    pub devices: &'a [Device],
 }
 
 /// Why a run stopped.
@@ -91,6 +94,14 @@ pub struct StepOutcome {
 /// scaled by the number of micro-batches, backward, gradients summed; then the global
 /// gradient norm, clipping to `grad_clip`, and the optimizer at rate `lr`.
 ///
+/// With `replicas` (autodiff devices, `device` first), each micro-batch is split into
+/// as many equal parts: the model on `device` and a copy on each other device compute
+/// their part's loss,
+/// weighted by its share of [`TrainTask::loss_weight`], and its gradients, which are
+/// moved to `device` and summed there (as burn-train's multi-device strategy does);
+/// the one optimizer step then updates the model, whose next copies carry the new
+/// weights to every device.
+///
 /// `step` (1-based) only names the step when the loss is not finite.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step<T: TrainTask>(
@@ -101,19 +112,51 @@ pub fn train_step<T: TrainTask>(
     lr: f64,
     grad_clip: Option<f64>,
     device: &Device,
+    replicas: &[Device],
     step: usize,
 ) -> Result<(T::Model, StepOutcome), TrainError> {
     let mut accumulator = GradientsAccumulator::<T::Model>::new();
-    let (mut loss_sum, mut tokens) = (0.0, 0);
+    let mut tokens = 0;
+    // Read once every backward pass is queued: reading a loss waits for its device.
+    let mut losses = Vec::new();
     for rows in micro_batches {
         tokens += task.batch_tokens(rows);
-        let loss = task.batch_loss(&model, rows, device)? / micro_batches.len() as f64;
-        let value: f32 = loss.clone().into_scalar();
+        if replicas.len() <= 1 {
+            let loss = task.batch_loss(&model, rows, device)? / micro_batches.len() as f64;
+            losses.push(loss.clone());
+            accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            continue;
+        }
+        let whole = task.loss_weight(rows);
+        let parts = rows.chunks(rows.len().div_ceil(replicas.len()));
+        for (i, (part, replica)) in parts.zip(replicas).enumerate() {
+            let share = task.loss_weight(part) / whole / micro_batches.len() as f64;
+            if i == 0 {
+                // The first device holds the model itself. Its forward pass also
+                // draws a new model's lazily initialised weights, in the order and
+                // from the random state of a one-device run; the copies then take
+                // them as drawn.
+                let loss = task.batch_loss(&model, part, device)? * share;
+                losses.push(loss.clone());
+                accumulator
+                    .accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+                continue;
+            }
+            let copy = model.clone().fork(replica);
+            let loss = task.batch_loss(&copy, part, replica)? * share;
+            losses.push(loss.clone());
+            let grads =
+                GradientsParams::from_grads(loss.backward(), &copy).to_device(device, &model);
+            accumulator.accumulate(&model, grads);
+        }
+    }
+    let mut loss_sum = 0.0;
+    for loss in losses {
+        let value: f32 = loss.into_scalar();
         if !value.is_finite() {
             return Err(TrainError::Diverged { step, loss: value });
         }
         loss_sum += value as f64;
-        accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
     }
     let mut grads = accumulator.grads();
     let norm = match grad_clip {
@@ -132,7 +175,8 @@ pub fn train_step<T: TrainTask>(
 }
 
 /// Trains `model` (on `train_device`, an autodiff device) on `task` as `train`
-/// describes, writing metrics, reports, plots and checkpoints into `dir`.
+/// describes, writing metrics, reports, plots and checkpoints into `dir`; with
+/// `options.devices`, data-parallel across them (see [`train_step`]).
 ///
 /// Resumption is exact: the batches of an epoch are a function of the seed and the
 /// epoch ([`EpochPlan`]), dropout is re-seeded from the step, and checkpoints hold the
@@ -148,6 +192,10 @@ pub fn fit<T: TrainTask>(
     options: &RunOptions<'_>,
 ) -> Result<FitOutcome<T::Model>, TrainError> {
     let eval_device = train_device.clone().inner();
+    let replicas: Vec<Device> = match options.devices {
+        [] | [_] => Vec::new(),
+        devices => devices.iter().map(|d| d.clone().autodiff()).collect(),
+    };
     let plan = EpochPlan::new(train.batch_size, train.shuffle, train.seed, true)
         .map_err(|e| TrainError::data("train.batch_size", e))?;
     let examples = task.num_examples();
@@ -221,6 +269,7 @@ pub fn fit<T: TrainTask>(
                 lr,
                 train.grad_clip,
                 train_device,
+                &replicas,
                 state.step + 1,
             )?;
             state.step += 1;

@@ -121,6 +121,7 @@ fn fit_reproduces_the_books_training_run() {
         mode: RunMode::New,
         progress: false,
         interrupt: &interrupt,
+        devices: &[],
     };
     pretrain(&config, dir.path(), &Device::ndarray(), options).unwrap();
     let metrics: Vec<MetricsLine> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))

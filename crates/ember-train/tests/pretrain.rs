@@ -47,6 +47,17 @@ fn try_run(
     resume: bool,
     interrupted: bool,
 ) -> Result<ember_train::PretrainOutcome, ember_train::TrainError> {
+    try_run_on(&[], config, dir, resume, interrupted)
+}
+
+/// A run data-parallel across `devices` (none: one device).
+fn try_run_on(
+    devices: &[Device],
+    config: &PretrainConfig,
+    dir: &Path,
+    resume: bool,
+    interrupted: bool,
+) -> Result<ember_train::PretrainOutcome, ember_train::TrainError> {
     let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let interrupt = AtomicBool::new(interrupted);
     pretrain(
@@ -61,6 +72,7 @@ fn try_run(
             },
             progress: false,
             interrupt: &interrupt,
+            devices,
         },
     )
 }
@@ -239,6 +251,68 @@ fn gradient_accumulation_equals_one_larger_batch() {
             "{a:?} {b:?}"
         );
     }
+}
+
+/// Appendix A's data parallelism: two replicas, each with half of every batch, give the
+/// losses, gradient norms and weights of one device with the whole batch (with gradient
+/// accumulation and clipping, dropout off), and a resumed replicated run stays exact.
+#[test]
+fn two_replicas_train_as_one_device_with_the_whole_batch() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = small_config();
+    config.model.drop_rate = 0.0;
+    config.train.max_steps = Some(4);
+    config.train.batch_size = 4;
+    config.train.grad_accum_steps = 2;
+    let devices = [Device::ndarray(), Device::ndarray()];
+    let (one, two) = (root.path().join("one"), root.path().join("two"));
+    try_run_on(&[], &config, &one, false, false).unwrap();
+    try_run_on(&devices, &config, &two, false, false).unwrap();
+    let (a, b) = (metrics(&one), metrics(&two));
+    assert_eq!(a.len(), 4);
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-5 * x.abs().max(1.0);
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!(a.tokens_seen, b.tokens_seen);
+        assert!(close(a.train_loss, b.train_loss), "{a:?} {b:?}");
+        assert!(close(a.grad_norm, b.grad_norm), "{a:?} {b:?}");
+        assert_eq!(a.val_loss.is_some(), b.val_loss.is_some());
+        if let (Some(x), Some(y)) = (a.val_loss, b.val_loss) {
+            assert!(close(x, y), "{a:?} {b:?}");
+        }
+    }
+    // The weights after four steps.
+    let weights = |dir: &Path| {
+        ember_model::weights::read_safetensors(&dir.join("model/model.safetensors")).unwrap()
+    };
+    let (wa, wb) = (weights(&one), weights(&two));
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    for (name, x) in &wa {
+        let worst = x
+            .data
+            .iter()
+            .zip(&wb[name].data)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{name} differs by {worst}");
+    }
+
+    // Stopped at step 2 and resumed on both replicas: the straight replicated run.
+    let split = root.path().join("split");
+    config.train.max_steps = Some(2);
+    try_run_on(&devices, &config, &split, false, false).unwrap();
+    config.train.max_steps = Some(4);
+    try_run_on(&devices, &config, &split, true, false).unwrap();
+    assert_eq!(comparable(&metrics(&split)), comparable(&b));
+
+    // A batch that does not split evenly is refused before the run starts.
+    config.train.batch_size = 3;
+    let three = [Device::ndarray(), Device::ndarray()];
+    let err = try_run_on(&three, &config, &root.path().join("odd"), false, false).unwrap_err();
+    assert!(
+        error_chain(&err).contains("train.batch_size") && error_chain(&err).contains("2 devices"),
+        "{}",
+        error_chain(&err)
+    );
 }
 
 #[test]
