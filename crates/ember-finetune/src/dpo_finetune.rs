@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use burn::module::{Lora, Module, ParamGroup};
+use burn::module::Module;
 use burn::prelude::*;
 use ember_data::{
     InstructionEntry, PreferenceEntry, PreferencePair, TokenBatch, book_split, collate_preferences,
@@ -27,7 +27,7 @@ use ember_train::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::base::base_model;
+use crate::base::{base_model, check_generative, default_lora_alpha, with_lora};
 use crate::dpo::{
     LogProbReduction, PairLogProbs, PreferenceStats, PreferenceTally, dpo_loss, sequence_log_probs,
 };
@@ -74,10 +74,6 @@ pub struct DpoConfig {
     pub train: TrainConfig,
 }
 
-fn default_lora_alpha() -> f64 {
-    16.0
-}
-
 impl DpoConfig {
     /// The notebook's run.
     pub fn notebook() -> Self {
@@ -117,26 +113,16 @@ impl RunConfig for DpoConfig {
     }
 
     fn check(&self) -> Result<(), InvalidSetting> {
-        self.model
-            .validate()
-            .map_err(|e| InvalidSetting::new("model", e.to_string()))?;
-        self.train.validate()?;
-        if !(0.0..1.0).contains(&self.drop_rate) {
-            return Err(InvalidSetting::new(
-                "drop_rate",
-                format!("must be in [0, 1), got {}", self.drop_rate),
-            ));
-        }
+        check_generative(
+            &self.model,
+            &self.train,
+            self.drop_rate,
+            self.allowed_max_length,
+        )?;
         if !(self.beta > 0.0 && self.beta.is_finite()) {
             return Err(InvalidSetting::new(
                 "beta",
                 format!("must be a positive number, got {}", self.beta),
-            ));
-        }
-        if self.allowed_max_length < 2 {
-            return Err(InvalidSetting::new(
-                "allowed_max_length",
-                "must be at least 2",
             ));
         }
         Ok(())
@@ -474,13 +460,7 @@ pub fn finetune_dpo(
     // reads its progress from the checkpoint.
     let reference = policy.valid();
     let policy = policy.with_dropout(config.drop_rate);
-    let policy = match config.lora_rank {
-        Some(rank) => {
-            let targets = ParamGroup::from_paths(policy.lora_targets(""));
-            policy.apply_lora(Lora::new(rank, config.lora_alpha).set_param_group(targets))
-        }
-        None => policy,
-    };
+    let policy = with_lora(policy, config.lora_rank, config.lora_alpha);
     let max_length = config.allowed_max_length.min(policy.context_length());
     let pairs =
         |split, entries: &[PreferenceEntry]| Pairs::new(split, entries, &tokenizer, max_length);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use burn::module::{Lora, Module, ParamGroup};
+use burn::module::Module;
 use burn::prelude::*;
 use ember_data::{
     IGNORE_INDEX, InstructionEntry, TokenBatch, book_split, collate_instructions, format_input,
@@ -25,7 +25,7 @@ use ember_train::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::base::base_model;
+use crate::base::{base_model, check_generative, default_lora_alpha, with_lora};
 use crate::error::FinetuneError;
 
 /// Configuration of an instruction fine-tuning run.
@@ -85,10 +85,6 @@ impl InstructConfig {
     }
 }
 
-fn default_lora_alpha() -> f64 {
-    16.0
-}
-
 impl RunConfig for InstructConfig {
     /// The responses are written after training: how many, and how long, may change.
     const RESUMABLE: &'static [&'static str] = &["responses", "max_new_tokens"];
@@ -102,23 +98,12 @@ impl RunConfig for InstructConfig {
     }
 
     fn check(&self) -> Result<(), InvalidSetting> {
-        self.model
-            .validate()
-            .map_err(|e| InvalidSetting::new("model", e.to_string()))?;
-        self.train.validate()?;
-        if !(0.0..1.0).contains(&self.drop_rate) {
-            return Err(InvalidSetting::new(
-                "drop_rate",
-                format!("must be in [0, 1), got {}", self.drop_rate),
-            ));
-        }
-        if self.allowed_max_length < 2 {
-            return Err(InvalidSetting::new(
-                "allowed_max_length",
-                "must be at least 2",
-            ));
-        }
-        Ok(())
+        check_generative(
+            &self.model,
+            &self.train,
+            self.drop_rate,
+            self.allowed_max_length,
+        )
     }
 }
 
@@ -391,13 +376,7 @@ pub fn finetune_instruct(
     let (model, tokenizer) = base_model(config.base.as_deref(), &config.model, run.train_device())?;
     let model = model.with_dropout(config.drop_rate);
     let max_length = config.allowed_max_length.min(model.context_length());
-    let model = match config.lora_rank {
-        Some(rank) => {
-            let targets = ParamGroup::from_paths(model.lora_targets(""));
-            model.apply_lora(Lora::new(rank, config.lora_alpha).set_param_group(targets))
-        }
-        None => model,
-    };
+    let model = with_lora(model, config.lora_rank, config.lora_alpha);
     let examples =
         |entries| Examples::new(entries, &tokenizer, max_length, config.mask_instruction);
     let task = InstructTask {

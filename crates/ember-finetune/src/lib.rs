@@ -11,7 +11,7 @@
 //!   the judge (the Alpaca prompt, split and collate are `ember_data`'s);
 //! - [`dpo`]: the DPO loss and the log-probabilities it compares (the chapter 7
 //!   bonus); [`dpo_finetune`]: its run on preference pairs, before/after measures;
-//! - [`base`]: the model a run starts from;
+//! - [`base`]: the model a run starts from, LoRA, the shared settings checks;
 //! - [`error`]: the errors of the runs, [`FinetuneError`].
 
 pub mod base;

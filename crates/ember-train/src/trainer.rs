@@ -96,11 +96,10 @@ pub struct StepOutcome {
 ///
 /// With `replicas` (autodiff devices, `device` first), each micro-batch is split into
 /// as many equal parts: the model on `device` and a copy on each other device compute
-/// their part's loss,
-/// weighted by its share of [`TrainTask::loss_weight`], and its gradients, which are
-/// moved to `device` and summed there (as burn-train's multi-device strategy does);
-/// the one optimizer step then updates the model, whose next copies carry the new
-/// weights to every device.
+/// their part's loss, weighted by its share of [`TrainTask::loss_weight`], and its
+/// gradients, which are moved to `device` and summed there (as burn-train's
+/// multi-device strategy does); the one optimizer step then updates the model, whose
+/// next copies carry the new weights to every device.
 ///
 /// `step` (1-based) only names the step when the loss is not finite.
 #[allow(clippy::too_many_arguments)]
