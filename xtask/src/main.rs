@@ -7,14 +7,16 @@
 //! cargo xtask finetune-instruct [--backend ...] [--base PATH|--from-scratch] [--judge-url URL [--judge-model M]] [ARGS...]
 //! cargo xtask finetune-dpo      [--backend ...] [--base PATH|--from-scratch] [--judge-url URL [--judge-model M]] [ARGS...]
 //! cargo xtask build             [--backend ...] [--debug]
-//! cargo xtask bench    [--backend ...] [--python PYTHON] [--quick]
+//! cargo xtask bench    [--backend ...] [--python PYTHON] [--quick] [--peak-gflops G]
 //! ```
 //! `bench` runs `ember bench` and its reference on the same settings, one after the
 //! other for each measurement: `bench/torch_gpt_bench.py` (PyTorch) for GPT-2 training
 //! and generation, `bench/hf_generate_bench.py` (transformers) for generation with
 //! Qwen3-0.6B's shape in fp32 and bf16. `--python` (default `python3`) must have torch
 //! and transformers. It prints the side-by-side table, with each side's peak memory,
-//! and writes `target/bench.json`.
+//! and writes `target/bench.json`. PyTorch's gpt2-small step is also measured with bf16
+//! autocast and with SDPA attention, against Ember's fp32 step. With `--peak-gflops`
+//! (the CPU's peak: cores x FLOPs per cycle x clock) training rows get an MFU column.
 //! Every argument xtask does not know is passed on to the `ember` subcommand of the
 //! same name (`--config`, `--preset`, `--set key=value`, `--max-steps`, `--out`,
 //! `--resume`, ...). `finetune-instruct` with `--judge-url` then scores the responses
@@ -203,13 +205,16 @@ fn run_ember(binary: &std::path::Path, args: &[String]) -> ExitCode {
     }
 }
 
+/// A reference script (under bench/) and its arguments.
+type Reference = (&'static str, &'static [&'static str]);
+
 /// One row of the side-by-side table.
 struct Measurement {
     name: &'static str,
     /// Arguments of `ember bench`.
     ember: &'static [&'static str],
     /// The reference script (under bench/) and its arguments.
-    reference: (&'static str, &'static [&'static str]),
+    reference: Reference,
     /// The number compared: a JSON key, or for generation rows of `ember bench` and
     /// torch_gpt_bench.py `kv_cache` / `no_cache` (their `new_tokens_per_s`).
     key: &'static str,
@@ -219,7 +224,7 @@ const GPT_SCRIPT: &str = "torch_gpt_bench.py";
 const HF_SCRIPT: &str = "hf_generate_bench.py";
 const QWEN3_CONFIG: &str = "bench/configs/qwen3-0.6b.json";
 
-const MEASUREMENTS: [Measurement; 6] = [
+const MEASUREMENTS: [Measurement; 8] = [
     Measurement {
         name: "train tiny (tokens/s)",
         ember: &["--mode", "train", "--preset", "tiny", "--steps", "5"],
@@ -235,6 +240,44 @@ const MEASUREMENTS: [Measurement; 6] = [
         reference: (
             GPT_SCRIPT,
             &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
+        ),
+        key: "tokens_per_s",
+    },
+    // PyTorch's other configurations on the same step: bf16 autocast and SDPA
+    // attention (Ember's side is the fp32 run above, not repeated).
+    Measurement {
+        name: "train gpt2-small, PyTorch bf16 autocast (tokens/s)",
+        ember: &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
+        reference: (
+            GPT_SCRIPT,
+            &[
+                "--mode",
+                "train",
+                "--preset",
+                "gpt2-small",
+                "--steps",
+                "3",
+                "--dtype",
+                "bf16",
+            ],
+        ),
+        key: "tokens_per_s",
+    },
+    Measurement {
+        name: "train gpt2-small, PyTorch SDPA attention (tokens/s)",
+        ember: &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
+        reference: (
+            GPT_SCRIPT,
+            &[
+                "--mode",
+                "train",
+                "--preset",
+                "gpt2-small",
+                "--steps",
+                "3",
+                "--attn",
+                "sdpa",
+            ],
         ),
         key: "tokens_per_s",
     },
@@ -314,11 +357,16 @@ fn last_json_line(output: &std::process::Output) -> Option<String> {
 fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
     let mut python = "python3".to_string();
     let mut quick = false;
+    let mut peak_gflops: Option<f64> = None;
     let mut iter = rest.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--python" => python = iter.next().cloned().unwrap_or(python),
             "--quick" => quick = true,
+            "--peak-gflops" => match iter.next().and_then(|v| v.parse().ok()) {
+                Some(g) => peak_gflops = Some(g),
+                None => return usage(),
+            },
             other => {
                 eprintln!("xtask bench: unknown argument {other}");
                 return usage();
@@ -328,63 +376,87 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
     let root = workspace_root();
     let mut rows = Vec::new();
     let mut records = Vec::new();
-    let mut last_args: Option<&[&str]> = None;
-    let mut cached: (Option<String>, Option<String>) = (None, None);
+    // Each distinct command runs once: rows that share one side reuse its line.
+    let mut ember_runs: Vec<(&[&str], Option<String>)> = Vec::new();
+    let mut reference_runs: Vec<(Reference, Option<String>)> = Vec::new();
     for m in MEASUREMENTS
         .iter()
         .take(if quick { 1 } else { MEASUREMENTS.len() })
     {
-        // Rows with the same arguments (both gpt2-small generate rows) share one run
-        // of each side.
-        if last_args != Some(m.ember) {
-            eprintln!("xtask bench: {}", m.name);
-            let ember = Command::new(binary)
-                .current_dir(&root)
-                .env("EMBER_LOG", "warn")
-                .args(["--backend", backend_name(backend), "bench"])
-                .args(m.ember)
-                .output();
-            let (script, args) = m.reference;
-            let reference = Command::new(&python)
-                .current_dir(&root)
-                .arg(root.join("bench").join(script))
-                .args(args)
-                .output();
-            cached = (
-                ember.ok().as_ref().and_then(last_json_line),
-                reference.ok().as_ref().and_then(last_json_line),
-            );
-            records.extend(cached.0.clone());
-            records.extend(cached.1.clone());
-            last_args = Some(m.ember);
-        }
+        eprintln!("xtask bench: {}", m.name);
+        let ember_line = match ember_runs.iter().find(|(args, _)| *args == m.ember) {
+            Some((_, line)) => line.clone(),
+            None => {
+                let output = Command::new(binary)
+                    .current_dir(&root)
+                    .env("EMBER_LOG", "warn")
+                    .args(["--backend", backend_name(backend), "bench"])
+                    .args(m.ember)
+                    .output();
+                let line = output.ok().as_ref().and_then(last_json_line);
+                records.extend(line.clone());
+                ember_runs.push((m.ember, line.clone()));
+                line
+            }
+        };
+        let reference_line = match reference_runs.iter().find(|(r, _)| *r == m.reference) {
+            Some((_, line)) => line.clone(),
+            None => {
+                let (script, args) = m.reference;
+                let output = Command::new(&python)
+                    .current_dir(&root)
+                    .arg(root.join("bench").join(script))
+                    .args(args)
+                    .output();
+                let line = output.ok().as_ref().and_then(last_json_line);
+                records.extend(line.clone());
+                reference_runs.push((m.reference, line.clone()));
+                line
+            }
+        };
+        let cached = (ember_line, reference_line);
         let value = |line: &Option<String>| line.as_deref().and_then(|l| metric(l, m.key));
         let peak = |line: &Option<String>| line.as_deref().and_then(peak_mb);
+        // Model FLOP utilisation of training rows: both sides train the same model, whose
+        // FLOPs per token Ember's line states.
+        let flops = cached
+            .0
+            .as_deref()
+            .and_then(|l| metric(l, "flops_per_token"));
+        let mfu = |tokens_per_s: Option<f64>| match (m.key, tokens_per_s, flops, peak_gflops) {
+            ("tokens_per_s", Some(t), Some(f), Some(p)) => Some(100.0 * t * f / (p * 1e9)),
+            _ => None,
+        };
+        let (e, t) = (value(&cached.0), value(&cached.1));
         rows.push((
             m.name,
-            value(&cached.0),
-            value(&cached.1),
+            e,
+            t,
             peak(&cached.0),
             peak(&cached.1),
+            mfu(e),
+            mfu(t),
         ));
     }
     let fmt =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     println!(
-        "| measurement | Ember ({backend}) | PyTorch | Ember / PyTorch | peak MB Ember | peak MB PyTorch |"
+        "| measurement | Ember ({backend}) | PyTorch | Ember / PyTorch | peak MB Ember | peak MB PyTorch | MFU % Ember | MFU % PyTorch |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, e, t, pe, pt) in &rows {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, e, t, pe, pt, me, mt) in &rows {
         let ratio = match (e, t) {
             (Some(e), Some(t)) if *t > 0.0 => format!("{:.2}x", e / t),
             _ => "-".to_string(),
         };
         println!(
-            "| {name} | {} | {} | {ratio} | {} | {} |",
+            "| {name} | {} | {} | {ratio} | {} | {} | {} | {} |",
             fmt(*e, 1),
             fmt(*t, 1),
             fmt(*pe, 0),
-            fmt(*pt, 0)
+            fmt(*pt, 0),
+            fmt(*me, 1),
+            fmt(*mt, 1)
         );
     }
     let out = root.join("target/bench.json");

@@ -197,6 +197,7 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
                 "step_s_median": med,
                 "step_s_min": times.iter().copied().fold(f64::MAX, f64::min),
                 "tokens_per_s": (args.batch * args.context) as f64 / med,
+                "flops_per_token": ember_train::flops_per_token(&config),
                 "loss_last": last_loss,
                 "phases_s_median": {
                     "forward_and_loss": median(forward_times),

@@ -35,11 +35,17 @@ pub struct PretrainOutcome {
     pub run_dir: PathBuf,
 }
 
-/// FLOPs of one training token: 6 per parameter (forward and backward) plus the
-/// attention scores, 12 · layers · width · context (PaLM's appendix B).
+/// FLOPs of one training token: 6 per parameter that multiplies (forward and
+/// backward) plus the attention scores, 12 · layers · width · context (PaLM's appendix
+/// B). The embedding tables are looked up, not multiplied: the position table never
+/// counts, the token table only as the tied output head.
 pub fn flops_per_token(config: &ember_model::GptConfig) -> f64 {
     let attention = 12 * config.n_layers * config.emb_dim * config.context_length;
-    (6 * config.num_params() + attention) as f64
+    let mut lookups = config.context_length * config.emb_dim;
+    if !config.tie_embeddings {
+        lookups += config.vocab_size * config.emb_dim;
+    }
+    (6 * (config.num_params() - lookups) + attention) as f64
 }
 
 /// The training and validation windows of a run.
