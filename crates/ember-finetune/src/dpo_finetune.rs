@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::{base_model, check_generative, default_lora_alpha, with_lora};
 use crate::dpo::{
-    LogProbReduction, PairLogProbs, PreferenceStats, PreferenceTally, dpo_loss, sequence_log_probs,
+    DpoLoss, LogProbReduction, PairLogProbs, PreferenceStats, PreferenceTally, dpo_loss,
+    sequence_log_probs,
 };
 use crate::error::FinetuneError;
 use crate::instruct_finetune::{answer_entries, check_split, respond};
@@ -286,7 +287,7 @@ impl<'a> PreferenceScorer<'a> {
         pairs: &Pairs,
         rows: &[usize],
         device: &Device,
-    ) -> (PairLogProbs, crate::dpo::DpoLoss) {
+    ) -> (PairLogProbs, DpoLoss) {
         self.score_batch(policy, pairs, rows, device, false)
     }
 
@@ -297,7 +298,7 @@ impl<'a> PreferenceScorer<'a> {
         rows: &[usize],
         device: &Device,
         evaluation: bool,
-    ) -> (PairLogProbs, crate::dpo::DpoLoss) {
+    ) -> (PairLogProbs, DpoLoss) {
         let batch = pairs.collate(rows);
         let reference = self.reference_log_probs(pairs, rows, &batch, device, evaluation);
         let policy = match policy {
