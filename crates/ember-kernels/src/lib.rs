@@ -10,9 +10,9 @@
 //!   are also the definitions the kernels are tested against.
 //!
 //! One kernel per file: [`gelu`], [`matmul`] (and [`linear`]), [`dropout`],
-//! [`cross_entropy`], [`rms_norm`], the optimizer [`FusedAdamW`], and for inference the
-//! [`half_weights`] (bf16/f16 weights computed with in f32) that [`linear`],
-//! [`embedding`] and [`unembed`] use when a model has them.
+//! [`cross_entropy`], [`rms_norm`], [`layer_norm`], the optimizer [`FusedAdamW`], and
+//! for inference the [`half_weights`] (bf16/f16 weights computed with in f32) that
+//! [`linear`], [`embedding`] and [`unembed`] use when a model has them.
 //!
 //! Library crates call these functions and never choose a backend; the `ember` binary
 //! turns the `ndarray` feature on together with the ndarray backend.
@@ -29,6 +29,7 @@ mod dropout;
 mod embedding;
 mod gelu;
 pub mod half_weights;
+mod layer_norm;
 mod matmul;
 mod rms_norm;
 
@@ -38,6 +39,7 @@ pub use dropout::dropout;
 pub use embedding::{embedding, unembed};
 pub use ember_data::IGNORE_INDEX;
 pub use gelu::{gelu_tanh, gelu_tanh_reference};
+pub use layer_norm::{layer_norm, layer_norm_reference};
 pub use matmul::{linear, matmul};
 pub use rms_norm::{rms_norm, rms_norm_reference};
 

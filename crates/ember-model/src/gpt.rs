@@ -87,18 +87,18 @@ impl TransformerBlock {
     /// # Shapes
     /// - x: `[batch, seq_len, d_model]` → `[batch, seq_len, d_model]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let attn = self.attn.forward(self.ln_1.forward(x.clone()));
+        let attn = self.attn.forward(layer_norm_forward(&self.ln_1, x.clone()));
         let x = x + ember_kernels::dropout(&self.drop_shortcut, attn);
-        let mlp = self.mlp.forward(self.ln_2.forward(x.clone()));
+        let mlp = self.mlp.forward(layer_norm_forward(&self.ln_2, x.clone()));
         x + ember_kernels::dropout(&self.drop_shortcut, mlp)
     }
 
     fn forward_cached(&self, x: Tensor<3>, cache: &mut KvCache, layer: usize) -> Tensor<3> {
-        let attn = self
-            .attn
-            .forward_cached(self.ln_1.forward(x.clone()), cache, layer);
+        let attn =
+            self.attn
+                .forward_cached(layer_norm_forward(&self.ln_1, x.clone()), cache, layer);
         let x = x + ember_kernels::dropout(&self.drop_shortcut, attn);
-        let mlp = self.mlp.forward(self.ln_2.forward(x.clone()));
+        let mlp = self.mlp.forward(layer_norm_forward(&self.ln_2, x.clone()));
         x + ember_kernels::dropout(&self.drop_shortcut, mlp)
     }
 }
@@ -197,7 +197,7 @@ impl GptModel {
         for block in &self.h {
             x = block.forward(x);
         }
-        self.ln_f.forward(x)
+        layer_norm_forward(&self.ln_f, x)
     }
 
     /// Logits of the new positions `ids`, which continue the sequence held in `cache`.
@@ -227,7 +227,7 @@ impl GptModel {
         for (layer, block) in self.h.iter().enumerate() {
             x = block.forward_cached(x, cache, layer);
         }
-        Ok(self.ln_f.forward(x))
+        Ok(layer_norm_forward(&self.ln_f, x))
     }
 
     /// A cache sized for this model.
@@ -289,9 +289,23 @@ impl GptModel {
     }
 }
 
+/// `ln` applied to `x` through ember-kernels' fused LayerNorm (one pass each way on
+/// the CPU backend, the plain operations elsewhere); the module keeps the parameters.
+fn layer_norm_forward<const D: usize>(ln: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    ember_kernels::layer_norm(
+        x,
+        ln.gamma.val(),
+        ln.beta.as_ref().map(|beta| beta.val()),
+        LAYER_NORM_EPSILON,
+    )
+}
+
+/// GPT-2's LayerNorm epsilon.
+const LAYER_NORM_EPSILON: f64 = 1e-5;
+
 fn layer_norm(d_model: usize, device: &Device) -> LayerNorm {
     LayerNormConfig::new(d_model)
-        .with_epsilon(1e-5)
+        .with_epsilon(LAYER_NORM_EPSILON)
         .init(device)
 }
 
