@@ -4,14 +4,11 @@
 //! mean, addition, square root, division and the affine map), each allocating, and
 //! more backward; GPT-2 runs it twice per block and once at the end.
 
-use burn::backend::tensor::FloatTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use crate::cpu::{CpuBackend, with_cpu_backend};
-
-/// Rows per rayon task: below this many elements a task is not worth its scheduling.
-const ROWS_ELEMENTS_PER_TASK: usize = 1 << 14;
+use crate::cpu::with_cpu_backend;
+use crate::row_norm::{RowNormKernel, row_norm, rows_per_task};
 
 /// `(x − mean(x)) / √(var(x) + ε) · gamma + beta` over the last dimension, with the
 /// biased variance (PyTorch's and Burn's `LayerNorm`).
@@ -26,7 +23,11 @@ pub fn layer_norm<const D: usize>(
     beta: Option<Tensor<1>>,
     epsilon: f64,
 ) -> Tensor<D> {
-    let routed = with_cpu_backend!(&x, B => scale_on::<B, D>(&x, &gamma, epsilon as f32));
+    let kernel = LayerNorm {
+        epsilon: epsilon as f32,
+    };
+    // The kernel scales by gamma; the bias is added as a tensor operation.
+    let routed = with_cpu_backend!(&x, B => row_norm::<B, _, D>(kernel, &x, &gamma));
     let scaled = match routed.flatten() {
         Some(y) => y,
         None => return layer_norm_reference(x, gamma, beta, epsilon),
@@ -53,128 +54,74 @@ pub fn layer_norm_reference<const D: usize>(
     }
 }
 
-/// Mean and `1 / √(var + ε)` of each row.
-fn row_statistics(x: &[f32], d: usize, epsilon: f32) -> Vec<(f32, f32)> {
-    x.par_chunks(d)
-        .with_min_len((ROWS_ELEMENTS_PER_TASK / d.max(1)).max(1))
-        .map(|row| {
-            let mean = row.iter().sum::<f32>() / d as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-            (mean, 1.0 / (var + epsilon).sqrt())
-        })
-        .collect()
-}
-
-fn forward(x: &[f32], gamma: &[f32], stats: &[(f32, f32)]) -> Vec<f32> {
-    let d = gamma.len();
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .zip(stats.par_iter())
-        .with_min_len((ROWS_ELEMENTS_PER_TASK / d.max(1)).max(1))
-        .for_each(|((o, row), &(mean, r))| {
-            for ((o, &v), &g) in o.iter_mut().zip(row).zip(gamma) {
-                *o = (v - mean) * r * g;
-            }
-        });
-    out
-}
-
-/// The normalisation times `gamma` (the bias is added as a tensor operation): both
-/// operands on backend `B`, tracked (a gradient may be wanted) or both plain.
-fn scale_on<B: CpuBackend, const D: usize>(
-    x: &Tensor<D>,
-    gamma: &Tensor<1>,
+/// The arithmetic: a row's statistics are its mean and `r = 1 / √(var + ε)`; with `g`
+/// the output gradient, `x̂ = (x − mean)·r` and `h = g·gamma`,
+/// `dx = r·(h − mean(h) − x̂·mean(h·x̂))` and `dgamma = Σ_rows g·x̂`.
+#[derive(Debug, Clone)]
+struct LayerNorm {
     epsilon: f32,
-) -> Option<Tensor<D>> {
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use burn::backend::autodiff::ops::{Backward, OpsKind};
-    if let (Some(xt), Some(gt)) = (B::tracked(x), B::tracked(gamma)) {
-        let shape = B::shape(xt.primitive());
-        let d = *shape.last()?;
-        let (xs, gs) = (B::values(xt.primitive()), B::values(gt.primitive()));
-        let stats = row_statistics(&xs, d, epsilon);
-        let out = B::new_tensor(&shape, forward(&xs, &gs, &stats));
-        let out = match Backward::<B, 2>::prepare::<NoCheckpointing>(
-            LayerNormBackward,
-            [xt.node(), gt.node()],
-        )
-        .compute_bound()
-        .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                prep.finish((xt.primitive().clone(), gt.primitive().clone(), stats), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        };
-        return Some(B::from_tracked(out));
-    }
-    let (xp, gp) = (B::plain(x)?, B::plain(gamma)?);
-    let shape = B::shape(&xp);
-    let d = *shape.last()?;
-    let (xs, gs) = (B::values(&xp), B::values(&gp));
-    let stats = row_statistics(&xs, d, epsilon);
-    Some(B::from_plain(B::new_tensor(
-        &shape,
-        forward(&xs, &gs, &stats),
-    )))
 }
 
-/// The backward node: with `g` the output gradient, `x̂ = (x − mean)·r` and
-/// `h = g·gamma`, `dx = r·(h − mean(h) − x̂·mean(h·x̂))` and `dgamma = Σ_rows g·x̂`.
-#[derive(Debug)]
-struct LayerNormBackward;
+impl RowNormKernel for LayerNorm {
+    type Stat = (f32, f32);
 
-impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 2> for LayerNormBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, Vec<(f32, f32)>);
+    fn stats(&self, x: &[f32], d: usize) -> Vec<(f32, f32)> {
+        x.par_chunks(d)
+            .with_min_len(rows_per_task(d))
+            .map(|row| {
+                let mean = row.iter().sum::<f32>() / d as f32;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                (mean, 1.0 / (var + self.epsilon).sqrt())
+            })
+            .collect()
+    }
 
-    fn backward(
-        self,
-        ops: burn::backend::autodiff::ops::Ops<Self::State, 2>,
-        grads: &mut burn::backend::autodiff::grads::Gradients,
-        _: &mut burn::backend::autodiff::checkpoint::base::Checkpointer,
-    ) {
-        let (x, gamma, stats) = ops.state;
-        let shape = B::shape(&x);
-        let (xs, gs) = (B::values(&x).into_owned(), B::values(&gamma).into_owned());
-        let d = gs.len();
-        burn::backend::autodiff::ops::binary::<B, _, _>(
-            ops.parents,
-            ops.node,
-            grads,
-            |grad| {
-                let g = B::values(&grad);
-                let mut dx = vec![0.0f32; xs.len()];
-                dx.par_chunks_mut(d)
-                    .zip(xs.par_chunks(d).zip(g.par_chunks(d)))
-                    .zip(stats.par_iter())
-                    .with_min_len((ROWS_ELEMENTS_PER_TASK / d.max(1)).max(1))
-                    .for_each(|((dx, (x, g)), &(mean, r))| {
-                        let (mut sum_h, mut sum_hx) = (0.0f32, 0.0f32);
-                        for ((&xv, &gv), &gm) in x.iter().zip(g).zip(&gs) {
-                            let h = gv * gm;
-                            sum_h += h;
-                            sum_hx += h * (xv - mean) * r;
-                        }
-                        let (mean_h, mean_hx) = (sum_h / d as f32, sum_hx / d as f32);
-                        for (((o, &xv), &gv), &gm) in dx.iter_mut().zip(x).zip(g).zip(&gs) {
-                            let xhat = (xv - mean) * r;
-                            *o = r * (gv * gm - mean_h - xhat * mean_hx);
-                        }
-                    });
-                B::new_tensor(&shape, dx)
-            },
-            |grad| {
-                let g = B::values(&grad);
-                let mut dgamma = vec![0.0f32; d];
-                for ((x, g), &(mean, r)) in xs.chunks(d).zip(g.chunks(d)).zip(&stats) {
-                    for ((o, &xv), &gv) in dgamma.iter_mut().zip(x).zip(g) {
-                        *o += gv * (xv - mean) * r;
-                    }
+    fn forward(&self, x: &[f32], gamma: &[f32], stats: &[(f32, f32)]) -> Vec<f32> {
+        let d = gamma.len();
+        let mut out = vec![0.0f32; x.len()];
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .zip(stats.par_iter())
+            .with_min_len(rows_per_task(d))
+            .for_each(|((o, row), &(mean, r))| {
+                for ((o, &v), &g) in o.iter_mut().zip(row).zip(gamma) {
+                    *o = (v - mean) * r * g;
                 }
-                B::new_tensor(&[d], dgamma)
-            },
-        );
+            });
+        out
+    }
+
+    fn input_grad(&self, xs: &[f32], gs: &[f32], stats: &[(f32, f32)], g: &[f32]) -> Vec<f32> {
+        let d = gs.len();
+        let mut dx = vec![0.0f32; xs.len()];
+        dx.par_chunks_mut(d)
+            .zip(xs.par_chunks(d).zip(g.par_chunks(d)))
+            .zip(stats.par_iter())
+            .with_min_len(rows_per_task(d))
+            .for_each(|((dx, (x, g)), &(mean, r))| {
+                let (mut sum_h, mut sum_hx) = (0.0f32, 0.0f32);
+                for ((&xv, &gv), &gm) in x.iter().zip(g).zip(gs) {
+                    let h = gv * gm;
+                    sum_h += h;
+                    sum_hx += h * (xv - mean) * r;
+                }
+                let (mean_h, mean_hx) = (sum_h / d as f32, sum_hx / d as f32);
+                for (((o, &xv), &gv), &gm) in dx.iter_mut().zip(x).zip(g).zip(gs) {
+                    let xhat = (xv - mean) * r;
+                    *o = r * (gv * gm - mean_h - xhat * mean_hx);
+                }
+            });
+        dx
+    }
+
+    fn weight_grad(&self, xs: &[f32], d: usize, stats: &[(f32, f32)], g: &[f32]) -> Vec<f32> {
+        let mut dgamma = vec![0.0f32; d];
+        for ((x, g), &(mean, r)) in xs.chunks(d).zip(g.chunks(d)).zip(stats) {
+            for ((o, &xv), &gv) in dgamma.iter_mut().zip(x).zip(g) {
+                *o += gv * (xv - mean) * r;
+            }
+        }
+        dgamma
     }
 }
 

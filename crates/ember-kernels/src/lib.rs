@@ -32,6 +32,7 @@ pub mod half_weights;
 mod layer_norm;
 mod matmul;
 mod rms_norm;
+mod row_norm;
 
 pub use adamw::{AdamWHyper, FusedAdamW};
 pub use cross_entropy::{cross_entropy, cross_entropy_reference};

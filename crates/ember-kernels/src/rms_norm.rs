@@ -5,14 +5,11 @@
 //! block, so in KV-cached decoding, where each call sees one row, the operations'
 //! overhead rather than the arithmetic is what costs.
 
-use burn::backend::tensor::FloatTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use crate::cpu::{CpuBackend, with_cpu_backend};
-
-/// Rows per rayon task: below this many elements a task is not worth its scheduling.
-const ROWS_ELEMENTS_PER_TASK: usize = 1 << 14;
+use crate::cpu::with_cpu_backend;
+use crate::row_norm::{RowNormKernel, row_norm, rows_per_task};
 
 /// `x / √(mean(x²) + ε) · weight` over the last dimension.
 ///
@@ -21,7 +18,10 @@ const ROWS_ELEMENTS_PER_TASK: usize = 1 << 14;
 /// - weight: `[d]`
 /// - returns the shape of `x`
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, epsilon: f64) -> Tensor<D> {
-    let routed = with_cpu_backend!(&x, B => rms_norm_on::<B, D>(&x, &weight, epsilon as f32));
+    let kernel = RmsNorm {
+        epsilon: epsilon as f32,
+    };
+    let routed = with_cpu_backend!(&x, B => row_norm::<B, _, D>(kernel, &x, &weight));
     match routed.flatten() {
         Some(y) => y,
         None => rms_norm_reference(x, weight, epsilon),
@@ -39,116 +39,65 @@ pub fn rms_norm_reference<const D: usize>(
     x * inverse_rms * weight.unsqueeze::<D>()
 }
 
-/// `1 / √(mean(row²) + ε)` of each row.
-fn inverse_rms(x: &[f32], d: usize, epsilon: f32) -> Vec<f32> {
-    x.par_chunks(d)
-        .with_min_len((ROWS_ELEMENTS_PER_TASK / d.max(1)).max(1))
-        .map(|row| {
-            let sum: f32 = row.iter().map(|v| v * v).sum();
-            1.0 / (sum / d as f32 + epsilon).sqrt()
-        })
-        .collect()
-}
-
-fn forward(x: &[f32], w: &[f32], r: &[f32]) -> Vec<f32> {
-    let d = w.len();
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .zip(r.par_iter())
-        .with_min_len((ROWS_ELEMENTS_PER_TASK / d.max(1)).max(1))
-        .for_each(|((o, row), &ri)| {
-            for ((o, &v), &wi) in o.iter_mut().zip(row).zip(w) {
-                *o = v * ri * wi;
-            }
-        });
-    out
-}
-
-/// Both operands on backend `B`: tracked (a gradient may be wanted) or both plain.
-fn rms_norm_on<B: CpuBackend, const D: usize>(
-    x: &Tensor<D>,
-    weight: &Tensor<1>,
+/// The arithmetic: a row's statistic is its inverse RMS `r = 1 / √(mean(x²) + ε)`; with
+/// `g` the output gradient, `dx = r·g·w − x·r³·mean(g·w·x)` and `dw = Σ_rows g·x·r`.
+#[derive(Debug, Clone)]
+struct RmsNorm {
     epsilon: f32,
-) -> Option<Tensor<D>> {
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use burn::backend::autodiff::ops::{Backward, OpsKind};
-    if let (Some(xt), Some(wt)) = (B::tracked(x), B::tracked(weight)) {
-        let shape = B::shape(xt.primitive());
-        let d = *shape.last()?;
-        let (xs, ws) = (B::values(xt.primitive()), B::values(wt.primitive()));
-        let r = inverse_rms(&xs, d, epsilon);
-        let out = B::new_tensor(&shape, forward(&xs, &ws, &r));
-        let out = match Backward::<B, 2>::prepare::<NoCheckpointing>(
-            RmsNormBackward,
-            [xt.node(), wt.node()],
-        )
-        .compute_bound()
-        .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                prep.finish((xt.primitive().clone(), wt.primitive().clone(), r), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        };
-        return Some(B::from_tracked(out));
-    }
-    let (xp, wp) = (B::plain(x)?, B::plain(weight)?);
-    let shape = B::shape(&xp);
-    let d = *shape.last()?;
-    let (xs, ws) = (B::values(&xp), B::values(&wp));
-    let r = inverse_rms(&xs, d, epsilon);
-    Some(B::from_plain(B::new_tensor(&shape, forward(&xs, &ws, &r))))
 }
 
-/// The backward node: with `g` the output gradient and `r` a row's inverse RMS,
-/// `dx = r·g·w − x·r³·mean(g·w·x)` and `dw = Σ_rows g·x·r`.
-#[derive(Debug)]
-struct RmsNormBackward;
+impl RowNormKernel for RmsNorm {
+    type Stat = f32;
 
-impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 2> for RmsNormBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, Vec<f32>);
+    fn stats(&self, x: &[f32], d: usize) -> Vec<f32> {
+        x.par_chunks(d)
+            .with_min_len(rows_per_task(d))
+            .map(|row| {
+                let sum: f32 = row.iter().map(|v| v * v).sum();
+                1.0 / (sum / d as f32 + self.epsilon).sqrt()
+            })
+            .collect()
+    }
 
-    fn backward(
-        self,
-        ops: burn::backend::autodiff::ops::Ops<Self::State, 2>,
-        grads: &mut burn::backend::autodiff::grads::Gradients,
-        _: &mut burn::backend::autodiff::checkpoint::base::Checkpointer,
-    ) {
-        let (x, w, r) = ops.state;
-        let shape = B::shape(&x);
-        let (xs, ws) = (B::values(&x).into_owned(), B::values(&w).into_owned());
-        let d = ws.len();
-        burn::backend::autodiff::ops::binary::<B, _, _>(
-            ops.parents,
-            ops.node,
-            grads,
-            |grad| {
-                let g = B::values(&grad);
-                let mut dx = vec![0.0f32; xs.len()];
-                dx.par_chunks_mut(d)
-                    .zip(xs.par_chunks(d).zip(g.par_chunks(d)))
-                    .zip(r.par_iter())
-                    .for_each(|((dx, (x, g)), &ri)| {
-                        let dot: f32 = x.iter().zip(g).zip(&ws).map(|((x, g), w)| g * w * x).sum();
-                        let coef = ri * ri * ri * dot / d as f32;
-                        for (((o, &xv), &gv), &wv) in dx.iter_mut().zip(x).zip(g).zip(&ws) {
-                            *o = ri * gv * wv - xv * coef;
-                        }
-                    });
-                B::new_tensor(&shape, dx)
-            },
-            |grad| {
-                let g = B::values(&grad);
-                let mut dw = vec![0.0f32; d];
-                for ((x, g), &ri) in xs.chunks(d).zip(g.chunks(d)).zip(&r) {
-                    for ((o, &xv), &gv) in dw.iter_mut().zip(x).zip(g) {
-                        *o += gv * xv * ri;
-                    }
+    fn forward(&self, x: &[f32], w: &[f32], r: &[f32]) -> Vec<f32> {
+        let d = w.len();
+        let mut out = vec![0.0f32; x.len()];
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .zip(r.par_iter())
+            .with_min_len(rows_per_task(d))
+            .for_each(|((o, row), &ri)| {
+                for ((o, &v), &wi) in o.iter_mut().zip(row).zip(w) {
+                    *o = v * ri * wi;
                 }
-                B::new_tensor(&[d], dw)
-            },
-        );
+            });
+        out
+    }
+
+    fn input_grad(&self, xs: &[f32], ws: &[f32], r: &[f32], g: &[f32]) -> Vec<f32> {
+        let d = ws.len();
+        let mut dx = vec![0.0f32; xs.len()];
+        dx.par_chunks_mut(d)
+            .zip(xs.par_chunks(d).zip(g.par_chunks(d)))
+            .zip(r.par_iter())
+            .for_each(|((dx, (x, g)), &ri)| {
+                let dot: f32 = x.iter().zip(g).zip(ws).map(|((x, g), w)| g * w * x).sum();
+                let coef = ri * ri * ri * dot / d as f32;
+                for (((o, &xv), &gv), &wv) in dx.iter_mut().zip(x).zip(g).zip(ws) {
+                    *o = ri * gv * wv - xv * coef;
+                }
+            });
+        dx
+    }
+
+    fn weight_grad(&self, xs: &[f32], d: usize, r: &[f32], g: &[f32]) -> Vec<f32> {
+        let mut dw = vec![0.0f32; d];
+        for ((x, g), &ri) in xs.chunks(d).zip(g.chunks(d)).zip(r) {
+            for ((o, &xv), &gv) in dw.iter_mut().zip(x).zip(g) {
+                *o += gv * xv * ri;
+            }
+        }
+        dw
     }
 }
 
