@@ -223,6 +223,8 @@ struct Measurement {
 const GPT_SCRIPT: &str = "torch_gpt_bench.py";
 const HF_SCRIPT: &str = "hf_generate_bench.py";
 const QWEN3_CONFIG: &str = "bench/configs/qwen3-0.6b.json";
+/// The gpt2-small training step at the book's setting, on either side.
+const GPT2_SMALL_TRAIN: &[&str] = &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"];
 
 const MEASUREMENTS: [Measurement; 8] = [
     Measurement {
@@ -236,18 +238,15 @@ const MEASUREMENTS: [Measurement; 8] = [
     },
     Measurement {
         name: "train gpt2-small (tokens/s)",
-        ember: &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
-        reference: (
-            GPT_SCRIPT,
-            &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
-        ),
+        ember: GPT2_SMALL_TRAIN,
+        reference: (GPT_SCRIPT, GPT2_SMALL_TRAIN),
         key: "tokens_per_s",
     },
     // PyTorch's other configurations on the same step: bf16 autocast and SDPA
     // attention (Ember's side is the fp32 run above, not repeated).
     Measurement {
         name: "train gpt2-small, PyTorch bf16 autocast (tokens/s)",
-        ember: &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
+        ember: GPT2_SMALL_TRAIN,
         reference: (
             GPT_SCRIPT,
             &[
@@ -265,7 +264,7 @@ const MEASUREMENTS: [Measurement; 8] = [
     },
     Measurement {
         name: "train gpt2-small, PyTorch SDPA attention (tokens/s)",
-        ember: &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"],
+        ember: GPT2_SMALL_TRAIN,
         reference: (
             GPT_SCRIPT,
             &[
