@@ -13,8 +13,10 @@ use burn::tensor::ops::AttentionModuleOptions;
 /// each is shared by `heads / kv_heads` consecutive query heads. `dropout`, when it is
 /// active (training on an autodiff device), drops attention weights, as the book does.
 ///
-/// Burn's fused kernel runs where it can (no dropout; a square mask, or one new query);
-/// elsewhere the explicit formulation.
+/// On the CPU backends with Ember's kernels, square attention (training, prefill) runs
+/// through `ember_kernels::causal_attention`, dropout included; elsewhere Burn's fused
+/// kernel runs where it can (no dropout; a square mask, or one new query), and the
+/// explicit formulation in the remaining cases.
 ///
 /// # Shapes
 /// - q: `[batch, heads, seq_q, head_dim]`
@@ -33,8 +35,13 @@ pub fn causal_attention(
     let seq_k = k.dims()[2];
     let dropout =
         dropout.filter(|d| d.prob > 0.0 && d.training.is_enabled() && q.device().is_autodiff());
+    if seq_q == seq_k
+        && let Some(context) = ember_kernels::causal_attention(&q, &k, &v, dropout)
+    {
+        return context;
+    }
     if dropout.is_some() {
-        // The fused kernel has no dropout; the book drops attention weights.
+        // Burn's fused kernel has no dropout; the book drops attention weights.
         return explicit_attention(q, k, v, dropout);
     }
     if seq_q == seq_k {

@@ -27,6 +27,11 @@ pub(crate) struct MatrixView<'a> {
     _borrow: std::marker::PhantomData<&'a [f32]>,
 }
 
+// SAFETY: a view is a shared borrow of f32 values (`&[f32]` is Send and Sync); nothing
+// writes through it.
+unsafe impl Send for MatrixView<'_> {}
+unsafe impl Sync for MatrixView<'_> {}
+
 impl<'a> MatrixView<'a> {
     /// A view of `dims` at `ptr` with the given strides; the caller guarantees that the
     /// memory stays valid for `'a`.
@@ -45,6 +50,18 @@ impl<'a> MatrixView<'a> {
         }
     }
 
+    /// Element `(r, c)`; the caller keeps `r` and `c` within `dims`.
+    #[inline(always)]
+    pub fn at(&self, r: usize, c: usize) -> f32 {
+        debug_assert!(r < self.dims.0 && c < self.dims.1);
+        // SAFETY: in bounds by the view's contract and the caller's.
+        unsafe {
+            *self
+                .ptr
+                .offset(r as isize * self.row_stride + c as isize * self.col_stride)
+        }
+    }
+
     /// The transpose, without moving data.
     pub fn t(self) -> Self {
         Self::new(
@@ -52,6 +69,58 @@ impl<'a> MatrixView<'a> {
             (self.dims.1, self.dims.0),
             self.col_stride,
             self.row_stride,
+        )
+    }
+}
+
+/// A tensor's values in memory, of any rank: the address of its first element, its
+/// shape and its strides (in elements), borrowed from the tensor.
+#[derive(Debug, Clone)]
+pub(crate) struct Strided<'a> {
+    pub ptr: *const f32,
+    pub dims: Vec<usize>,
+    pub strides: Vec<isize>,
+    _borrow: std::marker::PhantomData<&'a [f32]>,
+}
+
+// SAFETY: as for `MatrixView`: a shared borrow that nothing writes through.
+unsafe impl Send for Strided<'_> {}
+unsafe impl Sync for Strided<'_> {}
+
+impl<'a> Strided<'a> {
+    /// The caller guarantees that every element inside `dims` is readable for `'a`.
+    pub fn new(ptr: *const f32, dims: Vec<usize>, strides: Vec<isize>) -> Self {
+        assert_eq!(dims.len(), strides.len(), "one stride per dimension");
+        Self {
+            ptr,
+            dims,
+            strides,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// The matrix of the last two dimensions at index `outer` of the leading ones
+    /// (row-major over them).
+    pub fn matrix_at(&self, outer: usize) -> MatrixView<'a> {
+        let rank = self.dims.len();
+        assert!(
+            rank >= 2,
+            "a matrix needs two dimensions, got {:?}",
+            self.dims
+        );
+        let mut offset = 0isize;
+        let mut rest = outer;
+        for axis in (0..rank - 2).rev() {
+            offset += (rest % self.dims[axis]) as isize * self.strides[axis];
+            rest /= self.dims[axis];
+        }
+        assert_eq!(rest, 0, "matrix {outer} of shape {:?}", self.dims);
+        MatrixView::new(
+            // SAFETY: `offset` addresses an element inside `dims`.
+            unsafe { self.ptr.offset(offset) },
+            (self.dims[rank - 2], self.dims[rank - 1]),
+            self.strides[rank - 2],
+            self.strides[rank - 1],
         )
     }
 }
@@ -74,8 +143,15 @@ pub(crate) trait CpuBackend: Backend {
     fn values(t: &FloatTensor<Self>) -> Cow<'_, [f32]>;
     /// The values in row-major order, owned (copied only when shared or strided).
     fn into_values(t: FloatTensor<Self>) -> Vec<f32>;
+    /// Where a primitive's values lie: the address of its first element, its shape and
+    /// its strides (in elements).
+    fn strided(t: &FloatTensor<Self>) -> Strided<'_>;
     /// A 2-D primitive as a strided matrix.
-    fn matrix(t: &FloatTensor<Self>) -> MatrixView<'_>;
+    fn matrix(t: &FloatTensor<Self>) -> MatrixView<'_> {
+        let s = Self::strided(t);
+        assert_eq!(s.dims.len(), 2, "a matrix, got shape {:?}", s.dims);
+        MatrixView::new(s.ptr, (s.dims[0], s.dims[1]), s.strides[0], s.strides[1])
+    }
     /// A new primitive holding `values` (row-major) in `shape`.
     fn new_tensor(shape: &[usize], values: Vec<f32>) -> FloatTensor<Self>;
 }
@@ -91,6 +167,11 @@ macro_rules! with_cpu_backend {
             #[cfg(feature = "ndarray")]
             if $crate::cpu::lives_on::<burn::backend::NdArray, _>($x) {
                 type $B = burn::backend::NdArray;
+                break Some($body);
+            }
+            #[cfg(feature = "flex")]
+            if $crate::cpu::lives_on::<burn::backend::Flex, _>($x) {
+                type $B = burn::backend::Flex;
                 break Some($body);
             }
             break None;
@@ -172,6 +253,33 @@ impl<B: CpuBackend, K: UnaryKernel> burn::backend::autodiff::ops::Backward<B, 1>
     }
 }
 
+/// The [`CpuBackend`] methods that move a tensor to and from its backend's primitive,
+/// the same for every backend.
+#[cfg(any(feature = "ndarray", feature = "flex"))]
+macro_rules! routing_through_primitives {
+    () => {
+        fn tracked<const D: usize>(x: &Tensor<D>) -> Option<FloatTensor<Autodiff<Self>>> {
+            x.clone().try_into_primitive::<Autodiff<Self>>().ok()
+        }
+
+        fn plain<const D: usize>(x: &Tensor<D>) -> Option<FloatTensor<Self>> {
+            x.clone().try_into_primitive::<Self>().ok()
+        }
+
+        fn into_plain<const D: usize>(x: Tensor<D>) -> Option<FloatTensor<Self>> {
+            x.try_into_primitive::<Self>().ok()
+        }
+
+        fn from_tracked<const D: usize>(t: FloatTensor<Autodiff<Self>>) -> Tensor<D> {
+            Tensor::from_primitive::<Autodiff<Self>>(t)
+        }
+
+        fn from_plain<const D: usize>(t: FloatTensor<Self>) -> Tensor<D> {
+            Tensor::from_primitive::<Self>(t)
+        }
+    };
+}
+
 #[cfg(feature = "ndarray")]
 mod ndarray_backend {
     use super::*;
@@ -187,25 +295,7 @@ mod ndarray_backend {
     }
 
     impl CpuBackend for NdArray {
-        fn tracked<const D: usize>(x: &Tensor<D>) -> Option<FloatTensor<Autodiff<Self>>> {
-            x.clone().try_into_primitive::<Autodiff<NdArray>>().ok()
-        }
-
-        fn plain<const D: usize>(x: &Tensor<D>) -> Option<FloatTensor<Self>> {
-            x.clone().try_into_primitive::<NdArray>().ok()
-        }
-
-        fn into_plain<const D: usize>(x: Tensor<D>) -> Option<FloatTensor<Self>> {
-            x.try_into_primitive::<NdArray>().ok()
-        }
-
-        fn from_tracked<const D: usize>(t: FloatTensor<Autodiff<Self>>) -> Tensor<D> {
-            Tensor::from_primitive::<Autodiff<NdArray>>(t)
-        }
-
-        fn from_plain<const D: usize>(t: FloatTensor<Self>) -> Tensor<D> {
-            Tensor::from_primitive::<NdArray>(t)
-        }
+        routing_through_primitives!();
 
         fn shape(t: &FloatTensor<Self>) -> Vec<usize> {
             storage(t).shape().to_vec()
@@ -238,11 +328,13 @@ mod ndarray_backend {
             array.iter().copied().collect()
         }
 
-        fn matrix(t: &FloatTensor<Self>) -> MatrixView<'_> {
+        fn strided(t: &FloatTensor<Self>) -> Strided<'_> {
             let view = storage(t);
-            let (dims, strides) = (view.shape(), view.strides());
-            assert_eq!(dims.len(), 2, "a matrix, got shape {dims:?}");
-            MatrixView::new(view.as_ptr(), (dims[0], dims[1]), strides[0], strides[1])
+            Strided::new(
+                view.as_ptr(),
+                view.shape().to_vec(),
+                view.strides().to_vec(),
+            )
         }
 
         fn new_tensor(shape: &[usize], values: Vec<f32>) -> FloatTensor<Self> {
@@ -250,5 +342,115 @@ mod ndarray_backend {
                 ArcArray::from_shape_vec(IxDyn(shape), values).expect("values fill the shape");
             NdArrayTensor::from(array)
         }
+    }
+}
+
+/// Burn's successor CPU backend (ndarray is deprecated in Burn 0.22 and removed in 0.23).
+#[cfg(feature = "flex")]
+mod flex_backend {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexTensor;
+
+    fn f32_storage(t: &FlexTensor) -> &[f32] {
+        assert_eq!(
+            t.dtype(),
+            burn::tensor::DType::F32,
+            "expected an f32 flex tensor"
+        );
+        t.storage::<f32>()
+    }
+
+    impl CpuBackend for Flex {
+        routing_through_primitives!();
+
+        fn shape(t: &FloatTensor<Self>) -> Vec<usize> {
+            t.layout().shape().to_vec()
+        }
+
+        fn values(t: &FloatTensor<Self>) -> Cow<'_, [f32]> {
+            f32_storage(t);
+            match t.as_slice::<f32>() {
+                Some(slice) => Cow::Borrowed(slice),
+                None => Cow::Owned(Self::into_values(t.clone())),
+            }
+        }
+
+        fn into_values(t: FloatTensor<Self>) -> Vec<f32> {
+            // Without a copy when the tensor is contiguous and its buffer not shared.
+            t.into_data()
+                .into_vec::<f32>()
+                .expect("an f32 flex tensor holds f32 values")
+        }
+
+        fn strided(t: &FloatTensor<Self>) -> Strided<'_> {
+            let layout = t.layout();
+            let ptr = f32_storage(t)[layout.start_offset()..].as_ptr();
+            Strided::new(ptr, layout.shape().to_vec(), layout.strides().to_vec())
+        }
+
+        fn new_tensor(shape: &[usize], values: Vec<f32>) -> FloatTensor<Self> {
+            FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
+        }
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod flex_tests {
+    use burn::tensor::{Distribution, Int};
+
+    use super::*;
+    use crate::tests::assert_close;
+
+    fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), device).require_grad()
+    }
+
+    /// The kernels reach flex tensors, plain and tracked, and compute their plain
+    /// definitions there: values and gradients of matmul (also transposed and under
+    /// bf16 autocast, against ndarray's), tanh-GELU, LayerNorm, RMSNorm and
+    /// cross-entropy.
+    #[test]
+    fn kernels_run_on_flex_and_match_their_definitions() {
+        let device = Device::flex().autodiff();
+        assert!(is_on_cpu_backend(&Tensor::<1>::zeros([1], &device)));
+        assert!(is_on_cpu_backend(&Tensor::<1>::zeros([1], &Device::flex())));
+        let x = random([6, 40], &device);
+        let w = random([30, 40], &device);
+        let gamma = random([40], &device);
+        let beta = random([40], &device);
+        let targets = Tensor::<1, Int>::from_ints([0, 5, 29, 3, 3, 17], &device);
+
+        // One loss through every kernel, one through the definitions.
+        let fused = {
+            let normed = crate::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-5)
+                + crate::rms_norm(x.clone(), gamma.clone(), 1e-6);
+            let logits = crate::gelu_tanh(crate::matmul(normed, w.clone().transpose()));
+            crate::cross_entropy(logits, targets.clone())
+        };
+        let reference = {
+            let normed =
+                crate::layer_norm_reference(x.clone(), gamma.clone(), Some(beta.clone()), 1e-5)
+                    + crate::rms_norm_reference(x.clone(), gamma.clone(), 1e-6);
+            let logits = crate::gelu_tanh_reference(normed.matmul(w.clone().transpose()));
+            crate::cross_entropy_reference(logits, targets)
+        };
+        assert_close(fused.clone(), reference.clone(), 1e-5);
+        let (gf, gr) = (fused.sum().backward(), reference.sum().backward());
+        assert_close(x.grad(&gf).unwrap(), x.grad(&gr).unwrap(), 1e-5);
+        assert_close(w.grad(&gf).unwrap(), w.grad(&gr).unwrap(), 1e-5);
+        assert_close(gamma.grad(&gf).unwrap(), gamma.grad(&gr).unwrap(), 1e-5);
+        assert_close(beta.grad(&gf).unwrap(), beta.grad(&gr).unwrap(), 1e-5);
+
+        // bf16 products on flex are ndarray's, bit for bit.
+        let values = x.clone().detach().into_data();
+        let weights = w.clone().detach().into_data();
+        let bf16_on = |device: &Device| {
+            let _bf16 = crate::autocast(crate::Precision::Bf16);
+            let a = Tensor::<2>::from_data(values.clone(), device);
+            let b = Tensor::<2>::from_data(weights.clone(), device);
+            crate::matmul(a, b.transpose()).into_data()
+        };
+        bf16_on(&Device::flex()).assert_eq(&bf16_on(&Device::ndarray()), true);
     }
 }

@@ -34,7 +34,7 @@ pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
 }
 
 /// 64 random bits from the device's generator (which the trainer seeds every step).
-fn seed_from(device: &Device) -> u64 {
+pub(crate) fn seed_from(device: &Device) -> u64 {
     let words = Tensor::<1, Int>::random([2], Distribution::Uniform(0.0, 4_294_967_295.0), device)
         .into_data()
         .convert::<i64>()
@@ -45,20 +45,46 @@ fn seed_from(device: &Device) -> u64 {
 
 /// `len` values, each `1 / keep` with probability `keep`, else 0.
 pub(crate) fn mask(len: usize, keep: f64, seed: u64) -> Vec<f32> {
-    // An element is kept when its 32 random bits fall below keep · 2³².
-    let threshold = (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32;
-    let scale = (1.0 / keep) as f32;
+    let stream = MaskStream::new(keep, seed);
     let mut mask = Vec::with_capacity(len);
     (0..len)
         .into_par_iter()
         .with_min_len(ELEMENTS_PER_TASK)
-        .map(|i| {
-            let bits =
-                (split_mix64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32) as u32;
-            if bits < threshold { scale } else { 0.0 }
-        })
+        .map(|i| stream.factor(i))
         .collect_into_vec(&mut mask);
     mask
+}
+
+/// The elements of one dropout mask, each a function of (seed, index): kernels that
+/// fuse dropout into a larger pass draw the same mask as [`dropout`] with the same seed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MaskStream {
+    seed: u64,
+    threshold: u32,
+    scale: f32,
+}
+
+impl MaskStream {
+    pub fn new(keep: f64, seed: u64) -> Self {
+        Self {
+            seed,
+            // An element is kept when its 32 random bits fall below keep · 2³².
+            threshold: (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32,
+            scale: (1.0 / keep) as f32,
+        }
+    }
+
+    /// Element `index` of the mask: `1 / keep` or 0.
+    #[inline]
+    pub fn factor(&self, index: usize) -> f32 {
+        let bits = (split_mix64(self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            >> 32) as u32;
+        if bits < self.threshold {
+            self.scale
+        } else {
+            0.0
+        }
+    }
 }
 
 /// SplitMix64's output function (Steele, Lea and Flood 2014): a bijective 64-bit mix

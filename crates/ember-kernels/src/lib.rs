@@ -2,27 +2,32 @@
 //!
 //! Each function here computes the same values as its plain tensor formulation, in one
 //! pass forward and one backward:
-//! - on tensors of a CPU backend the kernels know (Burn's ndarray backend, with the
-//!   `ndarray` feature), plain or under autodiff, through slice code with hand-written
+//! - on tensors of a CPU backend the kernels know (Burn's ndarray backend with the
+//!   `ndarray` feature, Burn's flex backend, ndarray's successor, with the `flex`
+//!   feature), plain or under autodiff, through slice code with hand-written
 //!   backward passes, reached through one adapter ([`cpu`]'s `CpuBackend`);
-//! - everywhere else (wgpu, libtorch, flex, or without the feature), through the plain
+//! - everywhere else (wgpu, libtorch, or without the features), through the plain
 //!   tensor operations of [`gelu_tanh_reference`] and [`cross_entropy_reference`], which
 //!   are also the definitions the kernels are tested against.
 //!
-//! One kernel per file: [`gelu`], [`matmul`] (and [`linear`]), [`dropout`],
+//! One kernel per file: [`gelu`], [`matmul`] (and [`linear`], in f32 or, under
+//! [`autocast`], with bf16 operands), [`causal_attention`] (with dropout), [`dropout`],
 //! [`cross_entropy`], [`rms_norm`], [`layer_norm`], the optimizer [`FusedAdamW`], and
 //! for inference the [`half_weights`] (bf16/f16 weights computed with in f32) that
 //! [`linear`], [`embedding`] and [`unembed`] use when a model has them.
 //!
 //! Library crates call these functions and never choose a backend; the `ember` binary
-//! turns the `ndarray` feature on together with the ndarray backend.
+//! turns the `ndarray` (or `flex`) feature on together with that backend.
 
 // The ndarray backend is deprecated in Burn 0.22 (removed in 0.23); Ember pins 0.22.
 #![allow(deprecated)]
 // Without a CPU backend the adapter's kernel paths are never reached.
-#![cfg_attr(not(feature = "ndarray"), allow(unused))]
+#![cfg_attr(not(any(feature = "ndarray", feature = "flex")), allow(unused))]
 
 mod adamw;
+mod attention;
+pub mod autocast;
+mod bf16_gemm;
 mod cpu;
 mod cross_entropy;
 mod dropout;
@@ -35,6 +40,8 @@ mod rms_norm;
 mod row_norm;
 
 pub use adamw::{AdamWHyper, FusedAdamW};
+pub use attention::causal_attention;
+pub use autocast::{Precision, autocast};
 pub use cross_entropy::{cross_entropy, cross_entropy_reference};
 pub use dropout::dropout;
 pub use embedding::{embedding, unembed};

@@ -4,14 +4,18 @@
 //! (every weight in a backward pass) that reshape is a single-threaded strided copy: for
 //! gpt2-small's output head, 38.6M elements a step. It also zero-fills an output that the
 //! product then overwrites. `gemm` reads transposed operands through their strides.
+//!
+//! Under [`autocast`](crate::autocast)`(Precision::Bf16)` the products (forward and
+//! backward) take bf16-rounded operands instead (`bf16_gemm.rs`).
 
 use burn::backend::tensor::FloatTensor;
 use burn::nn::Linear;
 use burn::prelude::*;
 
+use crate::autocast::{Precision, current_precision};
 use crate::cpu::{CpuBackend, MatrixView, with_cpu_backend};
 
-/// `a · b`.
+/// `a · b`, in the [precision](crate::autocast) of the scope.
 ///
 /// # Shapes
 /// - a: `[m, k]`
@@ -57,17 +61,25 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 
 /// Both operands on backend `B`: tracked (either may need a gradient) or both plain.
 fn matmul_on<B: CpuBackend>(a: &Tensor<2>, b: &Tensor<2>) -> Option<Tensor<2>> {
+    let precision = current_precision();
     if let (Some(a), Some(b)) = (B::tracked(a), B::tracked(b)) {
-        return Some(B::from_tracked(matmul_autodiff::<B>(a, b)));
+        return Some(B::from_tracked(matmul_autodiff::<B>(a, b, precision)));
     }
     let (a, b) = (B::plain(a)?, B::plain(b)?);
-    Some(B::from_plain(product::<B>(B::matrix(&a), B::matrix(&b))))
+    Some(B::from_plain(product::<B>(
+        B::matrix(&a),
+        B::matrix(&b),
+        precision,
+    )))
 }
 
 /// The backward node of [`matmul_autodiff`]: the operands each gradient needs (`b` for
-/// `a`'s, `a` for `b`'s), kept only when that gradient is wanted.
+/// `a`'s, `a` for `b`'s), kept only when that gradient is wanted; the gradients'
+/// products take the precision of the forward one.
 #[derive(Debug)]
-struct MatmulBackward;
+struct MatmulBackward {
+    precision: Precision,
+}
 
 impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 2> for MatmulBackward {
     type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
@@ -79,6 +91,7 @@ impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 2> for MatmulBackw
         _: &mut burn::backend::autodiff::checkpoint::base::Checkpointer,
     ) {
         let (a, b) = ops.state;
+        let precision = self.precision;
         burn::backend::autodiff::ops::binary::<B, _, _>(
             ops.parents,
             ops.node,
@@ -88,6 +101,7 @@ impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 2> for MatmulBackw
                 product::<B>(
                     B::matrix(&grad),
                     B::matrix(b.as_ref().expect("kept for a")).t(),
+                    precision,
                 )
             },
             // dB = Aᵀ · G
@@ -95,6 +109,7 @@ impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 2> for MatmulBackw
                 product::<B>(
                     B::matrix(a.as_ref().expect("kept for b")).t(),
                     B::matrix(&grad),
+                    precision,
                 )
             },
         );
@@ -104,12 +119,18 @@ impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 2> for MatmulBackw
 fn matmul_autodiff<B: CpuBackend>(
     a: FloatTensor<burn::backend::Autodiff<B>>,
     b: FloatTensor<burn::backend::Autodiff<B>>,
+    precision: Precision,
 ) -> FloatTensor<burn::backend::Autodiff<B>> {
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::ops::{Backward, OpsKind};
     let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
-    let output = product::<B>(B::matrix(a.primitive()), B::matrix(b.primitive()));
-    match Backward::<B, 2>::prepare::<NoCheckpointing>(MatmulBackward, [a.node(), b.node()])
+    let output = product::<B>(
+        B::matrix(a.primitive()),
+        B::matrix(b.primitive()),
+        precision,
+    );
+    let node = MatmulBackward { precision };
+    match Backward::<B, 2>::prepare::<NoCheckpointing>(node, [a.node(), b.node()])
         .compute_bound()
         .stateful()
     {
@@ -124,10 +145,18 @@ fn matmul_autodiff<B: CpuBackend>(
     }
 }
 
-/// `a · b` into a new row-major tensor of backend `B`.
-fn product<B: CpuBackend>(a: MatrixView<'_>, b: MatrixView<'_>) -> FloatTensor<B> {
+/// `a · b` in `precision` into a new row-major tensor of backend `B`.
+fn product<B: CpuBackend>(
+    a: MatrixView<'_>,
+    b: MatrixView<'_>,
+    precision: Precision,
+) -> FloatTensor<B> {
     let (m, n) = (a.dims.0, b.dims.1);
-    B::new_tensor(&[m, n], gemm(a, b))
+    let values = match precision {
+        Precision::F32 => gemm(a, b),
+        Precision::Bf16 => crate::bf16_gemm::product(a, b),
+    };
+    B::new_tensor(&[m, n], values)
 }
 
 /// `a · b` into a new row-major vector, on every core.
@@ -219,5 +248,57 @@ mod tests {
         let y = matmul(x.clone(), x.clone().transpose());
         y.into_data()
             .assert_eq(&TensorData::from([[5.0f32, 11.0], [11.0, 25.0]]), true);
+    }
+
+    /// `t` with every value rounded to bf16.
+    fn rounded(t: Tensor<2>) -> Tensor<2> {
+        let device = t.device();
+        let dims = t.dims();
+        let values: Vec<f32> = t
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|v| f32::from_bits(u32::from(crate::bf16_gemm::to_bf16_bits(v)) << 16))
+            .collect();
+        Tensor::from_data(TensorData::new(values, dims), &device)
+    }
+
+    /// Under bf16 autocast the product and both gradients are those of bf16-rounded
+    /// operands (the upstream gradient rounded too), summed in f32; the backward pass
+    /// keeps the forward's precision after the scope has ended.
+    #[test]
+    fn bf16_products_and_gradients_take_rounded_operands() {
+        let device = Device::ndarray().autodiff();
+        let a = Tensor::<2>::random([37, 300], Distribution::Normal(0.0, 1.0), &device);
+        let b = Tensor::<2>::random([45, 300], Distribution::Normal(0.0, 1.0), &device);
+        let weights = Tensor::<2>::random([37, 45], Distribution::Normal(0.0, 1.0), &device);
+        let (a, b) = (a.require_grad(), b.require_grad());
+        let fused = {
+            let _bf16 = crate::autocast(Precision::Bf16);
+            matmul(a.clone(), b.clone().transpose())
+        };
+        let (ra, rb, rw) = (
+            rounded(a.clone().detach()),
+            rounded(b.clone().detach()),
+            rounded(weights.clone()),
+        );
+        assert_close(
+            fused.clone(),
+            ra.clone().matmul(rb.clone().transpose()),
+            1e-4,
+        );
+        let grads = (fused * weights).sum().backward();
+        assert_close(a.grad(&grads).unwrap(), rw.clone().matmul(rb), 1e-4);
+        assert_close(b.grad(&grads).unwrap(), rw.transpose().matmul(ra), 1e-4);
+
+        // Rounding is what happened: the f32 product differs by more than the tolerance.
+        let plain = matmul(a.clone().detach(), b.clone().detach().transpose());
+        let bf16 = {
+            let _bf16 = crate::autocast(Precision::Bf16);
+            matmul(a.detach(), b.detach().transpose())
+        };
+        let gap: f32 = (plain - bf16).abs().max().into_scalar();
+        assert!(gap > 1e-2, "bf16 and f32 products differ by {gap}");
     }
 }

@@ -1,0 +1,84 @@
+//! The precision [`matmul`](crate::matmul) and [`linear`](crate::linear) compute in, set
+//! for a scope as PyTorch's `torch.autocast` sets it.
+//!
+//! Under `autocast(Precision::Bf16)` the matrix products of the CPU kernels round their
+//! operands to bf16 and sum in f32 (`vdpbf16ps` where the CPU has AVX512_BF16), in the forward pass
+//! and in the backward pass of every product made inside the scope (the backward node
+//! keeps the precision it was made with). Everything else stays f32: weights, gradients,
+//! optimizer state, normalisations, softmax and the loss ("mixed precision"). The setting
+//! belongs to the calling thread and is restored when the guard drops; outside any scope
+//! products are f32, computed exactly as without this module.
+
+use std::cell::Cell;
+
+/// The arithmetic of matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 operands and sums.
+    #[default]
+    F32,
+    /// Operands rounded to bf16, sums in f32.
+    Bf16,
+}
+
+thread_local! {
+    static PRECISION: Cell<Precision> = const { Cell::new(Precision::F32) };
+}
+
+/// Sets the precision of this thread's matrix products until the guard drops.
+#[must_use = "the precision holds only while the guard lives"]
+pub fn autocast(precision: Precision) -> AutocastGuard {
+    AutocastGuard {
+        previous: PRECISION.with(|p| p.replace(precision)),
+    }
+}
+
+/// The precision of this thread's matrix products now.
+pub fn current_precision() -> Precision {
+    PRECISION.with(Cell::get)
+}
+
+/// Whether this CPU computes bf16 products in hardware (AVX512_BF16); without it bf16
+/// products are rounded the same way but computed in f32, no faster than f32.
+pub fn has_bf16_instructions() -> bool {
+    crate::bf16_gemm::has_bf16_instructions()
+}
+
+/// Whether products on `device` follow [`autocast`]: tensors of a CPU backend the
+/// kernels know (elsewhere products stay those of the backend).
+pub fn covers(device: &burn::prelude::Device) -> bool {
+    let probe = burn::prelude::Tensor::<1>::zeros([1], device);
+    crate::cpu::is_on_cpu_backend(&probe)
+}
+
+/// Restores the previous precision when dropped.
+#[derive(Debug)]
+pub struct AutocastGuard {
+    previous: Precision,
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        PRECISION.with(|p| p.set(self.previous));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_nest_and_restore() {
+        assert_eq!(current_precision(), Precision::F32);
+        {
+            let _outer = autocast(Precision::Bf16);
+            assert_eq!(current_precision(), Precision::Bf16);
+            {
+                let _inner = autocast(Precision::F32);
+                assert_eq!(current_precision(), Precision::F32);
+            }
+            assert_eq!(current_precision(), Precision::Bf16);
+        }
+        assert_eq!(current_precision(), Precision::F32);
+    }
+}
