@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The PyTorch parity tests (logits, losses, greedy ids, KV cache, AdamW steps) on the
-# backends beside the default one: wgpu (through Mesa's software Vulkan driver,
-# lavapipe, where there is no GPU) and tch (libtorch 2.9.0 on the CPU, set up from PyPI
-# by scripts/setup-libtorch.sh). One build with both features serves both runs.
-# Usage: scripts/test-backends.sh [wgpu] [tch]   (default: both)
+# backends beside the default one: flex (Burn's successor CPU backend, with Ember's
+# kernels), wgpu (through Mesa's software Vulkan driver, lavapipe, where there is no
+# GPU) and tch (libtorch 2.9.0 on the CPU, set up from PyPI by
+# scripts/setup-libtorch.sh). One build with all the features serves every run; flex
+# also runs the kernels' own tests on flex tensors.
+# Usage: scripts/test-backends.sh [flex] [wgpu] [tch]   (default: all three)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backends=("$@")
-[ ${#backends[@]} -eq 0 ] && backends=(wgpu tch)
+[ ${#backends[@]} -eq 0 ] && backends=(flex wgpu tch)
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 features=()
 for b in "${backends[@]}"; do
     case "$b" in
+        flex)
+            features+=(flex) ;;
         wgpu)
             if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 \
                 && ! ls /usr/share/vulkan/icd.d/nvidia_icd*.json >/dev/null 2>&1; then
@@ -23,11 +27,15 @@ for b in "${backends[@]}"; do
         tch)
             eval "$(scripts/setup-libtorch.sh)"
             features+=(tch) ;;
-        *) echo "unknown backend $b (wgpu, tch)" >&2; exit 2 ;;
+        *) echo "unknown backend $b (flex, wgpu, tch)" >&2; exit 2 ;;
     esac
 done
 feature_list=$(IFS=,; echo "${features[*]}")
 for b in "${backends[@]}"; do
+    if [ "$b" = flex ]; then
+        echo "== kernel tests on flex"
+        cargo test -p ember-kernels --features flex --lib --no-fail-fast
+    fi
     echo "== parity tests on $b"
     EMBER_BACKEND=$b cargo test -p ember-cli --features "$feature_list" --test parity --no-fail-fast
 done

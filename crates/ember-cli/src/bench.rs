@@ -23,7 +23,7 @@ use ember_model::{
     GenerationConfig, GptConfig, LanguageModel, ModelConfig, WeightDtype, generate,
     read_model_config, with_weight_dtype,
 };
-use ember_train::{AdamWSettings, cross_entropy};
+use ember_train::{AdamWSettings, TrainPrecision, cross_entropy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// `generate` and `load`: precision of the weight matrices (f32, bf16, f16).
     #[arg(long, default_value_t = WeightDtype::F32)]
     pub dtype: WeightDtype,
+    /// `train`: arithmetic of the matrix products, `fp32` or `bf16` (mixed precision, as
+    /// `train.precision`; PyTorch's counterpart is bf16 autocast).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionArg,
     /// `tiny` (64 wide, 2 layers), `gpt2-small` or `gpt2-medium`.
     #[arg(long, default_value = "gpt2-small")]
     pub preset: String,
@@ -71,6 +75,22 @@ pub struct BenchArgs {
     /// Dropout during training.
     #[arg(long, default_value_t = 0.1)]
     pub dropout: f64,
+}
+
+/// `--precision` of the training benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    Fp32,
+    Bf16,
+}
+
+impl From<PrecisionArg> for TrainPrecision {
+    fn from(precision: PrecisionArg) -> Self {
+        match precision {
+            PrecisionArg::Fp32 => TrainPrecision::Fp32,
+            PrecisionArg::Bf16 => TrainPrecision::Bf16,
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -147,6 +167,16 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
     });
     let extra = match args.mode.as_str() {
         "train" => {
+            let precision = TrainPrecision::from(args.precision);
+            if precision == TrainPrecision::Bf16 {
+                if !ember_kernels::autocast::covers(device) {
+                    bail!("--precision bf16 needs a CPU backend with Ember's kernels (ndarray)");
+                }
+                record["dtype"] = json!("bf16");
+                record["bf16_instructions"] =
+                    json!(ember_kernels::autocast::has_bf16_instructions());
+            }
+            let _autocast = ember_kernels::autocast(precision.into());
             let train_device = device.clone().autodiff();
             train_device.seed(123);
             let mut model = config.init(&train_device);

@@ -4,7 +4,8 @@
 //! LayerNorm, tanh-GELU, and softmax + cross-entropy over the vocabulary.
 //!
 //! Where ember-kernels replaces a Burn operation, both are measured: `burn` is the plain
-//! tensor operation, `ember` the kernel the model uses on the CPU backend.
+//! tensor operation, `ember` the kernel the model uses on the CPU backend, `ember bf16`
+//! the same kernel under bf16 autocast (`train.precision = "bf16"`).
 //!
 //! `cargo bench -p ember-train --bench kernels` (ndarray, the default CPU backend).
 #![allow(deprecated)]
@@ -52,6 +53,10 @@ fn matmuls(c: &mut Criterion) {
         group.bench_function(format!("ember {name}"), |bench| {
             bench.iter(|| settle(ember_kernels::matmul(a.clone(), b.clone())))
         });
+        group.bench_function(format!("ember bf16 {name}"), |bench| {
+            let _bf16 = ember_kernels::autocast(ember_kernels::Precision::Bf16);
+            bench.iter(|| settle(ember_kernels::matmul(a.clone(), b.clone())))
+        });
     }
     // The head's input gradient in a backward pass: the weight is read transposed.
     let grad = random([ROWS, VOCAB], &device);
@@ -61,6 +66,15 @@ fn matmuls(c: &mut Criterion) {
         bench.iter(|| settle(grad.clone().matmul(weight.clone().transpose())))
     });
     group.bench_function(format!("ember {name}"), |bench| {
+        bench.iter(|| {
+            settle(ember_kernels::matmul(
+                grad.clone(),
+                weight.clone().transpose(),
+            ))
+        })
+    });
+    group.bench_function(format!("ember bf16 {name}"), |bench| {
+        let _bf16 = ember_kernels::autocast(ember_kernels::Precision::Bf16);
         bench.iter(|| {
             settle(ember_kernels::matmul(
                 grad.clone(),

@@ -123,6 +123,32 @@ pub struct TrainConfig {
     pub sample_tokens: usize,
     /// Peak FLOP/s of the machine, for the model-FLOP-utilisation estimate.
     pub peak_flops: f64,
+    /// Arithmetic of the matrix products: `fp32` (the default) or `bf16` (mixed
+    /// precision: bf16 operands with f32 sums; weights, gradients, optimizer state,
+    /// normalisations and the loss stay f32).
+    #[serde(default)]
+    pub precision: TrainPrecision,
+}
+
+/// The arithmetic of a run's matrix products (`train.precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainPrecision {
+    /// f32 throughout.
+    #[default]
+    Fp32,
+    /// bf16 operands and f32 sums in the matrix products, as PyTorch's bf16 autocast;
+    /// on CPU backends with Ember's kernels.
+    Bf16,
+}
+
+impl From<TrainPrecision> for ember_kernels::Precision {
+    fn from(precision: TrainPrecision) -> Self {
+        match precision {
+            TrainPrecision::Fp32 => Self::F32,
+            TrainPrecision::Bf16 => Self::Bf16,
+        }
+    }
 }
 
 /// A whole pretraining run: model, data, training.
@@ -178,6 +204,7 @@ impl PretrainConfig {
                 sample_tokens: 50,
                 // PyTorch's fp32 matmul on this class of 2-core machine (docs/benchmarks.md).
                 peak_flops: 3.2e11,
+                precision: TrainPrecision::Fp32,
             },
         }
     }

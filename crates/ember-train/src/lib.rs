@@ -32,6 +32,7 @@ pub mod trainer;
 pub use checkpoint::TrainState;
 pub use config::{
     DataConfig, InvalidSetting, PretrainConfig, RunConfig, RunConfigError, TrainConfig,
+    TrainPrecision,
 };
 pub use error::TrainError;
 pub use eval::{labeled_tensors, mean_loss, over_eval_batches, token_tensors};

@@ -260,6 +260,7 @@ pub fn fit<T: TrainTask>(
             let micro =
                 &batches[state.batch_in_epoch..state.batch_in_epoch + train.grad_accum_steps];
             let outcome;
+            let autocast = ember_kernels::autocast(train.precision.into());
             (model, outcome) = train_step(
                 task,
                 model,
@@ -271,6 +272,7 @@ pub fn fit<T: TrainTask>(
                 &replicas,
                 state.step + 1,
             )?;
+            drop(autocast);
             state.step += 1;
             state.batch_in_epoch += train.grad_accum_steps;
             state.tokens_seen = state.tokens_seen.saturating_add(outcome.tokens);
@@ -296,7 +298,10 @@ pub fn fit<T: TrainTask>(
             };
             // The book evaluates after its first step and then every eval_freq steps.
             if (state.step - 1).is_multiple_of(train.eval_freq) {
-                let eval = task.evaluate(&model.valid(), &eval_device)?;
+                let eval = {
+                    let _autocast = ember_kernels::autocast(train.precision.into());
+                    task.evaluate(&model.valid(), &eval_device)?
+                };
                 tracing::info!(
                     step = state.step,
                     train_loss = eval.train_loss,

@@ -462,3 +462,50 @@ fn temporaries_of_killed_writes_are_removed_and_kept_metrics_keep_their_bytes() 
     assert!(after.starts_with(&before), "the kept lines changed");
     assert_eq!(after.lines().count(), 5);
 }
+
+/// Mixed precision (`train.precision = "bf16"`): the run follows the fp32 run within
+/// bf16's rounding without being the same run, its loss falls, and it resumes exactly
+/// (the setting is part of the run's config).
+#[test]
+fn bf16_mixed_precision_follows_the_fp32_run_and_resumes_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = small_config();
+    config.model.drop_rate = 0.0;
+    config.train.max_steps = Some(8);
+    // A rate at which eight steps visibly lower the loss.
+    (
+        config.train.lr,
+        config.train.initial_lr,
+        config.train.min_lr,
+    ) = (1e-2, None, None);
+    run(&config, &root.path().join("fp32"), false);
+    config.train.precision = ember_train::TrainPrecision::Bf16;
+    run(&config, &root.path().join("bf16"), false);
+    let fp32 = metrics(&root.path().join("fp32"));
+    let bf16 = metrics(&root.path().join("bf16"));
+    assert_eq!(fp32.len(), 8);
+    let mut largest_gap: f64 = 0.0;
+    for (a, b) in fp32.iter().zip(&bf16) {
+        let gap = (a.train_loss - b.train_loss).abs() / a.train_loss;
+        largest_gap = largest_gap.max(gap);
+        assert!(gap < 5e-3, "step {}: fp32 {a:?} bf16 {b:?}", a.step);
+        if let (Some(x), Some(y)) = (a.val_loss, b.val_loss) {
+            assert!(
+                (x - y).abs() < 5e-3 * x,
+                "val at step {}: {x} vs {y}",
+                a.step
+            );
+        }
+    }
+    assert!(largest_gap > 1e-6, "bf16 rounded nothing: {largest_gap}");
+    assert!(bf16.last().unwrap().train_loss < bf16[0].train_loss - 0.1);
+    let saved = std::fs::read_to_string(root.path().join("bf16/config.toml")).unwrap();
+    assert!(saved.contains("precision = \"bf16\""), "{saved}");
+
+    let halves = root.path().join("halves");
+    config.train.max_steps = Some(4);
+    run(&config, &halves, false);
+    config.train.max_steps = Some(8);
+    run(&config, &halves, true);
+    assert_eq!(comparable(&metrics(&halves)), comparable(&bf16));
+}
