@@ -46,8 +46,8 @@ pub struct BenchArgs {
     pub dtype: WeightDtype,
     /// `train`: arithmetic of the matrix products, `fp32` or `bf16` (mixed precision, as
     /// `train.precision`; PyTorch's counterpart is bf16 autocast).
-    #[arg(long, value_enum, default_value = "fp32")]
-    pub precision: PrecisionArg,
+    #[arg(long, default_value = "fp32")]
+    pub precision: TrainPrecision,
     /// `tiny` (64 wide, 2 layers), `gpt2-small` or `gpt2-medium`.
     #[arg(long, default_value = "gpt2-small")]
     pub preset: String,
@@ -75,22 +75,6 @@ pub struct BenchArgs {
     /// Dropout during training.
     #[arg(long, default_value_t = 0.1)]
     pub dropout: f64,
-}
-
-/// `--precision` of the training benchmark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PrecisionArg {
-    Fp32,
-    Bf16,
-}
-
-impl From<PrecisionArg> for TrainPrecision {
-    fn from(precision: PrecisionArg) -> Self {
-        match precision {
-            PrecisionArg::Fp32 => TrainPrecision::Fp32,
-            PrecisionArg::Bf16 => TrainPrecision::Bf16,
-        }
-    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -167,11 +151,9 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
     });
     let extra = match args.mode.as_str() {
         "train" => {
-            let precision = TrainPrecision::from(args.precision);
+            let precision = args.precision;
+            precision.check_device(device)?;
             if precision == TrainPrecision::Bf16 {
-                if !ember_kernels::autocast::covers(device) {
-                    bail!("--precision bf16 needs a CPU backend with Ember's kernels (ndarray)");
-                }
                 record["dtype"] = json!("bf16");
                 record["bf16_instructions"] =
                     json!(ember_kernels::autocast::has_bf16_instructions());

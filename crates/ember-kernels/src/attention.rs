@@ -26,7 +26,9 @@ use rayon::prelude::*;
 
 use crate::cpu::{CpuBackend, MatrixView, Strided, with_cpu_backend};
 use crate::dropout::{MaskStream, seed_from};
+use crate::exp::exp;
 use crate::matmul::gemm_on_this_thread;
+use crate::simd::widest_fn;
 
 /// Square causal attention (every query sees the keys up to its own position) with
 /// `dropout` on the attention weights when it is active (training, on an autodiff
@@ -147,32 +149,37 @@ fn attend(
         return;
     }
     let scores = gemm_on_this_thread(q.matrix_at(head), k.matrix_at(head).t());
-    let scale = (head_dim as f32).sqrt();
-    for (i, (row, w)) in scores
-        .chunks_exact(seq)
-        .zip(weights.chunks_exact_mut(seq))
-        .enumerate()
-    {
-        // Query i sees keys 0..=i; the rest get weight 0 (exp(-inf)).
-        let (visible, hidden) = w.split_at_mut(i + 1);
-        let mut max = f32::NEG_INFINITY;
-        for (w, &s) in visible.iter_mut().zip(row) {
-            *w = s / scale;
-            max = max.max(*w);
-        }
-        let mut sum = 0.0f32;
-        for w in visible.iter_mut() {
-            *w = (*w - max).exp();
-            sum += *w;
-        }
-        for w in visible.iter_mut() {
-            *w /= sum;
-        }
-        hidden.fill(0.0);
-    }
+    causal_softmax(&scores, weights, seq, (head_dim as f32).sqrt());
     let dropped = dropped(weights, mask, head);
     let context = gemm_on_this_thread(square(&dropped, seq), v.matrix_at(head));
     out.copy_from_slice(&context);
+}
+
+widest_fn! {
+    /// Row `i` of `weights`: the softmax of `scores[i, ..=i] / scale`, zero past `i`
+    /// (the causal mask: exp(-inf)).
+    fn causal_softmax(scores: &[f32], weights: &mut [f32], seq: usize, scale: f32) {
+        for (i, (row, w)) in scores
+            .chunks_exact(seq)
+            .zip(weights.chunks_exact_mut(seq))
+            .enumerate()
+        {
+            let (visible, hidden) = w.split_at_mut(i + 1);
+            let mut max = f32::NEG_INFINITY;
+            for (w, &s) in visible.iter_mut().zip(row) {
+                *w = s / scale;
+                max = max.max(*w);
+            }
+            for w in visible.iter_mut() {
+                *w = exp(*w - max);
+            }
+            let sum: f32 = visible.iter().sum();
+            for w in visible.iter_mut() {
+                *w /= sum;
+            }
+            hidden.fill(0.0);
+        }
+    }
 }
 
 /// A head's weights after dropout (the weights themselves without it).

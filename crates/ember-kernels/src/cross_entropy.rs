@@ -15,6 +15,8 @@ use rayon::prelude::*;
 
 use crate::IGNORE_INDEX;
 use crate::cpu::{CpuBackend, with_cpu_backend};
+use crate::exp::exp;
+use crate::simd::widest_fn;
 
 /// Mean cross-entropy of `logits` against `targets`, over the targets that are not
 /// [`IGNORE_INDEX`], as `torch.nn.functional.cross_entropy` computes it; with no
@@ -107,9 +109,7 @@ fn row_losses(xs: &[f32], classes: usize, targets: &[i64]) -> RowLosses {
         .par_chunks(classes)
         .zip(targets.par_iter())
         .map(|(row, &target)| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
-            let log_sum_exp = max + sum.ln() as f32;
+            let log_sum_exp = log_sum_exp(row);
             let loss = (target != IGNORE_INDEX).then(|| {
                 let target = usize::try_from(target)
                     .ok()
@@ -125,6 +125,60 @@ fn row_losses(xs: &[f32], classes: usize, targets: &[i64]) -> RowLosses {
         loss_sum: per_row.iter().filter_map(|&(_, loss)| loss).sum(),
         counted: per_row.iter().filter(|(_, loss)| loss.is_some()).count(),
     }
+}
+
+/// Lanes of the row reductions: running maxima and partial sums the compiler keeps in
+/// vector registers (a sequential f32 reduction would not vectorise).
+const LANES: usize = 16;
+
+widest_fn! {
+    /// `ln Σ exp(x)` over a row, shifted by its largest value.
+    fn log_sum_exp(row: &[f32]) -> f32 {
+        let max = max_of(row);
+        max + sum_exp(row, max).ln() as f32
+    }
+}
+
+/// The largest of `xs` (−∞ for none).
+#[inline(always)]
+fn max_of(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(x);
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &x in chunks.remainder().iter().chain(&lanes) {
+        max = max.max(x);
+    }
+    max
+}
+
+/// `Σ exp(x − shift)`: f32 partial sums within blocks of 1,024 elements, f64 across
+/// them, so that 50,257 terms keep f32's precision.
+#[inline(always)]
+fn sum_exp(xs: &[f32], shift: f32) -> f64 {
+    // Plain loops: iterator adaptors with closures would be compiled apart from the
+    // vectorised copy of the caller (`widest_fn!`).
+    let mut total = 0.0f64;
+    for block in xs.chunks(1024) {
+        let mut lanes = [0.0f32; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                *lane += exp(x - shift);
+            }
+        }
+        for &x in chunks.remainder() {
+            total += f64::from(exp(x - shift));
+        }
+        for lane in lanes {
+            total += f64::from(lane);
+        }
+    }
+    total
 }
 
 /// The backward node of the cross-entropy: the logits, each row's log-sum-exp, the
@@ -194,25 +248,27 @@ fn gradient(
     out
 }
 
-fn write_row_gradient(
-    out: &mut [MaybeUninit<f32>],
-    row: &[f32],
-    target: i64,
-    log_sum_exp: f32,
-    scale: f32,
-) {
-    if target == IGNORE_INDEX {
-        out.iter_mut().for_each(|o| {
-            o.write(0.0);
-        });
-        return;
+widest_fn! {
+    fn write_row_gradient(
+        out: &mut [MaybeUninit<f32>],
+        row: &[f32],
+        target: i64,
+        log_sum_exp: f32,
+        scale: f32,
+    ) {
+        if target == IGNORE_INDEX {
+            out.iter_mut().for_each(|o| {
+                o.write(0.0);
+            });
+            return;
+        }
+        for (o, &x) in out.iter_mut().zip(row) {
+            o.write(exp(x - log_sum_exp) * scale);
+        }
+        let target = target as usize; // checked in the forward pass
+        let softmax = exp(row[target] - log_sum_exp);
+        out[target].write((softmax - 1.0) * scale);
     }
-    for (o, &x) in out.iter_mut().zip(row) {
-        o.write((x - log_sum_exp).exp() * scale);
-    }
-    let target = target as usize; // checked in the forward pass
-    let softmax = (row[target] - log_sum_exp).exp();
-    out[target].write((softmax - 1.0) * scale);
 }
 
 #[cfg(test)]

@@ -32,12 +32,14 @@ mod cpu;
 mod cross_entropy;
 mod dropout;
 mod embedding;
+mod exp;
 mod gelu;
 pub mod half_weights;
 mod layer_norm;
 mod matmul;
 mod rms_norm;
 mod row_norm;
+mod simd;
 
 pub use adamw::{AdamWHyper, FusedAdamW};
 pub use attention::causal_attention;

@@ -142,6 +142,45 @@ pub enum TrainPrecision {
     Bf16,
 }
 
+impl TrainPrecision {
+    /// Whether runs on `device` can compute in this precision: bf16 needs Ember's CPU
+    /// kernels (on other backends the products would silently stay f32). Warns when the
+    /// CPU has no bf16 instructions, where bf16 is rounded alike but no faster.
+    pub fn check_device(self, device: &burn::prelude::Device) -> Result<(), InvalidSetting> {
+        if self == Self::Fp32 {
+            return Ok(());
+        }
+        if !ember_kernels::autocast::covers(device) {
+            return Err(InvalidSetting::new(
+                "train.precision",
+                format!(
+                    "bf16 needs a CPU backend with Ember's kernels (ndarray or flex), not {device:?}"
+                ),
+            ));
+        }
+        if !ember_kernels::autocast::has_bf16_instructions() {
+            tracing::warn!(
+                "this CPU has no bf16 instructions (AVX512_BF16): bf16 products are rounded as \
+                 on one that has, but computed no faster than fp32"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for TrainPrecision {
+    type Err = String;
+
+    /// The names of `train.precision` (for command-line flags).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Self::Fp32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown precision \"{other}\" (fp32, bf16)")),
+        }
+    }
+}
+
 impl From<TrainPrecision> for ember_kernels::Precision {
     fn from(precision: TrainPrecision) -> Self {
         match precision {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 
-use crate::config::{InvalidSetting, RunConfig, TrainConfig, TrainPrecision};
+use crate::config::{InvalidSetting, RunConfig, TrainConfig};
 use crate::error::TrainError;
 use crate::run_dir::{RunDir, RunMode};
 use crate::task::TrainTask;
@@ -43,23 +43,7 @@ impl<'a> Run<'a> {
             )
             .into());
         }
-        if config.train().precision == TrainPrecision::Bf16 {
-            if !ember_kernels::autocast::covers(device) {
-                return Err(InvalidSetting::new(
-                    "train.precision",
-                    format!(
-                        "bf16 needs a CPU backend with Ember's kernels (ndarray), not {device:?}"
-                    ),
-                )
-                .into());
-            }
-            if !ember_kernels::autocast::has_bf16_instructions() {
-                tracing::warn!(
-                    "this CPU has no bf16 instructions (AVX512_BF16): bf16 products are \
-                     rounded as on one that has, but computed no faster than fp32"
-                );
-            }
-        }
+        config.train().precision.check_device(device)?;
         let dir = RunDir::open(run_dir, options.mode)?;
         if options.mode == RunMode::Resume {
             dir.check_resumable(config)?;
