@@ -442,6 +442,15 @@ mod flex_tests {
         assert_close(gamma.grad(&gf).unwrap(), gamma.grad(&gr).unwrap(), 1e-5);
         assert_close(beta.grad(&gf).unwrap(), beta.grad(&gr).unwrap(), 1e-5);
 
+        // Dropout draws its seed from flex's generator (whose Int tensors are i32) and
+        // keeps about half at p = 0.5, scaled by 2.
+        let layer = burn::nn::DropoutConfig::new(0.5).init();
+        let dropped = crate::dropout(&layer, Tensor::<2>::ones([64, 64], &device));
+        let values = dropped.into_data().to_vec::<f32>().unwrap();
+        let kept = values.iter().filter(|&&v| v == 2.0).count();
+        assert_eq!(values.iter().filter(|&&v| v == 0.0).count() + kept, 64 * 64);
+        assert!((1800..2300).contains(&kept), "{kept} of 4096 kept");
+
         // bf16 products on flex are ndarray's, bit for bit.
         let values = x.clone().detach().into_data();
         let weights = w.clone().detach().into_data();

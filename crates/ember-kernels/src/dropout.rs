@@ -35,12 +35,21 @@ pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
 
 /// 64 random bits from the device's generator (which the trainer seeds every step).
 pub(crate) fn seed_from(device: &Device) -> u64 {
-    let words = Tensor::<1, Int>::random([2], Distribution::Uniform(0.0, 4_294_967_295.0), device)
+    // Int tensors are i64 on ndarray and i32 on flex: draw words that fit (two of 32
+    // bits on ndarray, as before flex was supported, so runs keep their masks).
+    let wide = Tensor::<1, Int>::zeros([1], device).dtype() == burn::tensor::DType::I64;
+    let (count, top, bits) = if wide {
+        (2, 4_294_967_295.0, 32)
+    } else {
+        (4, 65_535.0, 16)
+    };
+    Tensor::<1, Int>::random([count], Distribution::Uniform(0.0, top), device)
         .into_data()
         .convert::<i64>()
         .try_into_vec::<i64>()
-        .expect("two seed words");
-    ((words[0] as u64) << 32) ^ words[1] as u64
+        .expect("seed words")
+        .into_iter()
+        .fold(0u64, |seed, word| (seed << bits) ^ word as u64)
 }
 
 /// `len` values, each `1 / keep` with probability `keep`, else 0.
