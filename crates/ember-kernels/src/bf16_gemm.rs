@@ -120,11 +120,15 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = Default::default();
 }
 
-/// `f` given buffers of at least `a_len` and `b_len` lanes from this thread's scratch
-/// (their contents are whatever was there before).
+/// `f` given buffers of `a_len` and `b_len` lanes from this thread's scratch (their
+/// contents are whatever was there before), or fresh ones if a product on this thread
+/// holds the scratch already (one started by a rayon task this thread ran meanwhile).
 fn with_scratch<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [u32], &mut [u32]) -> R) -> R {
     SCRATCH.with(|scratch| {
-        let (a, b) = &mut *scratch.borrow_mut();
+        let Ok(mut held) = scratch.try_borrow_mut() else {
+            return f(&mut vec![0; a_len], &mut vec![0; b_len]);
+        };
+        let (a, b) = &mut *held;
         for (buffer, len) in [(&mut *a, a_len), (&mut *b, b_len)] {
             if buffer.len() < len {
                 buffer.resize(len, 0);
