@@ -115,8 +115,8 @@ fn forward(heads: &[Strided<'_>; 3], mask: Option<MaskStream>) -> (Vec<f32>, Vec
     let (count, seq, head_dim) = sizes(&heads[0]);
     let mut out = vec![0.0f32; count * seq * head_dim];
     let mut weights = vec![0.0f32; count * seq * seq];
-    out.par_chunks_mut(seq * head_dim.max(1))
-        .zip(weights.par_chunks_mut(seq * seq.max(1)))
+    out.par_chunks_mut((seq * head_dim).max(1))
+        .zip(weights.par_chunks_mut((seq * seq).max(1)))
         .enumerate()
         .for_each(|(head, (out, weights))| attend(heads, head, mask, weights, out));
     (out, weights)
@@ -127,7 +127,7 @@ fn forward(heads: &[Strided<'_>; 3], mask: Option<MaskStream>) -> (Vec<f32>, Vec
 fn forward_only(heads: &[Strided<'_>; 3], mask: Option<MaskStream>) -> Vec<f32> {
     let (count, seq, head_dim) = sizes(&heads[0]);
     let mut out = vec![0.0f32; count * seq * head_dim];
-    out.par_chunks_mut(seq * head_dim.max(1))
+    out.par_chunks_mut((seq * head_dim).max(1))
         .enumerate()
         .for_each_init(
             || vec![0.0f32; seq * seq],
@@ -251,7 +251,7 @@ fn backward(
 ) -> [Vec<f32>; 3] {
     let [q, k, v] = heads;
     let (count, seq, head_dim) = sizes(q);
-    let per_head = seq * head_dim.max(1);
+    let per_head = (seq * head_dim).max(1);
     let mut gradients = [(); 3].map(|_| vec![0.0f32; count * seq * head_dim]);
     let [dq, dk, dv] = &mut gradients;
     let scale = (head_dim as f32).sqrt();
