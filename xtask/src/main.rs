@@ -208,15 +208,17 @@ fn run_ember(binary: &std::path::Path, args: &[String]) -> ExitCode {
     }
 }
 
-/// A reference script (under bench/) and its arguments.
+/// A reference script (under bench/) and its arguments after the row's shared ones.
 type Reference = (&'static str, &'static [&'static str]);
 
 /// One row of the side-by-side table.
 struct Measurement {
     name: &'static str,
-    /// Arguments of `ember bench`.
+    /// Arguments both sides take (the torch_gpt_bench.py rows mirror `ember bench`).
+    shared: &'static [&'static str],
+    /// Arguments of `ember bench` after the shared ones.
     ember: &'static [&'static str],
-    /// The reference script (under bench/) and its arguments.
+    /// The reference script (under bench/) and its arguments after the shared ones.
     reference: Reference,
     /// The number compared: a JSON key, or for generation rows of `ember bench` and
     /// torch_gpt_bench.py `kv_cache` / `no_cache` (their `new_tokens_per_s`).
@@ -226,133 +228,78 @@ struct Measurement {
 const GPT_SCRIPT: &str = "torch_gpt_bench.py";
 const HF_SCRIPT: &str = "hf_generate_bench.py";
 const QWEN3_CONFIG: &str = "bench/configs/qwen3-0.6b.json";
-/// The gpt2-small training step at the book's setting, on either side.
-const GPT2_SMALL_TRAIN: &[&str] = &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"];
-/// The same step in bf16: Ember's mixed precision (`--precision`), PyTorch's autocast
-/// (`--dtype`).
-const GPT2_SMALL_TRAIN_BF16: &[&str] = &[
-    "--mode",
-    "train",
-    "--preset",
-    "gpt2-small",
-    "--steps",
-    "3",
-    "--precision",
-    "bf16",
-];
-const TORCH_GPT2_SMALL_TRAIN_BF16: &[&str] = &[
-    "--mode",
-    "train",
-    "--preset",
-    "gpt2-small",
-    "--steps",
-    "3",
-    "--dtype",
-    "bf16",
-];
 const TINY_TRAIN: &[&str] = &["--mode", "train", "--preset", "tiny", "--steps", "5"];
+/// The gpt2-small training step at the book's setting.
+const GPT2_SMALL_TRAIN: &[&str] = &["--mode", "train", "--preset", "gpt2-small", "--steps", "3"];
+const GPT2_SMALL_GENERATE: &[&str] = &["--mode", "generate", "--preset", "gpt2-small"];
+/// bf16: Ember's mixed precision, PyTorch's autocast.
+const EMBER_BF16: &[&str] = &["--precision", "bf16"];
+const TORCH_BF16: &[&str] = &["--dtype", "bf16"];
 
 const MEASUREMENTS: [Measurement; 10] = [
     Measurement {
         name: "train tiny (tokens/s)",
-        ember: TINY_TRAIN,
-        reference: (GPT_SCRIPT, TINY_TRAIN),
+        shared: TINY_TRAIN,
+        ember: &[],
+        reference: (GPT_SCRIPT, &[]),
         key: "tokens_per_s",
     },
     Measurement {
         name: "train tiny, bf16: Ember mixed precision, PyTorch autocast (tokens/s)",
-        ember: &[
-            "--mode",
-            "train",
-            "--preset",
-            "tiny",
-            "--steps",
-            "5",
-            "--precision",
-            "bf16",
-        ],
-        reference: (
-            GPT_SCRIPT,
-            &[
-                "--mode", "train", "--preset", "tiny", "--steps", "5", "--dtype", "bf16",
-            ],
-        ),
+        shared: TINY_TRAIN,
+        ember: EMBER_BF16,
+        reference: (GPT_SCRIPT, TORCH_BF16),
         key: "tokens_per_s",
     },
     Measurement {
         name: "train gpt2-small (tokens/s)",
-        ember: GPT2_SMALL_TRAIN,
-        reference: (GPT_SCRIPT, GPT2_SMALL_TRAIN),
+        shared: GPT2_SMALL_TRAIN,
+        ember: &[],
+        reference: (GPT_SCRIPT, &[]),
         key: "tokens_per_s",
     },
     Measurement {
         name: "train gpt2-small, bf16: Ember mixed precision, PyTorch autocast (tokens/s)",
-        ember: GPT2_SMALL_TRAIN_BF16,
-        reference: (GPT_SCRIPT, TORCH_GPT2_SMALL_TRAIN_BF16),
+        shared: GPT2_SMALL_TRAIN,
+        ember: EMBER_BF16,
+        reference: (GPT_SCRIPT, TORCH_BF16),
         key: "tokens_per_s",
     },
     // PyTorch's SDPA attention, in fp32 and under bf16 autocast, against Ember's run of
     // the same precision (reused from the rows above).
     Measurement {
         name: "train gpt2-small, PyTorch SDPA attention (tokens/s)",
-        ember: GPT2_SMALL_TRAIN,
-        reference: (
-            GPT_SCRIPT,
-            &[
-                "--mode",
-                "train",
-                "--preset",
-                "gpt2-small",
-                "--steps",
-                "3",
-                "--attn",
-                "sdpa",
-            ],
-        ),
+        shared: GPT2_SMALL_TRAIN,
+        ember: &[],
+        reference: (GPT_SCRIPT, &["--attn", "sdpa"]),
         key: "tokens_per_s",
     },
     Measurement {
         name: "train gpt2-small, bf16, PyTorch SDPA attention (tokens/s)",
-        ember: GPT2_SMALL_TRAIN_BF16,
-        reference: (
-            GPT_SCRIPT,
-            &[
-                "--mode",
-                "train",
-                "--preset",
-                "gpt2-small",
-                "--steps",
-                "3",
-                "--dtype",
-                "bf16",
-                "--attn",
-                "sdpa",
-            ],
-        ),
+        shared: GPT2_SMALL_TRAIN,
+        ember: EMBER_BF16,
+        reference: (GPT_SCRIPT, &["--dtype", "bf16", "--attn", "sdpa"]),
         key: "tokens_per_s",
     },
     Measurement {
         name: "generate gpt2-small, KV cache (new tokens/s)",
-        ember: &["--mode", "generate", "--preset", "gpt2-small"],
-        reference: (
-            GPT_SCRIPT,
-            &["--mode", "generate", "--preset", "gpt2-small"],
-        ),
+        shared: GPT2_SMALL_GENERATE,
+        ember: &[],
+        reference: (GPT_SCRIPT, &[]),
         key: "kv_cache",
     },
     Measurement {
         name: "generate gpt2-small, no cache (new tokens/s)",
-        ember: &["--mode", "generate", "--preset", "gpt2-small"],
-        reference: (
-            GPT_SCRIPT,
-            &["--mode", "generate", "--preset", "gpt2-small"],
-        ),
+        shared: GPT2_SMALL_GENERATE,
+        ember: &[],
+        reference: (GPT_SCRIPT, &[]),
         key: "no_cache",
     },
     // Qwen3-0.6B's shape, random weights, prompt 16 + 64 new tokens, KV cache; the
-    // reference is transformers.
+    // reference is transformers, whose script takes its own arguments.
     Measurement {
         name: "generate Qwen3-0.6B shape, fp32 (new tokens/s)",
+        shared: &[],
         ember: &[
             "--mode",
             "generate",
@@ -366,6 +313,7 @@ const MEASUREMENTS: [Measurement; 10] = [
     },
     Measurement {
         name: "generate Qwen3-0.6B shape, bf16 (new tokens/s)",
+        shared: &[],
         ember: &[
             "--mode",
             "generate",
@@ -427,40 +375,46 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
     let mut rows = Vec::new();
     let mut records = Vec::new();
     // Each distinct command runs once: rows that share one side reuse its line.
-    let mut ember_runs: Vec<(&[&str], Option<String>)> = Vec::new();
-    let mut reference_runs: Vec<(Reference, Option<String>)> = Vec::new();
+    type Args = (&'static [&'static str], &'static [&'static str]);
+    type ReferenceArgs = (&'static [&'static str], Reference);
+    let mut ember_runs: Vec<(Args, Option<String>)> = Vec::new();
+    let mut reference_runs: Vec<(ReferenceArgs, Option<String>)> = Vec::new();
     for m in MEASUREMENTS
         .iter()
         .take(if quick { 1 } else { MEASUREMENTS.len() })
     {
         eprintln!("xtask bench: {}", m.name);
-        let ember_line = match ember_runs.iter().find(|(args, _)| *args == m.ember) {
+        let ember_args = (m.shared, m.ember);
+        let ember_line = match ember_runs.iter().find(|(args, _)| *args == ember_args) {
             Some((_, line)) => line.clone(),
             None => {
                 let output = Command::new(binary)
                     .current_dir(&root)
                     .env("EMBER_LOG", "warn")
                     .args(["--backend", backend_name(backend), "bench"])
+                    .args(m.shared)
                     .args(m.ember)
                     .output();
                 let line = output.ok().as_ref().and_then(last_json_line);
                 records.extend(line.clone());
-                ember_runs.push((m.ember, line.clone()));
+                ember_runs.push((ember_args, line.clone()));
                 line
             }
         };
-        let reference_line = match reference_runs.iter().find(|(r, _)| *r == m.reference) {
+        let reference_args = (m.shared, m.reference);
+        let reference_line = match reference_runs.iter().find(|(r, _)| *r == reference_args) {
             Some((_, line)) => line.clone(),
             None => {
                 let (script, args) = m.reference;
                 let output = Command::new(&python)
                     .current_dir(&root)
                     .arg(root.join("bench").join(script))
+                    .args(m.shared)
                     .args(args)
                     .output();
                 let line = output.ok().as_ref().and_then(last_json_line);
                 records.extend(line.clone());
-                reference_runs.push((m.reference, line.clone()));
+                reference_runs.push((reference_args, line.clone()));
                 line
             }
         };
