@@ -41,8 +41,24 @@ impl std::error::Error for AttentionError {}
 /// to start over.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    layers: Vec<Option<CachedLayer>>,
     capacity: usize,
+}
+
+/// The keys and values one layer keeps, `[batch, kv_heads, kept, head_dim]`, and how
+/// many earlier positions it dropped (a sliding-window layer keeps only its window).
+#[derive(Debug, Clone)]
+struct CachedLayer {
+    keys: Tensor<4>,
+    values: Tensor<4>,
+    dropped: usize,
+}
+
+impl CachedLayer {
+    /// Positions seen, kept or dropped.
+    fn len(&self) -> usize {
+        self.dropped + self.keys.dims()[2]
+    }
 }
 
 impl KvCache {
@@ -60,7 +76,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|layer| layer.as_ref())
-            .map_or(0, |(keys, _)| keys.dims()[2])
+            .map_or(0, CachedLayer::len)
     }
 
     /// Whether nothing is cached.
@@ -104,15 +120,44 @@ impl KvCache {
         keys: Tensor<4>,
         values: Tensor<4>,
     ) -> (Tensor<4>, Tensor<4>) {
+        self.extend_window(layer, keys, values, usize::MAX)
+    }
+
+    /// [`KvCache::extend`] for a layer that attends over the last `window` positions
+    /// only: it returns the kept positions followed by the new ones (the last new
+    /// position last, so a query's window is found from the end) and keeps no more than
+    /// `window` of them for the next call.
+    pub fn extend_window(
+        &mut self,
+        layer: usize,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+        window: usize,
+    ) -> (Tensor<4>, Tensor<4>) {
         let slot = &mut self.layers[layer];
-        let (keys, values) = match slot.take() {
-            Some((k, v)) => (
-                Tensor::cat(vec![k, keys], 2),
-                Tensor::cat(vec![v, values], 2),
+        let (keys, values, dropped) = match slot.take() {
+            Some(cached) => (
+                Tensor::cat(vec![cached.keys, keys], 2),
+                Tensor::cat(vec![cached.values, values], 2),
+                cached.dropped,
             ),
-            None => (keys, values),
+            None => (keys, values, 0),
         };
-        *slot = Some((keys.clone(), values.clone()));
+        let len = keys.dims()[2];
+        let kept = len.min(window.max(1));
+        *slot = Some(CachedLayer {
+            keys: keys.clone().narrow(2, len - kept, kept),
+            values: values.clone().narrow(2, len - kept, kept),
+            dropped: dropped + len - kept,
+        });
         (keys, values)
+    }
+
+    /// Positions layer `layer` holds (fewer than [`KvCache::len`] for a sliding-window
+    /// layer past its window).
+    pub fn kept(&self, layer: usize) -> usize {
+        self.layers[layer]
+            .as_ref()
+            .map_or(0, |cached| cached.keys.dims()[2])
     }
 }

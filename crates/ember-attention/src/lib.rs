@@ -1,5 +1,19 @@
 //! Attention, chapter 3 of *Build a Large Language Model (From Scratch)*.
 //!
+//! ```
+//! # #![allow(deprecated)]
+//! use burn::prelude::*;
+//! use ember_attention::causal_attention;
+//!
+//! let device = Device::ndarray();
+//! // The first position sees only itself, so its output is its own value.
+//! let q = Tensor::<4>::ones([1, 1, 2, 2], &device);
+//! let v = Tensor::<4>::from_floats([[[[0.5, -1.0], [2.0, 4.0]]]], &device);
+//! let out = causal_attention(q.clone(), q, v, None);
+//! let first: Vec<f32> = out.narrow(2, 0, 1).into_data().to_vec().unwrap();
+//! assert_eq!(first, [0.5, -1.0]);
+//! ```
+//!
 //! Two halves:
 //! - [`book`]: the chapter's progression as real layers, each a step on the way to
 //!   multi-head attention: [`simplified_self_attention`] (no trainable weights),
@@ -16,6 +30,8 @@
 //! Tensors are Burn's backend-agnostic tensors: the caller's `Device` picks the
 //! backend, this crate never does.
 
+#![warn(missing_docs)]
+
 pub mod book;
 pub mod causal;
 pub mod kv_cache;
@@ -29,4 +45,4 @@ pub use book::{
 };
 pub use causal::{CausalSelfAttention, CausalSelfAttentionConfig};
 pub use kv_cache::{AttentionError, KvCache};
-pub use sdpa::{causal_attention, explicit_attention, repeat_kv};
+pub use sdpa::{causal_attention, explicit_attention, repeat_kv, sliding_window_attention};

@@ -61,6 +61,53 @@ pub fn causal_attention(
     }
 }
 
+/// [`causal_attention`] in which each query sees only the last `window` positions,
+/// itself included (Gemma's sliding-window layers; transformers' mask
+/// `kv_idx > q_idx - sliding_window`). As there, the last query is the last key.
+///
+/// Keys no query can see are cut off first, so a decoding step (one query) attends
+/// over `window` keys through the ordinary causal path; several queries over more than
+/// `window` keys get the explicit formulation with a band mask.
+///
+/// # Shapes
+/// - q: `[batch, heads, seq_q, head_dim]`
+/// - k, v: `[batch, kv_heads, seq_k, head_dim]`, `seq_k >= seq_q`
+/// - returns `[batch, heads, seq_q, head_dim]`
+pub fn sliding_window_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    window: usize,
+) -> Tensor<4> {
+    let window = window.max(1);
+    let seq_q = q.dims()[2];
+    let seq_k = k.dims()[2];
+    // The first query sits at position seq_k - seq_q and sees keys after
+    // seq_k - seq_q - window.
+    let first = (seq_k - seq_q + 1).saturating_sub(window);
+    let (k, v) = if first > 0 {
+        (
+            k.narrow(2, first, seq_k - first),
+            v.narrow(2, first, seq_k - first),
+        )
+    } else {
+        (k, v)
+    };
+    let seq_k = seq_k - first;
+    if seq_k <= window {
+        // No query is old enough for its window to hide anything.
+        return causal_attention(q, k, v, None);
+    }
+    let heads = q.dims()[1];
+    let (k, v) = (repeat_kv(k, heads), repeat_kv(v, heads));
+    let offset = seq_k - seq_q;
+    let hidden: Vec<bool> = (0..seq_q)
+        .flat_map(|i| (0..seq_k).map(move |j| j > i + offset || j + window <= i + offset))
+        .collect();
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(hidden, [seq_q, seq_k]), &q.device());
+    masked_attention(q, k, v, mask, None)
+}
+
 /// Keys or values of `kv_heads` heads, each repeated for the `heads / kv_heads` query
 /// heads that share it (a no-op without grouping).
 ///
@@ -94,12 +141,31 @@ pub fn explicit_attention(
     v: Tensor<4>,
     dropout: Option<&Dropout>,
 ) -> Tensor<4> {
+    let [seq_q, seq_k] = [q.dims()[2], k.dims()[2]];
+    // `tril_mask` is `true` above the (shifted) diagonal: the positions to hide.
+    let offset = seq_k as i64 - seq_q as i64;
+    let mask = Tensor::<2, Bool>::tril_mask([seq_q, seq_k], offset, &q.device());
+    masked_attention(q, k, v, mask, dropout)
+}
+
+/// softmax(QKᵀ/√d, with the positions `hidden` marks at −∞) · V, with optional dropout
+/// on the weights.
+///
+/// # Shapes
+/// - q: `[batch, heads, seq_q, head_dim]`, k, v: `[batch, heads, seq_k, head_dim]`
+/// - hidden: `[seq_q, seq_k]`
+/// - returns `[batch, heads, seq_q, head_dim]`
+fn masked_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    hidden: Tensor<2, Bool>,
+    dropout: Option<&Dropout>,
+) -> Tensor<4> {
     let [batch, heads, seq_q, head_dim] = q.dims();
     let seq_k = k.dims()[2];
     let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-    // `tril_mask` is `true` above the (shifted) diagonal: the positions to hide.
-    let offset = seq_k as i64 - seq_q as i64;
-    let mask = Tensor::<2, Bool>::tril_mask([seq_q, seq_k], offset, &scores.device())
+    let mask = hidden
         .reshape([1, 1, seq_q, seq_k])
         .expand([batch, heads, seq_q, seq_k]);
     let mut weights = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
@@ -133,5 +199,44 @@ mod tests {
         grouped
             .into_data()
             .assert_approx_eq::<f32>(&copied.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    /// Sliding-window attention equals, query by query, attention over the keys of its
+    /// window alone; for a full pass, a continuation of a cached sequence and one
+    /// decoding step.
+    #[test]
+    fn a_sliding_window_sees_exactly_its_last_positions() {
+        let device = Device::ndarray();
+        device.seed(5);
+        let window = 3;
+        let q = Tensor::<4>::random([1, 4, 7, 8], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<4>::random([1, 2, 7, 8], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<4>::random([1, 2, 7, 8], Distribution::Normal(0.0, 1.0), &device);
+        for seq_q in [7, 4, 1] {
+            let queries = q.clone().narrow(2, 7 - seq_q, seq_q);
+            let got = sliding_window_attention(queries.clone(), k.clone(), v.clone(), window);
+            for i in 0..seq_q {
+                let position = 7 - seq_q + i;
+                let first = (position + 1).saturating_sub(window);
+                let len = position + 1 - first;
+                let one = explicit_attention(
+                    queries.clone().narrow(2, i, 1),
+                    repeat_kv(k.clone().narrow(2, first, len), 4),
+                    repeat_kv(v.clone().narrow(2, first, len), 4),
+                    None,
+                );
+                got.clone()
+                    .narrow(2, i, 1)
+                    .into_data()
+                    .assert_approx_eq::<f32>(&one.into_data(), Tolerance::absolute(1e-5));
+            }
+        }
+        // A window longer than the sequence is plain causal attention.
+        sliding_window_attention(q.clone(), k.clone(), v.clone(), 7)
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &causal_attention(q, k, v, None).into_data(),
+                Tolerance::absolute(1e-6),
+            );
     }
 }

@@ -115,14 +115,11 @@ pub fn info(config: &ModelConfig, json: bool) -> Result<()> {
             let params = other.num_params();
             let size_mb = params as f64 * 4.0 / (1024.0 * 1024.0);
             if json {
-                let ModelConfig::Llama(llama) = other else {
-                    unreachable!()
-                };
                 println!(
                     "{}",
                     serde_json::json!({
                         "model_type": other.model_type(),
-                        "config": llama,
+                        "config": other.to_json(),
                         "params": params,
                         "size_mb": size_mb,
                     })
@@ -183,8 +180,9 @@ pub struct PretrainArgs {
     /// Training text file or `ember prepare` shard directory.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Start from these weights (any model Ember loads, of the configured shape)
-    /// instead of drawing new ones.
+    /// Start from these weights (any model Ember loads, of the configured shape, or a
+    /// Hub repository id OWNER/NAME[@REVISION] that is no path here) instead of drawing
+    /// new ones.
     #[arg(long)]
     pub init: Option<PathBuf>,
 }
@@ -197,7 +195,7 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
         );
     }
     let base = PretrainConfig::preset(args.preset.as_deref().unwrap_or("book"))?;
-    let (config, run_dir) = args.run.resolve(base, "runs/pretrain", |c| {
+    let (mut config, run_dir) = args.run.resolve(base, "runs/pretrain", |c| {
         if let Some(data) = &args.data {
             c.data.path = data.clone();
         }
@@ -205,6 +203,13 @@ pub fn pretrain(args: PretrainArgs, device: &Device) -> Result<()> {
             c.init = Some(init.clone());
         }
     })?;
+    // A Hub repository id becomes its snapshot in the Hugging Face cache, the path the
+    // run's config.toml records.
+    config.init = config
+        .init
+        .as_deref()
+        .map(crate::model_arg::resolve_model)
+        .transpose()?;
     let interrupt = interrupt_flag();
     tracing::info!(
         run_dir = %run_dir.display(),

@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use burn::prelude::*;
 use ember_finetune::spam_finetune::{SpamConfig, classify_text, finetune_spam, load_classifier};
 
+use crate::model_arg::resolve_model;
 use crate::runs::{RunArgs, interrupt_flag};
 
 /// Options of `ember finetune-spam`.
@@ -14,7 +15,8 @@ pub struct SpamArgs {
     #[command(flatten)]
     pub run: RunArgs,
     /// Start from this model: a Hugging Face GPT-2 directory, an Ember checkpoint, a
-    /// pretraining run directory, or a book .pth file.
+    /// pretraining run directory, a book .pth file, or a Hub repository id
+    /// OWNER/NAME[@REVISION] that is no path here (from the Hugging Face cache).
     #[arg(long, conflicts_with = "from_scratch")]
     pub base: Option<PathBuf>,
     /// Start from random weights (the `model` section: tiny by default).
@@ -42,9 +44,16 @@ fn require_base(has_base: bool, run: &RunArgs, from_scratch: bool) -> Result<()>
     Ok(())
 }
 
+/// The base model's local path: a Hub repository id (from `--base`, `--config` or
+/// `--set base=...`) becomes its snapshot in the Hugging Face cache before the run
+/// starts, so the run's config.toml names the files it started from.
+fn resolve_base(base: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
+    base.map(resolve_model).transpose()
+}
+
 /// `ember finetune-spam`
 pub fn spam(args: SpamArgs, device: &Device) -> Result<()> {
-    let (config, run_dir) = args.run.resolve(SpamConfig::book(), "runs/spam", |c| {
+    let (mut config, run_dir) = args.run.resolve(SpamConfig::book(), "runs/spam", |c| {
         if let Some(base) = &args.base {
             c.base = Some(base.clone());
         }
@@ -62,6 +71,7 @@ pub fn spam(args: SpamArgs, device: &Device) -> Result<()> {
         }
     })?;
     require_base(config.base.is_some(), &args.run, args.from_scratch)?;
+    config.base = resolve_base(config.base.as_deref())?;
     let interrupt = interrupt_flag();
     let devices = args.run.devices()?;
     let device = devices.first().unwrap_or(device);
@@ -127,8 +137,10 @@ pub fn classify(model: &std::path::Path, text: &str, json: bool, device: &Device
 pub struct InstructArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// Start from this model: a Hugging Face directory (GPT-2, Llama 3.x, Qwen3), an
-    /// Ember model, a pretraining run directory, or a book .pth file.
+    /// Start from this model: a Hugging Face directory (GPT-2, Llama 3.x, Qwen3,
+    /// Gemma 3), an Ember model, a pretraining run directory, a book .pth file, or a Hub
+    /// repository id OWNER/NAME[@REVISION] that is no path here (from the Hugging Face
+    /// cache).
     #[arg(long, conflicts_with = "from_scratch")]
     pub base: Option<PathBuf>,
     /// Start from random weights (the `model` section: tiny by default).
@@ -152,7 +164,7 @@ pub struct InstructArgs {
 /// `ember finetune-instruct`
 pub fn instruct(args: InstructArgs, device: &Device) -> Result<()> {
     use ember_finetune::instruct_finetune::{InstructConfig, finetune_instruct};
-    let (config, run_dir) = args
+    let (mut config, run_dir) = args
         .run
         .resolve(InstructConfig::book(), "runs/instruct", |c| {
             if let Some(base) = &args.base {
@@ -175,6 +187,7 @@ pub fn instruct(args: InstructArgs, device: &Device) -> Result<()> {
             }
         })?;
     require_base(config.base.is_some(), &args.run, args.from_scratch)?;
+    config.base = resolve_base(config.base.as_deref())?;
     let interrupt = interrupt_flag();
     let devices = args.run.devices()?;
     let device = devices.first().unwrap_or(device);
@@ -211,7 +224,8 @@ pub struct DpoArgs {
     #[command(flatten)]
     pub run: RunArgs,
     /// Start from this model, ideally instruction-tuned (an `ember finetune-instruct`
-    /// run directory, a Hugging Face directory); it is also the frozen reference.
+    /// run directory, a Hugging Face directory, a Hub repository id
+    /// OWNER/NAME[@REVISION] that is no path here); it is also the frozen reference.
     #[arg(long, conflicts_with = "from_scratch")]
     pub base: Option<PathBuf>,
     /// Start from random weights (the `model` section: tiny by default).
@@ -236,7 +250,7 @@ pub struct DpoArgs {
 pub fn dpo(args: DpoArgs, device: &Device) -> Result<()> {
     use ember_finetune::dpo::PreferenceStats;
     use ember_finetune::dpo_finetune::{DpoConfig, finetune_dpo};
-    let (config, run_dir) = args.run.resolve(DpoConfig::notebook(), "runs/dpo", |c| {
+    let (mut config, run_dir) = args.run.resolve(DpoConfig::notebook(), "runs/dpo", |c| {
         if let Some(base) = &args.base {
             c.base = Some(base.clone());
         }
@@ -257,6 +271,7 @@ pub fn dpo(args: DpoArgs, device: &Device) -> Result<()> {
         }
     })?;
     require_base(config.base.is_some(), &args.run, args.from_scratch)?;
+    config.base = resolve_base(config.base.as_deref())?;
     let interrupt = interrupt_flag();
     let devices = args.run.devices()?;
     let device = devices.first().unwrap_or(device);

@@ -9,7 +9,6 @@ pub mod bench;
 pub mod commands;
 pub mod download;
 pub mod finetune;
-pub mod hub_cache;
 pub mod judge;
 pub mod model_arg;
 pub mod runs;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ember_cli::model_arg::resolve_model;
 use ember_cli::{backend, commands};
 use ember_model::GptConfig;
 
@@ -94,7 +95,9 @@ enum Command {
         /// Architecture preset.
         #[arg(long, default_value = "gpt2-small")]
         preset: String,
-        /// A model to describe instead of a preset.
+        /// A model to describe instead of a preset: a model directory, a run directory,
+        /// or a Hub repository id OWNER/NAME[@REVISION] that is no path here (from the
+        /// Hugging Face cache, downloaded into it if need be).
         #[arg(long)]
         model: Option<PathBuf>,
         /// Machine-readable output.
@@ -116,7 +119,8 @@ enum Command {
     FinetuneDpo(ember_cli::finetune::DpoArgs),
     /// Classify a text with a classifier made by `ember finetune-spam`.
     Classify {
-        /// The classifier (its run directory or its model/ directory).
+        /// The classifier (its run directory or its model/ directory, or a Hub
+        /// repository id OWNER/NAME[@REVISION] that is no path here).
         #[arg(long)]
         model: PathBuf,
         /// Print `{"label": ..., "probabilities": {...}}`.
@@ -170,9 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // A model is described from its config.json, checked against its weights,
             // without being built.
             let config = match model {
-                Some(path) => {
+                Some(model) => {
+                    let path = resolve_model(&model)?;
                     ember_model::describe_model(&path)
-                        .with_context(|| format!("cannot describe the model {}", path.display()))?
+                        .with_context(|| format!("cannot describe the model {}", model.display()))?
                         .0
                 }
                 None => ember_model::ModelConfig::Gpt2(GptConfig::preset(&preset)?),
@@ -186,7 +191,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::FinetuneInstruct(args) => ember_cli::finetune::instruct(args, &device()?),
         Command::FinetuneDpo(args) => ember_cli::finetune::dpo(args, &device()?),
         Command::Classify { model, json, text } => {
-            ember_cli::finetune::classify(&model, &text, json, &device()?)
+            let path = resolve_model(&model)?;
+            ember_cli::finetune::classify(&path, &text, json, &device()?)
         }
         Command::Bench(args) => {
             let name = cli

@@ -1,24 +1,36 @@
 //! The `--model` argument every command shares.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::prelude::Device;
 use clap::Args;
+use ember_hub::ModelRef;
 use ember_model::{
     GptConfig, LoadedModel, ModelConfig, WeightDtype, load_model_as, model_tokenizer,
     read_model_config,
 };
 use ember_tokenizer::ModelTokenizer;
 
+/// The local path of the model `model` names (see [`ModelRef`]): `model` itself, or for
+/// a Hub repository `OWNER/NAME[@REVISION]` that is nothing here, its snapshot in the
+/// Hugging Face cache, downloaded there first if need be. What every flag that takes a
+/// model goes through before the path reaches a library crate.
+pub fn resolve_model(model: &Path) -> Result<PathBuf> {
+    let reference = ModelRef::parse(model);
+    reference
+        .resolve()
+        .with_context(|| format!("cannot get the model {reference}"))
+}
+
 /// Where a model comes from.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A model directory as the Hub ships it (GPT-2, Llama 3.x, Qwen3), a model Ember
     /// saved or its run directory, a book `.pth` state dict (which needs --preset or
-    /// --config), or a Hub repository id OWNER/NAME, found in (or downloaded into) the
-    /// Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub; HF_ENDPOINT, HF_TOKEN and
-    /// HF_HUB_OFFLINE apply).
+    /// --config), or a Hub repository id OWNER/NAME[@REVISION] that is no path here,
+    /// found in (or downloaded into) the Hugging Face cache ($HF_HUB_CACHE,
+    /// $HF_HOME/hub; HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE apply).
     #[arg(long)]
     pub model: PathBuf,
     /// Architecture preset for a `.pth` file (gpt2-small, gpt2-medium, gpt2-large,
@@ -41,12 +53,7 @@ impl ModelArgs {
     /// Where the model is: `--model` itself, or for a Hub repository id that is not a
     /// path here, its snapshot in the Hugging Face cache (downloaded if need be).
     pub fn location(&self) -> Result<PathBuf> {
-        let text = self.model.to_string_lossy();
-        if !self.model.exists() && crate::hub_cache::is_repo_id(&text) {
-            return crate::hub_cache::resolve(&text, "main", None)
-                .with_context(|| format!("cannot get the model {text}"));
-        }
-        Ok(self.model.clone())
+        resolve_model(&self.model)
     }
 
     /// Load the model onto `device`.

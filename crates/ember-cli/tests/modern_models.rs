@@ -1,8 +1,8 @@
-//! Llama 3 and Qwen3 through the `ember` binary: every model command on the reference
-//! models (tests/fixtures/tiny-llama3, tiny-qwen3: Hub layouts, bf16 in one file and f32
-//! in eight shards), both forms of `config.json`, a download from a local server laid
+//! Llama 3, Qwen3 and Gemma 3 through the `ember` binary: every model command on the
+//! reference models (tests/fixtures/tiny-llama3, tiny-qwen3, tiny-gemma3, tiny-gemma3-b:
+//! Hub layouts, bf16 in one file and f32 in shards), both forms of `config.json`, a download from a local server laid
 //! out like the Hub, and one-line errors for directories that are not models. The
-//! reference values are transformers' (see crates/ember-model/tests/llama_qwen3_parity.rs).
+//! reference values are transformers' (see crates/ember-model/tests/*_parity.rs).
 
 mod common;
 
@@ -12,10 +12,31 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::Value;
 
-const MODELS: [&str; 2] = ["tiny-llama3", "tiny-qwen3"];
+const MODELS: [&str; 4] = ["tiny-llama3", "tiny-qwen3", "tiny-gemma3", "tiny-gemma3-b"];
 
 fn fixture(name: &str) -> PathBuf {
     workspace().join("tests/fixtures").join(name)
+}
+
+/// transformers' outputs for the model as loaded: `as-loaded.json` where the shared
+/// fixture's own differ from them (see ember-model's parity tests), else `cases.json`.
+fn reference(name: &str) -> Value {
+    let as_loaded = fixture(name).join("as-loaded.json");
+    if as_loaded.exists() {
+        json_file(&as_loaded)
+    } else {
+        json_file(&fixture(name).join("cases.json"))
+    }
+}
+
+/// The fixture's `config.json` in the other form transformers reads (4's or 5's).
+fn other_config_form(name: &str) -> Value {
+    ["config-v5.json", "config-v4.json"]
+        .iter()
+        .map(|file| fixture(name).join(file))
+        .find(|path| path.exists())
+        .map(|path| json_file(&path))
+        .unwrap_or_else(|| panic!("{name} has no config in the other form"))
 }
 
 fn json_file(path: &Path) -> Value {
@@ -44,10 +65,10 @@ fn with_config(name: &str, config: &Value) -> tempfile::TempDir {
 #[test]
 fn generate_matches_transformers_with_both_config_forms() {
     for name in MODELS {
-        let v5 = with_config(name, &json_file(&fixture(name).join("config-v5.json")));
+        let other = with_config(name, &other_config_form(name));
         let cases = json_file(&fixture(name).join("cases.json"));
-        let reference = json_file(&fixture(name).join("as-loaded.json"));
-        for (dir, cache) in [(fixture(name), true), (v5.path().to_path_buf(), false)] {
+        let reference = reference(name);
+        for (dir, cache) in [(fixture(name), true), (other.path().to_path_buf(), false)] {
             let prompt = &cases["prompts"][0];
             let mut args = vec![
                 "generate",
@@ -79,7 +100,7 @@ fn perplexity_info_and_chat_match_transformers() {
         let dir = fixture(name);
         let model = dir.to_str().unwrap();
         let cases = json_file(&dir.join("cases.json"));
-        let reference = json_file(&dir.join("as-loaded.json"));
+        let reference = reference(name);
         let text = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(text.path(), cases["loss"]["text"].as_str().unwrap()).unwrap();
         let v = run_json(&[
@@ -131,11 +152,11 @@ fn directories_that_are_not_usable_models_are_named() {
     for (config, needle) in [
         (
             unknown,
-            "model_type \"mamba\" is not supported (supported: gpt2, llama, qwen3)",
+            "model_type \"mamba\" is not supported (supported: gpt2, llama, qwen3, gemma3_text)",
         ),
         (
             rope,
-            "rope_type \"yarn\" is not supported (supported: default, llama3)",
+            "rope_type \"yarn\" is not supported (supported: default, llama3, linear)",
         ),
         (
             heads,
@@ -340,4 +361,73 @@ fn repository_ids_go_through_the_hugging_face_cache() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["generated_ids"], cases["prompts"][1]["greedy_24"]);
+}
+
+/// Every model flag takes a Hub repository id: `info --model OWNER/NAME` describes the
+/// cached snapshot. And a relative path that reads as `OWNER/NAME` but exists here, even
+/// as a symbolic link loop, is a path: its error is the loader's, one line, and no
+/// request reaches the Hub.
+#[test]
+fn model_flags_take_repository_ids_but_never_for_a_path_that_exists() {
+    const COMMIT: &str = "abcdef1234567890abcdef1234567890abcdef12";
+    let url = hub_with_api(fixture("tiny-qwen3"), COMMIT);
+    let cache = tempfile::tempdir().unwrap();
+    let o = ember()
+        .env("HF_HUB_CACHE", cache.path())
+        .env("HF_ENDPOINT", &url)
+        .env_remove("HF_HOME")
+        .env_remove("HF_HUB_OFFLINE")
+        .args(["download", "--repo", "test/tiny-qwen3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ember()
+        .env("HF_HUB_CACHE", cache.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HOME")
+        .args(["info", "--model", "test/tiny-qwen3", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cases = json_file(&fixture("tiny-qwen3").join("cases.json"));
+    assert_eq!(v["params"], cases["parameters"]);
+
+    #[cfg(unix)]
+    {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        // `owner/name` here is a link to itself; a Hub that counts what it is asked.
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        let hub = serve(move |_request, stream: &mut TcpStream| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            respond(stream, "404 Not Found", &[], b"");
+        });
+        let here = tempfile::tempdir().unwrap();
+        std::fs::create_dir(here.path().join("owner")).unwrap();
+        std::os::unix::fs::symlink("name", here.path().join("owner/name")).unwrap();
+        let empty_cache = tempfile::tempdir().unwrap();
+        for args in [
+            &["info", "--model", "owner/name", "--json"][..],
+            &["generate", "--model", "owner/name", "--prompt", "hi"][..],
+        ] {
+            let o = ember()
+                .current_dir(here.path())
+                .env("HF_HUB_CACHE", empty_cache.path())
+                .env("HF_ENDPOINT", &hub)
+                .env_remove("HF_HOME")
+                .env_remove("HF_HUB_OFFLINE")
+                .args(args)
+                .output()
+                .unwrap();
+            assert_one_line_error(&o, "owner/name");
+            let err = stderr(&o);
+            for hub_word in ["download", "HF_HUB_OFFLINE", "Hugging Face cache", &hub] {
+                assert!(!err.contains(hub_word), "{args:?}: {err}");
+            }
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 0);
+    }
 }

@@ -416,3 +416,43 @@ fn sigterm_shuts_the_server_down_cleanly() {
     }
     assert!(server.log().contains("shutting down"), "{}", server.log());
 }
+
+/// Gemma 3 behind the server: its chat template, sliding-window cache and stop ids give
+/// the reply `ember chat` gives (checked there against transformers).
+#[test]
+fn a_gemma3_model_is_served() {
+    let model = fixture("tiny-gemma3");
+    let server = Server::start(&model, &[]);
+    let want = cli_json(&[
+        "chat",
+        "--model",
+        &model,
+        "--system",
+        "You are a helpful assistant.",
+        "--message",
+        "Every effort moves you. What moves you?",
+        "--max-new-tokens",
+        "16",
+        "--json",
+    ]);
+    let body = json!({
+        "model": "tiny-gemma3",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Every effort moves you. What moves you?"},
+        ],
+        "max_tokens": 16,
+        "temperature": 0,
+    });
+    let (status, chat) = server.post("/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{chat}");
+    assert_eq!(chat["choices"][0]["message"]["content"], want["text"]);
+    assert_eq!(
+        chat["usage"]["completion_tokens"],
+        want["generated_ids"].as_array().unwrap().len()
+    );
+    assert_eq!(
+        chat["usage"]["prompt_tokens"],
+        want["prompt_ids"].as_array().unwrap().len()
+    );
+}

@@ -1,6 +1,16 @@
 //! Data pipeline for Ember (book chapters 2 and 5): sliding-window next-token datasets, seeded
 //! resumable batching, and llm.c-style token shards for corpora bigger than memory.
 //!
+//! ```
+//! use ember_data::SlidingWindowDataset;
+//!
+//! // The book's GPTDatasetV1: windows of 4 tokens, each target its input shifted by one.
+//! let windows = SlidingWindowDataset::new((0..10).collect(), 4, 4)?;
+//! assert_eq!(windows.len(), 2);
+//! assert_eq!(windows.get(1), Some((&[4, 5, 6, 7][..], &[5, 6, 7, 8][..])));
+//! # Ok::<(), ember_data::DataError>(())
+//! ```
+//!
 //! * [`SlidingWindowDataset`]: the book's `GPTDatasetV1` over an in-memory token list.
 //! * [`ShardDataset`]: the same windows over memory-mapped `{split}_*.bin` token shards written by
 //!   [`prepare_corpus`].

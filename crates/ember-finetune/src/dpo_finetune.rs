@@ -104,6 +104,11 @@ impl DpoConfig {
 impl RunConfig for DpoConfig {
     /// The responses are written after training: how many, and how long, may change.
     const RESUMABLE: &'static [&'static str] = &["responses", "max_new_tokens"];
+    const OUTPUT_FILES: &'static [&'static str] = &[
+        "results.json",
+        "instruction-data-with-response.json",
+        "instruction-data-with-response-before-dpo.json",
+    ];
 
     fn train(&self) -> &TrainConfig {
         &self.train

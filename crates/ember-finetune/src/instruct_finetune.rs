@@ -88,6 +88,8 @@ impl InstructConfig {
 impl RunConfig for InstructConfig {
     /// The responses are written after training: how many, and how long, may change.
     const RESUMABLE: &'static [&'static str] = &["responses", "max_new_tokens"];
+    const OUTPUT_FILES: &'static [&'static str] =
+        &["results.json", "instruction-data-with-response.json"];
 
     fn train(&self) -> &TrainConfig {
         &self.train

@@ -2,6 +2,14 @@
 //! ember-train's run layer: each run is a task (its data, its loss, its evaluation),
 //! the rest is shared.
 //!
+//! ```
+//! use ember_finetune::numpy_rng::RandomState;
+//!
+//! // `np.random.RandomState(123).permutation(10)`: the book's chapter 6 rows come out
+//! // exactly as NumPy picks them.
+//! assert_eq!(RandomState::new(123).permutation(10), [4, 0, 7, 5, 8, 3, 1, 6, 9, 2]);
+//! ```
+//!
 //! - [`spam`]: the SMS Spam Collection read as pandas reads it, balanced and split
 //!   exactly as the book does, through a port of NumPy's `RandomState` ([`numpy_rng`]);
 //! - [`classifier`]: the GPT with a classification head, partial freezing, LoRA;
@@ -13,6 +21,8 @@
 //!   bonus); [`dpo_finetune`]: its run on preference pairs, before/after measures;
 //! - [`base`]: the model a run starts from, LoRA, the shared settings checks;
 //! - [`error`]: the errors of the runs, [`FinetuneError`].
+
+#![warn(missing_docs)]
 
 pub mod base;
 pub mod classifier;

@@ -90,6 +90,8 @@ impl SpamConfig {
 }
 
 impl RunConfig for SpamConfig {
+    const OUTPUT_FILES: &'static [&'static str] = &["results.json", "adapters.bpk"];
+
     fn train(&self) -> &TrainConfig {
         &self.train
     }
@@ -375,7 +377,7 @@ pub fn finetune_spam(
 
     let trained = outcome.model.valid();
     let model = if config.lora_rank.is_some() {
-        save_adapters(&trained, &run.dir().root().join("adapters.bpk"))?;
+        save_adapters(&trained, &run.dir().output("adapters.bpk"))?;
         trained.merge_lora()
     } else {
         trained

@@ -267,11 +267,17 @@ fn a_corrupt_classifier_json_is_refused_by_name() {
     }
 }
 
-/// Chapter 7's run on a Qwen3 base with LoRA: the model is asked through its chat
-/// template, the loss falls, and the saved model (adapters merged, tokenizer files
-/// beside it) reloads and answers as it did in the run.
+/// Chapter 7's run on a Qwen3 and a Gemma 3 base with LoRA: the model is asked through
+/// its chat template, the loss falls, and the saved model (adapters merged, tokenizer
+/// files beside it) reloads and answers as it did in the run.
 #[test]
-fn lora_instruction_tuning_of_qwen3_lowers_its_loss_and_reloads() {
+fn lora_instruction_tuning_of_modern_models_lowers_their_loss_and_reloads() {
+    for (fixture, model_type) in [("tiny-qwen3", "qwen3"), ("tiny-gemma3", "gemma3_text")] {
+        lora_instruction_tuning_lowers_the_loss_and_reloads(fixture, model_type);
+    }
+}
+
+fn lora_instruction_tuning_lowers_the_loss_and_reloads(fixture: &str, model_type: &str) {
     let dir = tempfile::tempdir().unwrap();
     let device = Device::ndarray();
     let data: Vec<serde_json::Value> = serde_json::from_str(
@@ -282,7 +288,7 @@ fn lora_instruction_tuning_of_qwen3_lowers_its_loss_and_reloads() {
     std::fs::write(&path, serde_json::to_string(&data[..100]).unwrap()).unwrap();
     let mut config = InstructConfig::book();
     config.data = path;
-    config.base = Some(root().join("tests/fixtures/tiny-qwen3"));
+    config.base = Some(root().join("tests/fixtures").join(fixture));
     config.lora_rank = Some(8);
     config.train.lr = 5e-3;
     config.train.max_steps = Some(10);
@@ -290,16 +296,20 @@ fn lora_instruction_tuning_of_qwen3_lowers_its_loss_and_reloads() {
     config.train.sample_tokens = 4;
     config.max_new_tokens = 6;
     config.responses = Some(2);
-    let run = dir.path().join("qwen3");
+    let run = dir.path().join(fixture);
     let interrupt = AtomicBool::new(false);
     let results = finetune_instruct(&config, &run, &device, options(&interrupt)).unwrap();
     let lines = metrics(&run);
     let evals: Vec<f64> = lines.iter().filter_map(|m| m.val_loss).collect();
     assert_eq!(evals.len(), 2);
-    assert!(evals[1] < evals[0] - 0.1, "validation loss {evals:?}");
-    // Reloaded: a Qwen3 model with its chat template, answering as during the run.
+    assert!(
+        evals[1] < evals[0] - 0.1,
+        "{fixture}: validation loss {evals:?}"
+    );
+    // Reloaded: a model of the same architecture with its chat template, answering as
+    // during the run.
     let loaded = load_model(&run.join("model"), None, &device).unwrap();
-    assert_eq!(loaded.config.model_type(), "qwen3");
+    assert_eq!(loaded.config.model_type(), model_type);
     let tokenizer = ember_model::model_tokenizer(&loaded).unwrap();
     assert!(tokenizer.chat_template().is_some());
     let answered: Vec<serde_json::Value> =
@@ -308,7 +318,11 @@ fn lora_instruction_tuning_of_qwen3_lowers_its_loss_and_reloads() {
     let again =
         ember_finetune::instruct_finetune::respond(&loaded.model, &tokenizer, &entry, 6, &device)
             .unwrap();
-    assert_eq!(again, answered[0]["model_response"].as_str().unwrap());
+    assert_eq!(
+        again,
+        answered[0]["model_response"].as_str().unwrap(),
+        "{fixture}"
+    );
 }
 
 /// Data parallel on a loss averaged over tokens: the replicas' halves of each batch

@@ -1,17 +1,30 @@
 //! Fused kernels for the hot spots of a GPT training step.
 //!
+//! ```
+//! # #![allow(deprecated)]
+//! use burn::prelude::*;
+//!
+//! let device = Device::ndarray();
+//! // Equal logits over 4 tokens: the loss is ln 4; an ignored target does not count.
+//! let logits = Tensor::<2>::zeros([2, 4], &device);
+//! let targets = TensorData::new(vec![3i64, ember_kernels::IGNORE_INDEX], [2]);
+//! let targets = Tensor::<1, Int>::from_data(targets, &device);
+//! let loss: f32 = ember_kernels::cross_entropy(logits, targets).into_scalar();
+//! assert!((loss - 4f32.ln()).abs() < 1e-6);
+//! ```
+//!
 //! Each function here computes the same values as its plain tensor formulation, in one
 //! pass forward and one backward:
 //! - on tensors of a CPU backend the kernels know (Burn's ndarray backend with the
 //!   `ndarray` feature, Burn's flex backend, ndarray's successor, with the `flex`
 //!   feature), plain or under autodiff, through slice code with hand-written
-//!   backward passes, reached through one adapter ([`cpu`]'s `CpuBackend`);
+//!   backward passes, reached through one adapter (`cpu.rs`'s `CpuBackend`);
 //! - everywhere else (wgpu, libtorch, or without the features), through the plain
 //!   tensor operations of [`gelu_tanh_reference`] and [`cross_entropy_reference`], which
 //!   are also the definitions the kernels are tested against.
 //!
-//! One kernel per file: [`gelu`], [`matmul`] (and [`linear`], in f32 or, under
-//! [`autocast`], with bf16 operands), [`causal_attention`] (with dropout), [`dropout`],
+//! One kernel per file: [`gelu_tanh`], [`matmul()`] (and [`linear`], in f32 or, under
+//! [`autocast()`], with bf16 operands), [`causal_attention`] (with dropout), [`dropout`],
 //! [`cross_entropy`], [`rms_norm`], [`layer_norm`], the optimizer [`FusedAdamW`], and
 //! for inference the [`half_weights`] (bf16/f16 weights computed with in f32) that
 //! [`linear`], [`embedding`] and [`unembed`] use when a model has them.
@@ -19,6 +32,7 @@
 //! Library crates call these functions and never choose a backend; the `ember` binary
 //! turns the `ndarray` (or `flex`) feature on together with that backend.
 
+#![warn(missing_docs)]
 // The ndarray backend is deprecated in Burn 0.22 (removed in 0.23); Ember pins 0.22.
 #![allow(deprecated)]
 // Without a CPU backend the adapter's kernel paths are never reached.
@@ -42,12 +56,15 @@ mod row_norm;
 mod simd;
 
 pub use adamw::{AdamWHyper, FusedAdamW};
+/// Targets with this value are left out of [`cross_entropy`] (PyTorch's default
+/// `ignore_index`; `ember_data`'s collates write the same value for padding).
+pub const IGNORE_INDEX: i64 = -100;
+
 pub use attention::causal_attention;
 pub use autocast::{Precision, autocast};
 pub use cross_entropy::{cross_entropy, cross_entropy_reference};
 pub use dropout::dropout;
 pub use embedding::{embedding, unembed};
-pub use ember_data::IGNORE_INDEX;
 pub use gelu::{gelu_tanh, gelu_tanh_reference};
 pub use layer_norm::{layer_norm, layer_norm_reference};
 pub use matmul::{linear, matmul};

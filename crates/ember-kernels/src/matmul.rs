@@ -15,7 +15,7 @@ use burn::prelude::*;
 use crate::autocast::{Precision, current_precision};
 use crate::cpu::{CpuBackend, MatrixView, with_cpu_backend};
 
-/// `a · b`, in the [precision](crate::autocast) of the scope.
+/// `a · b`, in the [precision](crate::autocast()) of the scope.
 ///
 /// # Shapes
 /// - a: `[m, k]`

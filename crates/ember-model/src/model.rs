@@ -1,21 +1,24 @@
-//! One type for every architecture Ember runs, chosen by `config.json`'s `model_type`:
-//! GPT-2 ([`crate::gpt`]) and the Llama family, Llama 3.x and Qwen3 ([`crate::llama`],
-//! [`crate::qwen3`]).
+//! The architectures Ember runs, registered in one place, and what every model offers.
 //!
-//! Generation, evaluation, fine-tuning and serving go through [`CausalLm`], which
-//! every model implements; [`LanguageModel`] is the architecture picked at run time.
-
-use std::path::Path;
+//! Each architecture is a folder ([`crate::gpt2`], [`crate::llama`] with Qwen3,
+//! [`crate::gemma3`]) whose configuration implements [`ArchitectureConfig`] and whose
+//! model implements [`Architecture`]. The `registry!` line in this file
+//! turns them into [`ModelConfig`] and [`LanguageModel`], the architecture picked at run
+//! time by `config.json`'s `model_type`, with every method dispatched by one macro
+//! (`each_architecture!`); [`CausalLm`], what generation, evaluation and serving
+//! need, follows from [`Architecture`] for every model and for [`LanguageModel`].
+//!
+//! Adding an architecture: its folder, and one line in `registry!`.
 
 use burn::module::Module;
 use burn::prelude::*;
 use ember_attention::{AttentionError, KvCache};
 use serde_json::Value;
 
-use crate::config::GptConfig;
-use crate::gpt::GptModel;
+use crate::gemma3::{Gemma3Config, Gemma3Model};
+use crate::gpt2::{GptConfig, GptModel};
 use crate::llama::{LlamaConfig, LlamaModel};
-use crate::weights::WeightsError;
+use crate::weights::{NameTable, TensorSource, WeightsError, collect_parameters};
 
 /// What generation and evaluation need from a model.
 pub trait CausalLm {
@@ -57,9 +60,139 @@ pub trait CausalLm {
     fn vocab_size(&self) -> usize;
 }
 
-impl CausalLm for GptModel {
+/// What one architecture's model implements.
+pub trait Architecture: Module + Sized {
+    /// Its configuration.
+    type Config: ArchitectureConfig<Model = Self>;
+
+    /// The configuration, read back from the model.
+    fn config(&self) -> Self::Config;
+
+    /// The final-norm output for every position (classification heads start here).
+    ///
+    /// # Shapes
+    /// - ids: `[batch, seq]` → `[batch, seq, hidden]`
+    fn forward_hidden(&self, ids: Tensor<2, Int>) -> Tensor<3>;
+
+    /// The final-norm output of the new positions `ids`, which continue the sequence
+    /// in `cache`.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, new]` → `[batch, new, hidden]`
+    fn forward_cached_hidden(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, AttentionError>;
+
+    /// Output projection to vocabulary logits.
+    ///
+    /// # Shapes
+    /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
+    fn head(&self, hidden: Tensor<3>) -> Tensor<3>;
+
+    /// A cache sized for this model.
+    fn new_cache(&self) -> KvCache;
+
+    /// The longest sequence the model attends over.
+    fn context_length(&self) -> usize;
+
+    /// Number of tokens in the vocabulary.
+    fn vocab_size(&self) -> usize;
+
+    /// Number of transformer blocks.
+    fn num_blocks(&self) -> usize;
+
+    /// The parameter paths of the weight matrices LoRA adapts, under `prefix`: every
+    /// projection of every block.
+    fn lora_targets(&self, prefix: &str) -> Vec<String>;
+
+    /// Freezes everything but the last `n` blocks and the final norm (the book's
+    /// section 6.5).
+    fn freeze_all_but_last_blocks(self, n: usize) -> Self;
+
+    /// Sets every dropout probability (the architectures without dropout keep none).
+    fn with_dropout(self, _p: f64) -> Self {
+        self
+    }
+
+    /// Every tensor of the model under the Hub's names, in the Hub's layout, as a saved
+    /// model holds them.
+    fn hub_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        collect_parameters(self, &self.config().name_table(None))
+    }
+}
+
+/// What one architecture's configuration implements.
+pub trait ArchitectureConfig: Clone {
+    /// The model it describes.
+    type Model: Architecture<Config = Self>;
+
+    /// The `model_type`s of `config.json` this architecture reads.
+    const MODEL_TYPES: &'static [&'static str];
+
+    /// The parameter path of the token embedding (what a tied head is).
+    const EMBEDDING: &'static str;
+
+    /// Reads a Hub `config.json` whose `model_type` is one of [`Self::MODEL_TYPES`],
+    /// validated.
+    fn from_hub_json(json: &Value) -> Result<Self, String>;
+
+    /// The `config.json` transformers reads.
+    fn to_hub_json(&self) -> Value;
+
+    /// The model's `model_type`.
+    fn model_type(&self) -> &'static str;
+
+    /// Number of parameters (a tied head counted once).
+    fn num_params(&self) -> usize;
+
+    /// Vocabulary size.
+    fn vocab_size(&self) -> usize;
+
+    /// Width of the embeddings.
+    fn hidden_size(&self) -> usize;
+
+    /// Whether the output head is the token embedding.
+    fn tied(&self) -> bool;
+
+    /// Checks the values that would otherwise fail deep inside a forward pass.
+    fn validate(&self) -> Result<(), String>;
+
+    /// A model with undrawn (lazy) parameters.
+    fn init(&self, device: &Device) -> Self::Model;
+
+    /// How parameters and the tensors of `source` correspond (Ember's saves and
+    /// random models: `None`).
+    fn name_table(&self, source: Option<&dyn TensorSource>) -> NameTable;
+
+    /// Tensors of `source` that stand for parameters the model does not have (GPT-2's
+    /// zero QKV biases); they must be zero, and are otherwise left out.
+    fn stand_in_tensors(&self, _source: &dyn TensorSource) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// `blocks` frozen but the last `n`, which train (the book's section 6.5; the caller
+/// has frozen the whole model first).
+pub(crate) fn trainable_last_blocks<B: Module>(blocks: Vec<B>, n: usize) -> Vec<B> {
+    let first = blocks.len().saturating_sub(n);
+    blocks
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if i >= first {
+                b.set_require_grad(true)
+            } else {
+                b
+            }
+        })
+        .collect()
+}
+
+impl<M: Architecture> CausalLm for M {
     fn logits(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.forward(ids)
+        self.head(self.forward_hidden(ids))
     }
 
     fn logits_cached(
@@ -67,7 +200,7 @@ impl CausalLm for GptModel {
         ids: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, AttentionError> {
-        self.forward_cached(ids, cache)
+        Ok(self.head(self.forward_cached_hidden(ids, cache)?))
     }
 
     fn next_token_logits(
@@ -76,168 +209,179 @@ impl CausalLm for GptModel {
         cache: &mut KvCache,
     ) -> Result<Tensor<2>, AttentionError> {
         let hidden = self.forward_cached_hidden(ids, cache)?;
-        Ok(last_position_logits(hidden, |x| self.head(x)))
+        let [batch, seq, _] = hidden.dims();
+        let logits = self.head(hidden.narrow(1, seq - 1, 1));
+        let vocab = logits.dims()[2];
+        Ok(logits.reshape([batch, vocab]))
     }
 
     fn new_cache(&self) -> KvCache {
-        GptModel::new_cache(self)
+        Architecture::new_cache(self)
     }
 
     fn context_length(&self) -> usize {
-        self.context_length
+        Architecture::context_length(self)
     }
 
     fn vocab_size(&self) -> usize {
-        self.wte.weight.dims()[0]
+        Architecture::vocab_size(self)
     }
 }
 
-impl CausalLm for LlamaModel {
-    fn logits(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.forward(ids)
-    }
+/// Declares the architectures: [`ModelConfig`] and [`LanguageModel`] with one variant
+/// each, conversions into them, and [`each_architecture!`], which dispatches a value
+/// of either enum to the same code for every variant. (`$d` is `$`, passed in so that
+/// the macro written here can have metavariables of its own.)
+macro_rules! registry {
+    ($d:tt $($(#[$doc:meta])* $variant:ident($config:ty, $model:ty)),+ $(,)?) => {
+        /// The architecture of a model.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum ModelConfig {
+            $($(#[$doc])* $variant($config)),+
+        }
 
-    fn logits_cached(
-        &self,
-        ids: Tensor<2, Int>,
-        cache: &mut KvCache,
-    ) -> Result<Tensor<3>, AttentionError> {
-        self.forward_cached(ids, cache)
-    }
+        /// A model of any architecture Ember runs.
+        #[derive(Module, Debug)]
+        pub enum LanguageModel {
+            $($(#[$doc])* $variant($model)),+
+        }
 
-    fn next_token_logits(
-        &self,
-        ids: Tensor<2, Int>,
-        cache: &mut KvCache,
-    ) -> Result<Tensor<2>, AttentionError> {
-        let hidden = self.forward_cached_hidden(ids, cache)?;
-        Ok(last_position_logits(hidden, |x| self.head(x)))
-    }
+        $(
+            impl From<$config> for ModelConfig {
+                fn from(config: $config) -> Self {
+                    Self::$variant(config)
+                }
+            }
 
-    fn new_cache(&self) -> KvCache {
-        LlamaModel::new_cache(self)
-    }
+            impl From<$model> for LanguageModel {
+                fn from(model: $model) -> Self {
+                    Self::$variant(model)
+                }
+            }
+        )+
 
-    fn context_length(&self) -> usize {
-        self.config.max_position_embeddings
-    }
+        /// `$body` with `$x` bound to the architecture-specific value inside
+        /// `$value`, a `ModelConfig` or `LanguageModel` (`$kind`), for every variant.
+        macro_rules! each_architecture {
+            ($d value:expr, $d kind:ident, $d x:ident => $d body:expr) => {
+                match $d value {
+                    $($d kind::$variant($d x) => $d body),+
+                }
+            };
+        }
+        pub(crate) use each_architecture;
 
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
+        /// Every `model_type` Ember runs.
+        pub fn model_types() -> Vec<&'static str> {
+            let mut types = Vec::new();
+            $(types.extend_from_slice(<$config as ArchitectureConfig>::MODEL_TYPES);)+
+            types
+        }
+
+        impl LanguageModel {
+            /// The name of this model's variant, the first part of its parameter paths.
+            fn variant_name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => stringify!($variant)),+
+                }
+            }
+        }
+
+        impl ModelConfig {
+            /// The configuration of `model_type`, if an architecture reads it.
+            fn of_model_type(model_type: &str, json: &Value) -> Option<Result<Self, String>> {
+                $(
+                    if <$config as ArchitectureConfig>::MODEL_TYPES.contains(&model_type) {
+                        return Some(<$config>::from_hub_json(json).map(Self::$variant));
+                    }
+                )+
+                None
+            }
+        }
+    };
 }
 
-/// `head` applied to the last position of `hidden` only.
-///
-/// # Shapes
-/// - hidden: `[batch, seq, d]` → `[batch, vocab]`
-fn last_position_logits(hidden: Tensor<3>, head: impl Fn(Tensor<3>) -> Tensor<3>) -> Tensor<2> {
-    let [batch, seq, _] = hidden.dims();
-    let logits = head(hidden.narrow(1, seq - 1, 1));
-    let vocab = logits.dims()[2];
-    logits.reshape([batch, vocab])
-}
-
-/// The architecture of a model.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelConfig {
+registry! { $
     /// GPT-2 (`model_type` `gpt2`, or Ember's own GPT configuration).
-    Gpt2(GptConfig),
+    Gpt2(GptConfig, GptModel),
     /// Llama 3.x or Qwen3 (`model_type` `llama`, `qwen3`).
-    Llama(LlamaConfig),
+    Llama(LlamaConfig, LlamaModel),
+    /// Gemma 3 (`model_type` `gemma3_text`).
+    Gemma3(Gemma3Config, Gemma3Model),
 }
-
-/// The `model_type`s Ember runs.
-pub const MODEL_TYPES: [&str; 3] = ["gpt2", "llama", "qwen3"];
 
 impl ModelConfig {
     /// The architecture a `config.json` describes, by its `model_type` (Ember's own GPT
     /// configurations carry an `"ember"` key; a GPT-2 file from before `model_type`
     /// existed is read as GPT-2).
-    pub fn from_json(json: &Value, path: &Path) -> Result<Self, WeightsError> {
-        if json.get(crate::weights::gpt2::EMBER_KEY).is_some() {
-            return Ok(Self::Gpt2(crate::weights::gpt2::read_config(json, path)?));
-        }
-        match json.get("model_type").and_then(Value::as_str) {
-            None | Some("gpt2") => Ok(Self::Gpt2(crate::weights::gpt2::read_config(json, path)?)),
-            Some("llama" | "qwen3") => Ok(Self::Llama(LlamaConfig::from_hub_json(json, path)?)),
-            Some(other) => Err(WeightsError::format(
+    pub fn from_json(json: &Value, path: &std::path::Path) -> Result<Self, WeightsError> {
+        let model_type = match json.get(crate::gpt2::EMBER_KEY) {
+            Some(_) => "gpt2",
+            None => json
+                .get("model_type")
+                .and_then(Value::as_str)
+                .unwrap_or("gpt2"),
+        };
+        match Self::of_model_type(model_type, json) {
+            Some(config) => config.map_err(|e| WeightsError::format(path, e)),
+            None if model_type == "gemma3" => Err(WeightsError::format(
+                path,
+                "model_type \"gemma3\" is Gemma 3's image-and-text model; Ember runs the text models (gemma3_text: 270M, 1B)",
+            )),
+            None => Err(WeightsError::format(
                 path,
                 format!(
-                    "model_type \"{other}\" is not supported (supported: {})",
-                    MODEL_TYPES.join(", ")
+                    "model_type \"{model_type}\" is not supported (supported: {})",
+                    model_types().join(", ")
                 ),
             )),
         }
     }
 
+    /// The `config.json` transformers reads.
+    pub fn to_hub_json(&self) -> Value {
+        each_architecture!(self, ModelConfig, c => ArchitectureConfig::to_hub_json(c))
+    }
+
     /// Number of parameters (a tied head counted once).
     pub fn num_params(&self) -> usize {
-        match self {
-            Self::Gpt2(c) => c.num_params(),
-            Self::Llama(c) => c.num_params(),
-        }
+        each_architecture!(self, ModelConfig, c => ArchitectureConfig::num_params(c))
     }
 
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
-        match self {
-            Self::Gpt2(c) => c.vocab_size,
-            Self::Llama(c) => c.vocab_size,
-        }
+        each_architecture!(self, ModelConfig, c => ArchitectureConfig::vocab_size(c))
     }
 
     /// Width of the embeddings.
     pub fn hidden_size(&self) -> usize {
-        match self {
-            Self::Gpt2(c) => c.emb_dim,
-            Self::Llama(c) => c.hidden_size,
-        }
+        each_architecture!(self, ModelConfig, c => ArchitectureConfig::hidden_size(c))
     }
 
     /// Whether the output head is the token embedding.
     pub fn tied(&self) -> bool {
-        match self {
-            Self::Gpt2(c) => c.tie_embeddings,
-            Self::Llama(c) => c.tie_word_embeddings,
-        }
+        each_architecture!(self, ModelConfig, c => ArchitectureConfig::tied(c))
     }
 
     /// The model's `model_type`.
     pub fn model_type(&self) -> &'static str {
-        match self {
-            Self::Gpt2(_) => "gpt2",
-            Self::Llama(c) => match c.family {
-                crate::llama::Family::Llama => "llama",
-                crate::llama::Family::Qwen3 => "qwen3",
-            },
-        }
+        each_architecture!(self, ModelConfig, c => ArchitectureConfig::model_type(c))
     }
 
     /// A model of this architecture with undrawn (lazy) parameters.
     pub fn init(&self, device: &Device) -> LanguageModel {
-        match self {
-            Self::Gpt2(c) => LanguageModel::Gpt2(c.init(device)),
-            Self::Llama(c) => LanguageModel::Llama(c.init(device)),
-        }
+        each_architecture!(self, ModelConfig, c => ArchitectureConfig::init(c, device).into())
     }
 
     /// Checks the values that would otherwise fail deep inside a forward pass.
     pub fn validate(&self) -> Result<(), String> {
-        match self {
-            Self::Gpt2(c) => c.validate().map_err(|e| e.to_string()),
-            Self::Llama(c) => c.validate(),
-        }
+        each_architecture!(self, ModelConfig, c => ArchitectureConfig::validate(c))
     }
-}
 
-/// A model of any architecture Ember runs.
-#[derive(Module, Debug)]
-pub enum LanguageModel {
-    /// GPT-2.
-    Gpt2(GptModel),
-    /// Llama 3.x or Qwen3.
-    Llama(LlamaModel),
+    /// The configuration as JSON, in Ember's names (`ember info --json`).
+    pub fn to_json(&self) -> Value {
+        each_architecture!(self, ModelConfig, c => serde_json::json!(c))
+    }
 }
 
 impl LanguageModel {
@@ -246,10 +390,7 @@ impl LanguageModel {
     /// # Shapes
     /// - ids: `[batch, seq]` → `[batch, seq, hidden]`
     pub fn forward_hidden(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        match self {
-            Self::Gpt2(m) => m.forward_hidden(ids),
-            Self::Llama(m) => m.forward_hidden(ids),
-        }
+        each_architecture!(self, LanguageModel, m => Architecture::forward_hidden(m, ids))
     }
 
     /// Logits for every position.
@@ -262,26 +403,18 @@ impl LanguageModel {
 
     /// The configuration, read back from the model.
     pub fn config(&self) -> ModelConfig {
-        match self {
-            Self::Gpt2(m) => ModelConfig::Gpt2(m.config()),
-            Self::Llama(m) => ModelConfig::Llama(m.config.clone()),
-        }
+        each_architecture!(self, LanguageModel, m => Architecture::config(m).into())
     }
 
-    /// Sets every dropout probability (GPT-2's; the Llama family has none).
+    /// Sets every dropout probability (GPT-2's; the Llama family and Gemma 3 have
+    /// none).
     pub fn with_dropout(self, p: f64) -> Self {
-        match self {
-            Self::Gpt2(m) => Self::Gpt2(m.with_dropout(p)),
-            llama => llama,
-        }
+        each_architecture!(self, LanguageModel, m => Architecture::with_dropout(m, p).into())
     }
 
     /// Number of transformer blocks.
     pub fn num_blocks(&self) -> usize {
-        match self {
-            Self::Gpt2(m) => m.h.len(),
-            Self::Llama(m) => m.model.layers.len(),
-        }
+        each_architecture!(self, LanguageModel, m => Architecture::num_blocks(m))
     }
 
     /// Width of the hidden states.
@@ -289,89 +422,26 @@ impl LanguageModel {
         self.config().hidden_size()
     }
 
-    /// The parameter paths of the weight matrices LoRA adapts: every projection of
-    /// every block (the book's appendix E adapts GPT-2's attention and feed-forward
-    /// layers; for the Llama family, the q/k/v/o and gate/up/down projections).
+    /// The parameter paths of the weight matrices LoRA adapts, under `prefix`: every
+    /// projection of every block (the book's appendix E adapts GPT-2's attention and
+    /// feed-forward layers; for the others, the q/k/v/o and gate/up/down projections).
+    /// Paths run through this enum's variant, as Burn names enum modules
+    /// (`Llama.model.layers.0.self_attn.q_proj.weight`).
     pub fn lora_targets(&self, prefix: &str) -> Vec<String> {
-        let mut paths = Vec::new();
-        match self {
-            Self::Gpt2(m) => {
-                for i in 0..m.h.len() {
-                    for layer in ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"] {
-                        paths.push(format!("{prefix}Gpt2.h.{i}.{layer}.weight"));
-                    }
-                }
-            }
-            Self::Llama(m) => {
-                for i in 0..m.model.layers.len() {
-                    for layer in [
-                        "self_attn.q_proj",
-                        "self_attn.k_proj",
-                        "self_attn.v_proj",
-                        "self_attn.o_proj",
-                        "mlp.gate_proj",
-                        "mlp.up_proj",
-                        "mlp.down_proj",
-                    ] {
-                        paths.push(format!("{prefix}Llama.model.layers.{i}.{layer}.weight"));
-                    }
-                }
-            }
-        }
-        paths
+        let variant = format!("{prefix}{}.", self.variant_name());
+        each_architecture!(self, LanguageModel, m => Architecture::lora_targets(m, &variant))
     }
 
     /// Freezes everything but the last `n` blocks and the final norm (the book's
     /// section 6.5).
     pub fn freeze_all_but_last_blocks(self, n: usize) -> Self {
-        match self {
-            Self::Gpt2(m) => {
-                let mut gpt = m.no_grad();
-                let first = gpt.h.len().saturating_sub(n);
-                gpt.h = gpt
-                    .h
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        if i >= first {
-                            b.set_require_grad(true)
-                        } else {
-                            b
-                        }
-                    })
-                    .collect();
-                gpt.ln_f = gpt.ln_f.set_require_grad(true);
-                Self::Gpt2(gpt)
-            }
-            Self::Llama(m) => {
-                let mut llama = m.no_grad();
-                let first = llama.model.layers.len().saturating_sub(n);
-                llama.model.layers = llama
-                    .model
-                    .layers
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        if i >= first {
-                            b.set_require_grad(true)
-                        } else {
-                            b
-                        }
-                    })
-                    .collect();
-                llama.model.norm = llama.model.norm.set_require_grad(true);
-                Self::Llama(llama)
-            }
-        }
+        each_architecture!(self, LanguageModel, m => Architecture::freeze_all_but_last_blocks(m, n).into())
     }
 }
 
 impl CausalLm for LanguageModel {
     fn logits(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        match self {
-            Self::Gpt2(m) => m.forward(ids),
-            Self::Llama(m) => m.forward(ids),
-        }
+        each_architecture!(self, LanguageModel, m => CausalLm::logits(m, ids))
     }
 
     fn logits_cached(
@@ -379,10 +449,7 @@ impl CausalLm for LanguageModel {
         ids: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, AttentionError> {
-        match self {
-            Self::Gpt2(m) => m.forward_cached(ids, cache),
-            Self::Llama(m) => m.forward_cached(ids, cache),
-        }
+        each_architecture!(self, LanguageModel, m => CausalLm::logits_cached(m, ids, cache))
     }
 
     fn next_token_logits(
@@ -390,30 +457,18 @@ impl CausalLm for LanguageModel {
         ids: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<2>, AttentionError> {
-        match self {
-            Self::Gpt2(m) => m.next_token_logits(ids, cache),
-            Self::Llama(m) => m.next_token_logits(ids, cache),
-        }
+        each_architecture!(self, LanguageModel, m => CausalLm::next_token_logits(m, ids, cache))
     }
 
     fn new_cache(&self) -> KvCache {
-        match self {
-            Self::Gpt2(m) => m.new_cache(),
-            Self::Llama(m) => m.new_cache(),
-        }
+        each_architecture!(self, LanguageModel, m => CausalLm::new_cache(m))
     }
 
     fn context_length(&self) -> usize {
-        match self {
-            Self::Gpt2(m) => m.context_length,
-            Self::Llama(m) => CausalLm::context_length(m),
-        }
+        each_architecture!(self, LanguageModel, m => CausalLm::context_length(m))
     }
 
     fn vocab_size(&self) -> usize {
-        match self {
-            Self::Gpt2(m) => CausalLm::vocab_size(m),
-            Self::Llama(m) => CausalLm::vocab_size(m),
-        }
+        each_architecture!(self, LanguageModel, m => CausalLm::vocab_size(m))
     }
 }

@@ -52,7 +52,7 @@ impl HubTokenizer {
     /// Loads any HuggingFace `tokenizer.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| TokenizerError::io(path, e))?;
+        let bytes = crate::bounded::read_bounded(path, crate::bounded::MAX_TOKENIZER_BYTES)?;
         let inner = HfTokenizer::from_bytes(&bytes)
             .map_err(|e| TokenizerError::parse(path.display().to_string(), e.to_string()))?;
         Ok(Self::from_hf(inner))

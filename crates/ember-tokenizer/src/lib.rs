@@ -1,5 +1,15 @@
 //! Tokenizers for Ember, a Rust implementation of *Build a Large Language Model (From Scratch)*.
 //!
+//! ```
+//! use ember_tokenizer::{Gpt2Tokenizer, Tokenizer};
+//!
+//! let tokenizer = Gpt2Tokenizer::gpt2()?; // embedded: works offline
+//! let ids = tokenizer.encode("Hello, world", false)?;
+//! assert_eq!(ids, [15496, 11, 995]); // tiktoken's `gpt2` ids
+//! assert_eq!(tokenizer.decode(&ids)?, "Hello, world");
+//! # Ok::<(), ember_tokenizer::TokenizerError>(())
+//! ```
+//!
 //! * [`HubTokenizer`] (alias [`Gpt2Tokenizer`]): the pretrained GPT-2 byte-level BPE tokenizer
 //!   (50,257 tokens), backed by HuggingFace `tokenizers` and producing exactly tiktoken's `gpt2`
 //!   ids; the GPT-2 `tokenizer.json` is embedded, so [`HubTokenizer::gpt2`] works offline. The
@@ -35,6 +45,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bounded;
 mod bpe;
 pub mod byte_level;
 pub mod chat;

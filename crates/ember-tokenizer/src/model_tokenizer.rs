@@ -45,13 +45,13 @@ fn ids(value: Option<&Value>) -> Vec<u32> {
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>, TokenizerError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| TokenizerError::parse(path.display().to_string(), e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TokenizerError::io(path, e)),
+    if !path.exists() {
+        return Ok(None);
     }
+    let bytes = crate::bounded::read_bounded(path, crate::bounded::MAX_CONFIG_BYTES)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| TokenizerError::parse(path.display().to_string(), e.to_string()))
 }
 
 impl ModelTokenizer {

@@ -69,6 +69,8 @@ impl Checkpoints {
     }
 
     /// Writes checkpoint `state.step` and points `latest` at it once it is complete.
+    /// The folder is written under a temporary name and renamed when whole, so a write
+    /// that fails (a full disk) leaves no half-written `step-N/` behind.
     pub fn save<M: Module>(
         &self,
         model: &M,
@@ -76,34 +78,35 @@ impl Checkpoints {
         state: &TrainState,
     ) -> Result<(), TrainError> {
         let dir = self.step_dir(state.step);
-        std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-        let write = |name: &str, bytes: &[u8]| {
-            let path = dir.join(name);
-            write_atomic(&path, bytes).map_err(|e| TrainError::io(&path, e))
-        };
-        let corrupt = |e: &dyn std::fmt::Display| TrainError::Corrupt {
-            path: dir.clone(),
-            message: format!("cannot serialise the checkpoint: {e}"),
-        };
-        let model_bytes = model
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| corrupt(&e))?;
-        write("model.bpk", &model_bytes)?;
-        let optim_bytes = optimizer.into_bytes().map_err(|e| corrupt(&e))?;
-        write("optimizer.bpk", &optim_bytes)?;
-        write(
-            "state.json",
-            serde_json::to_string_pretty(state)
-                .expect("state serialises")
-                .as_bytes(),
-        )?;
-        write_checksums(&dir, &["model.bpk", "optimizer.bpk", "state.json"]).map_err(|e| {
-            TrainError::DamagedCheckpoints {
-                dir: dir.clone(),
-                source: e,
-            }
+        write_dir_whole(&dir, |partial| {
+            let write = |name: &str, bytes: &[u8]| {
+                let path = partial.join(name);
+                write_atomic(&path, bytes).map_err(|e| TrainError::io(&path, e))
+            };
+            let corrupt = |e: &dyn std::fmt::Display| TrainError::Corrupt {
+                path: dir.clone(),
+                message: format!("cannot serialise the checkpoint: {e}"),
+            };
+            let model_bytes = model
+                .clone()
+                .into_record()
+                .into_bytes()
+                .map_err(|e| corrupt(&e))?;
+            write("model.bpk", &model_bytes)?;
+            let optim_bytes = optimizer.into_bytes().map_err(|e| corrupt(&e))?;
+            write("optimizer.bpk", &optim_bytes)?;
+            write(
+                "state.json",
+                serde_json::to_string_pretty(state)
+                    .expect("state serialises")
+                    .as_bytes(),
+            )?;
+            write_checksums(partial, &["model.bpk", "optimizer.bpk", "state.json"]).map_err(|e| {
+                TrainError::DamagedCheckpoints {
+                    dir: dir.clone(),
+                    source: e,
+                }
+            })
         })?;
         // The pointer moves only once the whole checkpoint is on disk.
         let latest = self.latest();
@@ -243,6 +246,32 @@ impl Checkpoints {
     }
 }
 
+/// Fills the folder `target` through `fill`, which writes into a temporary folder
+/// beside it (`.NAME.partial`) that replaces `target` only once `fill` succeeded; on
+/// failure the temporary folder is removed and `target` is as it was.
+fn write_dir_whole(
+    target: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    let name = target.file_name().expect("a checkpoint folder has a name");
+    let partial = target.with_file_name(format!(".{}.partial", name.to_string_lossy()));
+    let remove = |path: &Path| match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TrainError::io(path, e)),
+        _ => Ok(()),
+    };
+    // What a process killed mid-write left.
+    remove(&partial)?;
+    std::fs::create_dir_all(&partial).map_err(|e| TrainError::io(&partial, e))?;
+    if let Err(e) = fill(&partial) {
+        if let Err(cleanup) = remove(&partial) {
+            tracing::warn!(error = %ember_data::error_chain(&cleanup), "cannot remove a partial checkpoint");
+        }
+        return Err(e);
+    }
+    remove(target)?;
+    std::fs::rename(&partial, target).map_err(|e| TrainError::io(target, e))
+}
+
 /// `N` of a `step-N` name; nothing else (no paths) is accepted.
 fn parse_step_name(name: &str) -> Option<usize> {
     let digits = name.strip_prefix("step-")?;
@@ -255,6 +284,37 @@ fn parse_step_name(name: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A folder whose filling fails is not left behind, half-written or otherwise, and
+    /// an older complete one of the same name survives; one that succeeds replaces it.
+    #[test]
+    fn folders_appear_whole_or_not_at_all() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("step-3");
+        let full_disk = || std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let err = write_dir_whole(&target, |dir| {
+            std::fs::write(dir.join("model.bpk"), b"half").unwrap();
+            Err(TrainError::io(dir.join("optimizer.bpk"), full_disk()))
+        })
+        .unwrap_err();
+        assert!(err.to_string().ends_with("optimizer.bpk"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        write_dir_whole(&target, |dir| {
+            std::fs::write(dir.join("state.json"), b"1").unwrap();
+            Ok(())
+        })
+        .unwrap();
+        write_dir_whole(&target, |_| Err(TrainError::io(&target, full_disk()))).unwrap_err();
+        assert_eq!(std::fs::read(target.join("state.json")).unwrap(), b"1");
+        write_dir_whole(&target, |dir| {
+            std::fs::write(dir.join("state.json"), b"2").unwrap();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(target.join("state.json")).unwrap(), b"2");
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn only_plain_step_names_count() {

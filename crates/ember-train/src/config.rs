@@ -414,6 +414,11 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned + Clone {
     /// that only act after training, such as how many responses to write).
     const RESUMABLE: &'static [&'static str] = &[];
 
+    /// The files and folders the pipeline writes into its run directory beyond the
+    /// run layer's own ([`crate::run_dir::RUN_LAYER_FILES`]): what
+    /// `--overwrite` removes, and all [`crate::RunDir::output`] accepts.
+    const OUTPUT_FILES: &'static [&'static str] = &[];
+
     /// Checks the values that would otherwise fail mid-run.
     fn check(&self) -> Result<(), InvalidSetting>;
 

@@ -1,18 +1,38 @@
 //! Training, chapter 5 and appendix D of *Build a Large Language Model (From
 //! Scratch)*, and the run layer every later chapter plugs into.
 //!
+//! ```
+//! use ember_train::LrSchedule;
+//!
+//! // Appendix D: linear warmup to the peak, then cosine decay to the minimum.
+//! let schedule = LrSchedule {
+//!     initial_lr: 0.0,
+//!     peak_lr: 1e-3,
+//!     min_lr: 1e-4,
+//!     warmup_steps: 10,
+//!     total_steps: 110,
+//! };
+//! let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+//! assert!(close(schedule.lr(5), 5e-4));
+//! assert!(close(schedule.lr(10), 1e-3));
+//! assert!(close(schedule.lr(60), 5.5e-4)); // halfway down the cosine
+//! assert!(close(schedule.lr(110), 1e-4));
+//! ```
+//!
 //! - [`simple`]: listing 5.3's `train_model_simple`, to read beside the book;
 //! - [`trainer`]: the loop every run shares, [`train_step`] and [`fit`], driven by a
 //!   [`TrainTask`] ([`task`]);
 //! - [`pipeline`]: [`Run`], the one shape of a training pipeline;
 //! - [`run_dir`], [`checkpoint`], [`metrics`]: the run directory, its lock,
 //!   configuration, reports, checkpoints and `metrics.jsonl`;
-//! - [`pretrain`]: pretraining as a task (sliding windows, text samples);
+//! - [`mod@pretrain`]: pretraining as a task (sliding windows, text samples);
 //! - [`loss`], [`optim`], [`eval`]: masked cross-entropy, PyTorch-exact AdamW,
 //!   global-norm clipping, warmup + cosine, evaluation over the first batches;
 //! - [`config`]: run configuration (TOML, presets, `key=value` overrides, validation);
 //! - [`plot`]: the loss plot of figure 5.12;
 //! - [`error`]: the errors of a run, [`TrainError`].
+
+#![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod config;

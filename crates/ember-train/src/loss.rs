@@ -4,6 +4,10 @@ use burn::prelude::*;
 
 pub use ember_kernels::IGNORE_INDEX;
 
+// The collates' padding targets are what the kernels skip (the data crate does not
+// depend on the kernels, so the two constants are checked equal here).
+const _: () = assert!(ember_data::IGNORE_INDEX == ember_kernels::IGNORE_INDEX);
+
 /// Mean cross-entropy over every target that is not [`IGNORE_INDEX`].
 ///
 /// The mean is over the counted targets only, as `torch.nn.functional.cross_entropy`

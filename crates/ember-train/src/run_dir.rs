@@ -36,9 +36,9 @@ pub enum RunMode {
     Overwrite,
 }
 
-/// Files and folders an Ember run writes, removed by [`RunMode::Overwrite`] (nothing
-/// else in the directory is touched).
-const RUN_FILES: [&str; 12] = [
+/// The files and folders the run layer writes for every run; a pipeline declares the
+/// rest ([`crate::RunConfig::OUTPUT_FILES`]).
+pub const RUN_LAYER_FILES: [&str; 8] = [
     "config.toml",
     "metrics.jsonl",
     "reports.jsonl",
@@ -47,11 +47,12 @@ const RUN_FILES: [&str; 12] = [
     "accuracy.png",
     "checkpoints",
     "model",
-    "results.json",
-    "adapters.bpk",
-    "instruction-data-with-response.json",
-    "responses-before.json",
 ];
+
+/// The file in which a run directory lists what its run writes (a JSON array of names),
+/// so that [`RunMode::Overwrite`] removes exactly the files of the run it replaces, of
+/// whatever kind, and nothing else in the directory.
+const OUTPUTS_FILE: &str = ".outputs";
 
 /// One report line: what the task printed after an epoch, or when the run stopped
 /// inside one.
@@ -85,15 +86,19 @@ impl Report {
 #[derive(Debug)]
 pub struct RunDir {
     root: PathBuf,
+    /// What this run writes: the run layer's files and the pipeline's outputs.
+    files: Vec<String>,
     _lock: File,
 }
 
 impl RunDir {
-    /// Opens (creating it if needed) and locks `root`, then checks it against `mode`:
-    /// a new run refuses a directory that holds a run, a resumed one needs a run to
-    /// resume, an overwriting one removes the old run's files. Temporary files of
-    /// writes that a killed process left behind are removed.
-    pub fn open(root: &Path, mode: RunMode) -> Result<Self, TrainError> {
+    /// Opens (creating it if needed) and locks `root` for a run that writes `outputs`
+    /// (plain file or folder names) beside the run layer's own files, then checks it
+    /// against `mode`: a new run refuses a directory that holds a run, a resumed one
+    /// needs a run to resume, an overwriting one removes the old run's files (those it
+    /// listed, and this run's). Temporary files of writes that a killed process left
+    /// behind are removed.
+    pub fn open(root: &Path, mode: RunMode, outputs: &[&str]) -> Result<Self, TrainError> {
         std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
         let lock_path = root.join(".lock");
         let mut lock = std::fs::OpenOptions::new()
@@ -120,8 +125,15 @@ impl RunDir {
         // Who holds it, for the message another process prints.
         let _ = lock.set_len(0);
         let _ = writeln!(lock, "pid {}", std::process::id());
+        let files: Vec<String> = RUN_LAYER_FILES
+            .iter()
+            .chain(outputs)
+            .map(|name| name.to_string())
+            .collect();
+        debug_assert!(files.iter().all(|name| is_plain_name(name)), "{files:?}");
         let dir = Self {
             root: root.to_path_buf(),
+            files,
             _lock: lock,
         };
         let holds_run = dir.metrics().exists() || dir.checkpoints().exists();
@@ -143,12 +155,40 @@ impl RunDir {
         for folder in [dir.root.clone(), dir.model(), dir.checkpoints()] {
             remove_stale_temporaries(&folder).map_err(|e| TrainError::io(&folder, e))?;
         }
+        let listing = serde_json::to_string(&dir.files).expect("names serialise");
+        dir.write(&dir.root.join(OUTPUTS_FILE), listing.as_bytes())?;
         Ok(dir)
     }
 
+    /// The files the run in this directory listed when it started (none for a run of an
+    /// Ember that did not list them, or a list that is not one).
+    fn listed_files(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.root.join(OUTPUTS_FILE)).unwrap_or_default();
+        let names: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
+        // Only names inside the directory: the list is a file anyone could edit.
+        names.into_iter().filter(|n| is_plain_name(n)).collect()
+    }
+
+    /// The path of `name`, a file this run declared it writes.
+    ///
+    /// # Panics
+    /// In debug builds, if the run did not declare `name` (`--overwrite` would leave it).
+    pub fn output(&self, name: &str) -> PathBuf {
+        debug_assert!(
+            self.files.iter().any(|f| f == name),
+            "{name} is not among the run's declared files {:?}",
+            self.files
+        );
+        self.root.join(name)
+    }
+
     fn remove_run_files(&self) -> Result<(), TrainError> {
-        for name in RUN_FILES {
-            let path = self.root.join(name);
+        let mut names = self.listed_files();
+        names.extend(self.files.iter().cloned());
+        names.sort();
+        names.dedup();
+        for name in names {
+            let path = self.root.join(&name);
             let removed = if path.is_dir() {
                 std::fs::remove_dir_all(&path)
             } else {
@@ -234,7 +274,7 @@ impl RunDir {
 
     /// Writes `value` as pretty JSON to `name` in the run directory; returns its path.
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<PathBuf, TrainError> {
-        let path = self.root.join(name);
+        let path = self.output(name);
         let text = serde_json::to_string_pretty(value).expect("results serialise");
         self.write(&path, text.as_bytes())?;
         Ok(path)
@@ -321,6 +361,11 @@ fn diff_tables(a: &toml::Table, b: &toml::Table, prefix: &str, out: &mut Vec<Str
     }
 }
 
+/// Whether `name` is one plain entry of a directory (no separators, not `.` or `..`).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,8 +374,10 @@ mod tests {
     fn one_process_at_a_time_and_runs_are_not_overwritten_by_accident() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("run");
-        let first = RunDir::open(&dir, RunMode::New).unwrap();
-        let err = RunDir::open(&dir, RunMode::New).unwrap_err().to_string();
+        let first = RunDir::open(&dir, RunMode::New, &[]).unwrap();
+        let err = RunDir::open(&dir, RunMode::New, &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("is in use by another ember process (pid "),
             "{err}"
@@ -338,11 +385,15 @@ mod tests {
         std::fs::write(first.metrics(), "{}\n").unwrap();
         std::fs::write(first.root().join("notes.txt"), "mine").unwrap();
         drop(first);
-        let err = RunDir::open(&dir, RunMode::New).unwrap_err().to_string();
+        let err = RunDir::open(&dir, RunMode::New, &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already holds a run; pass --resume"), "{err}");
-        let err = RunDir::open(&dir, RunMode::Resume).unwrap_err().to_string();
+        let err = RunDir::open(&dir, RunMode::Resume, &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no config.toml to resume"), "{err}");
-        let over = RunDir::open(&dir, RunMode::Overwrite).unwrap();
+        let over = RunDir::open(&dir, RunMode::Overwrite, &[]).unwrap();
         assert!(!over.metrics().exists());
         // Only the run's own files go.
         assert_eq!(
@@ -351,10 +402,40 @@ mod tests {
         );
     }
 
+    /// `--overwrite` removes what the run it replaces declared, whatever kind of run
+    /// that was, and what the new run declares; nothing else.
+    #[test]
+    fn overwriting_removes_exactly_the_declared_files_of_both_runs() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("run");
+        let dpo = RunDir::open(&dir, RunMode::New, &["results.json", "before-dpo.json"]).unwrap();
+        for name in ["results.json", "before-dpo.json", "notes.txt"] {
+            std::fs::write(dpo.root().join(name), "x").unwrap();
+        }
+        std::fs::write(dpo.metrics(), "{}\n").unwrap();
+        drop(dpo);
+        // A hand-edited list cannot reach outside the directory.
+        let outside = root.path().join("outside.txt");
+        std::fs::write(&outside, "keep").unwrap();
+        let listing = std::fs::read_to_string(dir.join(OUTPUTS_FILE)).unwrap();
+        std::fs::write(
+            dir.join(OUTPUTS_FILE),
+            listing.replace(']', ",\"../outside.txt\"]"),
+        )
+        .unwrap();
+        let pretrain = RunDir::open(&dir, RunMode::Overwrite, &[]).unwrap();
+        for gone in ["results.json", "before-dpo.json", "metrics.jsonl"] {
+            assert!(!pretrain.root().join(gone).exists(), "{gone}");
+        }
+        assert!(pretrain.root().join("notes.txt").exists());
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        assert_eq!(pretrain.output("model"), dir.join("model"));
+    }
+
     #[test]
     fn reports_rewind_to_a_checkpoint() {
         let root = tempfile::tempdir().unwrap();
-        let dir = RunDir::open(root.path(), RunMode::New).unwrap();
+        let dir = RunDir::open(root.path(), RunMode::New, &[]).unwrap();
         let report = |step, epoch, stopped| Report {
             step,
             epoch,

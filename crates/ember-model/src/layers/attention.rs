@@ -1,13 +1,15 @@
 //! Grouped-query attention (Ainslie et al. 2023) as Llama 3 and Qwen3 run it: separate
 //! query, key, value and output projections (the Hub's `q_proj`, `k_proj`, `v_proj`,
 //! `o_proj`), fewer key/value heads than query heads, rotary embeddings on queries and
-//! keys, a head dimension of its own, and for Qwen3 an RMSNorm on each head's queries
-//! and keys before the rotation.
+//! keys, a head dimension of its own, and for Qwen3 and Gemma 3 an RMSNorm on each
+//! head's queries and keys before the rotation. Gemma 3 also scales the scores by
+//! `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2`, and its sliding-window
+//! layers attend over the last `sliding_window` positions only.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use ember_attention::{KvCache, causal_attention};
+use ember_attention::{KvCache, causal_attention, sliding_window_attention};
 
 use super::rms_norm::{RmsNorm, RmsNormConfig};
 use super::rope::RopeTables;
@@ -29,6 +31,17 @@ pub struct GroupedQueryAttentionConfig {
     /// RMSNorm on each head's queries and keys (Qwen3), with this ε.
     #[config(default = "None")]
     pub qk_norm_eps: Option<f64>,
+    /// The query/key norms' offset of their scale (Gemma's `1 + weight`: 1).
+    #[config(default = 0.0)]
+    pub qk_norm_offset: f64,
+    /// Scores are divided by the square root of this instead of `head_dim` (Gemma's
+    /// `query_pre_attn_scalar`).
+    #[config(default = "None")]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Each query sees only this many positions, itself included (Gemma's sliding
+    /// layers); `None` for ordinary causal attention.
+    #[config(default = "None")]
+    pub sliding_window: Option<usize>,
 }
 
 /// Causal self-attention with grouped key/value heads and rotary embeddings.
@@ -52,6 +65,12 @@ pub struct GroupedQueryAttention {
     pub kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
+    /// Multiplies the queries so that the attention's `1/√head_dim` becomes the scale
+    /// configured (1 without `query_pre_attn_scalar`).
+    pub query_scale: f64,
+    /// The window of a sliding-window layer.
+    #[module(skip)]
+    pub sliding_window: Option<usize>,
 }
 
 impl GroupedQueryAttentionConfig {
@@ -71,6 +90,7 @@ impl GroupedQueryAttentionConfig {
         let norm = |eps: f64| {
             RmsNormConfig::new(self.head_dim)
                 .with_epsilon(eps)
+                .with_weight_offset(self.qk_norm_offset)
                 .init(device)
         };
         GroupedQueryAttention {
@@ -83,6 +103,10 @@ impl GroupedQueryAttentionConfig {
             heads: self.heads,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
+            query_scale: self
+                .query_pre_attn_scalar
+                .map_or(1.0, |scalar| (self.head_dim as f64 / scalar).sqrt()),
+            sliding_window: self.sliding_window,
         }
     }
 }
@@ -110,18 +134,24 @@ impl GroupedQueryAttention {
             };
             h.swap_dims(1, 2)
         };
-        let q = rope.apply(heads(&self.q_proj, self.heads, &self.q_norm));
+        let mut q = rope.apply(heads(&self.q_proj, self.heads, &self.q_norm));
+        if self.query_scale != 1.0 {
+            q = q * self.query_scale;
+        }
         let k = rope.apply(heads(&self.k_proj, self.kv_heads, &self.k_norm));
         let v = heads(&self.v_proj, self.kv_heads, &None);
-        let (k, v) = match cache {
-            Some((cache, layer)) => cache.extend(layer, k, v),
-            None => (k, v),
+        let (k, v) = match (cache, self.sliding_window) {
+            (Some((cache, layer)), Some(window)) => cache.extend_window(layer, k, v, window),
+            (Some((cache, layer)), None) => cache.extend(layer, k, v),
+            (None, _) => (k, v),
         };
-        let context = causal_attention(q, k, v, None).swap_dims(1, 2).reshape([
-            batch,
-            seq,
-            self.heads * self.head_dim,
-        ]);
+        let context = match self.sliding_window {
+            Some(window) => sliding_window_attention(q, k, v, window),
+            None => causal_attention(q, k, v, None),
+        };
+        let context = context
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.heads * self.head_dim]);
         ember_kernels::linear(&self.o_proj, context)
     }
 }
@@ -134,17 +164,29 @@ mod tests {
     use burn::tensor::{Distribution, Tolerance};
 
     /// Decoding one position at a time through the cache gives the full pass's
-    /// outputs, rotations and shared heads included.
+    /// outputs, rotations and shared heads included; for Gemma's sliding-window layer
+    /// too, whose cache keeps only the window.
     #[test]
     fn cached_decoding_equals_the_full_pass() {
         let device = Device::ndarray();
         device.seed(9);
-        let layer = GroupedQueryAttentionConfig::new(16, 4, 2, 8)
-            .with_qk_norm_eps(Some(1e-6))
-            .init(&device);
+        let plain = GroupedQueryAttentionConfig::new(16, 4, 2, 8).with_qk_norm_eps(Some(1e-6));
+        let sliding = plain
+            .clone()
+            .with_qk_norm_offset(1.0)
+            .with_query_pre_attn_scalar(Some(6.0))
+            .with_sliding_window(Some(2));
+        for config in [plain, sliding] {
+            cached_decoding_equals_the_full_pass_for(config.init(&device), &device);
+        }
+    }
+
+    fn cached_decoding_equals_the_full_pass_for(layer: GroupedQueryAttention, device: &Device) {
+        let device = device.clone();
         let rope = RopeConfig {
             theta: 10_000.0,
             llama3: None,
+            linear: None,
         };
         let x = Tensor::<3>::random([1, 6, 16], Distribution::Normal(0.0, 1.0), &device);
         let tables = |start, len| rope.tables(8, start, len, &device);
@@ -165,5 +207,7 @@ mod tests {
         Tensor::cat(parts, 1)
             .into_data()
             .assert_approx_eq::<f32>(&full.into_data(), Tolerance::absolute(1e-5));
+        let kept = layer.sliding_window.unwrap_or(6);
+        assert_eq!((cache.len(), cache.kept(0)), (6, kept));
     }
 }

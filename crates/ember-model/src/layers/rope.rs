@@ -1,6 +1,7 @@
 //! Rotary position embeddings (Su et al. 2021) as Llama and Qwen3 apply them, in
 //! Hugging Face's layout: the two halves of each head's dimensions are the real and
-//! imaginary parts (`rotate_half`), and Llama 3's frequency scaling for long contexts.
+//! imaginary parts (`rotate_half`), and Llama 3's frequency scaling for long contexts
+//! (Gemma 3's larger models scale linearly).
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,10 @@ pub struct RopeConfig {
     /// Llama 3's scaling, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llama3: Option<Llama3Scaling>,
+    /// Linear scaling (`rope_type: "linear"`, Gemma 3 4B and up): every frequency
+    /// divided by this factor. Not combined with `llama3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear: Option<f64>,
 }
 
 impl RopeConfig {
@@ -37,9 +42,11 @@ impl RopeConfig {
         (0..half)
             .map(|i| {
                 let inv = 1.0 / self.theta.powf((2 * i) as f64 / head_dim as f64);
-                match &self.llama3 {
-                    None => inv as f32,
-                    Some(s) => llama3_scaled(inv as f32 as f64, s) as f32,
+                match (&self.llama3, self.linear) {
+                    (Some(s), _) => llama3_scaled(inv as f32 as f64, s) as f32,
+                    // transformers divides the f32 frequencies.
+                    (None, Some(factor)) => inv as f32 / factor as f32,
+                    (None, None) => inv as f32,
                 }
             })
             .collect()
@@ -148,6 +155,7 @@ mod tests {
         let rope = RopeConfig {
             theta: 10_000.0,
             llama3: None,
+            linear: None,
         };
         let values: Vec<f32> = (0..2 * 4).map(|v| v as f32 * 0.3 - 1.0).collect();
         let x = Tensor::<4>::from_data(TensorData::new(values.clone(), [1, 1, 2, 4]), &device);
@@ -178,11 +186,13 @@ mod tests {
         let plain = RopeConfig {
             theta: 500_000.0,
             llama3: None,
+            linear: None,
         }
         .inverse_frequencies(64);
         let scaled = RopeConfig {
             theta: 500_000.0,
             llama3: Some(scaling),
+            linear: None,
         }
         .inverse_frequencies(64);
         assert_eq!(scaled[0], plain[0]);

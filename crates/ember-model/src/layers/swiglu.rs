@@ -1,10 +1,22 @@
 //! The feed-forward network of Llama and Qwen3: a SiLU-gated linear unit
-//! (Shazeer 2020), `down(silu(gate(x)) · up(x))`.
+//! (Shazeer 2020), `down(silu(gate(x)) · up(x))`; Gemma gates with GELU (tanh
+//! approximation) instead, GeGLU in Shazeer's names.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
+use serde::{Deserialize, Serialize};
+
+/// The activation on the gate of a gated feed-forward network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum GateActivation {
+    /// SiLU (`silu`: Llama, Qwen3).
+    #[default]
+    Silu,
+    /// GELU, tanh approximation (`gelu_pytorch_tanh`: Gemma).
+    GeluTanh,
+}
 
 /// Configuration of [`SwiGlu`].
 #[derive(Config, Debug)]
@@ -13,9 +25,12 @@ pub struct SwiGluConfig {
     pub d_model: usize,
     /// Hidden width (`intermediate_size`).
     pub d_hidden: usize,
+    /// The gate's activation.
+    #[config(default = "GateActivation::Silu")]
+    pub activation: GateActivation,
 }
 
-/// `down_proj(silu(gate_proj(x)) · up_proj(x))`, no biases; the Hub's names.
+/// `down_proj(act(gate_proj(x)) · up_proj(x))`, no biases; the Hub's names.
 #[derive(Module, Debug)]
 pub struct SwiGlu {
     /// `[d_model, d_hidden]`
@@ -24,6 +39,9 @@ pub struct SwiGlu {
     pub up_proj: Linear,
     /// `[d_hidden, d_model]`
     pub down_proj: Linear,
+    /// The gate's activation (not a parameter).
+    #[module(skip)]
+    pub activation: GateActivation,
 }
 
 impl SwiGluConfig {
@@ -34,6 +52,7 @@ impl SwiGluConfig {
             gate_proj: linear(self.d_model, self.d_hidden),
             up_proj: linear(self.d_model, self.d_hidden),
             down_proj: linear(self.d_hidden, self.d_model),
+            activation: self.activation,
         }
     }
 }
@@ -42,7 +61,11 @@ impl SwiGlu {
     /// # Shapes
     /// - x: `[batch, seq, d_model]` → `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(ember_kernels::linear(&self.gate_proj, x.clone()));
+        let gate = ember_kernels::linear(&self.gate_proj, x.clone());
+        let gate = match self.activation {
+            GateActivation::Silu => silu(gate),
+            GateActivation::GeluTanh => ember_kernels::gelu_tanh(gate),
+        };
         let up = ember_kernels::linear(&self.up_proj, x);
         ember_kernels::linear(&self.down_proj, gate * up)
     }

@@ -9,14 +9,12 @@
 //!   `config.json` and a `SHA256SUMS` manifest that is checked on load.
 //!
 //! Parameters and Hub tensors correspond through one declarative [`NameTable`] per
-//! architecture ([`gpt2::table`], [`llama::table`]), read by loading and saving alike. Every tensor is
+//! architecture ([`ArchitectureConfig::name_table`]: [`crate::gpt2::table`],
+//! [`crate::llama::table`]), read by loading and saving alike. Every tensor is
 //! checked by name and shape, and the configuration against the weights before anything
 //! is allocated: a missing, unexpected or mis-shaped tensor is reported by name, never
 //! loaded half-way.
 
-pub mod book;
-pub mod gpt2;
-pub mod llama;
 mod random;
 pub mod table;
 pub mod tensors;
@@ -33,9 +31,10 @@ pub use tensors::{
     read_safetensors, write_safetensors,
 };
 
-use crate::config::GptConfig;
-use crate::gpt::GptModel;
-use crate::model::{LanguageModel, ModelConfig};
+use crate::gpt2::{self, GptConfig, GptModel, book};
+use crate::model::{
+    Architecture, ArchitectureConfig, LanguageModel, ModelConfig, each_architecture,
+};
 use crate::precision::WeightDtype;
 
 /// Errors while reading or writing weights.
@@ -173,9 +172,20 @@ pub fn resolve_model_path(path: &Path) -> PathBuf {
     }
 }
 
+/// Fails with the operating system's reason when `path` is there but cannot be
+/// followed (a symbolic link that loops or points nowhere), which would otherwise read
+/// as a missing file.
+fn check_reachable(path: &Path) -> Result<(), WeightsError> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        std::fs::metadata(path).map_err(|e| WeightsError::io(path, e))?;
+    }
+    Ok(())
+}
+
 /// The raw `config.json` of the model at `path` (a directory, a `.json` file under any
 /// name, or a weights file beside `config.json`), and where it was.
 pub fn read_config_value(path: &Path) -> Result<(serde_json::Value, PathBuf), WeightsError> {
+    check_reachable(path)?;
     let dir = resolve_model_path(path);
     let config_path = if dir.is_dir() {
         dir.join("config.json")
@@ -228,10 +238,21 @@ pub fn describe_model(path: &Path) -> Result<(ModelConfig, ModelSource), Weights
 
 /// The name table of an architecture, for the names `source` uses.
 fn table_for(config: &ModelConfig, source: &dyn TensorSource) -> NameTable {
-    match config {
-        ModelConfig::Gpt2(_) => gpt2::table(gpt2::is_prefixed(source)),
-        ModelConfig::Llama(_) => llama::table(),
+    each_architecture!(config, ModelConfig, c => c.name_table(Some(source)))
+}
+
+/// The tensors of `source` that stand for parameters `config` does not have (GPT-2's
+/// zero QKV biases): they must be zero.
+fn stand_ins(config: &ModelConfig, source: &dyn TensorSource) -> Vec<String> {
+    each_architecture!(config, ModelConfig, c => c.stand_in_tensors(source))
+}
+
+/// The Hub name of the token embedding of `config`'s architecture.
+fn embedding_tensor(config: &ModelConfig, table: &NameTable) -> String {
+    fn of<C: ArchitectureConfig>(_: &C, table: &NameTable) -> String {
+        table.hub_name(C::EMBEDDING).0
     }
+    each_architecture!(config, ModelConfig, c => of(c, table))
 }
 
 /// Fails unless the weights hold exactly the parameters `config` describes (a tied
@@ -239,13 +260,11 @@ fn table_for(config: &ModelConfig, source: &dyn TensorSource) -> NameTable {
 /// than the file holds never allocates it.
 fn check_size(config: &ModelConfig, source: &dyn TensorSource) -> Result<(), WeightsError> {
     let table = table_for(config, source);
-    // The zero QKV biases a GPT-2 model without them is saved with are not parameters.
-    let no_qkv_bias = matches!(config, ModelConfig::Gpt2(c) if !c.qkv_bias);
+    let stand_ins = stand_ins(config, source);
     let held: u128 = source
         .names()
         .iter()
-        .filter(|n| !table.is_ignored(n))
-        .filter(|n| !(no_qkv_bias && n.ends_with(".attn.c_attn.bias")))
+        .filter(|n| !table.is_ignored(n) && !stand_ins.contains(n))
         .filter_map(|n| source.shape(n))
         .map(|s| s.iter().map(|&d| d as u128).product::<u128>())
         .sum();
@@ -274,10 +293,7 @@ pub(crate) fn model_from_tensors(
     let mut also_used = Vec::new();
     if config.tied() && source.shape("lm_head.weight").is_some() {
         // transformers sometimes writes the tied head out; it must be the embedding.
-        let embedding = match config {
-            ModelConfig::Gpt2(_) => table.hub_name("wte.weight").0,
-            ModelConfig::Llama(_) => "model.embed_tokens.weight".to_string(),
-        };
+        let embedding = embedding_tensor(config, &table);
         if source.read("lm_head.weight")? != source.read(&embedding)? {
             return Err(WeightsError::Mismatch {
                 path: source.origin().to_path_buf(),
@@ -286,50 +302,31 @@ pub(crate) fn model_from_tensors(
                 ),
             });
         }
-        also_used.push("lm_head.weight");
+        also_used.push("lm_head.weight".to_string());
     }
-    // GPT-2 in transformers always has a QKV bias: a model without one is saved with zero
-    // biases (see `save_model`), which are accepted here as the absence they stand for.
-    let zero_biases = match config {
-        ModelConfig::Gpt2(c) if !c.qkv_bias => (0..c.n_layers)
-            .map(|i| {
-                table
-                    .hub_name(&format!("h.{i}.attn.c_attn.weight"))
-                    .0
-                    .replace(".weight", ".bias")
-            })
-            .filter(|name| source.shape(name).is_some())
-            .collect::<Vec<String>>(),
-        _ => Vec::new(),
-    };
-    for name in &zero_biases {
+    let stand_ins = stand_ins(config, source);
+    for name in &stand_ins {
         if source.read(name)?.iter().any(|&v| v != 0.0) {
             return Err(WeightsError::Mismatch {
                 path: source.origin().to_path_buf(),
-                problems: format!("{name} is not zero but the config has no QKV bias"),
+                problems: format!(
+                    "{name} is not zero but stands for a parameter the config does not have"
+                ),
             });
         }
     }
-    also_used.extend(zero_biases.iter().map(String::as_str));
+    also_used.extend(stand_ins);
+    let also_used: Vec<&str> = also_used.iter().map(String::as_str).collect();
     // The parameters are not drawn: `load_parameters` gives each its tensor first.
-    Ok(match config {
-        ModelConfig::Gpt2(c) => LanguageModel::Gpt2(load_parameters(
-            c.init(device),
-            &table,
-            source,
-            device,
-            dtype,
-            &also_used,
-        )?),
-        ModelConfig::Llama(c) => LanguageModel::Llama(load_parameters(
-            c.init(device),
-            &table,
-            source,
-            device,
-            dtype,
-            &also_used,
-        )?),
-    })
+    each_architecture!(config, ModelConfig, c => Ok(load_parameters(
+        ArchitectureConfig::init(c, device),
+        &table,
+        source,
+        device,
+        dtype,
+        &also_used,
+    )?
+    .into()))
 }
 
 /// Load a model from a Hugging Face or Ember directory (or the `model.safetensors`
@@ -355,6 +352,7 @@ pub fn load_model_as(
     dtype: WeightDtype,
     device: &Device,
 ) -> Result<LoadedModel, WeightsError> {
+    check_reachable(path)?;
     let path = resolve_model_path(path);
     if is_pth(&path) {
         let config = shape.ok_or_else(|| WeightsError::NotAModel {
@@ -397,12 +395,14 @@ pub fn load_model_as(
         Some(c) => {
             c.validate()
                 .map_err(|e| WeightsError::format(&path, e.to_string()))?;
-            if let Ok((ModelConfig::Llama(found), _)) = read_model_config(&dir) {
+            if let Ok((found, _)) = read_model_config(&dir)
+                && !matches!(found, ModelConfig::Gpt2(_))
+            {
                 return Err(WeightsError::NotAModel {
                     path: dir,
                     message: format!(
                         "a {} model, where a GPT-2 model of the configured shape is needed",
-                        ModelConfig::Llama(found).model_type()
+                        found.model_type()
                     ),
                 });
             }
@@ -435,25 +435,10 @@ pub fn save_model(
 ) -> Result<(), WeightsError> {
     std::fs::create_dir_all(dir).map_err(|e| WeightsError::io(dir, e))?;
     let model = model.clone().materialize();
-    let (tensors, config_json) = match &model {
-        LanguageModel::Gpt2(m) => {
-            let mut tensors = collect_parameters(m, &gpt2::table(true));
-            let config = m.config();
-            if !config.qkv_bias {
-                // transformers' GPT-2 always has a QKV bias: write the zeros it stands for.
-                let width = 3 * config.emb_dim;
-                for i in 0..config.n_layers {
-                    let name = format!("transformer.h.{i}.attn.c_attn.bias");
-                    tensors.push((name, vec![width], vec![0.0; width]));
-                }
-            }
-            (tensors, gpt2::config_json(&config))
-        }
-        LanguageModel::Llama(m) => (
-            collect_parameters(m, &llama::table()),
-            m.config.to_hub_json(),
-        ),
-    };
+    let (tensors, config_json) = each_architecture!(&model, LanguageModel, m => (
+        Architecture::hub_tensors(m),
+        Architecture::config(m).to_hub_json(),
+    ));
     if let Some((name, _, _)) = tensors
         .iter()
         .find(|(_, _, values)| values.iter().any(|v| !v.is_finite()))
@@ -620,6 +605,58 @@ mod tests {
             err.contains("unexpected tensor transformer.h.0.extra"),
             "{err}"
         );
+    }
+
+    /// A symbolic link that loops is named with the system's reason, not taken for a
+    /// missing file.
+    #[cfg(unix)]
+    #[test]
+    fn a_looping_link_is_named_as_such() {
+        let device = Device::ndarray();
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        std::os::unix::fs::symlink(&model, &model).unwrap();
+        for err in [
+            error_chain(&load_model(&model, None, &device).unwrap_err()),
+            error_chain(&describe_model(&model).unwrap_err()),
+        ] {
+            assert!(err.contains("Too many levels of symbolic links"), "{err}");
+            assert!(err.starts_with(&model.display().to_string()), "{err}");
+        }
+    }
+
+    /// A checkpoint holding NaN or infinity is refused at load, naming the tensor.
+    #[test]
+    fn non_finite_weights_are_refused_at_load() {
+        let device = Device::ndarray();
+        let config = small(true, 1);
+        for bad in [f32::NAN, f32::NEG_INFINITY] {
+            let mut tensors: std::collections::BTreeMap<String, RawTensor> =
+                collect_parameters(&config.init(&device), &gpt2::table(true))
+                    .into_iter()
+                    .map(|(name, shape, data)| (name, RawTensor { shape, data }))
+                    .collect();
+            tensors
+                .get_mut("transformer.h.0.mlp.c_fc.weight")
+                .unwrap()
+                .data[7] = bad;
+            let source = MemoryTensors {
+                tensors,
+                origin: PathBuf::from("m.safetensors"),
+            };
+            let err = model_from_tensors(
+                &ModelConfig::Gpt2(config.clone()),
+                &source,
+                WeightDtype::Bf16,
+                &device,
+            )
+            .unwrap_err()
+            .to_string();
+            assert_eq!(
+                err,
+                format!("m.safetensors: tensor transformer.h.0.mlp.c_fc.weight holds {bad} values")
+            );
+        }
     }
 
     #[test]

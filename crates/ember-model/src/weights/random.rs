@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::WeightsError;
 use super::table::{Layout, NameTable};
 use super::tensors::TensorSource;
-use crate::model::{LanguageModel, ModelConfig};
+use crate::model::{ArchitectureConfig, LanguageModel, ModelConfig, each_architecture};
 use crate::precision::WeightDtype;
 
 /// Every parameter's Hub name and shape, read from a model whose parameters are never
@@ -95,20 +95,14 @@ pub fn random_model(
     seed: u64,
     device: &Device,
 ) -> Result<LanguageModel, WeightsError> {
-    let table = match config {
-        ModelConfig::Gpt2(_) => super::gpt2::table(false),
-        ModelConfig::Llama(_) => super::llama::table(),
-    };
+    let table = each_architecture!(config, ModelConfig, c => c.name_table(None));
     let mut shapes = HubShapes {
         table: &table,
         path: Vec::new(),
         shapes: BTreeMap::new(),
     };
     // The architecture's own module, whose paths the table names (not the enum's).
-    match config.init(device) {
-        LanguageModel::Gpt2(model) => model.visit(&mut shapes),
-        LanguageModel::Llama(model) => model.visit(&mut shapes),
-    };
+    each_architecture!(config.init(device), LanguageModel, model => model.visit(&mut shapes));
     let source = RandomTensors {
         shapes: shapes.shapes,
         seed,

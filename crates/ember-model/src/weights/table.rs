@@ -148,6 +148,12 @@ impl ModuleMapper for Loader<'_> {
                 return param;
             }
         };
+        // A diverged or corrupt checkpoint computes NaN everywhere; say where it is.
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            self.problems
+                .push(format!("tensor {name} holds {bad} values"));
+            return param;
+        }
         if let (Some(kind), Some(role)) = (self.half, self.containers.half_role()) {
             // Straight from the file's values to 16 bits: no f32 tensor is built. The half
             // matrix is `[out, in]`, a Linear weight's transpose and an Embedding's self.

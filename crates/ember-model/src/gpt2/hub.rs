@@ -4,14 +4,11 @@
 //! Burn's `Linear` layout, and `c_attn` holds Q, K, V side by side, which is Ember's
 //! layout too: they load as they are. Only the untied `lm_head` is an `nn.Linear`.
 
-use std::path::Path;
-
 use serde_json::{Value, json};
 
-use super::WeightsError;
-use super::table::{Layout, NameTable};
-use super::tensors::TensorSource;
-use crate::config::GptConfig;
+use super::GptConfig;
+use crate::weights::table::{Layout, NameTable};
+use crate::weights::tensors::TensorSource;
 
 /// The key of `config.json` under which Ember keeps its full [`GptConfig`] (fields
 /// transformers does not know, such as the initialisation scheme).
@@ -50,13 +47,13 @@ pub fn is_prefixed(source: &dyn TensorSource) -> bool {
 /// The architecture in a `config.json`: Ember's own (the `"ember"` key) or a Hugging
 /// Face GPT-2 one (`n_embd`, `n_layer`, ...; QKV bias on, head tied by default). The
 /// values are validated here, before anything is allocated.
-pub fn read_config(json: &Value, path: &Path) -> Result<GptConfig, WeightsError> {
-    let format = |message: String| WeightsError::format(path, message);
+pub fn read_config(json: &Value) -> Result<GptConfig, String> {
+    let format = |message: String| message;
     let config = if let Some(ember) = json.get(EMBER_KEY) {
         serde_json::from_value(ember.clone())
             .map_err(|e| format(format!("invalid \"{EMBER_KEY}\" config: {e}")))?
     } else {
-        let get = |key: &str| -> Result<usize, WeightsError> {
+        let get = |key: &str| -> Result<usize, String> {
             json.get(key)
                 .and_then(Value::as_u64)
                 .and_then(|v| usize::try_from(v).ok())
@@ -113,4 +110,33 @@ pub fn config_json(config: &GptConfig) -> Value {
         "eos_token_id": ember_tokenizer::END_OF_TEXT_ID,
         EMBER_KEY: config,
     })
+}
+
+/// The QKV biases a GPT-2 file of a model without them may hold: transformers' GPT-2
+/// always has one, so such a model is saved with zero biases, which stand for their
+/// absence. Found among `source`'s names (never by counting the configuration's layers,
+/// which is not yet checked against the file).
+pub fn zero_qkv_bias_names(config: &GptConfig, source: &dyn TensorSource) -> Vec<String> {
+    if config.qkv_bias {
+        return Vec::new();
+    }
+    source
+        .names()
+        .into_iter()
+        .filter(|name| name.ends_with(".attn.c_attn.bias"))
+        .collect()
+}
+
+/// The zero QKV biases transformers needs beside the tensors of a model without them.
+pub fn zero_qkv_biases(config: &GptConfig) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    if config.qkv_bias {
+        return Vec::new();
+    }
+    let width = 3 * config.emb_dim;
+    (0..config.n_layers)
+        .map(|i| {
+            let name = format!("transformer.h.{i}.attn.c_attn.bias");
+            (name, vec![width], vec![0.0; width])
+        })
+        .collect()
 }

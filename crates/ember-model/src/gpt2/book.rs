@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::WeightsError;
-use super::tensors::{MemoryTensors, RawTensor};
-use crate::config::GptConfig;
+use super::GptConfig;
+use crate::weights::WeightsError;
+use crate::weights::tensors::{MemoryTensors, RawTensor};
 
 /// Every floating-point tensor of a `torch.save` file, as f32.
 pub fn read_pth(path: &Path) -> Result<BTreeMap<String, RawTensor>, WeightsError> {

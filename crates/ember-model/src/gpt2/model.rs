@@ -14,7 +14,9 @@ use burn::nn::{
 use burn::prelude::*;
 use ember_attention::{AttentionError, CausalSelfAttention, CausalSelfAttentionConfig, KvCache};
 
-use crate::config::{GptConfig, WeightInit};
+use super::config::{GptConfig, WeightInit};
+use crate::model::{Architecture, trainable_last_blocks};
+use crate::weights::collect_parameters;
 
 /// The position-wise feed-forward network: expand ×4, tanh-GELU, project back.
 #[derive(Module, Debug)]
@@ -286,6 +288,75 @@ impl GptModel {
             // Not recoverable from the weights; it only matters for new models.
             weight_init: WeightInit::default(),
         }
+    }
+}
+
+impl Architecture for GptModel {
+    type Config = GptConfig;
+
+    fn config(&self) -> GptConfig {
+        GptModel::config(self)
+    }
+
+    fn forward_hidden(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        GptModel::forward_hidden(self, ids)
+    }
+
+    fn forward_cached_hidden(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, AttentionError> {
+        GptModel::forward_cached_hidden(self, ids, cache)
+    }
+
+    fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        GptModel::head(self, hidden)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        GptModel::new_cache(self)
+    }
+
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.wte.weight.dims()[0]
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.h.len()
+    }
+
+    /// The book's appendix E adapts GPT-2's attention and feed-forward layers.
+    fn lora_targets(&self, prefix: &str) -> Vec<String> {
+        (0..self.h.len())
+            .flat_map(|i| {
+                ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+                    .map(|layer| format!("{prefix}h.{i}.{layer}.weight"))
+            })
+            .collect()
+    }
+
+    fn freeze_all_but_last_blocks(self, n: usize) -> Self {
+        let mut gpt = self.no_grad();
+        gpt.h = trainable_last_blocks(gpt.h, n);
+        gpt.ln_f = gpt.ln_f.set_require_grad(true);
+        gpt
+    }
+
+    fn with_dropout(self, p: f64) -> Self {
+        GptModel::with_dropout(self, p)
+    }
+
+    /// transformers' GPT-2 always has a QKV bias: a model without one is written with
+    /// the zeros it stands for.
+    fn hub_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let mut tensors = collect_parameters(self, &super::hub::table(true));
+        tensors.extend(super::hub::zero_qkv_biases(&GptModel::config(self)));
+        tensors
     }
 }
 

@@ -1,4 +1,4 @@
-//! Qwen3 (0.6B to 32B dense): the Llama block of [`crate::llama`] with one addition,
+//! Qwen3 (0.6B to 32B dense): the Llama block of [`super`] with one addition,
 //! an RMSNorm over each head's queries and keys (`q_norm`, `k_norm`, `[head_dim]`)
 //! before the rotary embedding, which keeps attention logits in range.
 //!
@@ -14,7 +14,7 @@
 //! So a Qwen3 model is a [`LlamaModel`] built from a [`LlamaConfig`] whose family is
 //! [`Family::Qwen3`]: [`crate::layers::GroupedQueryAttention`] then carries the two norms.
 
-pub use crate::llama::{Family, LlamaConfig, LlamaModel};
+pub use super::{Family, LlamaConfig, LlamaModel};
 
 #[cfg(test)]
 mod tests {
@@ -29,7 +29,7 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/configs/qwen3-0.6b.json");
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let config = LlamaConfig::from_hub_json(&json, &path).unwrap();
+        let config = LlamaConfig::from_hub_json(&json).unwrap();
         assert_eq!(config.family, Family::Qwen3);
         assert_eq!((config.head_dim, config.num_key_value_heads), (128, 8));
         assert_eq!(config.rope.llama3, None);

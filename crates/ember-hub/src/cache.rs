@@ -1,6 +1,7 @@
 //! The Hugging Face Hub's cache, shared with the Python tools (`huggingface_hub`,
-//! transformers): `--model OWNER/NAME` finds a model there, and `ember download --repo`
-//! writes there, so both see one copy.
+//! transformers): a [`ModelRef::Hub`](crate::ModelRef) (`ember --model OWNER/NAME`) is
+//! found there, and [`download_into`] (`ember download --repo`) writes there, so both
+//! see one copy.
 //!
 //! Layout (huggingface_hub's): `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
 //! `~/.cache/huggingface/hub`; in it `models--OWNER--NAME/` with `refs/REVISION` (the
@@ -12,9 +13,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-
 use crate::download::{DownloadOptions, download_model};
+use crate::error::HubError;
+
+/// The Hub's address when neither the caller nor `HF_ENDPOINT` names one.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// The cache directory the environment names.
 pub fn cache_dir() -> PathBuf {
@@ -28,21 +31,25 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("huggingface").join("hub")
 }
 
-/// Whether `text` reads as a Hub repository id (`OWNER/NAME`) rather than a path: one
-/// slash, no leading `.` or `/`, only the characters the Hub allows.
+/// Whether `text` reads as a Hub repository id (`OWNER/NAME`): one slash, no leading
+/// `.`, `-` or `/`, only the characters the Hub allows. Text that reads so may still be
+/// a path; [`ModelRef::parse`](crate::ModelRef::parse) tells the two apart.
 pub fn is_repo_id(text: &str) -> bool {
     let mut parts = text.split('/');
     let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    let valid = |s: &str| {
-        !s.is_empty()
-            && !s.starts_with('.')
-            && !s.starts_with('-')
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
-    valid(owner) && valid(name)
+    is_name(owner) && is_name(name)
+}
+
+/// One part of a repository id, or a revision: not empty, no leading `.` or `-`, only
+/// ASCII letters, digits, `-`, `_` and `.`.
+pub(crate) fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// `models--OWNER--NAME` in `cache`.
@@ -61,7 +68,8 @@ pub fn snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
     snapshot.join("config.json").is_file().then_some(snapshot)
 }
 
-fn offline() -> bool {
+/// Whether `HF_HUB_OFFLINE` forbids downloading (`1`, `true`, `yes` or `on`).
+pub fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
         matches!(
             v.trim().to_ascii_lowercase().as_str(),
@@ -70,56 +78,93 @@ fn offline() -> bool {
     })
 }
 
-/// The model directory of `repo` at `revision`: from the cache, or downloaded into it
-/// (from `endpoint`, default `$HF_ENDPOINT` or the Hub) unless offline.
-pub fn resolve(repo: &str, revision: &str, endpoint: Option<&str>) -> Result<PathBuf> {
-    let cache = cache_dir();
-    if let Some(dir) = snapshot(&cache, repo, revision) {
+/// The model directory of `repo` at `revision`: from the cache the environment names
+/// ([`cache_dir`]), or downloaded into it (from `endpoint`, default `$HF_ENDPOINT` or the
+/// Hub, with `$HF_TOKEN`) unless `HF_HUB_OFFLINE` forbids it.
+pub fn resolve(repo: &str, revision: &str, endpoint: Option<&str>) -> Result<PathBuf, HubError> {
+    resolve_in(&cache_dir(), repo, revision, endpoint)
+}
+
+/// [`resolve`] with the cache `cache`.
+pub fn resolve_in(
+    cache: &Path,
+    repo: &str,
+    revision: &str,
+    endpoint: Option<&str>,
+) -> Result<PathBuf, HubError> {
+    if let Some(dir) = snapshot(cache, repo, revision) {
         return Ok(dir);
     }
     if offline() {
-        bail!(
-            "{repo} ({revision}) is not in the Hugging Face cache {} and HF_HUB_OFFLINE forbids downloading it",
-            cache.display()
-        );
+        return Err(HubError::Offline {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+            cache: cache.to_path_buf(),
+        });
     }
     let endpoint = endpoint_or_default(endpoint);
-    let mut options = DownloadOptions::new(&endpoint, repo, revision, PathBuf::new());
-    options.token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
-    download_into(&cache, &mut options)
+    let mut options =
+        DownloadOptions::new(&endpoint, repo, revision, PathBuf::new()).with_env_token();
+    download_into(cache, &mut options)
 }
 
-/// `$HF_ENDPOINT` or the Hub, unless given.
+/// `endpoint`, else `$HF_ENDPOINT`, else the Hub ([`DEFAULT_ENDPOINT`]).
 pub fn endpoint_or_default(endpoint: Option<&str>) -> String {
     endpoint
         .map(str::to_string)
         .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
-        .unwrap_or_else(|| "https://huggingface.co".to_string())
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
 }
 
 /// Downloads a model into `cache` under the commit the revision points to (asked of
 /// the Hub's API; a server without it gets the revision's name), then records the
-/// revision in `refs/`. Returns the snapshot directory.
-pub fn download_into(cache: &Path, options: &mut DownloadOptions) -> Result<PathBuf> {
+/// revision in `refs/`. Sets `options.out_dir` to the snapshot directory and returns it.
+pub fn download_into(cache: &Path, options: &mut DownloadOptions) -> Result<PathBuf, HubError> {
     let dir = repo_dir(cache, &options.repo);
     let commit = commit_of(options).unwrap_or_else(|e| {
-        tracing::debug!("no commit for {} {}: {e:#}", options.repo, options.revision);
+        tracing::debug!(
+            "no commit for {} {}: {}",
+            options.repo,
+            options.revision,
+            crate::error_chain(&e)
+        );
         options.revision.clone()
     });
     options.out_dir = dir.join("snapshots").join(&commit);
     download_model(options)?;
     let refs = dir.join("refs");
-    std::fs::create_dir_all(&refs).with_context(|| format!("cannot create {}", refs.display()))?;
+    std::fs::create_dir_all(&refs).map_err(|source| HubError::CreateDir {
+        path: refs.clone(),
+        source,
+    })?;
     if commit != options.revision {
-        ember_data::files::write_atomic(&refs.join(&options.revision), commit.as_bytes())
-            .with_context(|| format!("cannot write {}", refs.display()))?;
+        let file = refs.join(&options.revision);
+        write_atomic(&file, commit.as_bytes())
+            .map_err(|source| HubError::Write { path: file, source })?;
     }
     Ok(options.out_dir.clone())
 }
 
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place, so a
+/// reader sees the old content or the new, never a part.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".ember-tmp-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// The commit `options.revision` points to: `sha` of
 /// `GET {endpoint}/api/models/{repo}/revision/{revision}`.
-fn commit_of(options: &DownloadOptions) -> Result<String> {
+fn commit_of(options: &DownloadOptions) -> Result<String, HubError> {
     if options.revision.len() == 40 && options.revision.chars().all(|c| c.is_ascii_hexdigit()) {
         return Ok(options.revision.clone());
     }
@@ -129,6 +174,10 @@ fn commit_of(options: &DownloadOptions) -> Result<String> {
         options.repo,
         options.revision
     );
+    let failed = |source: crate::error::BoxError| HubError::NoCommit {
+        url: url.clone(),
+        source: Some(source),
+    };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(options.connect_timeout))
         .build()
@@ -139,13 +188,12 @@ fn commit_of(options: &DownloadOptions) -> Result<String> {
     }
     let body = request
         .call()
-        .with_context(|| format!("GET {url}"))?
-        .body_mut()
-        .read_to_string()?;
-    let json: serde_json::Value = serde_json::from_str(&body)?;
+        .and_then(|mut response| response.body_mut().read_to_string())
+        .map_err(|e| failed(Box::new(e)))?;
+    let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| failed(Box::new(e)))?;
     let sha = json["sha"].as_str().unwrap_or_default();
     if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_alphanumeric()) {
-        bail!("{url}: no commit in the answer");
+        return Err(HubError::NoCommit { url, source: None });
     }
     Ok(sha.to_string())
 }
