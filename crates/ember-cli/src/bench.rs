@@ -28,12 +28,24 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
+/// What a benchmark run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMode {
+    /// Training steps of a GPT preset (bench/torch_gpt_bench.py's `train`).
+    Train,
+    /// Generation with and without the KV cache.
+    Generate,
+    /// Loading a model directory: seconds and peak memory.
+    Load,
+}
+
 /// Settings of one benchmark run (the PyTorch script's arguments and defaults).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// `train`, `generate` or `load`.
-    #[arg(long, default_value = "train")]
-    pub mode: String,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = BenchMode::Train)]
+    pub mode: BenchMode,
     /// `generate`: a `config.json` (GPT-2, Llama 3.x, Qwen3) whose shape replaces
     /// --preset, e.g. bench/configs/qwen3-0.6b.json.
     #[arg(long)]
@@ -116,7 +128,7 @@ fn config(args: &BenchArgs) -> Result<GptConfig> {
         "gpt2-medium" => (1024, 24, 16),
         other => bail!("unknown bench preset \"{other}\" (tiny, gpt2-small, gpt2-medium)"),
     };
-    let context_length = if args.mode == "generate" {
+    let context_length = if args.mode == BenchMode::Generate {
         args.context.max(args.prompt_len + args.new_tokens)
     } else {
         args.context
@@ -149,8 +161,8 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "params": config.num_params(),
     });
-    let extra = match args.mode.as_str() {
-        "train" => {
+    let extra = match args.mode {
+        BenchMode::Train => {
             let precision = args.precision;
             precision.check_device(device)?;
             if precision == TrainPrecision::Bf16 {
@@ -218,7 +230,7 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
                 },
             })
         }
-        "generate" => {
+        BenchMode::Generate => {
             let (model, vocab_size, shape) = generation_model(args, &config, device)?;
             record["dtype"] = json!(dtype_name(args.dtype));
             record["params"] = json!(model.config().num_params());
@@ -260,7 +272,7 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
             }
             Value::Object(out)
         }
-        "load" => {
+        BenchMode::Load => {
             let dir = args
                 .model
                 .clone()
@@ -290,7 +302,6 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
                 "peak_rss_over_f32_size": peak.map(|p| p / f32_mb),
             })
         }
-        other => bail!("unknown bench mode \"{other}\" (train, generate, load)"),
     };
     if let (Value::Object(r), Value::Object(e)) = (&mut record, extra) {
         r.extend(e);

@@ -431,3 +431,18 @@ fn model_flags_take_repository_ids_but_never_for_a_path_that_exists() {
         assert_eq!(requests.load(Ordering::SeqCst), 0);
     }
 }
+
+/// `ember bench --mode load` reads any architecture and says what it loaded; modes are
+/// a closed set that the parser names.
+#[test]
+fn bench_loads_a_gemma3_model() {
+    let dir = fixture("tiny-gemma3");
+    let v = run_json(&["bench", "--mode", "load", "--model", dir.to_str().unwrap()]);
+    assert_eq!(v["mode"], "load");
+    assert_eq!(v["model_type"], "gemma3_text");
+    let cases = json_file(&dir.join("cases.json"));
+    assert_eq!(v["params"], cases["parameters"]);
+    let o = ember().args(["bench", "--mode", "bogus"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("[possible values: train, generate, load]"));
+}

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::layers::RopeConfig;
-use crate::llama::config::{eos_json, rope_config, rope_scaling_json, token_ids};
+use crate::llama::config::{
+    check_decoder_shape, eos_json, rope_config, rope_scaling_json, token_ids,
+};
 
 /// What one layer attends over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,36 +280,19 @@ impl Gemma3Config {
 
     /// Checks the values that would otherwise fail deep inside a forward pass.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, value) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("sliding_window", self.sliding_window),
-        ] {
-            if value == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
-        if !self
-            .num_attention_heads
-            .is_multiple_of(self.num_key_value_heads)
-        {
-            return Err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.num_attention_heads, self.num_key_value_heads
-            ));
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            return Err(format!(
-                "head_dim {} must be even for rotary embeddings",
-                self.head_dim
-            ));
-        }
+        check_decoder_shape(
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("max_position_embeddings", self.max_position_embeddings),
+                ("sliding_window", self.sliding_window),
+            ],
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+        )?;
         if self.layer_types.len() != self.num_hidden_layers {
             return Err(format!(
                 "layer_types names {} layers but num_hidden_layers is {}",

@@ -118,35 +118,18 @@ impl LlamaConfig {
 
     /// Checks the values that would otherwise fail deep inside a forward pass.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, value) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if value == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
-        if !self
-            .num_attention_heads
-            .is_multiple_of(self.num_key_value_heads)
-        {
-            return Err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.num_attention_heads, self.num_key_value_heads
-            ));
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            return Err(format!(
-                "head_dim {} must be even for rotary embeddings",
-                self.head_dim
-            ));
-        }
+        check_decoder_shape(
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("max_position_embeddings", self.max_position_embeddings),
+            ],
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+        )?;
         if !(self.rms_norm_eps > 0.0 && self.rope.theta > 0.0) {
             return Err("rms_norm_eps and rope_theta must be positive".into());
         }
@@ -230,6 +213,36 @@ pub(crate) fn rope_scaling_json(rope: &RopeConfig) -> Option<Value> {
         (None, Some(factor)) => Some(json!({"rope_type": "linear", "factor": factor})),
         (None, None) => None,
     }
+}
+
+/// Checks the sizes of a decoder with grouped-query, rotary attention (the Llama
+/// family's and Gemma's): `sizes` and the head counts positive, the query heads a
+/// multiple of the key/value heads, the head width even.
+pub(crate) fn check_decoder_shape(
+    sizes: &[(&str, usize)],
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> Result<(), String> {
+    let heads_sizes = [
+        ("num_attention_heads", heads),
+        ("num_key_value_heads", kv_heads),
+        ("head_dim", head_dim),
+    ];
+    if let Some((name, _)) = sizes.iter().chain(&heads_sizes).find(|(_, v)| *v == 0) {
+        return Err(format!("{name} must be positive"));
+    }
+    if !heads.is_multiple_of(kv_heads) {
+        return Err(format!(
+            "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+        ));
+    }
+    if !head_dim.is_multiple_of(2) {
+        return Err(format!(
+            "head_dim {head_dim} must be even for rotary embeddings"
+        ));
+    }
+    Ok(())
 }
 
 /// `eos_token_id` as the Hub writes it: one number, or a list.
