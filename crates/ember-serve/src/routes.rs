@@ -18,12 +18,16 @@ use axum::routing::{get, post};
 use ember_model::GenerationConfig;
 use ember_tokenizer::{ChatMessage, ModelTokenizer};
 use futures_util::{Stream, StreamExt, stream};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::api::{ApiError, ChatRequest, CompletionRequest, Sampling, Usage, parse};
-use super::engine::{Engine, Event, FinishReason, Job};
+use crate::api::{
+    ApiError, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatRequest,
+    CompletionRequest, Delta, Health, ModelCard, ModelList, Sampling, TextChoice, TextCompletion,
+    Usage, parse,
+};
+use crate::engine::{Engine, Event, FinishReason, Job};
 
 /// The chat page: one file, no build step, nothing fetched from elsewhere.
 const PAGE: &str = include_str!("page.html");
@@ -31,7 +35,8 @@ const PAGE: &str = include_str!("page.html");
 /// Most stop strings a request may give.
 const MAX_STOP_STRINGS: usize = 16;
 
-pub struct AppState {
+/// What every handler shares.
+pub(crate) struct AppState {
     engine: Engine,
     tokenizer: Arc<ModelTokenizer>,
     model_id: String,
@@ -42,7 +47,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
+    pub(crate) fn new(
         engine: Engine,
         tokenizer: Arc<ModelTokenizer>,
         model_id: String,
@@ -153,7 +158,7 @@ impl AppState {
     }
 }
 
-pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
+pub(crate) fn router(state: Arc<AppState>, max_body: usize) -> Router {
     let api = Router::new()
         .route("/models", get(models))
         .route("/chat/completions", post(chat_completions))
@@ -199,7 +204,11 @@ async fn page() -> impl IntoResponse {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    axum::Json(json!({"status": "ok", "model": state.model_id, "waiting": state.engine.waiting()}))
+    axum::Json(Health {
+        status: "ok".into(),
+        model: state.model_id.clone(),
+        waiting: state.engine.waiting(),
+    })
 }
 
 async fn not_found() -> ApiError {
@@ -231,15 +240,15 @@ async fn require_key(State(state): State<Arc<AppState>>, request: Request, next:
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    axum::Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.model_id,
-            "object": "model",
-            "created": state.created,
-            "owned_by": "ember",
+    axum::Json(ModelList {
+        object: "list".into(),
+        data: vec![ModelCard {
+            id: state.model_id.clone(),
+            object: "model".into(),
+            created: state.created,
+            owned_by: "ember".into(),
         }],
-    }))
+    })
 }
 
 /// The body, or the 413/400 its reading failed with.
@@ -392,7 +401,7 @@ async fn answer(
                 completion_tokens,
             } => {
                 let usage = Usage::new(prompt_tokens, completion_tokens);
-                return Ok(axum::Json(chunks.whole(&text, finish_reason, usage)).into_response());
+                return Ok(chunks.whole(text, finish_reason, usage));
             }
             Event::Failed(message) => return Err(ApiError::unavailable(message)),
         }
@@ -409,74 +418,124 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn whole(&self, text: &str, finish: FinishReason, usage: Usage) -> Value {
-        let choice = match self.kind {
-            Kind::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": null,
-                "finish_reason": finish.as_str(),
-            }),
-            Kind::Completion => json!({
-                "index": 0,
-                "text": text,
-                "logprobs": null,
-                "finish_reason": finish.as_str(),
-            }),
-        };
-        json!({
-            "id": self.id,
-            "object": match self.kind { Kind::Chat => "chat.completion", Kind::Completion => "text_completion" },
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": usage,
-        })
+    /// The whole answer.
+    fn whole(&self, text: String, finish: FinishReason, usage: Usage) -> Response {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            self.whole_json(text, finish, usage),
+        )
+            .into_response()
+    }
+
+    fn whole_json(&self, text: String, finish: FinishReason, usage: Usage) -> String {
+        match self.kind {
+            Kind::Chat => to_json(&self.chat(
+                "chat.completion",
+                vec![ChatChoice {
+                    index: 0,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content: text,
+                    },
+                    logprobs: None,
+                    finish_reason: finish,
+                }],
+                Some(usage),
+            )),
+            Kind::Completion => to_json(&self.text(
+                vec![TextChoice {
+                    index: 0,
+                    text,
+                    logprobs: None,
+                    finish_reason: Some(finish),
+                }],
+                Some(usage),
+            )),
+        }
     }
 
     /// One streamed chunk: a piece of text (`None`: the opening chunk of a chat, which
     /// names the role), or the end.
-    fn chunk(&self, text: Option<&str>, finish: Option<FinishReason>) -> Value {
-        let finish_reason = finish.map(FinishReason::as_str);
-        let choice = match self.kind {
+    fn chunk(&self, text: Option<&str>, finish: Option<FinishReason>) -> String {
+        match self.kind {
             Kind::Chat => {
                 let delta = match (text, finish) {
-                    (_, Some(_)) => json!({}),
-                    (None, None) => json!({"role": "assistant", "content": ""}),
-                    (Some(t), None) => json!({"content": t}),
+                    (_, Some(_)) => Delta::default(),
+                    (None, None) => Delta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                    },
+                    (Some(t), None) => Delta {
+                        role: None,
+                        content: Some(t.to_string()),
+                    },
                 };
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason})
+                let choice = ChatChunkChoice {
+                    index: 0,
+                    delta,
+                    logprobs: None,
+                    finish_reason: finish,
+                };
+                to_json(&self.chat("chat.completion.chunk", vec![choice], None))
             }
-            Kind::Completion => json!({
-                "index": 0,
-                "text": text.unwrap_or(""),
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }),
-        };
-        self.envelope(json!([choice]))
+            Kind::Completion => to_json(&self.text(
+                vec![TextChoice {
+                    index: 0,
+                    text: text.unwrap_or("").to_string(),
+                    logprobs: None,
+                    finish_reason: finish,
+                }],
+                None,
+            )),
+        }
     }
 
     /// The last chunk of a stream with `include_usage`: no choices, the token counts.
-    fn usage(&self, usage: Usage) -> Value {
-        let mut body = self.envelope(json!([]));
-        body["usage"] = json!(usage);
-        body
+    fn usage(&self, usage: Usage) -> String {
+        match self.kind {
+            Kind::Chat => to_json(&self.chat::<ChatChunkChoice>(
+                "chat.completion.chunk",
+                Vec::new(),
+                Some(usage),
+            )),
+            Kind::Completion => to_json(&self.text(Vec::new(), Some(usage))),
+        }
     }
 
-    fn envelope(&self, choices: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": match self.kind { Kind::Chat => "chat.completion.chunk", Kind::Completion => "text_completion" },
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        })
+    fn chat<C>(
+        &self,
+        object: &'static str,
+        choices: Vec<C>,
+        usage: Option<Usage>,
+    ) -> ChatCompletion<C> {
+        ChatCompletion {
+            id: self.id.clone(),
+            object,
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
+    }
+
+    fn text(&self, choices: Vec<TextChoice>, usage: Option<Usage>) -> TextCompletion {
+        TextCompletion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
     }
 }
 
-fn data(value: &Value) -> Result<SseEvent, Infallible> {
-    Ok(SseEvent::default().data(value.to_string()))
+fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("a response body serializes")
+}
+
+fn data(json: String) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(json))
 }
 
 /// The SSE events of a streamed answer: (for a chat) the role, the text as it comes,
@@ -490,27 +549,27 @@ fn sse_stream(
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let chunks = Arc::new(chunks);
     let opening = match chunks.kind {
-        Kind::Chat => vec![data(&chunks.chunk(None, None))],
+        Kind::Chat => vec![data(chunks.chunk(None, None))],
         Kind::Completion => Vec::new(),
     };
     let body = UnboundedReceiverStream::new(receiver).flat_map(move |event| {
         let events = match event {
-            Event::Text(piece) => vec![data(&chunks.chunk(Some(&piece), None))],
+            Event::Text(piece) => vec![data(chunks.chunk(Some(&piece), None))],
             Event::Done {
                 finish_reason,
                 completion_tokens,
             } => {
-                let mut events = vec![data(&chunks.chunk(None, Some(finish_reason)))];
+                let mut events = vec![data(chunks.chunk(None, Some(finish_reason)))];
                 if include_usage {
                     events.push(data(
-                        &chunks.usage(Usage::new(prompt_tokens, completion_tokens)),
+                        chunks.usage(Usage::new(prompt_tokens, completion_tokens)),
                     ));
                 }
                 events.push(Ok(SseEvent::default().data("[DONE]")));
                 events
             }
             Event::Failed(message) => vec![
-                data(&ApiError::unavailable(message).body()),
+                data(to_json(&ApiError::unavailable(message).body())),
                 Ok(SseEvent::default().data("[DONE]")),
             ],
         };
@@ -519,8 +578,107 @@ fn sse_stream(
     stream::iter(opening).chain(body)
 }
 
-fn unix_time() -> u64 {
+pub(crate) fn unix_time() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn parsed(json: String) -> Value {
+        serde_json::from_str(&json).unwrap()
+    }
+
+    /// The bodies are the ones the server wrote with `json!` before they were typed.
+    #[test]
+    fn response_bodies_have_openai_s_shape() {
+        let usage = Usage::new(3, 2);
+        let chat = Chunks {
+            kind: Kind::Chat,
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "m".into(),
+        };
+        let envelope = |object: &str, choices: Value| json!({"id": "chatcmpl-1", "object": object, "created": 7, "model": "m", "choices": choices});
+        let mut whole = envelope(
+            "chat.completion",
+            json!([{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                    "logprobs": null, "finish_reason": "stop"}]),
+        );
+        whole["usage"] = json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5});
+        assert_eq!(
+            parsed(chat.whole_json("hi".into(), FinishReason::Stop, usage)),
+            whole
+        );
+        let chunk = |delta: Value, finish: Value| {
+            envelope(
+                "chat.completion.chunk",
+                json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
+            )
+        };
+        assert_eq!(
+            parsed(chat.chunk(None, None)),
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null)
+        );
+        assert_eq!(
+            parsed(chat.chunk(Some("x"), None)),
+            chunk(json!({"content": "x"}), Value::Null)
+        );
+        assert_eq!(
+            parsed(chat.chunk(None, Some(FinishReason::Length))),
+            chunk(json!({}), json!("length"))
+        );
+        let mut last = envelope("chat.completion.chunk", json!([]));
+        last["usage"] = json!(usage);
+        assert_eq!(parsed(chat.usage(usage)), last);
+
+        let text = Chunks {
+            kind: Kind::Completion,
+            id: "chatcmpl-1".into(),
+            ..chat
+        };
+        let mut whole = envelope(
+            "text_completion",
+            json!([{"index": 0, "text": "hi", "logprobs": null, "finish_reason": "length"}]),
+        );
+        whole["usage"] = json!(usage);
+        assert_eq!(
+            parsed(text.whole_json("hi".into(), FinishReason::Length, usage)),
+            whole
+        );
+        assert_eq!(
+            parsed(text.chunk(Some("x"), None)),
+            envelope(
+                "text_completion",
+                json!([{"index": 0, "text": "x", "logprobs": null, "finish_reason": null}])
+            )
+        );
+        assert_eq!(
+            parsed(text.chunk(None, Some(FinishReason::Stop))),
+            envelope(
+                "text_completion",
+                json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"}])
+            )
+        );
+        let mut last = envelope("text_completion", json!([]));
+        last["usage"] = json!(usage);
+        assert_eq!(parsed(text.usage(usage)), last);
+
+        let error = ApiError::unknown_model("a", "b");
+        assert_eq!(
+            serde_json::to_value(error.body()).unwrap(),
+            json!({"error": {"message": error.message, "type": "invalid_request_error",
+                             "param": "model", "code": "model_not_found"}})
+        );
+        let error = ApiError::internal("x");
+        assert_eq!(
+            serde_json::to_value(error.body()).unwrap(),
+            json!({"error": {"message": "x", "type": "server_error", "param": null, "code": null}})
+        );
+    }
 }

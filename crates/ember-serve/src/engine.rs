@@ -24,7 +24,8 @@ use ember_tokenizer::{ModelTokenizer, TextStream};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Why a generation ended, as OpenAI names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FinishReason {
     /// An end-of-sequence token or a stop string.
     Stop,
@@ -33,6 +34,7 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// `stop` or `length`.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
@@ -45,21 +47,30 @@ impl FinishReason {
 /// `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// The next piece of text.
     Text(String),
+    /// The generation ended.
     Done {
+        /// Why.
         finish_reason: FinishReason,
+        /// Tokens generated.
         completion_tokens: usize,
     },
+    /// The generation failed; why.
     Failed(String),
 }
 
 /// One request for the worker.
 pub struct Job {
+    /// The request's id, for the log.
     pub id: String,
+    /// The prompt's tokens.
     pub prompt_ids: Vec<u32>,
     /// With `stop_tokens` set to the model's end-of-sequence ids.
     pub config: GenerationConfig,
+    /// Strings that end the text (not included in it).
     pub stop_strings: Vec<String>,
+    /// Where the [`Event`]s go; dropping the receiver cancels the job.
     pub events: UnboundedSender<Event>,
 }
 
@@ -83,7 +94,7 @@ impl Engine {
             .spawn(move || {
                 // The loop runs on one of rayon's workers, so the kernels' work is
                 // shared with the other workers instead of handed over to them (see
-                // `on_the_thread_pool` in main.rs).
+                // `on_the_thread_pool` in ember-cli's main.rs).
                 rayon::scope(|_| {
                     for job in queue {
                         count.fetch_sub(1, Ordering::SeqCst);
@@ -204,6 +215,7 @@ pub struct StopText<'a> {
 }
 
 impl<'a> StopText<'a> {
+    /// A decoder that stops at any of `stops` (empty strings are ignored).
     pub fn new(tokenizer: &'a ModelTokenizer, stops: Vec<String>) -> Self {
         Self {
             decoded: TextStream::new(tokenizer),

@@ -1,20 +1,30 @@
-//! The OpenAI API's request and response bodies, as far as `ember serve` speaks it, and
+//! The OpenAI API's request and response bodies, as far as the server speaks it, and
 //! its error object.
+//!
+//! Requests are deserialized ([`parse`] turns serde's complaint into a 400 that names
+//! the problem); responses are serialized, with the field names OpenAI's clients read.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use crate::engine::FinishReason;
 
 /// A failed request, answered as OpenAI answers: a status and
 /// `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// What went wrong, for a person.
     pub message: String,
+    /// OpenAI's `type`: `invalid_request_error` or `server_error`.
     pub kind: &'static str,
+    /// The request field at fault, if one is.
     pub param: Option<&'static str>,
+    /// A machine-readable code (`model_not_found`, `context_length_exceeded`, ...).
     pub code: Option<&'static str>,
 }
 
@@ -30,16 +40,19 @@ impl ApiError {
         }
     }
 
+    /// The same error with a machine-readable `code`.
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
     }
 
+    /// The same error answered with `status`.
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
     }
 
+    /// A 401: the API key is missing or wrong.
     pub fn unauthorized() -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,
@@ -50,6 +63,7 @@ impl ApiError {
         }
     }
 
+    /// A 404: the request names a model this server does not have.
     pub fn unknown_model(requested: &str, served: &str) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
@@ -60,6 +74,7 @@ impl ApiError {
         }
     }
 
+    /// A 503 `server_error`: the server cannot answer now (shutting down, generation failed).
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -70,6 +85,7 @@ impl ApiError {
         }
     }
 
+    /// A 500 `server_error`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -81,14 +97,45 @@ impl ApiError {
     }
 
     /// The error object, also sent as a stream's last event.
-    pub fn body(&self) -> Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorObject {
+                message: self.message.clone(),
+                kind: self.kind.to_string(),
+                param: self.param.map(str::to_string),
+                code: self.code.map(str::to_string),
+            },
+        }
     }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.kind, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// An error response's body: `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorObject,
+}
+
+/// OpenAI's error object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorObject {
+    /// What went wrong, for a person.
+    pub message: String,
+    /// `invalid_request_error` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request field at fault, or null.
+    pub param: Option<String>,
+    /// A machine-readable code, or null.
+    pub code: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -101,13 +148,17 @@ impl IntoResponse for ApiError {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(untagged)]
 pub enum Stop {
+    /// No stop string.
     #[default]
     None,
+    /// One string.
     One(String),
+    /// A list of strings.
     Many(Vec<String>),
 }
 
 impl Stop {
+    /// The stop strings, as a list.
     pub fn strings(&self) -> Vec<String> {
         match self {
             Stop::None => Vec::new(),
@@ -120,6 +171,7 @@ impl Stop {
 /// `stream_options`.
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct StreamOptions {
+    /// Send a last chunk with the token counts.
     #[serde(default)]
     pub include_usage: bool,
 }
@@ -127,18 +179,27 @@ pub struct StreamOptions {
 /// The sampling fields both endpoints share (`top_k` is an extension, as in vLLM).
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct Sampling {
+    /// The most tokens to generate.
     pub max_tokens: Option<usize>,
     /// The chat endpoint's newer name for `max_tokens`.
     pub max_completion_tokens: Option<usize>,
+    /// Sampling temperature in [0, 2] (default 1; 0 is greedy).
     pub temperature: Option<f64>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability, in (0, 1].
     pub top_p: Option<f64>,
+    /// Keep only the `top_k` most likely tokens.
     pub top_k: Option<usize>,
+    /// Strings that end the reply (not included in it).
     #[serde(default)]
     pub stop: Stop,
+    /// The sampler's seed (default: a different one per request).
     pub seed: Option<u64>,
+    /// Number of choices: only 1 is supported.
     pub n: Option<usize>,
+    /// Answer as server-sent events.
     #[serde(default)]
     pub stream: bool,
+    /// Options of a streamed answer.
     #[serde(default)]
     pub stream_options: StreamOptions,
 }
@@ -147,14 +208,19 @@ pub struct Sampling {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Content {
+    /// Plain text.
     Text(String),
+    /// A list of parts.
     Parts(Vec<ContentPart>),
 }
 
+/// One part of a message's content.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ContentPart {
+    /// The part's type; only `text` is supported.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The text of a `text` part.
     pub text: Option<String>,
 }
 
@@ -178,8 +244,10 @@ impl Content {
     }
 }
 
+/// One message of a conversation.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Message {
+    /// `system`, `developer`, `user` or `assistant`.
     pub role: String,
     /// Absent or null for an assistant message that only called tools.
     pub content: Option<Content>,
@@ -188,8 +256,11 @@ pub struct Message {
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
+    /// The model's id, which must be the served one.
     pub model: String,
+    /// The conversation so far.
     pub messages: Vec<Message>,
+    /// How to generate.
     #[serde(flatten)]
     pub sampling: Sampling,
 }
@@ -197,20 +268,27 @@ pub struct ChatRequest {
 /// `POST /v1/completions`: one prompt (a list of one string is accepted too).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
+    /// The model's id, which must be the served one.
     pub model: String,
+    /// The text to continue.
     pub prompt: Prompt,
+    /// How to generate.
     #[serde(flatten)]
     pub sampling: Sampling,
 }
 
+/// A completion's `prompt`: a string, or a list (of exactly one string).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Prompt {
+    /// One string.
     One(String),
+    /// A list of strings.
     Many(Vec<String>),
 }
 
 impl Prompt {
+    /// The one prompt; a list of several is refused.
     pub fn text(&self) -> Result<String, ApiError> {
         match self {
             Prompt::One(s) => Ok(s.clone()),
@@ -224,14 +302,18 @@ impl Prompt {
 }
 
 /// Token counts of one request.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Usage {
+    /// Tokens of the prompt (after the chat template).
     pub prompt_tokens: usize,
+    /// Tokens generated.
     pub completion_tokens: usize,
+    /// Their sum.
     pub total_tokens: usize,
 }
 
 impl Usage {
+    /// The counts of a request; `total_tokens` is their sum.
     pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
         Self {
             prompt_tokens,
@@ -239,6 +321,137 @@ impl Usage {
             total_tokens: prompt_tokens + completion_tokens,
         }
     }
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+    /// The served model's id.
+    pub model: String,
+    /// Requests queued and not yet started.
+    pub waiting: usize,
+}
+
+/// `GET /v1/models`: `{"object": "list", "data": [...]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    /// The models (this server has one).
+    pub data: Vec<ModelCard>,
+}
+
+/// One model of [`ModelList`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// The id clients send as `model`.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// When the server started (Unix seconds).
+    pub created: u64,
+    /// Always `ember`.
+    pub owned_by: String,
+}
+
+/// The body of a whole (not streamed) `POST /v1/chat/completions` answer
+/// (`object`: `chat.completion`), and of each streamed chunk (`chat.completion.chunk`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatCompletion<C> {
+    /// The request's id (`chatcmpl-...`), the same in every chunk of a stream.
+    pub id: String,
+    /// `chat.completion` or `chat.completion.chunk`.
+    pub object: &'static str,
+    /// When the answer began (Unix seconds).
+    pub created: u64,
+    /// The served model's id.
+    pub model: String,
+    /// The one choice ([`ChatChoice`] or [`ChatChunkChoice`]; none in a stream's usage chunk).
+    pub choices: Vec<C>,
+    /// Token counts: always in a whole answer; in a stream, only in its usage chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// The choice of a whole chat answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatChoice {
+    /// Always 0.
+    pub index: usize,
+    /// The reply.
+    pub message: AssistantMessage,
+    /// Always null.
+    pub logprobs: Option<Value>,
+    /// Why the reply ended.
+    pub finish_reason: FinishReason,
+}
+
+/// The assistant's reply in a [`ChatChoice`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    /// The text.
+    pub content: String,
+}
+
+/// The choice of a streamed chat chunk.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatChunkChoice {
+    /// Always 0.
+    pub index: usize,
+    /// What this chunk adds.
+    pub delta: Delta,
+    /// Always null.
+    pub logprobs: Option<Value>,
+    /// Null until the last chunk.
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// A streamed chat chunk's addition: the role (first chunk), some text, or nothing
+/// (the last chunk); absent fields are left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Delta {
+    /// `assistant`, in the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// The next piece of text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// The body of a `POST /v1/completions` answer, whole or one streamed chunk (`object`
+/// is `text_completion` in both).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TextCompletion {
+    /// The request's id (`cmpl-...`).
+    pub id: String,
+    /// Always `text_completion`.
+    pub object: &'static str,
+    /// When the answer began (Unix seconds).
+    pub created: u64,
+    /// The served model's id.
+    pub model: String,
+    /// The one choice (none in a stream's usage chunk).
+    pub choices: Vec<TextChoice>,
+    /// Token counts: always in a whole answer; in a stream, only in its usage chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// The choice of a text completion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TextChoice {
+    /// Always 0.
+    pub index: usize,
+    /// The text (a piece of it, in a stream).
+    pub text: String,
+    /// Always null.
+    pub logprobs: Option<Value>,
+    /// Why the text ended; null in a stream until its last chunk.
+    pub finish_reason: Option<FinishReason>,
 }
 
 /// Parses a request body, turning serde's complaint into a 400 that names the problem.

@@ -1,0 +1,67 @@
+//! `ember serve`: the flags of the OpenAI-compatible server of [`ember_serve`], which
+//! does the serving; here the model is loaded (as every command loads one) and the
+//! server runs until Ctrl-C or SIGTERM.
+
+use anyhow::{Context, Result};
+use burn::prelude::Device;
+use ember_serve::{Server, ServerOptions};
+
+use crate::model_arg::ModelArgs;
+
+/// Options of `ember serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (loopback by default: other machines cannot connect).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 picks a free one; the address is logged).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* (default: $EMBER_API_KEY if set).
+    #[arg(long, env = "EMBER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The model's id in the API (default: the model directory's name).
+    #[arg(long)]
+    pub model_id: Option<String>,
+}
+
+impl ServeArgs {
+    /// The server's options these flags give.
+    pub fn options(&self) -> ServerOptions {
+        ServerOptions {
+            host: self.host.clone(),
+            port: self.port,
+            api_key: self.api_key.clone(),
+            model_id: self
+                .model_id
+                .clone()
+                .unwrap_or_else(|| ember_serve::model_name(&self.model.model)),
+            ..ServerOptions::default()
+        }
+    }
+}
+
+/// Loads the model, starts the generation thread and serves until a signal.
+pub fn run(args: &ServeArgs, device: &Device) -> Result<()> {
+    let options = args.options();
+    // A bad --host is refused before the model is loaded.
+    options
+        .address()
+        .map_err(|_| anyhow::anyhow!("--host {}: not an address to listen on", args.host))?;
+    let (loaded, tokenizer) = args.model.load_with_tokenizer(device)?;
+    let server = Server::start(loaded.model, tokenizer, device.clone(), options);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = server.bind().await?;
+        server
+            .serve(listener, ember_serve::shutdown_signal())
+            .await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,273 @@
+//! An OpenAI-compatible HTTP server (axum on tokio) and a chat page, for any model Ember
+//! loads; the `ember serve` command is a thin wrapper around it.
+//!
+//! - `GET /` the chat page (one static file, no build step), `GET /health`;
+//! - `GET /v1/models`, `POST /v1/chat/completions` (messages rendered with the model's
+//!   chat template, or the book's Alpaca prompt), `POST /v1/completions`; streamed as
+//!   server-sent events in OpenAI's chunk format when `stream` is true;
+//! - with [`ServerOptions::api_key`], `/v1/*` needs `Authorization: Bearer KEY`.
+//!
+//! Requests are answered one at a time by one generation thread ([`engine`] says why);
+//! the HTTP side only parses, checks and streams. When the shutdown future given to
+//! [`Server::serve`] completes, the current generation stops, queued requests are
+//! refused and the server closes once responses are out.
+//!
+//! # Embedding the server
+//!
+//! ```no_run
+//! use std::path::Path;
+//!
+//! use burn::prelude::Device;
+//! use ember_serve::{Server, ServerOptions};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let device = Device::ndarray();
+//!     let loaded = ember_model::load_model(Path::new("models/qwen3-0.6b"), None, &device)?;
+//!     let tokenizer = ember_model::model_tokenizer(&loaded)?;
+//!     let options = ServerOptions {
+//!         model_id: "qwen3-0.6b".into(),
+//!         ..ServerOptions::default()
+//!     };
+//!     // Starts the generation thread, which owns the model.
+//!     let server = Server::start(loaded.model, tokenizer, device, options);
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     // Serves until Ctrl-C or SIGTERM. `server.router()` gives the axum `Router`
+//!     // instead, to merge with other routes or serve some other way.
+//!     server.serve(listener, ember_serve::shutdown_signal()).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The request and response bodies are plain serde types in [`api`]:
+//!
+//! ```
+//! use ember_serve::api::{ChatRequest, parse};
+//!
+//! let request: ChatRequest = parse(
+//!     br#"{"model": "m", "messages": [{"role": "user", "content": "Hi"}], "stop": "\n"}"#,
+//! )
+//! .unwrap();
+//! assert_eq!(request.messages[0].role, "user");
+//! assert_eq!(request.sampling.stop.strings(), ["\n"]);
+//!
+//! // A bad request is answered with OpenAI's error object.
+//! let error = parse::<ChatRequest>(b"{").unwrap_err();
+//! let body = serde_json::to_value(error.body()).unwrap();
+//! assert_eq!(body["error"]["type"], "invalid_request_error");
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod engine;
+mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::prelude::Device;
+use ember_model::{CausalLm, LanguageModel};
+use ember_tokenizer::ModelTokenizer;
+
+pub use api::ApiError;
+pub use engine::{Engine, FinishReason};
+
+/// The largest request body accepted by default (a conversation filling a long context
+/// fits easily).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+
+/// How the server is reached and what it calls its model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Address to listen on, for [`Server::bind`] (loopback by default: other machines
+    /// cannot connect).
+    pub host: String,
+    /// Port, for [`Server::bind`] (0 picks a free one).
+    pub port: u16,
+    /// When set, `/v1/*` needs `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// The model's id in the API, which clients send as `model`.
+    pub model_id: String,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key: None,
+            model_id: "ember".into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// The socket address of `host` and `port` (a host name is resolved).
+    pub fn address(&self) -> Result<SocketAddr, ServeError> {
+        if let Ok(address) = format!("{}:{}", self.host, self.port).parse() {
+            return Ok(address);
+        }
+        use std::net::ToSocketAddrs;
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ServeError::Address {
+                host: self.host.clone(),
+            })
+    }
+}
+
+/// What can fail when the server starts or runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The host is neither an address nor a name that resolves.
+    #[error("{host}: not an address to listen on")]
+    Address {
+        /// The host given.
+        host: String,
+    },
+    /// The address could not be bound (in use, not ours, no permission).
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Accepting or serving connections failed.
+    #[error("the server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A model behind the API: its generation thread and what the HTTP handlers share.
+pub struct Server {
+    engine: Engine,
+    state: Arc<routes::AppState>,
+    options: ServerOptions,
+    context: usize,
+}
+
+impl Server {
+    /// Starts the generation thread, which owns `model`; nothing listens yet.
+    pub fn start(
+        model: LanguageModel,
+        tokenizer: ModelTokenizer,
+        device: Device,
+        options: ServerOptions,
+    ) -> Self {
+        let context = CausalLm::context_length(&model);
+        let tokenizer = Arc::new(tokenizer);
+        let engine = Engine::start(model, tokenizer.clone(), device);
+        let state = routes::AppState::new(
+            engine.clone(),
+            tokenizer,
+            options.model_id.clone(),
+            context,
+            options.api_key.clone(),
+        );
+        Self {
+            engine,
+            state,
+            options,
+            context,
+        }
+    }
+
+    /// The server's routes (the page, `/health` and `/v1/*`), to serve or to merge into
+    /// another axum application.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone(), self.options.max_body_bytes)
+    }
+
+    /// The generation thread's handle ([`Engine::shut_down`] stops generating).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The options it was started with.
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// The model's context length in tokens (prompt and reply together).
+    pub fn context_length(&self) -> usize {
+        self.context
+    }
+
+    /// Binds [`ServerOptions::host`] and [`ServerOptions::port`].
+    pub async fn bind(&self) -> Result<tokio::net::TcpListener, ServeError> {
+        let address = self.options.address()?;
+        tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| ServeError::Bind { address, source })
+    }
+
+    /// Serves on `listener` until `shutdown` completes; then stops generating, refuses
+    /// queued requests, and returns once the responses in flight are out.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let bound = listener.local_addr().map_err(ServeError::Serve)?;
+        tracing::info!(
+            model = %self.options.model_id,
+            context = self.context,
+            auth = self.options.api_key.is_some(),
+            "listening on http://{bound}"
+        );
+        let engine = self.engine.clone();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: finishing responses in flight");
+                engine.shut_down();
+            })
+            .await
+            .map_err(ServeError::Serve)?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes on Ctrl-C or (on Unix) SIGTERM: a shutdown future for [`Server::serve`].
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+/// The API's name for a model loaded from `path`: its directory's name (`ember` when
+/// there is none).
+pub fn model_name(path: &Path) -> String {
+    let path: PathBuf = ember_model::resolve_model_path(path);
+    let path = if path.is_file() {
+        path.parent().map(PathBuf::from).unwrap_or(path)
+    } else {
+        path
+    };
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "ember".to_string())
+}
