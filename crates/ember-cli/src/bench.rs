@@ -20,10 +20,10 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use ember_model::{
-    GenerationConfig, GptConfig, LanguageModel, ModelConfig, WeightDtype, generate,
-    read_model_config, with_weight_dtype,
+    Dtype, GenerationConfig, GptConfig, LanguageModel, ModelConfig, generate, read_model_config,
+    with_weight_dtype,
 };
-use ember_train::{AdamWSettings, TrainPrecision, cross_entropy};
+use ember_train::{AdamWSettings, check_precision, cross_entropy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -54,12 +54,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// `generate` and `load`: precision of the weight matrices (f32, bf16, f16).
-    #[arg(long, default_value_t = WeightDtype::F32)]
-    pub dtype: WeightDtype,
-    /// `train`: arithmetic of the matrix products, `fp32` or `bf16` (mixed precision, as
+    #[arg(long, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+    /// `train`: arithmetic of the matrix products, `f32` or `bf16` (mixed precision, as
     /// `train.precision`; PyTorch's counterpart is bf16 autocast).
-    #[arg(long, default_value = "fp32")]
-    pub precision: TrainPrecision,
+    #[arg(long, default_value_t = Dtype::F32)]
+    pub precision: Dtype,
     /// `tiny` (64 wide, 2 layers), `gpt2-small` or `gpt2-medium`.
     #[arg(long, default_value = "gpt2-small")]
     pub preset: String,
@@ -96,14 +96,6 @@ fn median(mut values: Vec<f64>) -> f64 {
         values[n / 2]
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
-/// A dtype as the PyTorch scripts name it (`fp32`, `bf16`, `f16`).
-fn dtype_name(dtype: WeightDtype) -> String {
-    match dtype {
-        WeightDtype::F32 => "fp32".to_string(),
-        other => other.to_string(),
     }
 }
 
@@ -157,20 +149,20 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
         "preset": args.preset,
         "context": config.context_length,
         "batch": args.batch,
-        "dtype": "fp32",
+        "dtype": Dtype::F32,
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "params": config.num_params(),
     });
     let extra = match args.mode {
         BenchMode::Train => {
             let precision = args.precision;
-            precision.check_device(device)?;
-            if precision == TrainPrecision::Bf16 {
-                record["dtype"] = json!("bf16");
+            check_precision(precision, device)?;
+            record["dtype"] = json!(precision);
+            if precision == Dtype::Bf16 {
                 record["bf16_instructions"] =
                     json!(ember_kernels::autocast::has_bf16_instructions());
             }
-            let _autocast = ember_kernels::autocast(precision.into());
+            let _autocast = ember_kernels::autocast(precision);
             let train_device = device.clone().autodiff();
             train_device.seed(123);
             let mut model = config.init(&train_device);
@@ -232,7 +224,7 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
         }
         BenchMode::Generate => {
             let (model, vocab_size, shape) = generation_model(args, &config, device)?;
-            record["dtype"] = json!(dtype_name(args.dtype));
+            record["dtype"] = json!(args.dtype);
             record["params"] = json!(model.config().num_params());
             record["context"] = json!(args.prompt_len + args.new_tokens);
             if let Some(shape) = shape {
@@ -293,7 +285,7 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
             let peak = peak_rss_mib();
             record["params"] = json!(params);
             record["model_type"] = json!(loaded.config.model_type());
-            record["dtype"] = json!(dtype_name(args.dtype));
+            record["dtype"] = json!(args.dtype);
             json!({
                 "model": dir,
                 "load_s": load_s,

@@ -7,8 +7,7 @@ use burn::prelude::Device;
 use clap::Args;
 use ember_hub::ModelRef;
 use ember_model::{
-    GptConfig, LoadedModel, ModelConfig, WeightDtype, load_model_as, model_tokenizer,
-    read_model_config,
+    Dtype, GptConfig, LoadedModel, ModelConfig, load_model_as, model_tokenizer, read_model_config,
 };
 use ember_tokenizer::ModelTokenizer;
 
@@ -45,8 +44,8 @@ pub struct ModelArgs {
     pub qkv_bias: bool,
     /// Precision of the weight matrices: f32, or bf16 / f16 (half the memory and
     /// faster generation on a CPU; activations stay f32).
-    #[arg(long, default_value_t = WeightDtype::F32)]
-    pub dtype: WeightDtype,
+    #[arg(long, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
 }
 
 impl ModelArgs {

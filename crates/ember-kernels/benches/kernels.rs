@@ -53,7 +53,7 @@ fn matmuls(c: &mut Criterion) {
             bench.iter(|| settle(ember_kernels::matmul(a.clone(), b.clone())))
         });
         group.bench_function(format!("ember bf16 {name}"), |bench| {
-            let _bf16 = ember_kernels::autocast(ember_kernels::Precision::Bf16);
+            let _bf16 = ember_kernels::autocast(ember_kernels::Dtype::Bf16);
             bench.iter(|| settle(ember_kernels::matmul(a.clone(), b.clone())))
         });
     }
@@ -73,7 +73,7 @@ fn matmuls(c: &mut Criterion) {
         })
     });
     group.bench_function(format!("ember bf16 {name}"), |bench| {
-        let _bf16 = ember_kernels::autocast(ember_kernels::Precision::Bf16);
+        let _bf16 = ember_kernels::autocast(ember_kernels::Dtype::Bf16);
         bench.iter(|| {
             settle(ember_kernels::matmul(
                 grad.clone(),

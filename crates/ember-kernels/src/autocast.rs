@@ -1,40 +1,34 @@
 //! The precision [`matmul`](crate::matmul) and [`linear`](crate::linear) compute in, set
 //! for a scope as PyTorch's `torch.autocast` sets it.
 //!
-//! Under `autocast(Precision::Bf16)` the matrix products of the CPU kernels round their
-//! operands to bf16 and sum in f32 (`vdpbf16ps` where the CPU has AVX512_BF16), in the forward pass
-//! and in the backward pass of every product made inside the scope (the backward node
+//! Under `autocast(Dtype::Bf16)` the matrix products of the CPU kernels round their
+//! operands to bf16 and sum in f32 (`vdpbf16ps` where the CPU has AVX512_BF16), in the
+//! forward pass and in the backward pass of every product made inside the scope (the backward node
 //! keeps the precision it was made with). Everything else stays f32: weights, gradients,
 //! optimizer state, normalisations, softmax and the loss ("mixed precision"). The setting
 //! belongs to the calling thread and is restored when the guard drops; outside any scope
-//! products are f32, computed exactly as without this module.
+//! products are f32, computed exactly as without this module. `autocast(Dtype::F16)`
+//! rounds the operands to f16 the same way (computed in f32, for measuring what f16
+//! arithmetic does to a result; no faster).
 
 use std::cell::Cell;
 
-/// The arithmetic of matrix products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// f32 operands and sums.
-    #[default]
-    F32,
-    /// Operands rounded to bf16, sums in f32.
-    Bf16,
-}
+use crate::dtype::Dtype;
 
 thread_local! {
-    static PRECISION: Cell<Precision> = const { Cell::new(Precision::F32) };
+    static PRECISION: Cell<Dtype> = const { Cell::new(Dtype::F32) };
 }
 
 /// Sets the precision of this thread's matrix products until the guard drops.
 #[must_use = "the precision holds only while the guard lives"]
-pub fn autocast(precision: Precision) -> AutocastGuard {
+pub fn autocast(precision: Dtype) -> AutocastGuard {
     AutocastGuard {
         previous: PRECISION.with(|p| p.replace(precision)),
     }
 }
 
 /// The precision of this thread's matrix products now.
-pub fn current_precision() -> Precision {
+pub fn current_precision() -> Dtype {
     PRECISION.with(Cell::get)
 }
 
@@ -54,7 +48,7 @@ pub fn covers(device: &burn::prelude::Device) -> bool {
 /// Restores the previous precision when dropped.
 #[derive(Debug)]
 pub struct AutocastGuard {
-    previous: Precision,
+    previous: Dtype,
 }
 
 impl Drop for AutocastGuard {
@@ -69,16 +63,16 @@ mod tests {
 
     #[test]
     fn scopes_nest_and_restore() {
-        assert_eq!(current_precision(), Precision::F32);
+        assert_eq!(current_precision(), Dtype::F32);
         {
-            let _outer = autocast(Precision::Bf16);
-            assert_eq!(current_precision(), Precision::Bf16);
+            let _outer = autocast(Dtype::Bf16);
+            assert_eq!(current_precision(), Dtype::Bf16);
             {
-                let _inner = autocast(Precision::F32);
-                assert_eq!(current_precision(), Precision::F32);
+                let _inner = autocast(Dtype::F32);
+                assert_eq!(current_precision(), Dtype::F32);
             }
-            assert_eq!(current_precision(), Precision::Bf16);
+            assert_eq!(current_precision(), Dtype::Bf16);
         }
-        assert_eq!(current_precision(), Precision::F32);
+        assert_eq!(current_precision(), Dtype::F32);
     }
 }

@@ -48,24 +48,7 @@ pub(crate) fn has_bf16_instructions() -> bool {
 
 /// The same product through the f32 `gemm` of copies of the operands rounded to bf16.
 pub(crate) fn product_emulated(a: MatrixView<'_>, b: MatrixView<'_>) -> Vec<f32> {
-    let rounded = |m: MatrixView<'_>| -> Vec<f32> {
-        let (rows, cols) = m.dims;
-        let mut out = vec![0.0f32; rows * cols];
-        if cols > 0 {
-            out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = f32::from_bits(u32::from(to_bf16_bits(m.at(r, c))) << 16);
-                }
-            });
-        }
-        out
-    };
-    let (a_rounded, b_rounded) = (rounded(a), rounded(b));
-    let ((m, k), (_, n)) = (a.dims, b.dims);
-    crate::matmul::gemm(
-        MatrixView::new(a_rounded.as_ptr(), (m, k), k as isize, 1),
-        MatrixView::new(b_rounded.as_ptr(), (k, n), n as isize, 1),
-    )
+    crate::matmul::rounded_product(a, b, crate::Dtype::Bf16)
 }
 
 /// `v` rounded to the nearest bf16 (ties to even), as bits; NaN stays NaN.

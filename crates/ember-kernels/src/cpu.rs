@@ -455,7 +455,7 @@ mod flex_tests {
         let values = x.clone().detach().into_data();
         let weights = w.clone().detach().into_data();
         let bf16_on = |device: &Device| {
-            let _bf16 = crate::autocast(crate::Precision::Bf16);
+            let _bf16 = crate::autocast(crate::Dtype::Bf16);
             let a = Tensor::<2>::from_data(values.clone(), device);
             let b = Tensor::<2>::from_data(weights.clone(), device);
             crate::matmul(a, b.transpose()).into_data()

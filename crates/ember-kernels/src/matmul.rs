@@ -5,15 +5,19 @@
 //! gpt2-small's output head, 38.6M elements a step. It also zero-fills an output that the
 //! product then overwrites. `gemm` reads transposed operands through their strides.
 //!
-//! Under [`autocast`](crate::autocast)`(Precision::Bf16)` the products (forward and
-//! backward) take bf16-rounded operands instead (`bf16_gemm.rs`).
+//! Under [`autocast`](crate::autocast)`(Dtype::Bf16)` the products (forward and
+//! backward) take bf16-rounded operands instead (`bf16_gemm.rs`), under `Dtype::F16`
+//! f16-rounded ones.
 
 use burn::backend::tensor::FloatTensor;
 use burn::nn::Linear;
 use burn::prelude::*;
 
-use crate::autocast::{Precision, current_precision};
+use rayon::prelude::*;
+
+use crate::autocast::current_precision;
 use crate::cpu::{CpuBackend, MatrixView, with_cpu_backend};
+use crate::dtype::Dtype;
 
 /// `a · b`, in the [precision](crate::autocast()) of the scope.
 ///
@@ -78,7 +82,7 @@ fn matmul_on<B: CpuBackend>(a: &Tensor<2>, b: &Tensor<2>) -> Option<Tensor<2>> {
 /// products take the precision of the forward one.
 #[derive(Debug)]
 struct MatmulBackward {
-    precision: Precision,
+    precision: Dtype,
 }
 
 impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 2> for MatmulBackward {
@@ -119,7 +123,7 @@ impl<B: CpuBackend> burn::backend::autodiff::ops::Backward<B, 2> for MatmulBackw
 fn matmul_autodiff<B: CpuBackend>(
     a: FloatTensor<burn::backend::Autodiff<B>>,
     b: FloatTensor<burn::backend::Autodiff<B>>,
-    precision: Precision,
+    precision: Dtype,
 ) -> FloatTensor<burn::backend::Autodiff<B>> {
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::ops::{Backward, OpsKind};
@@ -149,14 +153,38 @@ fn matmul_autodiff<B: CpuBackend>(
 fn product<B: CpuBackend>(
     a: MatrixView<'_>,
     b: MatrixView<'_>,
-    precision: Precision,
+    precision: Dtype,
 ) -> FloatTensor<B> {
     let (m, n) = (a.dims.0, b.dims.1);
     let values = match precision {
-        Precision::F32 => gemm(a, b),
-        Precision::Bf16 => crate::bf16_gemm::product(a, b),
+        Dtype::F32 => gemm(a, b),
+        Dtype::Bf16 => crate::bf16_gemm::product(a, b),
+        Dtype::F16 => rounded_product(a, b, Dtype::F16),
     };
     B::new_tensor(&[m, n], values)
+}
+
+/// `a · b` of copies of the operands rounded to `dtype`, through the f32 [`gemm`]: the
+/// result of `dtype` operands with f32 sums.
+pub(crate) fn rounded_product(a: MatrixView<'_>, b: MatrixView<'_>, dtype: Dtype) -> Vec<f32> {
+    let rounded = |m: MatrixView<'_>| -> Vec<f32> {
+        let (rows, cols) = m.dims;
+        let mut out = vec![0.0f32; rows * cols];
+        if cols > 0 {
+            out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = dtype.round(m.at(r, c));
+                }
+            });
+        }
+        out
+    };
+    let (a_rounded, b_rounded) = (rounded(a), rounded(b));
+    let ((m, k), (_, n)) = (a.dims, b.dims);
+    gemm(
+        MatrixView::new(a_rounded.as_ptr(), (m, k), k as isize, 1),
+        MatrixView::new(b_rounded.as_ptr(), (k, n), n as isize, 1),
+    )
 }
 
 /// `a · b` into a new row-major vector, on every core.
@@ -275,7 +303,7 @@ mod tests {
         let weights = Tensor::<2>::random([37, 45], Distribution::Normal(0.0, 1.0), &device);
         let (a, b) = (a.require_grad(), b.require_grad());
         let fused = {
-            let _bf16 = crate::autocast(Precision::Bf16);
+            let _bf16 = crate::autocast(Dtype::Bf16);
             matmul(a.clone(), b.clone().transpose())
         };
         let (ra, rb, rw) = (
@@ -295,10 +323,31 @@ mod tests {
         // Rounding is what happened: the f32 product differs by more than the tolerance.
         let plain = matmul(a.clone().detach(), b.clone().detach().transpose());
         let bf16 = {
-            let _bf16 = crate::autocast(Precision::Bf16);
+            let _bf16 = crate::autocast(Dtype::Bf16);
             matmul(a.detach(), b.detach().transpose())
         };
         let gap: f32 = (plain - bf16).abs().max().into_scalar();
         assert!(gap > 1e-2, "bf16 and f32 products differ by {gap}");
+    }
+
+    /// Under f16 autocast the product is that of f16-rounded operands summed in f32.
+    #[test]
+    fn f16_products_take_f16_rounded_operands() {
+        let device = Device::ndarray();
+        let a = Tensor::<2>::random([9, 70], Distribution::Normal(0.0, 1.0), &device);
+        let b = Tensor::<2>::random([70, 11], Distribution::Normal(0.0, 1.0), &device);
+        let round = |t: Tensor<2>| {
+            let dims = t.dims();
+            let values: Vec<f32> = t.into_data().to_vec::<f32>().unwrap();
+            let values: Vec<f32> = values.into_iter().map(|v| Dtype::F16.round(v)).collect();
+            Tensor::<2>::from_data(TensorData::new(values, dims), &device)
+        };
+        let f16 = {
+            let _f16 = crate::autocast(Dtype::F16);
+            matmul(a.clone(), b.clone())
+        };
+        assert_close(f16.clone(), round(a.clone()).matmul(round(b.clone())), 1e-5);
+        let gap: f32 = (f16 - matmul(a, b)).abs().max().into_scalar();
+        assert!(gap > 1e-4, "f16 and f32 products differ by {gap}");
     }
 }

@@ -52,6 +52,7 @@ pub mod model;
 pub mod precision;
 pub mod weights;
 
+pub use ember_kernels::Dtype;
 pub use gemma3::{Gemma3Config, Gemma3Model};
 pub use generate::{
     GenerateError, GenerationConfig, check_prompt, generate, generate_until, sample_next_token,
@@ -59,7 +60,7 @@ pub use generate::{
 pub use gpt2::{ConfigError, FeedForward, GptConfig, GptModel, TransformerBlock, WeightInit};
 pub use llama::{Family, LlamaConfig, LlamaModel};
 pub use model::{Architecture, ArchitectureConfig, CausalLm, LanguageModel, ModelConfig};
-pub use precision::{WeightDtype, with_weight_dtype};
+pub use precision::with_weight_dtype;
 pub use weights::{
     LoadedModel, ModelSource, WeightsError, describe_model, load_model, load_model_as,
     model_tokenizer, read_model_config, resolve_model_path, save_model,

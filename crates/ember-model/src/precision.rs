@@ -1,62 +1,15 @@
-//! The precision a model's weights are held in for inference.
+//! The precision a model's weights are held in for inference ([`Dtype`], the one
+//! vocabulary of number formats, from `ember_kernels`).
 //!
 //! `f32` is the default and the only precision that trains. `bf16` and `f16` keep the
 //! matrices of linear layers and embeddings in 16 bits ([`ember_kernels::half_weights`]):
 //! half the memory, and generation on a CPU, which reads every weight once per token,
 //! up to twice as fast. Norms, biases, activations and the KV cache stay f32.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
+use ember_kernels::Dtype;
 use ember_kernels::half_weights::{HalfKind, HalfMatrix, half_param};
-
-/// The precision of a model's weight matrices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WeightDtype {
-    /// 32-bit floats (training, exact parity with the references).
-    #[default]
-    F32,
-    /// bfloat16 weights, computed with in f32.
-    Bf16,
-    /// IEEE half weights, computed with in f32.
-    F16,
-}
-
-impl WeightDtype {
-    /// The 16-bit format, if this is one.
-    pub fn half_kind(self) -> Option<HalfKind> {
-        match self {
-            Self::F32 => None,
-            Self::Bf16 => Some(HalfKind::Bf16),
-            Self::F16 => Some(HalfKind::F16),
-        }
-    }
-}
-
-impl fmt::Display for WeightDtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-            Self::F16 => "f16",
-        })
-    }
-}
-
-impl FromStr for WeightDtype {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" | "fp32" | "float32" => Ok(Self::F32),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            "f16" | "fp16" | "float16" => Ok(Self::F16),
-            other => Err(format!("unknown dtype \"{other}\" (f32, bf16, f16)")),
-        }
-    }
-}
 
 /// How a parameter is held in half precision, by the module that owns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +108,7 @@ impl ModuleMapper for ToHalf {
 /// `model` with the matrices of its linear layers and embeddings held in `dtype` (a
 /// no-op for f32): for inference; training asks for the f32 values, which are then
 /// computed from the 16-bit ones.
-pub fn with_weight_dtype<M: Module>(model: M, dtype: WeightDtype) -> M {
+pub fn with_weight_dtype<M: Module>(model: M, dtype: Dtype) -> M {
     match dtype.half_kind() {
         None => model,
         Some(kind) => model.map(&mut ToHalf {

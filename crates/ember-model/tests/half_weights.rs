@@ -12,7 +12,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use ember_model::weights::collect_parameters;
 use ember_model::{
-    CausalLm, GenerationConfig, LanguageModel, WeightDtype, generate, load_model, load_model_as,
+    CausalLm, Dtype, GenerationConfig, LanguageModel, generate, load_model, load_model_as,
     with_weight_dtype,
 };
 use serde_json::Value;
@@ -54,7 +54,7 @@ fn half_weights_compute_what_the_rounded_f32_weights_compute() {
     for name in ["tiny-gpt2-a", "tiny-llama3", "tiny-qwen3", "tiny-gemma3"] {
         let dir = fixture(name);
         let f32_logits = logits(&load_model(&dir, None, &device).unwrap().model, &device);
-        for dtype in [WeightDtype::Bf16, WeightDtype::F16] {
+        for dtype in [Dtype::Bf16, Dtype::F16] {
             let loaded = load_model_as(&dir, None, dtype, &device).unwrap().model;
             let converted =
                 with_weight_dtype(load_model(&dir, None, &device).unwrap().model, dtype);
@@ -89,7 +89,7 @@ fn a_bf16_checkpoint_in_bf16_gives_transformers_tokens() {
     let device = Device::ndarray();
     let dir = fixture("tiny-llama3");
     let f32_model = load_model(&dir, None, &device).unwrap().model;
-    let model = load_model_as(&dir, None, WeightDtype::Bf16, &device)
+    let model = load_model_as(&dir, None, Dtype::Bf16, &device)
         .unwrap()
         .model;
     let worst = max_diff(&logits(&model, &device), &logits(&f32_model, &device));
@@ -125,7 +125,7 @@ fn the_f32_values_of_half_weights_are_the_rounded_weights() {
     let LanguageModel::Llama(f32_model) = load_model(&dir, None, &device).unwrap().model else {
         panic!("a Llama-family model")
     };
-    let LanguageModel::Llama(half) = load_model_as(&dir, None, WeightDtype::Bf16, &device)
+    let LanguageModel::Llama(half) = load_model_as(&dir, None, Dtype::Bf16, &device)
         .unwrap()
         .model
     else {

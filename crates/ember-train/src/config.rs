@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ember_kernels::Dtype;
 use ember_model::{GptConfig, WeightInit};
 
 #[cfg(test)]
@@ -123,70 +124,53 @@ pub struct TrainConfig {
     pub sample_tokens: usize,
     /// Peak FLOP/s of the machine, for the model-FLOP-utilisation estimate.
     pub peak_flops: f64,
-    /// Arithmetic of the matrix products: `fp32` (the default) or `bf16` (mixed
+    /// Arithmetic of the matrix products: `f32` (the default) or `bf16` (mixed
     /// precision: bf16 operands with f32 sums; weights, gradients, optimizer state,
-    /// normalisations and the loss stay f32).
+    /// normalisations and the loss stay f32). `fp32`, as earlier runs wrote it, reads
+    /// as `f32`.
     #[serde(default)]
-    pub precision: TrainPrecision,
+    pub precision: Dtype,
 }
 
-/// The arithmetic of a run's matrix products (`train.precision`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrainPrecision {
-    /// f32 throughout.
-    #[default]
-    Fp32,
-    /// bf16 operands and f32 sums in the matrix products, as PyTorch's bf16 autocast;
-    /// on CPU backends with Ember's kernels.
-    Bf16,
-}
-
-impl TrainPrecision {
-    /// Whether runs on `device` can compute in this precision: bf16 needs Ember's CPU
-    /// kernels (on other backends the products would silently stay f32). Warns when the
-    /// CPU has no bf16 instructions, where bf16 is rounded alike but no faster.
-    pub fn check_device(self, device: &burn::prelude::Device) -> Result<(), InvalidSetting> {
-        if self == Self::Fp32 {
-            return Ok(());
-        }
-        if !ember_kernels::autocast::covers(device) {
-            return Err(InvalidSetting::new(
-                "train.precision",
-                format!(
-                    "bf16 needs a CPU backend with Ember's kernels (ndarray or flex), not {device:?}"
-                ),
-            ));
-        }
-        if !ember_kernels::autocast::has_bf16_instructions() {
-            tracing::warn!(
-                "this CPU has no bf16 instructions (AVX512_BF16): bf16 products are rounded as \
-                 on one that has, but computed no faster than fp32"
-            );
-        }
-        Ok(())
+/// Checks that a run on `device` can compute its products in `precision`
+/// (`train.precision`): f32 anywhere; bf16 needs Ember's CPU kernels (on other backends
+/// the products would silently stay f32), and warns when the CPU has no bf16
+/// instructions, where bf16 is rounded alike but no faster.
+pub fn check_precision(
+    precision: Dtype,
+    device: &burn::prelude::Device,
+) -> Result<(), InvalidSetting> {
+    check_trainable(precision)?;
+    if precision == Dtype::F32 {
+        return Ok(());
     }
-}
-
-impl std::str::FromStr for TrainPrecision {
-    type Err = String;
-
-    /// The names of `train.precision` (for command-line flags).
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fp32" => Ok(Self::Fp32),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(format!("unknown precision \"{other}\" (fp32, bf16)")),
-        }
+    if !ember_kernels::autocast::covers(device) {
+        return Err(InvalidSetting::new(
+            "train.precision",
+            format!(
+                "bf16 needs a CPU backend with Ember's kernels (ndarray or flex), not {device:?}"
+            ),
+        ));
     }
+    if !ember_kernels::autocast::has_bf16_instructions() {
+        tracing::warn!(
+            "this CPU has no bf16 instructions (AVX512_BF16): bf16 products are rounded as \
+             on one that has, but computed no faster than f32"
+        );
+    }
+    Ok(())
 }
 
-impl From<TrainPrecision> for ember_kernels::Precision {
-    fn from(precision: TrainPrecision) -> Self {
-        match precision {
-            TrainPrecision::Fp32 => Self::F32,
-            TrainPrecision::Bf16 => Self::Bf16,
-        }
+/// f16 is refused for training: its gradients underflow without loss scaling, which
+/// Ember does not do (PyTorch pairs f16 autocast with a `GradScaler`); bf16 has f32's
+/// range and needs none.
+fn check_trainable(precision: Dtype) -> Result<(), InvalidSetting> {
+    match precision {
+        Dtype::F32 | Dtype::Bf16 => Ok(()),
+        Dtype::F16 => Err(InvalidSetting::new(
+            "train.precision",
+            "f16 needs loss scaling to train, which Ember does not do; use bf16 (or f32)",
+        )),
     }
 }
 
@@ -243,7 +227,7 @@ impl PretrainConfig {
                 sample_tokens: 50,
                 // PyTorch's fp32 matmul on this class of 2-core machine (docs/benchmarks.md).
                 peak_flops: 3.2e11,
-                precision: TrainPrecision::Fp32,
+                precision: Dtype::F32,
             },
         }
     }
@@ -392,6 +376,7 @@ impl TrainConfig {
         if self.max_steps == Some(0) {
             return Err(InvalidSetting::new("train.max_steps", "must be at least 1"));
         }
+        check_trainable(self.precision)?;
         self.optimizer.validate()
     }
 
@@ -597,9 +582,24 @@ mod tests {
                 "train.optimizer.eps=0",
                 "train.optimizer.eps must be positive",
             ),
+            (
+                "train.precision=f16",
+                "train.precision f16 needs loss scaling to train",
+            ),
         ] {
             let err = error_chain(&base.with_overrides(&[pair.into()]).unwrap_err());
             assert!(err.starts_with(&format!("--set {pair}: {key}")), "{err}");
+        }
+        // The dtype names of every other flag, and the run configurations' older "fp32".
+        for (value, precision) in [
+            ("bf16", Dtype::Bf16),
+            ("fp32", Dtype::F32),
+            ("f32", Dtype::F32),
+        ] {
+            let c = base
+                .with_overrides(&[format!("train.precision={value}")])
+                .unwrap();
+            assert_eq!(c.train.precision, precision);
         }
         let err = base
             .with_overrides(&["train.epochs".into()])

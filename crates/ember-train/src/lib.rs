@@ -29,7 +29,8 @@
 //! - [`loss`], [`optim`], [`eval`]: masked cross-entropy, PyTorch-exact AdamW,
 //!   global-norm clipping, warmup + cosine, evaluation over the first batches;
 //! - [`config`]: run configuration (TOML, presets, `key=value` overrides, validation);
-//! - [`plot`]: the loss plot of figure 5.12;
+//! - [`plot`]: the loss plot of figure 5.12 (the `plot` feature, on by default, as are
+//!   `progress`, a bar per epoch, and `pth`, runs from the book's `.pth` weights);
 //! - [`error`]: the errors of a run, [`TrainError`].
 
 #![warn(missing_docs)]
@@ -42,6 +43,7 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod pipeline;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod pretrain;
 pub mod run_dir;
@@ -52,7 +54,7 @@ pub mod trainer;
 pub use checkpoint::TrainState;
 pub use config::{
     DataConfig, InvalidSetting, PretrainConfig, RunConfig, RunConfigError, TrainConfig,
-    TrainPrecision,
+    check_precision,
 };
 pub use error::TrainError;
 pub use eval::{labeled_tensors, mean_loss, over_eval_batches, token_tensors};

@@ -43,7 +43,7 @@ impl<'a> Run<'a> {
             )
             .into());
         }
-        config.train().precision.check_device(device)?;
+        crate::config::check_precision(config.train().precision, device)?;
         let dir = RunDir::open(run_dir, options.mode, C::OUTPUT_FILES)?;
         if options.mode == RunMode::Resume {
             dir.check_resumable(config)?;

@@ -7,7 +7,7 @@
 //!   config.toml      the resolved configuration
 //!   metrics.jsonl    one line per optimizer step (metrics.rs)
 //!   reports.jsonl    the epoch reports, and samples.txt rendered from them
-//!   loss.png         (and accuracy.png for classification)
+//!   loss.png         (and accuracy.png for classification; the `plot` feature)
 //!   checkpoints/     step-N/ and `latest` (checkpoint.rs)
 //!   model/           the trained model
 //! ```
@@ -37,13 +37,15 @@ pub enum RunMode {
 }
 
 /// The files and folders the run layer writes for every run; a pipeline declares the
-/// rest ([`crate::RunConfig::OUTPUT_FILES`]).
-pub const RUN_LAYER_FILES: [&str; 8] = [
+/// rest ([`crate::RunConfig::OUTPUT_FILES`]). The plots only with the `plot` feature.
+pub const RUN_LAYER_FILES: &[&str] = &[
     "config.toml",
     "metrics.jsonl",
     "reports.jsonl",
     "samples.txt",
+    #[cfg(feature = "plot")]
     "loss.png",
+    #[cfg(feature = "plot")]
     "accuracy.png",
     "checkpoints",
     "model",
@@ -250,6 +252,14 @@ impl RunDir {
             path: path.clone(),
             message: e.message().to_string(),
         })?;
+        // Read back as this version reads it, so that a value written under another name
+        // this version still accepts (`precision = "fp32"`, now "f32") is the same value.
+        let saved = saved
+            .clone()
+            .try_into::<C>()
+            .ok()
+            .and_then(|config| toml::Table::try_from(&config).ok())
+            .unwrap_or(saved);
         let current = toml::Table::try_from(config).expect("configurations serialise");
         let mut differing = Vec::new();
         diff_tables(&saved, &current, "", &mut differing);
@@ -369,6 +379,24 @@ fn is_plain_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run whose saved configuration names a value as an earlier version wrote it
+    /// (`precision = "fp32"`) resumes; a changed value is still named.
+    #[test]
+    fn a_saved_configuration_is_compared_as_this_version_reads_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = RunDir::open(&root.path().join("run"), RunMode::New, &[]).unwrap();
+        let config = crate::PretrainConfig::tiny();
+        dir.write_config(&config).unwrap();
+        let text = std::fs::read_to_string(dir.config()).unwrap();
+        assert!(text.contains("precision = \"f32\""), "{text}");
+        std::fs::write(dir.config(), text.replace("\"f32\"", "\"fp32\"")).unwrap();
+        dir.check_resumable(&config).unwrap();
+        let mut changed = config.clone();
+        changed.train.precision = ember_kernels::Dtype::Bf16;
+        let err = dir.check_resumable(&changed).unwrap_err().to_string();
+        assert!(err.contains("train.precision"), "{err}");
+    }
 
     #[test]
     fn one_process_at_a_time_and_runs_are_not_overwritten_by_accident() {

@@ -19,6 +19,7 @@ use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::{MetricsLine, MetricsLog};
 use crate::optim::{clip_grad_norm, grad_norm};
+#[cfg(feature = "plot")]
 use crate::plot::write_plots;
 use crate::run_dir::{Report, RunDir, RunMode};
 use crate::task::{Evaluation, TrainTask};
@@ -260,7 +261,7 @@ pub fn fit<T: TrainTask>(
             let micro =
                 &batches[state.batch_in_epoch..state.batch_in_epoch + train.grad_accum_steps];
             let outcome;
-            let autocast = ember_kernels::autocast(train.precision.into());
+            let autocast = ember_kernels::autocast(train.precision);
             (model, outcome) = train_step(
                 task,
                 model,
@@ -299,7 +300,7 @@ pub fn fit<T: TrainTask>(
             // The book evaluates after its first step and then every eval_freq steps.
             if (state.step - 1).is_multiple_of(train.eval_freq) {
                 let eval = {
-                    let _autocast = ember_kernels::autocast(train.precision.into());
+                    let _autocast = ember_kernels::autocast(train.precision);
                     task.evaluate(&model.valid(), &eval_device)?
                 };
                 tracing::info!(
@@ -338,6 +339,7 @@ pub fn fit<T: TrainTask>(
         report(task, &model, dir, &state, &eval_device, false)?;
         state.epoch += 1;
         state.batch_in_epoch = 0;
+        #[cfg(feature = "plot")]
         write_plots(dir, &metrics);
     }
     // A run that ends mid-epoch shows where it got to (unless it stopped right after
@@ -347,6 +349,7 @@ pub fn fit<T: TrainTask>(
         report(task, &model, dir, &state, &eval_device, true)?;
     }
     checkpoints.save(&model, &optimizer, &state)?;
+    #[cfg(feature = "plot")]
     write_plots(dir, &metrics);
     Ok(FitOutcome {
         model,

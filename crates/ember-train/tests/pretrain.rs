@@ -479,7 +479,7 @@ fn bf16_mixed_precision_follows_the_fp32_run_and_resumes_exactly() {
         config.train.min_lr,
     ) = (1e-2, None, None);
     run(&config, &root.path().join("fp32"), false);
-    config.train.precision = ember_train::TrainPrecision::Bf16;
+    config.train.precision = ember_model::Dtype::Bf16;
     run(&config, &root.path().join("bf16"), false);
     let fp32 = metrics(&root.path().join("fp32"));
     let bf16 = metrics(&root.path().join("bf16"));

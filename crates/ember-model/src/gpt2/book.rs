@@ -13,6 +13,7 @@ use crate::weights::WeightsError;
 use crate::weights::tensors::{MemoryTensors, RawTensor};
 
 /// Every floating-point tensor of a `torch.save` file, as f32.
+#[cfg(feature = "pth")]
 pub fn read_pth(path: &Path) -> Result<BTreeMap<String, RawTensor>, WeightsError> {
     use pytorch_reader::DType;
     let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| {
@@ -54,6 +55,15 @@ pub fn read_pth(path: &Path) -> Result<BTreeMap<String, RawTensor>, WeightsError
         );
     }
     Ok(out)
+}
+
+/// Without the `pth` feature, reading a `torch.save` file is an error naming it.
+#[cfg(not(feature = "pth"))]
+pub fn read_pth(path: &Path) -> Result<BTreeMap<String, RawTensor>, WeightsError> {
+    Err(WeightsError::format(
+        path,
+        "reading PyTorch .pth checkpoints needs ember-model's `pth` feature, which this build leaves out",
+    ))
 }
 
 /// The book's tensors renamed to GPT-2's (`transformer.` prefix), Q, K and V fused,

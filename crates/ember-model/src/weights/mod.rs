@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use ember_data::files::{CHECKSUMS_FILE, ChecksumError, verify_checksums, write_checksums};
+use ember_kernels::Dtype;
 
 pub use random::random_model;
 pub use table::{Layout, NameTable, collect_parameters, load_parameters};
@@ -35,7 +36,6 @@ use crate::gpt2::{self, GptConfig, GptModel, book};
 use crate::model::{
     Architecture, ArchitectureConfig, LanguageModel, ModelConfig, each_architecture,
 };
-use crate::precision::WeightDtype;
 
 /// Errors while reading or writing weights.
 #[derive(Debug, thiserror::Error)]
@@ -285,7 +285,7 @@ fn check_size(config: &ModelConfig, source: &dyn TensorSource) -> Result<(), Wei
 pub(crate) fn model_from_tensors(
     config: &ModelConfig,
     source: &dyn TensorSource,
-    dtype: WeightDtype,
+    dtype: Dtype,
     device: &Device,
 ) -> Result<LanguageModel, WeightsError> {
     check_size(config, source)?;
@@ -340,7 +340,7 @@ pub fn load_model(
     shape: Option<&GptConfig>,
     device: &Device,
 ) -> Result<LoadedModel, WeightsError> {
-    load_model_as(path, shape, WeightDtype::F32, device)
+    load_model_as(path, shape, Dtype::F32, device)
 }
 
 /// [`load_model`] with the matrices of linear layers and embeddings held in `dtype`,
@@ -349,7 +349,7 @@ pub fn load_model(
 pub fn load_model_as(
     path: &Path,
     shape: Option<&GptConfig>,
-    dtype: WeightDtype,
+    dtype: Dtype,
     device: &Device,
 ) -> Result<LoadedModel, WeightsError> {
     check_reachable(path)?;
@@ -584,14 +584,9 @@ mod tests {
             tensors,
             origin: PathBuf::from("m.safetensors"),
         };
-        let err = model_from_tensors(
-            &ModelConfig::Gpt2(config),
-            &source,
-            WeightDtype::F32,
-            &device,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = model_from_tensors(&ModelConfig::Gpt2(config), &source, Dtype::F32, &device)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("m.safetensors: "), "{err}");
         assert!(
             err.contains("tensor transformer.wpe.weight has shape [4, 16], expected [8, 16]"),
@@ -647,7 +642,7 @@ mod tests {
             let err = model_from_tensors(
                 &ModelConfig::Gpt2(config.clone()),
                 &source,
-                WeightDtype::Bf16,
+                Dtype::Bf16,
                 &device,
             )
             .unwrap_err()

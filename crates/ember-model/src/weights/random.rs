@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
+use ember_kernels::Dtype;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -15,7 +16,6 @@ use super::WeightsError;
 use super::table::{Layout, NameTable};
 use super::tensors::TensorSource;
 use crate::model::{ArchitectureConfig, LanguageModel, ModelConfig, each_architecture};
-use crate::precision::WeightDtype;
 
 /// Every parameter's Hub name and shape, read from a model whose parameters are never
 /// drawn.
@@ -91,7 +91,7 @@ impl TensorSource for RandomTensors {
 /// `seed`) held in `dtype`, loaded tensor by tensor as a checkpoint is.
 pub fn random_model(
     config: &ModelConfig,
-    dtype: WeightDtype,
+    dtype: Dtype,
     seed: u64,
     device: &Device,
 ) -> Result<LanguageModel, WeightsError> {
@@ -124,7 +124,7 @@ mod tests {
         let config = ModelConfig::Gpt2(GptConfig::preset("tiny").unwrap());
         let ids = Tensor::<2, Int>::from_ints([[1, 2, 3]], &device);
         let logits = |seed| {
-            random_model(&config, WeightDtype::F32, seed, &device)
+            random_model(&config, Dtype::F32, seed, &device)
                 .unwrap()
                 .logits(ids.clone())
                 .into_data()

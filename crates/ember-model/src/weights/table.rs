@@ -15,11 +15,12 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use regex::Regex;
 
+use ember_kernels::Dtype;
 use ember_kernels::half_weights::{HalfKind, HalfMatrix};
 
 use super::WeightsError;
 use super::tensors::TensorSource;
-use crate::precision::{Containers, HalfRole, WeightDtype};
+use crate::precision::{Containers, HalfRole};
 
 /// How a Hub tensor is laid out relative to Ember's parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +187,7 @@ pub fn load_parameters<M: Module>(
     table: &NameTable,
     source: &dyn TensorSource,
     device: &Device,
-    dtype: WeightDtype,
+    dtype: Dtype,
     also_used: &[&str],
 ) -> Result<M, WeightsError> {
     let mut loader = Loader {
