@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
-use ember_model::{CausalLm, GenerationConfig, check_prompt, generate};
+use ember_model::{GenerationConfig, check_prompt, generate};
 use ember_tokenizer::{ChatMessage, TextStream};
-use ember_train::{cross_entropy, perplexity as ppl};
+use ember_train::{perplexity as ppl, text_loss};
 
 use crate::model_arg::ModelArgs;
 
@@ -152,44 +152,20 @@ pub fn perplexity(args: &PerplexityArgs, device: &Device) -> Result<()> {
     let (loaded, tokenizer) = args.model.load_with_tokenizer(device)?;
     let text = read_text(&args.text_file)?;
     let ids = tokenizer.encode(&text)?;
-    if ids.len() < 2 {
+    let measured = text_loss(&loaded.model, &ids, device, |start, logits| {
+        match (&args.logits_out, start) {
+            (Some(path), 0) => write_logits(path, logits),
+            _ => Ok(()),
+        }
+    })?;
+    let Some(measured) = measured else {
         bail!(
             "{}: {} token(s); perplexity needs at least 2",
             args.text_file.display(),
             ids.len()
         );
-    }
-    let model = &loaded.model;
-    let context = model.context_length();
-    let to_tensor = |s: &[u32]| {
-        let data: Vec<i64> = s.iter().map(|&i| i64::from(i)).collect();
-        Tensor::<2, Int>::from_data(TensorData::new(data, [1, s.len()]), device)
     };
-    let (mut total, mut count, mut start) = (0.0f64, 0usize, 0usize);
-    while start + 1 < ids.len() {
-        let end = (start + context + 1).min(ids.len());
-        let window = &ids[start..end];
-        let n = window.len() - 1;
-        let logits = model.logits(to_tensor(&window[..n]));
-        if let (Some(path), 0) = (&args.logits_out, start) {
-            let [_, rows, vocab] = logits.dims();
-            let values = logits
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>();
-            let values = values.map_err(|e| anyhow!("logits: {e:?}"))?;
-            ember_model::weights::write_safetensors(
-                path,
-                &[("logits".to_string(), vec![rows, vocab], values)],
-            )?;
-        }
-        let loss: f32 = cross_entropy(logits, to_tensor(&window[1..])).into_scalar();
-        total += loss as f64 * n as f64;
-        count += n;
-        start += context;
-    }
-    let loss = total / count as f64;
+    let loss = measured.loss;
     if args.json {
         println!(
             "{}",
@@ -202,6 +178,22 @@ pub fn perplexity(args: &PerplexityArgs, device: &Device) -> Result<()> {
             ppl(loss)
         );
     }
+    Ok(())
+}
+
+/// Writes `logits` (`[1, tokens, vocab]`) as the tensor `logits`, `[tokens, vocab]`.
+fn write_logits(path: &Path, logits: &Tensor<3>) -> Result<()> {
+    let [_, rows, vocab] = logits.dims();
+    let values = logits
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow!("logits: {e:?}"))?;
+    ember_model::weights::write_safetensors(
+        path,
+        &[("logits".to_string(), vec![rows, vocab], values)],
+    )?;
     Ok(())
 }
 

@@ -17,6 +17,8 @@
 //!   new text;
 //! - [`instruct_finetune`]: chapter 7's run and the responses to the test entries for
 //!   the judge (the Alpaca prompt, split and collate are `ember_data`'s);
+//! - `judge` (feature `judge`, on by default): section 7.8's LLM judge, scoring the
+//!   responses through Ollama or an OpenAI-compatible server;
 //! - [`dpo`]: the DPO loss and the log-probabilities it compares (the chapter 7
 //!   bonus); [`dpo_finetune`]: its run on preference pairs, before/after measures;
 //! - [`base`]: the model a run starts from, LoRA, the shared settings checks;
@@ -30,6 +32,8 @@ pub mod dpo;
 pub mod dpo_finetune;
 pub mod error;
 pub mod instruct_finetune;
+#[cfg(feature = "judge")]
+pub mod judge;
 pub mod numpy_rng;
 pub mod spam;
 pub mod spam_finetune;

@@ -27,7 +27,8 @@
 //!   configuration, reports, checkpoints and `metrics.jsonl`;
 //! - [`mod@pretrain`]: pretraining as a task (sliding windows, text samples);
 //! - [`loss`], [`optim`], [`eval`]: masked cross-entropy, PyTorch-exact AdamW,
-//!   global-norm clipping, warmup + cosine, evaluation over the first batches;
+//!   global-norm clipping, warmup + cosine, evaluation over the first batches and
+//!   the loss (perplexity) of a whole text;
 //! - [`config`]: run configuration (TOML, presets, `key=value` overrides, validation);
 //! - [`plot`]: the loss plot of figure 5.12 (the `plot` feature, on by default, as are
 //!   `progress`, a bar per epoch, and `pth`, runs from the book's `.pth` weights);
@@ -57,7 +58,7 @@ pub use config::{
     check_precision,
 };
 pub use error::TrainError;
-pub use eval::{labeled_tensors, mean_loss, over_eval_batches, token_tensors};
+pub use eval::{TextLoss, labeled_tensors, mean_loss, over_eval_batches, text_loss, token_tensors};
 pub use loss::{IGNORE_INDEX, cross_entropy, perplexity};
 pub use metrics::MetricsLine;
 pub use optim::{AdamWSettings, LrSchedule, clip_grad_norm, grad_norm};
