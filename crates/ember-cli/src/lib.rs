@@ -1,16 +1,12 @@
-//! The `ember` command line: every chapter's pipeline behind one binary.
+//! The `ember` command line: every chapter's pipeline behind one binary, a thin shell
+//! over the library crates.
 //!
-//! `backend` turns a backend name into a Burn `Device`; `commands` holds one function
-//! per subcommand. The binary's `main` parses arguments, sets up logging and turns
-//! errors into a one-line message and a non-zero exit code.
+//! [`commands`] holds one file per subcommand (its flags and what it runs) and the
+//! [`commands::Command`] list; [`args`] the flags several share (`--model`, the run
+//! options, sampling, `--tokenizer`); [`backend`] turns a backend name into a Burn
+//! `Device`. The binary's `main` parses arguments, sets up logging and the thread pool,
+//! and turns errors into a one-line message and a non-zero exit code.
 
+pub mod args;
 pub mod backend;
-pub mod bench;
 pub mod commands;
-pub mod download;
-pub mod finetune;
-pub mod judge;
-pub mod model_arg;
-pub mod runs;
-pub mod serve;
-pub mod text;

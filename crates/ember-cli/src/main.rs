@@ -1,14 +1,10 @@
 //! `ember`: tokenize, prepare, inspect, generate, evaluate and pretrain GPT models.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use ember_cli::model_arg::resolve_model;
-use ember_cli::{backend, commands};
-use ember_model::GptConfig;
+use clap::Parser;
+use ember_cli::commands::Command;
 
 // Training allocates and frees tensors of tens of megabytes every step; glibc's malloc
 // hands each back to the kernel and faults it in again (a fifth of a step's time,
@@ -52,172 +48,8 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Print the token ids of the UTF-8 text on standard input.
-    Tokenize {
-        /// `gpt2` or the path of a tokenizer.json.
-        #[arg(long, default_value = "gpt2")]
-        tokenizer: String,
-        /// Encode `<|endoftext|>` as its special id (otherwise it is an error).
-        #[arg(long)]
-        allow_special: bool,
-        /// Print `{"ids": [...]}`.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print the text of the token ids on standard input.
-    Detokenize {
-        /// `gpt2` or the path of a tokenizer.json.
-        #[arg(long, default_value = "gpt2")]
-        tokenizer: String,
-    },
-    /// Tokenize a text corpus (file or directory of .txt/.jsonl) into uint16 shards.
-    Prepare {
-        /// A .txt or .jsonl file, or a directory of them.
-        #[arg(long)]
-        input: PathBuf,
-        /// Directory for train_*.bin and val_*.bin.
-        #[arg(long)]
-        output: PathBuf,
-        /// Fraction of the documents kept for validation.
-        #[arg(long, default_value_t = 0.1)]
-        val_fraction: f64,
-        /// Tokens per shard.
-        #[arg(long, default_value_t = 100_000_000)]
-        shard_tokens: usize,
-        /// `gpt2` or the path of a tokenizer.json.
-        #[arg(long, default_value = "gpt2")]
-        tokenizer: String,
-    },
-    /// Show a model configuration: parameters and size.
-    Info {
-        /// Architecture preset.
-        #[arg(long, default_value = "gpt2-small")]
-        preset: String,
-        /// A model to describe instead of a preset: a model directory, a run directory,
-        /// or a Hub repository id OWNER/NAME[@REVISION] that is no path here (from the
-        /// Hugging Face cache, downloaded into it if need be).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Continue a prompt.
-    Generate(ember_cli::text::GenerateArgs),
-    /// Mean next-token loss and perplexity of a text file.
-    Perplexity(ember_cli::text::PerplexityArgs),
-    /// Pretrain a GPT (chapter 5, appendix D).
-    Pretrain(commands::PretrainArgs),
-    /// Fine-tune a spam classifier on the SMS Spam Collection (chapter 6, appendix E).
-    FinetuneSpam(ember_cli::finetune::SpamArgs),
-    /// Fine-tune a GPT to follow instructions, then answer the test entries (chapter 7).
-    FinetuneInstruct(ember_cli::finetune::InstructArgs),
-    /// Tune a model on preference pairs with DPO against a frozen copy of itself (the
-    /// chapter 7 bonus).
-    FinetuneDpo(ember_cli::finetune::DpoArgs),
-    /// Classify a text with a classifier made by `ember finetune-spam`.
-    Classify {
-        /// The classifier (its run directory or its model/ directory, or a Hub
-        /// repository id OWNER/NAME[@REVISION] that is no path here).
-        #[arg(long)]
-        model: PathBuf,
-        /// Print `{"label": ..., "probabilities": {...}}`.
-        #[arg(long)]
-        json: bool,
-        /// The text.
-        text: String,
-    },
-    /// Measure training and generation speed (same settings and JSON keys as
-    /// bench/torch_gpt_bench.py).
-    Bench(ember_cli::bench::BenchArgs),
-    /// Download a model from the Hugging Face Hub (or a server laid out like it):
-    /// resumable, checksum- and size-verified.
-    Download(ember_cli::download::DownloadArgs),
-    /// Score model responses 0-100 with an LLM judge (Ollama or OpenAI-compatible).
-    Judge(ember_cli::judge::JudgeArgs),
-    /// Talk to a model: the conversation is rendered with its chat template (the book's
-    /// Alpaca prompt for GPT-2 models without one) and each answer streams back. An
-    /// empty line or `exit` quits; `--message` answers one message and exits.
-    Chat(ember_cli::text::ChatArgs),
-    /// Serve the model over an OpenAI-compatible HTTP API, with a chat page at `/`.
-    Serve(ember_cli::serve::ServeArgs),
-    /// List the backends compiled into this binary.
-    Backends,
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(name) = &cli.backend {
-        backend::check(name)?;
-    }
-    let device = || backend::device(cli.backend.as_deref());
-    match cli.command {
-        Command::Tokenize {
-            tokenizer,
-            allow_special,
-            json,
-        } => commands::tokenize(&tokenizer, allow_special, json),
-        Command::Detokenize { tokenizer } => commands::detokenize(&tokenizer),
-        Command::Prepare {
-            input,
-            output,
-            val_fraction,
-            shard_tokens,
-            tokenizer,
-        } => commands::prepare(&input, &output, val_fraction, shard_tokens, &tokenizer),
-        Command::Info {
-            preset,
-            model,
-            json,
-        } => {
-            // A model is described from its config.json, checked against its weights,
-            // without being built.
-            let config = match model {
-                Some(model) => {
-                    let path = resolve_model(&model)?;
-                    ember_model::describe_model(&path)
-                        .with_context(|| format!("cannot describe the model {}", model.display()))?
-                        .0
-                }
-                None => ember_model::ModelConfig::Gpt2(GptConfig::preset(&preset)?),
-            };
-            commands::info(&config, json)
-        }
-        Command::Generate(args) => ember_cli::text::generate_text(&args, &device()?),
-        Command::Perplexity(args) => ember_cli::text::perplexity(&args, &device()?),
-        Command::Pretrain(args) => commands::pretrain(args, &device()?),
-        Command::FinetuneSpam(args) => ember_cli::finetune::spam(args, &device()?),
-        Command::FinetuneInstruct(args) => ember_cli::finetune::instruct(args, &device()?),
-        Command::FinetuneDpo(args) => ember_cli::finetune::dpo(args, &device()?),
-        Command::Classify { model, json, text } => {
-            let path = resolve_model(&model)?;
-            ember_cli::finetune::classify(&path, &text, json, &device()?)
-        }
-        Command::Bench(args) => {
-            let name = cli
-                .backend
-                .clone()
-                .or_else(|| std::env::var("EMBER_BACKEND").ok())
-                .unwrap_or_else(|| {
-                    backend::available()
-                        .first()
-                        .map_or("none", |v| v)
-                        .to_string()
-                });
-            let record = ember_cli::bench::run(&args, &name, &device()?)?;
-            println!("{record}");
-            Ok(())
-        }
-        Command::Download(args) => ember_cli::download::run(args),
-        Command::Judge(args) => ember_cli::judge::run(args),
-        Command::Chat(args) => ember_cli::text::chat(&args, &device()?),
-        Command::Serve(args) => ember_cli::serve::run(&args, &device()?),
-        Command::Backends => {
-            println!("{}", backend::available().join("\n"));
-            Ok(())
-        }
-    }
+    cli.command.run(cli.backend.as_deref())
 }
 
 /// 128 + the signal (130 for Ctrl-C, 143 for SIGTERM) for a run stopped by one after
@@ -236,7 +68,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
         )
     });
     if interrupted {
-        ember_cli::runs::interrupted_exit_code()
+        ember_cli::args::run::interrupted_exit_code()
     } else {
         2
     }
@@ -245,7 +77,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
 /// Prints the process's peak resident memory (`VmHWM`) to stderr: how the tests and
 /// benchmarks see what a command needed at most.
 fn report_peak_rss() {
-    match ember_cli::bench::peak_rss_mib() {
+    match ember_cli::commands::bench::peak_rss_mib() {
         Some(mib) => eprintln!("peak RSS: {} MiB", mib as u64),
         None => eprintln!("peak RSS: unknown"),
     }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use burn::prelude::Device;
 use ember_serve::{Server, ServerOptions};
 
-use crate::model_arg::ModelArgs;
+use crate::args::model::ModelArgs;
 
 /// Options of `ember serve`.
 #[derive(Debug, Clone, clap::Args)]

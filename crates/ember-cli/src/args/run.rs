@@ -157,3 +157,14 @@ pub fn interrupted_exit_code() -> u8 {
 pub fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |v| format!("{v:.3}"))
 }
+
+/// A new run says where it starts: a base model (flag, `--config` or `--set base=...`)
+/// or `--from-scratch`.
+pub fn require_base(has_base: bool, run: &RunArgs, from_scratch: bool) -> Result<()> {
+    if run.resume.is_none() && !has_base && !from_scratch {
+        bail!(
+            "pass --base MODEL (a GPT-2 directory, a checkpoint or a pretraining run) or --from-scratch"
+        );
+    }
+    Ok(())
+}

@@ -271,7 +271,7 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
                 .ok_or_else(|| anyhow::anyhow!("--mode load needs --model DIR"))?;
             let before = peak_rss_mib();
             let start = Instant::now();
-            let (loaded, _tokenizer) = crate::model_arg::ModelArgs {
+            let (loaded, _tokenizer) = crate::args::model::ModelArgs {
                 model: dir.clone(),
                 preset: None,
                 config: None,
