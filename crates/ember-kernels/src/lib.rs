@@ -52,6 +52,7 @@ mod gelu;
 pub mod half_weights;
 mod layer_norm;
 mod matmul;
+pub mod quant;
 mod rms_norm;
 mod row_norm;
 mod simd;
