@@ -99,6 +99,7 @@ impl Server {
         let mut response = Self::agent()
             .post(format!("{}{path}", self.url))
             .header("Authorization", &format!("Bearer {KEY}"))
+            .header("Content-Type", "application/json")
             .send(body.to_string().as_bytes())
             .unwrap();
         assert_eq!(response.status().as_u16(), 200);
@@ -116,6 +117,30 @@ impl Server {
             .map(Result::unwrap)
             .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
             .collect()
+    }
+
+    /// One raw HTTP/1.1 request (`Connection: close` is added); the status and the
+    /// whole answer, headers included. For headers ureq sets itself (`Host`).
+    fn raw(&self, head: &str, body: &str) -> (u16, String) {
+        let address = self.url.trim_start_matches("http://");
+        let mut socket = TcpStream::connect(address).unwrap();
+        write!(
+            socket,
+            "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).unwrap();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not HTTP: {answer}"));
+        (status, answer)
     }
 
     fn log(&self) -> String {
@@ -455,4 +480,97 @@ fn a_gemma3_model_is_served() {
         chat["usage"]["prompt_tokens"],
         want["prompt_ids"].as_array().unwrap().len()
     );
+}
+
+/// Issue 26's hardening through the real binary: an empty key stops `ember serve` at
+/// once, the flags reach the server (the unit tests of ember-serve check each
+/// behaviour in detail).
+#[test]
+fn the_http_side_is_hardened() {
+    let model = fixture("tiny-qwen3");
+    // An empty key, from the flag or the variable, is a one-line error, before the
+    // model is loaded.
+    let o = ember()
+        .args(["serve", "--model", &model, "--port", "0", "--api-key", ""])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "--api-key (or EMBER_API_KEY) is empty");
+    let o = ember()
+        .env("EMBER_API_KEY", "")
+        .args(["serve", "--model", &model, "--port", "0"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "--api-key (or EMBER_API_KEY) is empty");
+    let o = ember()
+        .args(["serve", "--model", &model, "--port", "0"])
+        .args(["--cors-origin", "https://app.example/"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "--cors-origin https://app.example/");
+
+    let server = Server::start(
+        &model,
+        &[
+            "--api-key",
+            KEY,
+            "--allowed-host",
+            "my.box",
+            "--cors-origin",
+            "https://app.example",
+        ],
+    );
+    let address = server.url.trim_start_matches("http://").to_string();
+    let models = |host: &str, extra: &str| {
+        server.raw(
+            &format!(
+                "GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: bearer {KEY}{extra}"
+            ),
+            "",
+        )
+    };
+    // The scheme in any case; loopback names and the allowed host, any port.
+    for host in [address.as_str(), "localhost:1234", "my.box:8080"] {
+        let (status, answer) = models(host, "");
+        assert_eq!(status, 200, "{host}: {answer}");
+    }
+    // DNS rebinding: another name for 127.0.0.1.
+    let (status, answer) = models("attacker.example:8080", "");
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("host_not_allowed"), "{answer}");
+    // CORS for the named origin only.
+    let (_, answer) = models(&address, "\r\nOrigin: https://app.example");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://app.example"),
+        "{answer}"
+    );
+    let (_, answer) = models(&address, "\r\nOrigin: https://evil.example");
+    assert!(
+        !answer
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "{answer}"
+    );
+    let (status, answer) = server.raw(
+        &format!("OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: {address}\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type"),
+        "",
+    );
+    assert_eq!(status, 204, "{answer}");
+    // A body that is not declared JSON.
+    let body = json!({"model": "tiny-qwen3", "prompt": "hi", "max_tokens": 1}).to_string();
+    let (status, answer) = server.raw(
+        &format!("POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: text/plain"),
+        &body,
+    );
+    assert_eq!(status, 415, "{answer}");
+    // An unsupported field, named.
+    let (status, error) = server.post(
+        "/v1/chat/completions",
+        &json!({"model": "tiny-qwen3", "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}]}),
+    );
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "tools");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
 }

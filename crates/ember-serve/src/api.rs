@@ -67,7 +67,10 @@ impl ApiError {
     pub fn unknown_model(requested: &str, served: &str) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
-            message: format!("the model `{requested}` does not exist; this server has `{served}`"),
+            message: format!(
+                "the model `{}` does not exist; this server has `{served}`",
+                clip(requested)
+            ),
             kind: "invalid_request_error",
             param: Some("model"),
             code: Some("model_not_found"),
@@ -106,6 +109,18 @@ impl ApiError {
                 code: self.code.map(str::to_string),
             },
         }
+    }
+}
+
+/// The longest piece of a request (in characters) that an error message quotes.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// `text` as an error message quotes it: at most [`MAX_QUOTED_CHARS`] characters, the
+/// rest replaced by an ellipsis (a client's megabyte of `model` is not sent back).
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
     }
 }
 
@@ -204,6 +219,136 @@ pub struct Sampling {
     pub stream_options: StreamOptions,
 }
 
+/// Fields of OpenAI's API that this server does not implement. None is ignored: a
+/// value that would change the answer is refused with a 400 naming the field
+/// ([`Unsupported::check`]); the value that asks for what happens anyway (`logprobs:
+/// false`, `presence_penalty: 0`, `response_format: {"type": "text"}`, ...) and null
+/// are accepted, since some clients send them by default. Other fields this server
+/// does not know (`user`, `metadata`, `store`, ...) change nothing and are accepted.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Unsupported {
+    /// Function calling: refused.
+    pub tools: Option<Value>,
+    /// Accepted only as `"none"`.
+    pub tool_choice: Option<Value>,
+    /// The older function calling: refused.
+    pub functions: Option<Value>,
+    /// Accepted only as `"none"`.
+    pub function_call: Option<Value>,
+    /// Accepted only as `{"type": "text"}` (no JSON mode, no structured outputs).
+    pub response_format: Option<Value>,
+    /// Log probabilities are not returned: accepted only as `false`.
+    pub logprobs: Option<Value>,
+    /// Accepted only as 0.
+    pub top_logprobs: Option<Value>,
+    /// Accepted only as `{}`.
+    pub logit_bias: Option<Value>,
+    /// Not implemented: accepted only as 0.
+    pub presence_penalty: Option<Value>,
+    /// Not implemented: accepted only as 0.
+    pub frequency_penalty: Option<Value>,
+    /// (Completions) the prompt is not echoed: accepted only as `false`.
+    pub echo: Option<Value>,
+    /// (Completions) accepted only as 1.
+    pub best_of: Option<Value>,
+    /// (Completions) accepted only as `""`.
+    pub suffix: Option<Value>,
+}
+
+impl Unsupported {
+    /// The first field given a value this server cannot honour, as a 400 naming it.
+    pub fn check(&self) -> Result<(), ApiError> {
+        // A field, its value, whether the value is harmless, why it is refused.
+        type Check<'a> = (&'static str, &'a Option<Value>, fn(&Value) -> bool, &'a str);
+        let checks: [Check; 13] = [
+            (
+                "tools",
+                &self.tools,
+                |_| false,
+                "tools (function calling) are not supported",
+            ),
+            (
+                "tool_choice",
+                &self.tool_choice,
+                |v| v == "none",
+                "tool_choice is not supported (tools are not)",
+            ),
+            (
+                "functions",
+                &self.functions,
+                |_| false,
+                "functions (function calling) are not supported",
+            ),
+            (
+                "function_call",
+                &self.function_call,
+                |v| v == "none",
+                "function_call is not supported (functions are not)",
+            ),
+            (
+                "response_format",
+                &self.response_format,
+                |v| {
+                    v.as_object()
+                        .is_some_and(|o| o.len() == 1 && o.get("type").is_some_and(|t| t == "text"))
+                },
+                "response_format other than {\"type\": \"text\"} is not supported (no JSON mode or structured outputs)",
+            ),
+            (
+                "logprobs",
+                &self.logprobs,
+                |v| v == false,
+                "logprobs are not supported",
+            ),
+            (
+                "top_logprobs",
+                &self.top_logprobs,
+                |v| v.as_f64() == Some(0.0),
+                "top_logprobs are not supported",
+            ),
+            (
+                "logit_bias",
+                &self.logit_bias,
+                |v| v.as_object().is_some_and(|o| o.is_empty()),
+                "logit_bias is not supported",
+            ),
+            (
+                "presence_penalty",
+                &self.presence_penalty,
+                |v| v.as_f64() == Some(0.0),
+                "presence_penalty is not supported (only 0)",
+            ),
+            (
+                "frequency_penalty",
+                &self.frequency_penalty,
+                |v| v.as_f64() == Some(0.0),
+                "frequency_penalty is not supported (only 0)",
+            ),
+            ("echo", &self.echo, |v| v == false, "echo is not supported"),
+            (
+                "best_of",
+                &self.best_of,
+                |v| v.as_f64() == Some(1.0),
+                "best_of is not supported (only 1)",
+            ),
+            (
+                "suffix",
+                &self.suffix,
+                |v| v == "",
+                "suffix is not supported",
+            ),
+        ];
+        for (field, value, harmless, message) in checks {
+            if let Some(value) = value
+                && !harmless(value)
+            {
+                return Err(ApiError::invalid(Some(field), message));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A message's `content`: a string, or a list of parts of which the text ones count.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -235,7 +380,10 @@ impl Content {
                     ("text", Some(t)) => Ok(t.as_str()),
                     (kind, _) => Err(ApiError::invalid(
                         Some("messages"),
-                        format!("content parts of type \"{kind}\" are not supported (text only)"),
+                        format!(
+                            "content parts of type \"{}\" are not supported (text only)",
+                            clip(kind)
+                        ),
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -263,6 +411,9 @@ pub struct ChatRequest {
     /// How to generate.
     #[serde(flatten)]
     pub sampling: Sampling,
+    /// Fields refused unless harmless.
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
 }
 
 /// `POST /v1/completions`: one prompt (a list of one string is accepted too).
@@ -275,6 +426,9 @@ pub struct CompletionRequest {
     /// How to generate.
     #[serde(flatten)]
     pub sampling: Sampling,
+    /// Fields refused unless harmless.
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
 }
 
 /// A completion's `prompt`: a string, or a list (of exactly one string).

@@ -7,6 +7,20 @@
 //!   server-sent events in OpenAI's chunk format when `stream` is true;
 //! - with [`ServerOptions::api_key`], `/v1/*` needs `Authorization: Bearer KEY`.
 //!
+//! # Hardening
+//!
+//! - The API key is compared in constant time (as SHA-256 digests), the `Bearer`
+//!   scheme in any case; an empty key is an error ([`ServeError::EmptyApiKey`]), not a
+//!   server that refuses everything.
+//! - A request field the server does not implement (`tools`, `response_format` other
+//!   than text, `logprobs`, non-zero penalties, `echo`, ...) is refused with a 400
+//!   naming it (`"param"`), never ignored ([`api::Unsupported`]).
+//! - `POST` bodies must be `Content-Type: application/json` (else 415).
+//! - On a loopback address, a request whose `Host` is not `localhost`, `127.x.x.x` or
+//!   `[::1]` (with any port) is refused with a 403, against DNS rebinding, unless
+//!   [`ServerOptions::allowed_hosts`] names it.
+//! - No CORS headers unless [`ServerOptions::cors_origins`] names origins.
+//!
 //! Requests are answered one at a time by one generation thread ([`engine`] says why);
 //! the HTTP side only parses, checks and streams. When the shutdown future given to
 //! [`Server::serve`] completes, the current generation stops, queued requests are
@@ -62,6 +76,8 @@
 pub mod api;
 pub mod engine;
 mod routes;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -87,12 +103,21 @@ pub struct ServerOptions {
     pub host: String,
     /// Port, for [`Server::bind`] (0 picks a free one).
     pub port: u16,
-    /// When set, `/v1/*` needs `Authorization: Bearer KEY`.
+    /// When set, `/v1/*` needs `Authorization: Bearer KEY`; an empty key is an error.
     pub api_key: Option<String>,
     /// The model's id in the API, which clients send as `model`.
     pub model_id: String,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Host names (`Host` header, any port) answered besides `localhost`, `127.x.x.x`
+    /// and `[::1]` when the server listens on a loopback address (on another address
+    /// every `Host` is answered); `*` allows any. Empty by default, which keeps web
+    /// pages from reaching a local server through DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://app.example`, or `*` for any) whose web pages may call the
+    /// API from a browser: their requests get CORS headers and preflights are
+    /// answered. Empty by default: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -103,11 +128,50 @@ impl Default for ServerOptions {
             api_key: None,
             model_id: "ember".into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
 
 impl ServerOptions {
+    /// Checks the options that can be wrong whatever the address: an empty API key,
+    /// an empty allowed host, a CORS origin that no browser sends. [`Server::bind`]
+    /// and [`Server::serve`] call it; a program can call it before loading a model.
+    pub fn check(&self) -> Result<(), ServeError> {
+        if let Some(key) = &self.api_key {
+            if key.trim().is_empty() {
+                return Err(ServeError::EmptyApiKey);
+            }
+            if key.trim() != key || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(ServeError::BadOption {
+                    option: "api key",
+                    value: "(hidden)".into(),
+                    reason: "it must be printable ASCII without spaces around it, as an HTTP header carries it",
+                });
+            }
+        }
+        for host in &self.allowed_hosts {
+            if host.is_empty() || host.contains(['/', ' ']) {
+                return Err(ServeError::BadOption {
+                    option: "allowed host",
+                    value: host.clone(),
+                    reason: "a host name (as in the Host header, `name` or `name:port`), or `*`",
+                });
+            }
+        }
+        for origin in &self.cors_origins {
+            if !is_origin(origin) {
+                return Err(ServeError::BadOption {
+                    option: "CORS origin",
+                    value: origin.clone(),
+                    reason: "an origin as browsers send it: `scheme://host` or `scheme://host:port`, no path (or `*`)",
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The socket address of `host` and `port` (a host name is resolved).
     pub fn address(&self) -> Result<SocketAddr, ServeError> {
         if let Ok(address) = format!("{}:{}", self.host, self.port).parse() {
@@ -124,9 +188,40 @@ impl ServerOptions {
     }
 }
 
+/// `*`, or `scheme://host[:port]` without a path, as a browser's `Origin` header is.
+fn is_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', ' '])
+        && axum::http::HeaderValue::from_str(origin).is_ok()
+}
+
 /// What can fail when the server starts or runs.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The API key is empty (or only spaces): no client could send it, so the server
+    /// would refuse every request.
+    #[error("the API key is empty: give a key, or none to serve without one")]
+    EmptyApiKey,
+    /// An option the server cannot work with.
+    #[error("{option} {value}: {reason}")]
+    BadOption {
+        /// Which option.
+        option: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        reason: &'static str,
+    },
     /// The host is neither an address nor a name that resolves.
     #[error("{host}: not an address to listen on")]
     Address {
@@ -170,7 +265,7 @@ impl Server {
             tokenizer,
             options.model_id.clone(),
             context,
-            options.api_key.clone(),
+            options.api_key.as_deref(),
         );
         Self {
             engine,
@@ -182,8 +277,26 @@ impl Server {
 
     /// The server's routes (the page, `/health` and `/v1/*`), to serve or to merge into
     /// another axum application.
+    ///
+    /// `Host` is checked (see [`ServerOptions::allowed_hosts`]) when
+    /// [`ServerOptions::host`] is a loopback address or a name that resolves to one (or
+    /// does not resolve): set it to the address the router is served on.
+    /// [`Server::serve`] checks the address it really listens on instead.
     pub fn router(&self) -> axum::Router {
-        routes::router(self.state.clone(), self.options.max_body_bytes)
+        let loopback = self
+            .options
+            .address()
+            .map_or(true, |address| routes::is_loopback(address.ip()));
+        self.router_on(loopback)
+    }
+
+    /// The routes of a server listening on a loopback address or not.
+    fn router_on(&self, loopback: bool) -> axum::Router {
+        routes::router(
+            self.state.clone(),
+            routes::Guard::new(&self.options, loopback),
+            self.options.max_body_bytes,
+        )
     }
 
     /// The generation thread's handle ([`Engine::shut_down`] stops generating).
@@ -201,8 +314,10 @@ impl Server {
         self.context
     }
 
-    /// Binds [`ServerOptions::host`] and [`ServerOptions::port`].
+    /// Binds [`ServerOptions::host`] and [`ServerOptions::port`] (after
+    /// [`ServerOptions::check`]).
     pub async fn bind(&self) -> Result<tokio::net::TcpListener, ServeError> {
+        self.options.check()?;
         let address = self.options.address()?;
         tokio::net::TcpListener::bind(address)
             .await
@@ -210,12 +325,15 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` completes; then stops generating, refuses
-    /// queued requests, and returns once the responses in flight are out.
+    /// queued requests, and returns once the responses in flight are out. Fails at
+    /// once if [`ServerOptions::check`] does. `Host` is checked when the listener's
+    /// address is a loopback one.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        self.options.check()?;
         let bound = listener.local_addr().map_err(ServeError::Serve)?;
         tracing::info!(
             model = %self.options.model_id,
@@ -224,7 +342,8 @@ impl Server {
             "listening on http://{bound}"
         );
         let engine = self.engine.clone();
-        axum::serve(listener, self.router())
+        let router = self.router_on(routes::is_loopback(bound.ip()));
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 tracing::info!("shutting down: finishing responses in flight");

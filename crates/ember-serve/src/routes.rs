@@ -2,6 +2,7 @@
 //! a stream of server-sent events.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,7 +11,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -19,13 +20,16 @@ use ember_model::GenerationConfig;
 use ember_tokenizer::{ChatMessage, ModelTokenizer};
 use futures_util::{Stream, StreamExt, stream};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use crate::ServerOptions;
 use crate::api::{
     ApiError, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatRequest,
     CompletionRequest, Delta, Health, ModelCard, ModelList, Sampling, TextChoice, TextCompletion,
-    Usage, parse,
+    Usage, clip, parse,
 };
 use crate::engine::{Engine, Event, FinishReason, Job};
 
@@ -41,7 +45,10 @@ pub(crate) struct AppState {
     tokenizer: Arc<ModelTokenizer>,
     model_id: String,
     context: usize,
-    api_key: Option<String>,
+    /// The SHA-256 digest of the API key, if there is one: keys are compared as
+    /// digests, in constant time, so neither the key's bytes nor its length show in
+    /// how long a refusal takes.
+    api_key: Option<[u8; 32]>,
     created: u64,
     requests: AtomicU64,
 }
@@ -52,14 +59,14 @@ impl AppState {
         tokenizer: Arc<ModelTokenizer>,
         model_id: String,
         context: usize,
-        api_key: Option<String>,
+        api_key: Option<&str>,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             tokenizer,
             model_id,
             context,
-            api_key,
+            api_key: api_key.map(|key| Sha256::digest(key.as_bytes()).into()),
             created: unix_time(),
             requests: AtomicU64::new(0),
         })
@@ -158,11 +165,111 @@ impl AppState {
     }
 }
 
-pub(crate) fn router(state: Arc<AppState>, max_body: usize) -> Router {
+/// Who may call: the `Host` names accepted and the origins CORS lets read answers.
+pub(crate) struct Guard {
+    /// Check `Host` (the server listens on loopback): only loopback names and
+    /// `allowed_hosts` are answered, which defeats DNS rebinding.
+    check_host: bool,
+    /// Host names (lowercase) answered besides the loopback ones; `*`: any.
+    allowed_hosts: Vec<String>,
+    /// Origins (as browsers send them) that CORS lets read answers; `*`: any.
+    cors_origins: Vec<String>,
+}
+
+impl Guard {
+    /// The guard of a server started with `options`, listening on a loopback address
+    /// or not.
+    pub(crate) fn new(options: &ServerOptions, loopback: bool) -> Arc<Self> {
+        Arc::new(Self {
+            check_host: loopback && !options.allowed_hosts.iter().any(|h| h == "*"),
+            allowed_hosts: options
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            cors_origins: options.cors_origins.clone(),
+        })
+    }
+
+    /// Whether a request with this `Host` (None: without one) is answered.
+    fn host_allowed(&self, host: Option<&str>) -> bool {
+        if !self.check_host {
+            return true;
+        }
+        let Some(host) = host else { return false };
+        let Some(name) = host_name(host) else {
+            return false;
+        };
+        is_loopback_name(name)
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name) || h.eq_ignore_ascii_case(host))
+    }
+
+    /// The `Access-Control-Allow-Origin` a request from `origin` gets, if any.
+    fn cors_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
+        let text = origin.to_str().ok()?;
+        if self.cors_origins.iter().any(|o| o == "*") {
+            Some(HeaderValue::from_static("*"))
+        } else if self
+            .cors_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(text))
+        {
+            Some(origin.clone())
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether an IP address is a loopback one (127.0.0.0/8, ::1, or 127.x.x.x mapped
+/// into IPv6).
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// The name of a `Host` header's value without its port (`[::1]` keeps its brackets);
+/// None when it is malformed.
+fn host_name(host: &str) -> Option<&str> {
+    let (name, port) = if host.starts_with('[') {
+        let end = host.find(']')?;
+        host.split_at(end + 1)
+    } else {
+        match host.rfind(':') {
+            Some(colon) => host.split_at(colon),
+            None => (host, ""),
+        }
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+        });
+    (port_ok && !name.is_empty()).then_some(name)
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`.
+fn is_loopback_name(name: &str) -> bool {
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return inner
+            .parse::<Ipv6Addr>()
+            .is_ok_and(|ip| is_loopback(IpAddr::V6(ip)));
+    }
+    name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+pub(crate) fn router(state: Arc<AppState>, guard: Arc<Guard>, max_body: usize) -> Router {
+    // The key is checked first (a request without it learns nothing else), then the
+    // body's type.
     let api = Router::new()
         .route("/models", get(models))
         .route("/chat/completions", post(chat_completions))
         .route("/completions", post(completions))
+        .route_layer(middleware::from_fn(require_json))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/", get(page))
@@ -175,7 +282,146 @@ pub(crate) fn router(state: Arc<AppState>, max_body: usize) -> Router {
             max_body,
             refuse_announced_oversize,
         ))
+        // The outermost layers: a request for another host is refused before anything
+        // else, then CORS answers preflights and marks the answers.
+        .layer(middleware::from_fn_with_state(guard.clone(), cors))
+        .layer(middleware::from_fn_with_state(guard, check_host))
         .with_state(state)
+}
+
+/// On a server listening on loopback, a request whose `Host` is not a loopback name
+/// (nor an allowed host) is refused with a 403: a web page whose own name was made to
+/// resolve to 127.0.0.1 (DNS rebinding) reaches the server with that name as `Host`.
+async fn check_host(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if !guard.host_allowed(host) {
+        let message = match host {
+            Some(host) => format!(
+                "the Host `{}` is not served: this server listens on loopback and answers localhost, 127.x.x.x and [::1] (more with the allowed hosts option: `ember serve --allowed-host NAME`)",
+                clip(host)
+            ),
+            None => "the request has no Host header".to_string(),
+        };
+        return ApiError::invalid(None, message)
+            .with_status(StatusCode::FORBIDDEN)
+            .with_code("host_not_allowed")
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// CORS, for the configured origins only: a preflight (`OPTIONS` with
+/// `Access-Control-Request-Method`) from one of them is answered 204 with what it asks
+/// for allowed, and every answer to one of them carries
+/// `Access-Control-Allow-Origin`. Without configured origins (the default) nothing is
+/// added, so browsers keep other sites from reading the answers.
+async fn cors(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    if guard.cors_origins.is_empty() {
+        return next.run(request).await;
+    }
+    let allow = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|origin| guard.cors_origin(origin));
+    let Some(allow) = allow else {
+        let mut response = next.run(request).await;
+        response
+            .headers_mut()
+            .append(header::VARY, HeaderValue::from_static("origin"));
+        return response;
+    };
+    let headers = request.headers();
+    if request.method() == Method::OPTIONS
+        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let out = response.headers_mut();
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        // The origin is trusted: the headers it asks for (the SDKs send some of their
+        // own besides Authorization and Content-Type) are allowed.
+        if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        }
+        // Chrome's Private Network Access: a public site calling a local server.
+        if headers
+            .get("access-control-request-private-network")
+            .is_some_and(|v| v == "true")
+        {
+            out.insert(
+                "access-control-allow-private-network",
+                HeaderValue::from_static("true"),
+            );
+        }
+        out.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        out.append(
+            header::VARY,
+            HeaderValue::from_static(
+                "origin, access-control-request-method, access-control-request-headers",
+            ),
+        );
+        return response;
+    }
+    let mut response = next.run(request).await;
+    let out = response.headers_mut();
+    out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+    out.append(header::VARY, HeaderValue::from_static("origin"));
+    response
+}
+
+/// A `POST` body must be declared JSON (`application/json`, optionally with
+/// `charset=utf-8`); anything else is a 415. Browsers send a form or text cross-site
+/// without asking first (no CORS preflight), never JSON, so this also keeps a web page
+/// from making the server generate for it.
+async fn require_json(request: Request, next: Next) -> Response {
+    if request.method() == Method::POST {
+        let given = request.headers().get(header::CONTENT_TYPE);
+        if !given
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_type)
+        {
+            let got = match given {
+                Some(v) => format!("`{}`", clip(&String::from_utf8_lossy(v.as_bytes()))),
+                None => "none".to_string(),
+            };
+            return ApiError::invalid(
+                None,
+                format!(
+                    "the body must be JSON, sent with `Content-Type: application/json` (got {got})"
+                ),
+            )
+            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// `application/json`, alone or with `charset=utf-8` (any case, spaces around `;`).
+fn is_json_type(value: &str) -> bool {
+    let mut parts = value.split(';').map(str::trim);
+    if !parts
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
+    {
+        return false;
+    }
+    parts.all(|parameter| {
+        parameter.split_once('=').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("charset")
+                && value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        })
+    })
 }
 
 /// A body announced larger than the limit is refused before it is read: the client
@@ -224,19 +470,34 @@ async fn method_not_allowed() -> ApiError {
         .with_status(StatusCode::METHOD_NOT_ALLOWED)
 }
 
-/// With an API key configured, `/v1/*` needs `Authorization: Bearer KEY`.
+/// With an API key configured, `/v1/*` needs `Authorization: Bearer KEY` (the scheme
+/// in any case). The key given and the key configured are compared as SHA-256
+/// digests, in constant time; an empty key is never accepted.
 async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if let Some(key) = &state.api_key {
+    if let Some(digest) = &state.api_key {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given.map(str::trim) != Some(key.as_str()) {
+            .and_then(bearer_token)
+            .filter(|token| !token.is_empty());
+        let matches = given.is_some_and(|token| {
+            let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            bool::from(given.ct_eq(digest))
+        });
+        if !matches {
             return ApiError::unauthorized().into_response();
         }
     }
     next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value (the scheme in any case).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -270,6 +531,7 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let request: ChatRequest = parse(&body(raw)?)?;
     state.check_model(&request.model)?;
+    request.unsupported.check()?;
     if request.messages.is_empty() {
         return Err(ApiError::invalid(Some("messages"), "messages is empty"));
     }
@@ -283,7 +545,7 @@ async fn chat_completions(
                 Some("messages"),
                 format!(
                     "unknown role \"{}\" (system, developer, user, assistant)",
-                    m.role
+                    clip(&m.role)
                 ),
             ));
         }
@@ -329,6 +591,7 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse(&body(raw)?)?;
     state.check_model(&request.model)?;
+    request.unsupported.check()?;
     let prompt_ids = state
         .tokenizer
         .encode(&request.prompt.text()?)
