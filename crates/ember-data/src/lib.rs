@@ -24,6 +24,11 @@
 //! [`collate_labeled`] for classification, [`collate_instructions`] for instruction
 //! fine-tuning, [`collate_preferences`] for DPO), plus the Alpaca prompt of chapter 7 ([`format_prompt`]) and atomic,
 //! checksummed file writing ([`files`]).
+//!
+//! # Features
+//!
+//! * `progress` (on by default): [`progress`] bars drawn with indicatif. Without it a
+//!   bar is never drawn (the same calls compile and do nothing).
 
 #![warn(missing_docs)]
 

@@ -1,7 +1,7 @@
 //! The Hugging Face Hub's cache, shared with the Python tools (`huggingface_hub`,
 //! transformers): a [`ModelRef::Hub`](crate::ModelRef) (`ember --model OWNER/NAME`) is
-//! found there, and [`download_into`] (`ember download --repo`) writes there, so both
-//! see one copy.
+//! found there, and `download_into` (`ember download --repo`, the `download` feature)
+//! writes there, so both see one copy.
 //!
 //! Layout (huggingface_hub's): `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
 //! `~/.cache/huggingface/hub`; in it `models--OWNER--NAME/` with `refs/REVISION` (the
@@ -9,11 +9,13 @@
 //! each snapshot file a link into `blobs/`, to share files between revisions; Ember
 //! writes them in place, which huggingface_hub reads the same way.
 //!
-//! `HF_HUB_OFFLINE=1` forbids downloading: a model not in the cache is then an error.
+//! `HF_HUB_OFFLINE=1` forbids downloading: a model not in the cache is then an error,
+//! as it always is when the crate is built without its `download` feature.
 
 use std::path::{Path, PathBuf};
 
-use crate::download::{DownloadOptions, download_model};
+#[cfg(feature = "download")]
+use crate::download::{DownloadOptions, download_into};
 use crate::error::HubError;
 
 /// The Hub's address when neither the caller nor `HF_ENDPOINT` names one.
@@ -80,7 +82,8 @@ pub fn offline() -> bool {
 
 /// The model directory of `repo` at `revision`: from the cache the environment names
 /// ([`cache_dir`]), or downloaded into it (from `endpoint`, default `$HF_ENDPOINT` or the
-/// Hub, with `$HF_TOKEN`) unless `HF_HUB_OFFLINE` forbids it.
+/// Hub, with `$HF_TOKEN`) unless `HF_HUB_OFFLINE` forbids it or the crate was built
+/// without its `download` feature ([`HubError::DownloadNotBuilt`]).
 pub fn resolve(repo: &str, revision: &str, endpoint: Option<&str>) -> Result<PathBuf, HubError> {
     resolve_in(&cache_dir(), repo, revision, endpoint)
 }
@@ -102,10 +105,22 @@ pub fn resolve_in(
             cache: cache.to_path_buf(),
         });
     }
-    let endpoint = endpoint_or_default(endpoint);
-    let mut options =
-        DownloadOptions::new(&endpoint, repo, revision, PathBuf::new()).with_env_token();
-    download_into(cache, &mut options)
+    #[cfg(feature = "download")]
+    {
+        let endpoint = endpoint_or_default(endpoint);
+        let mut options =
+            DownloadOptions::new(&endpoint, repo, revision, PathBuf::new()).with_env_token();
+        download_into(cache, &mut options)
+    }
+    #[cfg(not(feature = "download"))]
+    {
+        let _ = endpoint;
+        Err(HubError::DownloadNotBuilt {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+            cache: cache.to_path_buf(),
+        })
+    }
 }
 
 /// `endpoint`, else `$HF_ENDPOINT`, else the Hub ([`DEFAULT_ENDPOINT`]).
@@ -114,88 +129,6 @@ pub fn endpoint_or_default(endpoint: Option<&str>) -> String {
         .map(str::to_string)
         .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
-}
-
-/// Downloads a model into `cache` under the commit the revision points to (asked of
-/// the Hub's API; a server without it gets the revision's name), then records the
-/// revision in `refs/`. Sets `options.out_dir` to the snapshot directory and returns it.
-pub fn download_into(cache: &Path, options: &mut DownloadOptions) -> Result<PathBuf, HubError> {
-    let dir = repo_dir(cache, &options.repo);
-    let commit = commit_of(options).unwrap_or_else(|e| {
-        tracing::debug!(
-            "no commit for {} {}: {}",
-            options.repo,
-            options.revision,
-            crate::error_chain(&e)
-        );
-        options.revision.clone()
-    });
-    options.out_dir = dir.join("snapshots").join(&commit);
-    download_model(options)?;
-    let refs = dir.join("refs");
-    std::fs::create_dir_all(&refs).map_err(|source| HubError::CreateDir {
-        path: refs.clone(),
-        source,
-    })?;
-    if commit != options.revision {
-        let file = refs.join(&options.revision);
-        write_atomic(&file, commit.as_bytes())
-            .map_err(|source| HubError::Write { path: file, source })?;
-    }
-    Ok(options.out_dir.clone())
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it into place, so a
-/// reader sees the old content or the new, never a part.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ember-tmp-")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// The commit `options.revision` points to: `sha` of
-/// `GET {endpoint}/api/models/{repo}/revision/{revision}`.
-fn commit_of(options: &DownloadOptions) -> Result<String, HubError> {
-    if options.revision.len() == 40 && options.revision.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Ok(options.revision.clone());
-    }
-    let url = format!(
-        "{}/api/models/{}/revision/{}",
-        options.endpoint.trim_end_matches('/'),
-        options.repo,
-        options.revision
-    );
-    let failed = |source: crate::error::BoxError| HubError::NoCommit {
-        url: url.clone(),
-        source: Some(source),
-    };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(options.connect_timeout))
-        .build()
-        .into();
-    let mut request = agent.get(&url);
-    if let Some(token) = &options.token {
-        request = request.header("Authorization", &format!("Bearer {token}"));
-    }
-    let body = request
-        .call()
-        .and_then(|mut response| response.body_mut().read_to_string())
-        .map_err(|e| failed(Box::new(e)))?;
-    let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| failed(Box::new(e)))?;
-    let sha = json["sha"].as_str().unwrap_or_default();
-    if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(HubError::NoCommit { url, source: None });
-    }
-    Ok(sha.to_string())
 }
 
 #[cfg(test)]
@@ -223,6 +156,26 @@ mod tests {
         ] {
             assert!(!is_repo_id(path), "{path}");
         }
+    }
+
+    /// Without the `download` feature, a model that is not in the cache is an error
+    /// saying so, not an attempt to fetch it.
+    #[cfg(not(feature = "download"))]
+    #[test]
+    fn without_download_a_model_not_in_the_cache_is_an_error() {
+        if offline() {
+            return; // HF_HUB_OFFLINE gives its own error first.
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let err = resolve_in(
+            cache.path(),
+            "Org/Model",
+            "main",
+            Some("http://127.0.0.1:9"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, HubError::DownloadNotBuilt { .. }), "{err:?}");
+        assert!(err.to_string().contains("`download` feature"), "{err}");
     }
 
     /// A cache laid out by hand as huggingface_hub lays it out.

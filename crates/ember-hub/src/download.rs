@@ -15,6 +15,10 @@
 //!   any announced size a file may not exceed `max_unannounced_bytes`;
 //! - the SHA-256 the Hub announces for large files (`X-Linked-Etag` on the redirect, or
 //!   an `ETag` that is a SHA-256) is checked before the file is moved into place.
+//!
+//! [`download_into`] downloads into the Hugging Face cache, where
+//! [`cache::resolve`](crate::cache::resolve) finds models. This module is the
+//! `download` feature (on by default).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -538,6 +542,87 @@ fn finish(
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Downloads a model into `cache` (the Hugging Face cache, [`crate::cache`]) under the commit the revision points to (asked of
+/// the Hub's API; a server without it gets the revision's name), then records the
+/// revision in `refs/`. Sets `options.out_dir` to the snapshot directory and returns it.
+pub fn download_into(cache: &Path, options: &mut DownloadOptions) -> Result<PathBuf, HubError> {
+    let dir = crate::cache::repo_dir(cache, &options.repo);
+    let commit = commit_of(options).unwrap_or_else(|e| {
+        tracing::debug!(
+            "no commit for {} {}: {}",
+            options.repo,
+            options.revision,
+            crate::error_chain(&e)
+        );
+        options.revision.clone()
+    });
+    options.out_dir = dir.join("snapshots").join(&commit);
+    download_model(options)?;
+    let refs = dir.join("refs");
+    std::fs::create_dir_all(&refs).map_err(|source| HubError::CreateDir {
+        path: refs.clone(),
+        source,
+    })?;
+    if commit != options.revision {
+        let file = refs.join(&options.revision);
+        write_atomic(&file, commit.as_bytes())
+            .map_err(|source| HubError::Write { path: file, source })?;
+    }
+    Ok(options.out_dir.clone())
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place, so a
+/// reader sees the old content or the new, never a part.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".ember-tmp-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The commit `options.revision` points to: `sha` of
+/// `GET {endpoint}/api/models/{repo}/revision/{revision}`.
+fn commit_of(options: &DownloadOptions) -> Result<String, HubError> {
+    if options.revision.len() == 40 && options.revision.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(options.revision.clone());
+    }
+    let url = format!(
+        "{}/api/models/{}/revision/{}",
+        options.endpoint.trim_end_matches('/'),
+        options.repo,
+        options.revision
+    );
+    let failed = |source: crate::error::BoxError| HubError::NoCommit {
+        url: url.clone(),
+        source: Some(source),
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(options.connect_timeout))
+        .build()
+        .into();
+    let mut request = agent.get(&url);
+    if let Some(token) = &options.token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let body = request
+        .call()
+        .and_then(|mut response| response.body_mut().read_to_string())
+        .map_err(|e| failed(Box::new(e)))?;
+    let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| failed(Box::new(e)))?;
+    let sha = json["sha"].as_str().unwrap_or_default();
+    if sha.is_empty() || !sha.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(HubError::NoCommit { url, source: None });
+    }
+    Ok(sha.to_string())
 }
 
 #[cfg(test)]

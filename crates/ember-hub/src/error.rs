@@ -44,6 +44,20 @@ pub enum HubError {
         /// The cache directory looked in.
         cache: PathBuf,
     },
+    /// A model is not in the cache, and this build cannot download it (the crate's
+    /// `download` feature is off).
+    #[error(
+        "{repo} ({revision}) is not in the Hugging Face cache {}, and downloading is not built in (ember-hub's `download` feature)",
+        cache.display()
+    )]
+    DownloadNotBuilt {
+        /// The repository, `OWNER/NAME`.
+        repo: String,
+        /// The branch, tag or commit asked for.
+        revision: String,
+        /// The cache directory looked in.
+        cache: PathBuf,
+    },
     /// A repository's shard index cannot be read as JSON.
     #[error("{}: invalid shard index", path.display())]
     InvalidIndex {

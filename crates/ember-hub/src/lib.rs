@@ -14,7 +14,14 @@
 //! - [`HubError`] and [`FetchError`]: typed errors naming the file, URL or repository,
 //!   each keeping its cause as its [`source`](std::error::Error::source).
 //!
-//! The `progress` feature (on by default) draws a progress bar per file on stderr.
+//! # Features
+//!
+//! - `download` (on by default): the [`download`](mod@download) module and downloading
+//!   into the cache (ureq with rustls, sha2). Without it the crate still finds models
+//!   in the cache, and a repository that is not there is a
+//!   [`HubError::DownloadNotBuilt`].
+//! - `progress` (on by default, implies `download`): a progress bar per file on stderr
+//!   (indicatif).
 //!
 //! ```
 //! use std::path::Path;
@@ -40,22 +47,26 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+#[cfg(feature = "download")]
 pub mod download;
 mod error;
 mod model_ref;
+#[cfg(feature = "download")]
 mod progress;
 
 pub use cache::{
-    DEFAULT_ENDPOINT, cache_dir, download_into, endpoint_or_default, is_repo_id, offline, repo_dir,
-    resolve, resolve_in, snapshot,
+    DEFAULT_ENDPOINT, cache_dir, endpoint_or_default, is_repo_id, offline, repo_dir, resolve,
+    resolve_in, snapshot,
 };
+#[cfg(feature = "download")]
 pub use download::{
-    DownloadOptions, INDEX_FILE, MODEL_FILES, WEIGHTS_FILE, download, download_model,
+    DownloadOptions, INDEX_FILE, MODEL_FILES, WEIGHTS_FILE, download, download_into, download_model,
 };
 pub use error::{BoxError, FetchError, HubError};
 pub use model_ref::{DEFAULT_REVISION, ModelRef};
 
 /// `error` and its causes, `what: why: ...`.
+#[cfg(feature = "download")]
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();

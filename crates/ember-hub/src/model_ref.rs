@@ -78,7 +78,8 @@ impl ModelRef {
     /// The model's local path: a [`ModelRef::Path`] as it is (unchecked), a
     /// [`ModelRef::Hub`] through [`cache::resolve`]: its snapshot in the cache the
     /// environment names, downloaded there first when missing (from `$HF_ENDPOINT` or
-    /// the Hub, with `$HF_TOKEN`) unless `HF_HUB_OFFLINE` forbids it.
+    /// the Hub, with `$HF_TOKEN`) unless `HF_HUB_OFFLINE` forbids it or the crate was
+    /// built without its `download` feature.
     pub fn resolve(&self) -> Result<PathBuf, HubError> {
         match self {
             Self::Path(path) => Ok(path.clone()),

@@ -1,11 +1,41 @@
 //! Chat templates: a model's `tokenizer_config.json` `chat_template`, the Jinja
-//! template transformers renders a conversation with, rendered here with minijinja
-//! (the Jinja engine of the Rust LLM ecosystem), Python's string methods included.
+//! template transformers renders a conversation with, rendered with minijinja (the
+//! Jinja engine of the Rust LLM ecosystem), Python's string methods included, when the
+//! `chat-template` feature (on by default) is built in.
+//!
+//! Without the feature a template is still read and kept, so a model that has one is
+//! never prompted as if it had none, but rendering it is a
+//! [`TokenizerError::MissingFeature`].
 
-use minijinja::{Environment, ErrorKind, Value, context};
 use serde::{Deserialize, Serialize};
 
 use crate::TokenizerError;
+
+#[cfg(feature = "chat-template")]
+mod jinja;
+
+/// Without the `chat-template` feature: a template is kept unchecked, and rendering it
+/// is an error naming the feature.
+#[cfg(not(feature = "chat-template"))]
+mod jinja {
+    use super::{ChatMessage, ChatTemplate};
+    use crate::TokenizerError;
+
+    pub(super) fn environment(_template: &ChatTemplate) -> Result<(), TokenizerError> {
+        Ok(())
+    }
+
+    pub(super) fn render(
+        _template: &ChatTemplate,
+        _messages: &[ChatMessage],
+        _add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        Err(TokenizerError::MissingFeature {
+            feature: "chat-template",
+            what: "rendering a chat template",
+        })
+    }
+}
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +66,8 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// The template `source` (Jinja), with the values of `bos_token` and `eos_token`.
-    /// It is compiled once here, so a template that does not parse is refused early.
+    /// It is compiled once here, so a template that does not parse is refused early
+    /// (without the `chat-template` feature it is only kept).
     pub fn new(
         source: impl Into<String>,
         bos_token: impl Into<String>,
@@ -47,7 +78,7 @@ impl ChatTemplate {
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
         };
-        template.environment()?;
+        jinja::environment(&template)?;
         Ok(template)
     }
 
@@ -56,85 +87,52 @@ impl ChatTemplate {
         &self.source
     }
 
-    fn environment(&self) -> Result<Environment<'_>, TokenizerError> {
-        let mut env = Environment::new();
-        minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        // Hub templates call this to refuse conversations they cannot render.
-        env.add_function(
-            "raise_exception",
-            |message: String| -> Result<Value, minijinja::Error> {
-                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
-            },
-        );
-        env.add_template("chat", &self.source)
-            .map_err(|e| TokenizerError::Template(e.to_string()))?;
-        Ok(env)
+    /// The value of `bos_token` in the template.
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    /// The value of `eos_token` in the template.
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
     }
 
     /// The conversation as the model reads it; with `add_generation_prompt`, followed by
-    /// what opens the assistant's answer.
+    /// what opens the assistant's answer. Without the `chat-template` feature, a
+    /// [`TokenizerError::MissingFeature`].
     pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        let env = self.environment()?;
-        let template = env
-            .get_template("chat")
-            .map_err(|e| TokenizerError::Template(e.to_string()))?;
-        template
-            .render(context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-            })
-            .map_err(|e| TokenizerError::Template(e.to_string()))
+        jinja::render(self, messages, add_generation_prompt)
     }
 }
 
-#[cfg(test)]
+/// The rendering tests are jinja.rs's; these are of a build without it.
+#[cfg(all(test, not(feature = "chat-template")))]
 mod tests {
     use super::*;
 
-    /// The ChatML and Llama 3 templates of the reference fixtures give transformers'
-    /// text; Python methods and `raise_exception` work as Hub templates use them.
+    /// Without the `chat-template` feature a template is kept, and rendering it is an
+    /// error naming the feature (never a prompt without the template).
     #[test]
-    fn renders_like_transformers() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
-        for (model, bos, eos) in [
-            ("tiny-qwen3", "", "<|im_end|>"),
-            ("tiny-llama3", "<|begin_of_text|>", "<|eot_id|>"),
-        ] {
-            let config: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(root.join(model).join("tokenizer_config.json")).unwrap(),
-            )
-            .unwrap();
-            let cases: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(root.join(model).join("cases.json")).unwrap(),
-            )
-            .unwrap();
-            let template =
-                ChatTemplate::new(config["chat_template"].as_str().unwrap(), bos, eos).unwrap();
-            let messages: Vec<ChatMessage> =
-                serde_json::from_value(cases["chat"]["messages"].clone()).unwrap();
-            let text = template.render(&messages, true).unwrap();
-            assert_eq!(text, cases["chat"]["text"].as_str().unwrap(), "{model}");
-        }
-        let python = ChatTemplate::new(
-            "{% for m in messages %}{% if m.role not in ['user'] %}{{ raise_exception('only users') }}{% endif %}{{ m.content.strip().upper() }}|{% endfor %}",
-            "",
-            "",
-        )
-        .unwrap();
-        let said = [ChatMessage::new("user", "  hi ")];
-        assert_eq!(python.render(&said, false).unwrap(), "HI|");
-        let err = python
-            .render(&[ChatMessage::new("system", "x")], false)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("only users"), "{err}");
-        assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+    fn rendering_without_the_feature_is_an_error_naming_it() {
+        let template = ChatTemplate::new("{{ messages[0].content }}", "", "").unwrap();
+        assert_eq!(template.source(), "{{ messages[0].content }}");
+        let err = template
+            .render(&[ChatMessage::new("user", "hi")], true)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TokenizerError::MissingFeature {
+                    feature: "chat-template",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`chat-template`"), "{err}");
     }
 }

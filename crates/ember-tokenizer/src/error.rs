@@ -40,6 +40,14 @@ pub enum TokenizerError {
     /// A chat template that does not render.
     #[error("chat template: {0}")]
     Template(String),
+    /// Something this build of the crate leaves out: a cargo feature that is off.
+    #[error("{what} needs ember-tokenizer's `{feature}` feature, which this build leaves out")]
+    MissingFeature {
+        /// The feature.
+        feature: &'static str,
+        /// What was asked for.
+        what: &'static str,
+    },
     /// An error reported by the HuggingFace `tokenizers` backend.
     #[error("tokenizers backend error: {0}")]
     Backend(String),

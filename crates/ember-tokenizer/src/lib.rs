@@ -16,12 +16,19 @@
 //!   same type loads any model's `tokenizer.json` (Llama 3, Qwen3).
 //! * [`ModelTokenizer`]: what a model directory says about its text: the tokenizer, the
 //!   beginning- and end-of-text tokens, and its [`ChatTemplate`] ([`chat`], rendered with
-//!   minijinja).
+//!   minijinja with the `chat-template` feature).
 //! * [`SimpleTokenizerV1`] / [`SimpleTokenizerV2`]: the book's chapter 2 word-level tokenizers.
 //! * [`BpeTokenizer`]: a byte-level BPE implemented from scratch, trainable on any text and able to
 //!   load GPT-2's `encoder.json` + `vocab.bpe` (reproducing GPT-2's ids).
 //!
 //! All of them implement the [`Tokenizer`] trait.
+//!
+//! # Features
+//!
+//! * `chat-template` (on by default): renders chat templates with minijinja. Without it
+//!   a model's template is still read and [`ModelTokenizer::chat_template`] still
+//!   reports it, but rendering one is a [`TokenizerError::MissingFeature`], so a chat
+//!   model is never prompted as if it had no template.
 //!
 //! # Special-token policy
 //!
