@@ -40,6 +40,11 @@
 //!   directories, through each architecture's name table.
 //! - [`mod@generate`]: greedy, temperature, top-k and top-p sampling, with or without the
 //!   KV cache, streaming, for any [`CausalLm`].
+//!
+//! Features, both on by default: `chat-template` (a loaded model's tokenizer renders its
+//! chat template, through minijinja) and `pth` (the book's PyTorch `.pth` state dicts);
+//! without them, rendering a template or loading a `.pth` is a typed error naming the
+//! feature. Hub safetensors and generation need neither.
 
 #![warn(missing_docs)]
 
