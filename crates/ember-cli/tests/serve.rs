@@ -202,6 +202,14 @@ fn the_api_answers_as_the_cli_does() {
     assert_eq!(status, 200);
     let models: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(models["data"][0]["id"], "tiny-qwen3");
+    // Prometheus' metrics need no key, as /health.
+    let (status, metrics) = server.get("/metrics", None);
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("# TYPE ember_generated_tokens_total counter\n")
+            && metrics.contains("ember_requests_total{endpoint=\"/v1/models\",status=\"401\"} 1\n"),
+        "{metrics}"
+    );
 
     // A chat completion equals `ember chat --message` with the same system prompt.
     let want = cli_json(&[
@@ -419,27 +427,71 @@ fn concurrent_clients_are_all_answered_and_a_client_that_leaves_stops_its_genera
     assert_eq!(status, 200);
 }
 
+/// SIGTERM ends the server within its shutdown grace period even with clients that
+/// never finish their requests (issue 26; it used to take SIGKILL): a connection with
+/// half a head is closed at once, one whose body stopped halfway holds its request in
+/// flight, so the server waits `--shutdown-grace`, closes it and exits with 0.
 #[cfg(unix)]
 #[test]
-fn sigterm_shuts_the_server_down_cleanly() {
-    let mut server = Server::start(&fixture("tiny-gpt2-a"), &[]);
+fn sigterm_shuts_the_server_down_within_the_grace_period() {
+    let mut server = Server::start(&fixture("tiny-gpt2-a"), &["--shutdown-grace", "1"]);
     let (status, _) = server.get("/health", None);
     assert_eq!(status, 200);
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut half_head = TcpStream::connect(&address).unwrap();
+    write!(
+        half_head,
+        "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nContent-Ty"
+    )
+    .unwrap();
+    let mut half_body = TcpStream::connect(&address).unwrap();
+    write!(
+        half_body,
+        "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\": "
+    )
+    .unwrap();
+    // Both reached the server.
+    let (status, _) = server.get("/health", None);
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(100));
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let started = Instant::now();
-    loop {
+    let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}: {}", server.log());
-            break;
+            break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "still running");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "still running {:?} after SIGTERM: {}",
+            started.elapsed(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}: {}", server.log());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = server.log();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(
+        log.contains("1 connection(s) still open after the shutdown grace period"),
+        "{log}"
+    );
+    // Both connections were closed: reading ends.
+    for mut socket in [half_head, half_body] {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = socket.read_to_end(&mut rest);
     }
-    assert!(server.log().contains("shutting down"), "{}", server.log());
 }
 
 /// Gemma 3 behind the server: its chat template, sliding-window cache and stop ids give
@@ -507,6 +559,18 @@ fn the_http_side_is_hardened() {
         .output()
         .unwrap();
     assert_one_line_error(&o, "--cors-origin https://app.example/");
+    let o = ember()
+        .args(["serve", "--model", &model, "--port", "0"])
+        .args(["--max-connections", "0"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "--max-connections 0");
+    let o = ember()
+        .args(["serve", "--model", &model, "--port", "0"])
+        .args(["--header-timeout", "0"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "--header-timeout 0");
 
     let server = Server::start(
         &model,

@@ -23,6 +23,8 @@ use ember_model::{GenerationConfig, LanguageModel, generate_until};
 use ember_tokenizer::{ModelTokenizer, TextStream};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::metrics::Metrics;
+
 /// Why a generation ended, as OpenAI names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,6 +74,8 @@ pub struct Job {
     pub stop_strings: Vec<String>,
     /// Where the [`Event`]s go; dropping the receiver cancels the job.
     pub events: UnboundedSender<Event>,
+    /// When the request arrived: the time to its first token is measured from here.
+    pub arrived: Instant,
 }
 
 /// The handle the HTTP side holds.
@@ -80,6 +84,7 @@ pub struct Engine {
     jobs: std::sync::mpsc::Sender<Job>,
     shutting_down: Arc<AtomicBool>,
     waiting: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -88,7 +93,8 @@ impl Engine {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let shutting_down = Arc::new(AtomicBool::new(false));
         let waiting = Arc::new(AtomicUsize::new(0));
-        let (stop, count) = (shutting_down.clone(), waiting.clone());
+        let metrics = Arc::new(Metrics::new());
+        let (stop, count, measured) = (shutting_down.clone(), waiting.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("ember-generate".into())
             .spawn(move || {
@@ -104,7 +110,7 @@ impl Engine {
                                 .send(Event::Failed("the server is shutting down".into()));
                             continue;
                         }
-                        run_job(&model, &tokenizer, &device, job, &stop);
+                        run_job(&model, &tokenizer, &device, job, &stop, &measured);
                     }
                 })
             })
@@ -113,6 +119,7 @@ impl Engine {
             jobs,
             shutting_down,
             waiting,
+            metrics,
         }
     }
 
@@ -131,6 +138,11 @@ impl Engine {
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
+
+    /// What `/metrics` shows: the generation thread's counters and the HTTP side's.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
 }
 
 fn run_job(
@@ -139,16 +151,28 @@ fn run_job(
     device: &Device,
     job: Job,
     shutting_down: &AtomicBool,
+    metrics: &Metrics,
 ) {
     if job.events.is_closed() {
         tracing::info!(request = %job.id, "skipped: the client left while it waited");
         return;
     }
+    metrics.running.store(1, Ordering::SeqCst);
     let started = Instant::now();
     let mut text = StopText::new(tokenizer, job.stop_strings.clone());
     let mut finish = FinishReason::Length;
     let mut cancelled = false;
+    metrics.prompt(job.prompt_ids.len());
+    // The time to the first token counts from the request's arrival, the others from
+    // the token before.
+    let mut last_token: Option<Instant> = None;
     let result = generate_until(model, &job.prompt_ids, &job.config, device, |id| {
+        let now = Instant::now();
+        metrics.token(
+            last_token.is_none(),
+            now.saturating_duration_since(last_token.unwrap_or(job.arrived)),
+        );
+        last_token = Some(now);
         if job.config.stop_tokens.contains(&id) {
             finish = FinishReason::Stop;
             return ControlFlow::Break(());
@@ -168,6 +192,8 @@ fn run_job(
         }
         ControlFlow::Continue(())
     });
+    // Not running any more by the time the client hears the end.
+    metrics.running.store(0, Ordering::SeqCst);
     let generated = match result {
         Ok(generated) => generated,
         Err(e) => {

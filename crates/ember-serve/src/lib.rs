@@ -1,11 +1,15 @@
 //! An OpenAI-compatible HTTP server (axum on tokio) and a chat page, for any model Ember
 //! loads; the `ember serve` command is a thin wrapper around it.
 //!
-//! - `GET /` the chat page (one static file, no build step), `GET /health`;
+//! - `GET /` the chat page (one static file, no build step), `GET /health`,
+//!   `GET /metrics` (Prometheus' text format: requests by endpoint and status, running
+//!   and waiting sequences, tokens, time to first token, inter-token latency, request
+//!   durations, connections);
 //! - `GET /v1/models`, `POST /v1/chat/completions` (messages rendered with the model's
 //!   chat template, or the book's Alpaca prompt), `POST /v1/completions`; streamed as
 //!   server-sent events in OpenAI's chunk format when `stream` is true;
-//! - with [`ServerOptions::api_key`], `/v1/*` needs `Authorization: Bearer KEY`.
+//! - with [`ServerOptions::api_key`], `/v1/*` needs `Authorization: Bearer KEY` (`/`,
+//!   `/health` and `/metrics` do not: Prometheus scrapers seldom have a key).
 //!
 //! # Hardening
 //!
@@ -21,10 +25,27 @@
 //!   [`ServerOptions::allowed_hosts`] names it.
 //! - No CORS headers unless [`ServerOptions::cors_origins`] names origins.
 //!
+//! # A server that cannot be stalled
+//!
+//! - Parsing a body, rendering the chat template and tokenizing (which take seconds for
+//!   bodies of megabytes) run on tokio's blocking threads, one per core at most: the
+//!   async threads keep answering `/health` and streaming tokens.
+//! - [`Server::serve`] accepts connections itself (hyper's HTTP/1.1): a request's head
+//!   must arrive within [`ServerOptions::header_timeout`] (10 s; a new connection's
+//!   from the start), and its body may not pause longer (else a 408); a kept-alive
+//!   connection may wait [`ServerOptions::idle_timeout`] (60 s) for its next request,
+//!   and an answer as long for its client to read it.
+//! - At most [`ServerOptions::max_connections`] (512, fewer if the open-files limit
+//!   is lower) are served at once: the next connection waits to be accepted, and an
+//!   idle connection is closed to make room for it.
+//! - When the shutdown future completes, idle connections and half-sent heads are
+//!   closed at once, responses in flight get [`ServerOptions::shutdown_grace`] (10 s)
+//!   to finish, then `serve` returns anyway.
+//!
 //! Requests are answered one at a time by one generation thread ([`engine`] says why);
 //! the HTTP side only parses, checks and streams. When the shutdown future given to
 //! [`Server::serve`] completes, the current generation stops, queued requests are
-//! refused and the server closes once responses are out.
+//! refused and the server closes once responses are out (or the grace period is over).
 //!
 //! # Embedding the server
 //!
@@ -75,6 +96,9 @@
 
 pub mod api;
 pub mod engine;
+mod listen;
+mod metrics;
+mod middleware;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -83,6 +107,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use burn::prelude::Device;
 use ember_model::{CausalLm, LanguageModel};
@@ -94,6 +119,20 @@ pub use engine::{Engine, FinishReason};
 /// The largest request body accepted by default (a conversation filling a long context
 /// fits easily).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+
+/// How long a request's head may take to arrive, by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a kept-alive connection may wait for its next request, by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most connections served at once, by default (lowered to what the open-files
+/// limit allows).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// How long responses in flight may take to finish after the shutdown future
+/// completes, by default.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How the server is reached and what it calls its model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +157,20 @@ pub struct ServerOptions {
     /// API from a browser: their requests get CORS headers and preflights are
     /// answered. Empty by default: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// How long a request's head may take to arrive: a new connection's first request
+    /// from the moment it is accepted, a later one from its first byte. A connection
+    /// that has not sent it whole by then is closed. It is also the longest pause
+    /// allowed while a request's body comes (then the answer is a 408).
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request (and a
+    /// response may wait for its client to read it) before it is closed.
+    pub idle_timeout: Duration,
+    /// The most connections served at once; the next wait to be accepted, and an
+    /// idle one is closed to make room (lowered to what the open-files limit allows).
+    pub max_connections: usize,
+    /// After the shutdown future completes, how long responses in flight may take to
+    /// finish; [`Server::serve`] then closes what is still open and returns.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerOptions {
@@ -130,15 +183,39 @@ impl Default for ServerOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             allowed_hosts: Vec::new(),
             cors_origins: Vec::new(),
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
 
 impl ServerOptions {
     /// Checks the options that can be wrong whatever the address: an empty API key,
-    /// an empty allowed host, a CORS origin that no browser sends. [`Server::bind`]
-    /// and [`Server::serve`] call it; a program can call it before loading a model.
+    /// an empty allowed host, a CORS origin that no browser sends, a zero timeout or
+    /// connection cap. [`Server::bind`] and [`Server::serve`] call it; a program can
+    /// call it before loading a model.
     pub fn check(&self) -> Result<(), ServeError> {
+        for (option, value) in [
+            ("header timeout", self.header_timeout),
+            ("idle timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ServeError::BadOption {
+                    option,
+                    value: format!("{}", value.as_secs_f64()),
+                    reason: "it must be longer than zero",
+                });
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(ServeError::BadOption {
+                option: "max connections",
+                value: "0".into(),
+                reason: "at least one connection must be served",
+            });
+        }
         if let Some(key) = &self.api_key {
             if key.trim().is_empty() {
                 return Err(ServeError::EmptyApiKey);
@@ -282,11 +359,16 @@ impl Server {
     /// [`ServerOptions::host`] is a loopback address or a name that resolves to one (or
     /// does not resolve): set it to the address the router is served on.
     /// [`Server::serve`] checks the address it really listens on instead.
+    ///
+    /// The router prepares requests off the async threads, answers a stalled body
+    /// with a 408 and serves `/metrics`; the connection limits (header and idle
+    /// timeouts, the connection cap, the shutdown grace period) are
+    /// [`Server::serve`]'s, which accepts the connections.
     pub fn router(&self) -> axum::Router {
         let loopback = self
             .options
             .address()
-            .map_or(true, |address| routes::is_loopback(address.ip()));
+            .map_or(true, |address| middleware::is_loopback(address.ip()));
         self.router_on(loopback)
     }
 
@@ -294,8 +376,9 @@ impl Server {
     fn router_on(&self, loopback: bool) -> axum::Router {
         routes::router(
             self.state.clone(),
-            routes::Guard::new(&self.options, loopback),
+            middleware::Guard::new(&self.options, loopback),
             self.options.max_body_bytes,
+            self.options.header_timeout,
         )
     }
 
@@ -325,9 +408,16 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` completes; then stops generating, refuses
-    /// queued requests, and returns once the responses in flight are out. Fails at
-    /// once if [`ServerOptions::check`] does. `Host` is checked when the listener's
-    /// address is a loopback one.
+    /// queued requests, closes idle connections, and returns once the responses in
+    /// flight are out, or after [`ServerOptions::shutdown_grace`] at most (closing what
+    /// is still open). Fails at once if [`ServerOptions::check`] does. `Host` is
+    /// checked when the listener's address is a loopback one.
+    ///
+    /// Connections are served with [`ServerOptions::header_timeout`],
+    /// [`ServerOptions::idle_timeout`] and [`ServerOptions::max_connections`]
+    /// (HTTP/1.1). Work that grows with a request's body (parsing, the chat template,
+    /// tokenizing) runs on tokio's blocking threads: a runtime that serves must let
+    /// them finish, or be shut down with a timeout (`Runtime::shutdown_timeout`).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -342,15 +432,20 @@ impl Server {
             "listening on http://{bound}"
         );
         let engine = self.engine.clone();
-        let router = self.router_on(routes::is_loopback(bound.ip()));
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: finishing responses in flight");
-                engine.shut_down();
-            })
-            .await
-            .map_err(ServeError::Serve)?;
+        let router = self.router_on(middleware::is_loopback(bound.ip()));
+        let limits = listen::Limits {
+            header_timeout: self.options.header_timeout,
+            idle_timeout: self.options.idle_timeout,
+            max_connections: listen::connection_cap(self.options.max_connections),
+            shutdown_grace: self.options.shutdown_grace,
+        };
+        let metrics = self.engine.metrics().clone();
+        listen::serve(listener, router, limits, metrics, async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing responses in flight");
+            engine.shut_down();
+        })
+        .await;
         tracing::info!("stopped");
         Ok(())
     }

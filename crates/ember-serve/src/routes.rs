@@ -2,17 +2,16 @@
 //! a stream of server-sent events.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,17 +20,21 @@ use ember_tokenizer::{ChatMessage, ModelTokenizer};
 use futures_util::{Stream, StreamExt, stream};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::ServerOptions;
 use crate::api::{
     ApiError, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatRequest,
     CompletionRequest, Delta, Health, ModelCard, ModelList, Sampling, TextChoice, TextCompletion,
     Usage, clip, parse,
 };
 use crate::engine::{Engine, Event, FinishReason, Job};
+use crate::metrics::{self, Metrics};
+use crate::middleware::{
+    BodyStalled, Guard, check_host, cors, limit_body_pauses, measure, refuse_announced_oversize,
+    require_json, require_key,
+};
 
 /// The chat page: one file, no build step, nothing fetched from elsewhere.
 const PAGE: &str = include_str!("page.html");
@@ -48,9 +51,14 @@ pub(crate) struct AppState {
     /// The SHA-256 digest of the API key, if there is one: keys are compared as
     /// digests, in constant time, so neither the key's bytes nor its length show in
     /// how long a refusal takes.
-    api_key: Option<[u8; 32]>,
+    pub(crate) api_key: Option<[u8; 32]>,
     created: u64,
     requests: AtomicU64,
+    /// Turning request bodies into prompt tokens (parsing, the chat template,
+    /// tokenizing) runs on tokio's blocking threads, at most this many at once: one
+    /// per core, so that large bodies neither stall the async threads (which answer
+    /// `/health` and stream tokens) nor pile up threads.
+    preparing: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -69,7 +77,37 @@ impl AppState {
             api_key: api_key.map(|key| Sha256::digest(key.as_bytes()).into()),
             created: unix_time(),
             requests: AtomicU64::new(0),
+            preparing: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
         })
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        self.engine.metrics()
+    }
+
+    /// Runs `work` (parsing a body, rendering a chat template, tokenizing: CPU work
+    /// that grows with the body) on tokio's blocking threads, one per core at most, so
+    /// that the async threads stay free to answer other requests.
+    async fn off_the_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = self
+            .preparing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // Held until the work is done, even if the client has left meanwhile.
+            let _permit = permit;
+            work(&state)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
     }
 
     fn check_model(&self, requested: &str) -> Result<(), ApiError> {
@@ -165,104 +203,12 @@ impl AppState {
     }
 }
 
-/// Who may call: the `Host` names accepted and the origins CORS lets read answers.
-pub(crate) struct Guard {
-    /// Check `Host` (the server listens on loopback): only loopback names and
-    /// `allowed_hosts` are answered, which defeats DNS rebinding.
-    check_host: bool,
-    /// Host names (lowercase) answered besides the loopback ones; `*`: any.
-    allowed_hosts: Vec<String>,
-    /// Origins (as browsers send them) that CORS lets read answers; `*`: any.
-    cors_origins: Vec<String>,
-}
-
-impl Guard {
-    /// The guard of a server started with `options`, listening on a loopback address
-    /// or not.
-    pub(crate) fn new(options: &ServerOptions, loopback: bool) -> Arc<Self> {
-        Arc::new(Self {
-            check_host: loopback && !options.allowed_hosts.iter().any(|h| h == "*"),
-            allowed_hosts: options
-                .allowed_hosts
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
-            cors_origins: options.cors_origins.clone(),
-        })
-    }
-
-    /// Whether a request with this `Host` (None: without one) is answered.
-    fn host_allowed(&self, host: Option<&str>) -> bool {
-        if !self.check_host {
-            return true;
-        }
-        let Some(host) = host else { return false };
-        let Some(name) = host_name(host) else {
-            return false;
-        };
-        is_loopback_name(name)
-            || self
-                .allowed_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(name) || h.eq_ignore_ascii_case(host))
-    }
-
-    /// The `Access-Control-Allow-Origin` a request from `origin` gets, if any.
-    fn cors_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
-        let text = origin.to_str().ok()?;
-        if self.cors_origins.iter().any(|o| o == "*") {
-            Some(HeaderValue::from_static("*"))
-        } else if self
-            .cors_origins
-            .iter()
-            .any(|o| o.eq_ignore_ascii_case(text))
-        {
-            Some(origin.clone())
-        } else {
-            None
-        }
-    }
-}
-
-/// Whether an IP address is a loopback one (127.0.0.0/8, ::1, or 127.x.x.x mapped
-/// into IPv6).
-pub(crate) fn is_loopback(ip: IpAddr) -> bool {
-    ip.to_canonical().is_loopback()
-}
-
-/// The name of a `Host` header's value without its port (`[::1]` keeps its brackets);
-/// None when it is malformed.
-fn host_name(host: &str) -> Option<&str> {
-    let (name, port) = if host.starts_with('[') {
-        let end = host.find(']')?;
-        host.split_at(end + 1)
-    } else {
-        match host.rfind(':') {
-            Some(colon) => host.split_at(colon),
-            None => (host, ""),
-        }
-    };
-    let port_ok = port.is_empty()
-        || port.strip_prefix(':').is_some_and(|p| {
-            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
-        });
-    (port_ok && !name.is_empty()).then_some(name)
-}
-
-/// `localhost`, `127.x.x.x` or `[::1]`.
-fn is_loopback_name(name: &str) -> bool {
-    if name.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
-        return inner
-            .parse::<Ipv6Addr>()
-            .is_ok_and(|ip| is_loopback(IpAddr::V6(ip)));
-    }
-    name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-pub(crate) fn router(state: Arc<AppState>, guard: Arc<Guard>, max_body: usize) -> Router {
+pub(crate) fn router(
+    state: Arc<AppState>,
+    guard: Arc<Guard>,
+    max_body: usize,
+    body_pause: Duration,
+) -> Router {
     // The key is checked first (a request without it learns nothing else), then the
     // body's type.
     let api = Router::new()
@@ -274,6 +220,9 @@ pub(crate) fn router(state: Arc<AppState>, guard: Arc<Guard>, max_body: usize) -
     Router::new()
         .route("/", get(page))
         .route("/health", get(health))
+        // Like /health, without the API key (Prometheus scrapers seldom have one), but
+        // behind the Host check.
+        .route("/metrics", get(prometheus))
         .nest("/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -282,167 +231,17 @@ pub(crate) fn router(state: Arc<AppState>, guard: Arc<Guard>, max_body: usize) -
             max_body,
             refuse_announced_oversize,
         ))
+        .layer(middleware::from_fn_with_state(
+            body_pause,
+            limit_body_pauses,
+        ))
         // The outermost layers: a request for another host is refused before anything
-        // else, then CORS answers preflights and marks the answers.
+        // else, then CORS answers preflights and marks the answers; every request is
+        // counted, refused ones included.
         .layer(middleware::from_fn_with_state(guard.clone(), cors))
         .layer(middleware::from_fn_with_state(guard, check_host))
+        .layer(middleware::from_fn_with_state(state.clone(), measure))
         .with_state(state)
-}
-
-/// On a server listening on loopback, a request whose `Host` is not a loopback name
-/// (nor an allowed host) is refused with a 403: a web page whose own name was made to
-/// resolve to 127.0.0.1 (DNS rebinding) reaches the server with that name as `Host`.
-async fn check_host(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
-        .or_else(|| request.uri().authority().map(|a| a.as_str()));
-    if !guard.host_allowed(host) {
-        let message = match host {
-            Some(host) => format!(
-                "the Host `{}` is not served: this server listens on loopback and answers localhost, 127.x.x.x and [::1] (more with the allowed hosts option: `ember serve --allowed-host NAME`)",
-                clip(host)
-            ),
-            None => "the request has no Host header".to_string(),
-        };
-        return ApiError::invalid(None, message)
-            .with_status(StatusCode::FORBIDDEN)
-            .with_code("host_not_allowed")
-            .into_response();
-    }
-    next.run(request).await
-}
-
-/// CORS, for the configured origins only: a preflight (`OPTIONS` with
-/// `Access-Control-Request-Method`) from one of them is answered 204 with what it asks
-/// for allowed, and every answer to one of them carries
-/// `Access-Control-Allow-Origin`. Without configured origins (the default) nothing is
-/// added, so browsers keep other sites from reading the answers.
-async fn cors(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    if guard.cors_origins.is_empty() {
-        return next.run(request).await;
-    }
-    let allow = request
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|origin| guard.cors_origin(origin));
-    let Some(allow) = allow else {
-        let mut response = next.run(request).await;
-        response
-            .headers_mut()
-            .append(header::VARY, HeaderValue::from_static("origin"));
-        return response;
-    };
-    let headers = request.headers();
-    if request.method() == Method::OPTIONS
-        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-    {
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        let out = response.headers_mut();
-        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-        out.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST"),
-        );
-        // The origin is trusted: the headers it asks for (the SDKs send some of their
-        // own besides Authorization and Content-Type) are allowed.
-        if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
-            out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
-        }
-        // Chrome's Private Network Access: a public site calling a local server.
-        if headers
-            .get("access-control-request-private-network")
-            .is_some_and(|v| v == "true")
-        {
-            out.insert(
-                "access-control-allow-private-network",
-                HeaderValue::from_static("true"),
-            );
-        }
-        out.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-        out.append(
-            header::VARY,
-            HeaderValue::from_static(
-                "origin, access-control-request-method, access-control-request-headers",
-            ),
-        );
-        return response;
-    }
-    let mut response = next.run(request).await;
-    let out = response.headers_mut();
-    out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-    out.append(header::VARY, HeaderValue::from_static("origin"));
-    response
-}
-
-/// A `POST` body must be declared JSON (`application/json`, optionally with
-/// `charset=utf-8`); anything else is a 415. Browsers send a form or text cross-site
-/// without asking first (no CORS preflight), never JSON, so this also keeps a web page
-/// from making the server generate for it.
-async fn require_json(request: Request, next: Next) -> Response {
-    if request.method() == Method::POST {
-        let given = request.headers().get(header::CONTENT_TYPE);
-        if !given
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(is_json_type)
-        {
-            let got = match given {
-                Some(v) => format!("`{}`", clip(&String::from_utf8_lossy(v.as_bytes()))),
-                None => "none".to_string(),
-            };
-            return ApiError::invalid(
-                None,
-                format!(
-                    "the body must be JSON, sent with `Content-Type: application/json` (got {got})"
-                ),
-            )
-            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
-            .into_response();
-        }
-    }
-    next.run(request).await
-}
-
-/// `application/json`, alone or with `charset=utf-8` (any case, spaces around `;`).
-fn is_json_type(value: &str) -> bool {
-    let mut parts = value.split(';').map(str::trim);
-    if !parts
-        .next()
-        .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
-    {
-        return false;
-    }
-    parts.all(|parameter| {
-        parameter.split_once('=').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("charset")
-                && value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
-        })
-    })
-}
-
-/// A body announced larger than the limit is refused before it is read: the client
-/// gets its 413 at once instead of sending megabytes first (bodies without a
-/// `Content-Length` are still cut at the limit while they are read).
-async fn refuse_announced_oversize(
-    State(max_body): State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let announced = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > max_body as u64) {
-        return ApiError::invalid(None, "the request body is too large")
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-            .into_response();
-    }
-    next.run(request).await
 }
 
 async fn page() -> impl IntoResponse {
@@ -457,6 +256,19 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     })
 }
 
+/// `GET /metrics`: Prometheus' text format.
+async fn prometheus(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, metrics::CONTENT_TYPE),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        state
+            .metrics()
+            .render(&state.model_id, state.engine.waiting()),
+    )
+}
+
 async fn not_found() -> ApiError {
     ApiError::invalid(
         None,
@@ -468,36 +280,6 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::invalid(None, "method not allowed on this endpoint")
         .with_status(StatusCode::METHOD_NOT_ALLOWED)
-}
-
-/// With an API key configured, `/v1/*` needs `Authorization: Bearer KEY` (the scheme
-/// in any case). The key given and the key configured are compared as SHA-256
-/// digests, in constant time; an empty key is never accepted.
-async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if let Some(digest) = &state.api_key {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .filter(|token| !token.is_empty());
-        let matches = given.is_some_and(|token| {
-            let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            bool::from(given.ct_eq(digest))
-        });
-        if !matches {
-            return ApiError::unauthorized().into_response();
-        }
-    }
-    next.run(request).await
-}
-
-/// The token of an `Authorization: Bearer TOKEN` value (the scheme in any case).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -515,6 +297,15 @@ async fn models(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 /// The body, or the 413/400 its reading failed with.
 fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
+        // A body that stopped coming: 408, with the reason.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+        while let Some(error) = source {
+            if let Some(stalled) = error.downcast_ref::<BodyStalled>() {
+                return ApiError::invalid(None, stalled.to_string())
+                    .with_status(StatusCode::REQUEST_TIMEOUT);
+            }
+            source = error.source();
+        }
         let status = rejection.status();
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
             "the request body is too large".to_string()
@@ -529,7 +320,17 @@ async fn chat_completions(
     State(state): State<Arc<AppState>>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: ChatRequest = parse(&body(raw)?)?;
+    let arrived = Instant::now();
+    let raw = body(raw)?;
+    let prepared = state
+        .off_the_runtime(move |state| prepare_chat(state, &raw))
+        .await?;
+    answer(state, Kind::Chat, prepared, arrived).await
+}
+
+/// A chat request, parsed, checked, rendered with the chat template and tokenized.
+fn prepare_chat(state: &AppState, raw: &[u8]) -> Result<Prepared, ApiError> {
+    let request: ChatRequest = parse(raw)?;
     state.check_model(&request.model)?;
     request.unsupported.check()?;
     if request.messages.is_empty() {
@@ -573,23 +374,30 @@ async fn chat_completions(
         .map_err(|e| ApiError::internal(format!("cannot tokenize the conversation: {e}")))?;
     let (id, n) = state.next_id("chatcmpl");
     let (config, stops) = state.settings(&request.sampling, prompt_ids.len(), usize::MAX, n)?;
-    answer(
-        state,
-        Kind::Chat,
+    Ok(Prepared::new(
         id,
         prompt_ids,
         config,
         stops,
         &request.sampling,
-    )
-    .await
+    ))
 }
 
 async fn completions(
     State(state): State<Arc<AppState>>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: CompletionRequest = parse(&body(raw)?)?;
+    let arrived = Instant::now();
+    let raw = body(raw)?;
+    let prepared = state
+        .off_the_runtime(move |state| prepare_completion(state, &raw))
+        .await?;
+    answer(state, Kind::Completion, prepared, arrived).await
+}
+
+/// A completion request, parsed, checked and tokenized.
+fn prepare_completion(state: &AppState, raw: &[u8]) -> Result<Prepared, ApiError> {
+    let request: CompletionRequest = parse(raw)?;
     state.check_model(&request.model)?;
     request.unsupported.check()?;
     let prompt_ids = state
@@ -599,16 +407,42 @@ async fn completions(
     let (id, n) = state.next_id("cmpl");
     // OpenAI's default for completions.
     let (config, stops) = state.settings(&request.sampling, prompt_ids.len(), 16, n)?;
-    answer(
-        state,
-        Kind::Completion,
+    Ok(Prepared::new(
         id,
         prompt_ids,
         config,
         stops,
         &request.sampling,
-    )
-    .await
+    ))
+}
+
+/// A request ready for the generation thread.
+struct Prepared {
+    id: String,
+    prompt_ids: Vec<u32>,
+    config: GenerationConfig,
+    stops: Vec<String>,
+    stream: bool,
+    include_usage: bool,
+}
+
+impl Prepared {
+    fn new(
+        id: String,
+        prompt_ids: Vec<u32>,
+        config: GenerationConfig,
+        stops: Vec<String>,
+        sampling: &Sampling,
+    ) -> Self {
+        Self {
+            id,
+            prompt_ids,
+            config,
+            stops,
+            stream: sampling.stream,
+            include_usage: sampling.stream_options.include_usage,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -621,12 +455,17 @@ enum Kind {
 async fn answer(
     state: Arc<AppState>,
     kind: Kind,
-    id: String,
-    prompt_ids: Vec<u32>,
-    config: GenerationConfig,
-    stops: Vec<String>,
-    sampling: &Sampling,
+    prepared: Prepared,
+    arrived: Instant,
 ) -> Result<Response, ApiError> {
+    let Prepared {
+        id,
+        prompt_ids,
+        config,
+        stops,
+        stream,
+        include_usage,
+    } = prepared;
     let (events, receiver) = unbounded_channel();
     let prompt_tokens = prompt_ids.len();
     let job = Job {
@@ -635,6 +474,7 @@ async fn answer(
         config,
         stop_strings: stops,
         events,
+        arrived,
     };
     if !state.engine.submit(job) {
         return Err(ApiError::unavailable("the generation thread has stopped"));
@@ -645,8 +485,7 @@ async fn answer(
         created: unix_time(),
         model: state.model_id.clone(),
     };
-    if sampling.stream {
-        let include_usage = sampling.stream_options.include_usage;
+    if stream {
         let stream = sse_stream(chunks, receiver, prompt_tokens, include_usage);
         // A client that left is noticed only when a write to it fails; the comment
         // lines sent every second bound that delay even while no text is produced.

@@ -5,13 +5,17 @@
 // Burn 0.22 deprecates the ndarray backend; it is pinned on purpose (Cargo.toml).
 #![allow(deprecated)]
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use burn::prelude::Device;
 use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tower::ServiceExt;
 
 use crate::{ServeError, Server, ServerOptions};
@@ -500,6 +504,571 @@ fn options_no_browser_or_client_could_use_are_refused() {
         .check()
     };
     assert!(key("sk-1 2").is_ok());
+    let limits = |header: u64, idle: u64, connections: usize| {
+        ServerOptions {
+            header_timeout: Duration::from_secs(header),
+            idle_timeout: Duration::from_secs(idle),
+            max_connections: connections,
+            shutdown_grace: Duration::ZERO,
+            ..ServerOptions::default()
+        }
+        .check()
+    };
+    assert!(limits(1, 1, 1).is_ok());
+    for (header, idle, connections) in [(0, 1, 1), (1, 0, 1), (1, 1, 0)] {
+        assert!(
+            matches!(
+                limits(header, idle, connections),
+                Err(ServeError::BadOption { .. })
+            ),
+            "{header} {idle} {connections}"
+        );
+    }
     assert!(matches!(key(" sk"), Err(ServeError::BadOption { .. })));
     assert!(matches!(key("clé"), Err(ServeError::BadOption { .. })));
+}
+
+/// Issue 26: rendering and tokenizing large bodies runs on tokio's blocking threads,
+/// so the async thread (one here: a current-thread runtime, where work done on it
+/// would hold every other request) answers `/health` while they are prepared. Were
+/// they prepared on it, `/health` would come after them.
+#[tokio::test(flavor = "current_thread")]
+async fn large_bodies_are_prepared_off_the_async_threads() {
+    let server = server(ServerOptions::default());
+    let router = server.router();
+    // About 300 kB of text each: a prompt far longer than the context, refused with a
+    // 400 once it has been rendered and tokenized (a few hundred milliseconds).
+    let words: String = (0..35_000).map(|i| format!("w{} ", i % 5000)).collect();
+    let body = chat(json!({"messages": [{"role": "user", "content": words}]}));
+    let started = Instant::now();
+    let heavy: Vec<_> = (0..2)
+        .map(|_| {
+            let (router, body) = (router.clone(), body.clone());
+            tokio::spawn(async move {
+                let answer = send(&router, post("/v1/chat/completions", &body)).await;
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    // Let them start.
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    let (status, _, health) = send(&router, get("/health")).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    let health_answered = started.elapsed();
+    for task in heavy {
+        let (answer, answered) = task.await.unwrap();
+        assert_error(&answer, StatusCode::BAD_REQUEST, Some("messages"));
+        assert_eq!(answer.2["error"]["code"], "context_length_exceeded");
+        assert!(
+            health_answered < answered,
+            "/health answered after {health_answered:?}, a large body after {answered:?}"
+        );
+    }
+}
+
+/// A server on a free loopback port: its address, a sender that makes its shutdown
+/// future complete, and the task serving it.
+async fn serving(
+    options: ServerOptions,
+) -> (
+    SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), ServeError>>,
+) {
+    let server = server(options);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    (address, stop, task)
+}
+
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        stream.writable().await.unwrap();
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("cannot write: {e}"),
+        }
+    }
+}
+
+/// What a connection reads: the bytes until the server closed it (`closed`), or what
+/// came within `wait`.
+struct Read {
+    text: String,
+    closed: bool,
+}
+
+/// Reads until the server closes the connection, a whole response (head and
+/// `Content-Length` body) came when `one_response`, or `wait` passed.
+async fn read(stream: &TcpStream, wait: Duration, one_response: bool) -> Read {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut bytes = Vec::new();
+    loop {
+        if one_response && whole_response(&bytes) {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Err(_) => break,
+            Ok(ready) => ready.unwrap(),
+        }
+        let mut buffer = [0u8; 4096];
+        match stream.try_read(&mut buffer) {
+            Ok(0) => {
+                return Read {
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                    closed: true,
+                };
+            }
+            Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // Reset: closed with unread bytes.
+            Err(_) => {
+                return Read {
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                    closed: true,
+                };
+            }
+        }
+    }
+    Read {
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        closed: false,
+    }
+}
+
+fn whole_response(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let Some(end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let length = text[..end]
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    bytes.len() >= end + 4 + length
+}
+
+/// `GET /health` on a kept-alive connection.
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+/// Issue 26: the header timeout cuts off a connection that sends half a head (or
+/// nothing), a kept-alive connection may wait for its next request longer than that
+/// (until the idle timeout), and a body that stops coming gets a 408.
+#[tokio::test]
+async fn slow_heads_idle_connections_and_stalled_bodies_are_cut_off() {
+    let header = Duration::from_millis(300);
+    let idle = Duration::from_millis(700);
+    let (address, stop, task) = serving(ServerOptions {
+        header_timeout: header,
+        idle_timeout: idle,
+        ..ServerOptions::default()
+    })
+    .await;
+    // Closed after `limit` from `since`, give or take the watchdog's tick.
+    let closed_in_time = |got: Read, since: Instant, limit: Duration| {
+        let after = since.elapsed();
+        assert!(got.closed && got.text.is_empty(), "{}", got.text);
+        assert!(
+            after >= limit - Duration::from_millis(20)
+                && after < limit + Duration::from_millis(700),
+            "closed after {after:?}, not {limit:?}"
+        );
+    };
+    let half_head = async {
+        let started = Instant::now();
+        let stream = TcpStream::connect(address).await.unwrap();
+        write_all(&stream, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+        closed_in_time(
+            read(&stream, Duration::from_secs(5), false).await,
+            started,
+            header,
+        );
+    };
+    let silent = async {
+        let started = Instant::now();
+        let stream = TcpStream::connect(address).await.unwrap();
+        closed_in_time(
+            read(&stream, Duration::from_secs(5), false).await,
+            started,
+            header,
+        );
+    };
+    let stalled_body = async {
+        let stream = TcpStream::connect(address).await.unwrap();
+        write_all(
+            &stream,
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"",
+        )
+        .await;
+        let got = read(&stream, Duration::from_secs(5), false).await;
+        assert!(got.text.starts_with("HTTP/1.1 408"), "{}", got.text);
+        assert!(
+            got.text.contains("the request body stopped coming"),
+            "{}",
+            got.text
+        );
+    };
+    let kept_alive = async {
+        let stream = TcpStream::connect(address).await.unwrap();
+        write_all(&stream, HEALTH).await;
+        let got = read(&stream, Duration::from_secs(5), true).await;
+        assert!(got.text.contains(" 200 OK"), "{}", got.text);
+        // Idle for longer than the header timeout, it still serves...
+        tokio::time::sleep(header + Duration::from_millis(150)).await;
+        write_all(&stream, HEALTH).await;
+        let got = read(&stream, Duration::from_secs(5), true).await;
+        assert!(got.text.contains(" 200 OK"), "{}", got.text);
+        // ...and closes after the idle timeout.
+        let answered = Instant::now();
+        closed_in_time(
+            read(&stream, Duration::from_secs(5), false).await,
+            answered,
+            idle,
+        );
+    };
+    tokio::join!(half_head, silent, stalled_body, kept_alive);
+
+    let metrics = TcpStream::connect(address).await.unwrap();
+    write_all(
+        &metrics,
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
+    let text = read(&metrics, Duration::from_secs(5), true).await.text;
+    assert!(
+        text.contains("ember_connections_closed_total{reason=\"header_timeout\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ember_connections_closed_total{reason=\"idle_timeout\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("ember_open_connections 1\n"), "{text}");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Issue 26: beyond `max_connections`, a new connection waits to be served; an idle
+/// connection closes to make room for it, while connections busy with a request (a
+/// head half-sent, here) keep their place until they time out.
+#[tokio::test]
+async fn beyond_the_connection_cap_new_connections_wait_for_room() {
+    let header = Duration::from_millis(700);
+    let (address, stop, task) = serving(ServerOptions {
+        header_timeout: header,
+        idle_timeout: Duration::from_secs(30),
+        max_connections: 2,
+        ..ServerOptions::default()
+    })
+    .await;
+    // Two kept-alive connections, idle after one request each.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let stream = TcpStream::connect(address).await.unwrap();
+        write_all(&stream, HEALTH).await;
+        assert!(
+            read(&stream, Duration::from_secs(5), true)
+                .await
+                .text
+                .contains(" 200 OK")
+        );
+        idle.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // A third is served at once: one idle connection made room.
+    let asked = Instant::now();
+    let third = TcpStream::connect(address).await.unwrap();
+    write_all(&third, HEALTH).await;
+    let got = read(&third, Duration::from_secs(5), true).await;
+    assert!(got.text.contains(" 200 OK"), "{}", got.text);
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    let mut closed = 0;
+    for stream in &idle {
+        closed += usize::from(read(stream, Duration::from_millis(50), false).await.closed);
+    }
+    assert_eq!(closed, 1);
+    drop((idle, third));
+
+    // Two connections busy sending a head: the next waits until they time out.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let stream = TcpStream::connect(address).await.unwrap();
+        write_all(&stream, b"GET /health HTTP/1.1\r\n").await;
+        busy.push(stream);
+    }
+    let waiting = TcpStream::connect(address).await.unwrap();
+    write_all(&waiting, HEALTH).await;
+    let early = read(&waiting, header / 2, true).await;
+    assert!(early.text.is_empty() && !early.closed, "{}", early.text);
+    let got = read(&waiting, Duration::from_secs(5), true).await;
+    assert!(got.text.contains(" 200 OK"), "{}", got.text);
+    let after = started.elapsed();
+    assert!(
+        after >= header && after < header + Duration::from_millis(700),
+        "served after {after:?}"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Issue 26: when the shutdown future completes, connections with no request in
+/// flight (a head half-sent) close at once, a request in flight (its body half-sent)
+/// has the grace period to finish, then `serve` returns anyway.
+#[tokio::test]
+async fn shutdown_ends_within_the_grace_period_whatever_the_clients_do() {
+    let grace = Duration::from_millis(400);
+    let (address, stop, task) = serving(ServerOptions {
+        shutdown_grace: grace,
+        ..ServerOptions::default()
+    })
+    .await;
+    let half_head = TcpStream::connect(address).await.unwrap();
+    write_all(&half_head, b"POST /v1/completions HTTP/1.1\r\nHost: 127").await;
+    let half_body = TcpStream::connect(address).await.unwrap();
+    write_all(
+        &half_body,
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = Instant::now();
+    stop.send(()).unwrap();
+    let got = read(&half_head, Duration::from_secs(5), false).await;
+    assert!(got.closed, "{}", got.text);
+    assert!(stopped.elapsed() < grace, "{:?}", stopped.elapsed());
+    tokio::time::timeout(grace + Duration::from_secs(2), task)
+        .await
+        .expect("serve returned")
+        .unwrap()
+        .unwrap();
+    let took = stopped.elapsed();
+    assert!(took >= grace, "{took:?}");
+    assert!(read(&half_body, Duration::from_secs(1), false).await.closed);
+    // Nothing listens any more.
+    assert!(TcpStream::connect(address).await.is_err());
+}
+
+/// One sample of a Prometheus text exposition: its name, labels and value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The samples of a Prometheus text exposition, checked line by line: `# HELP` and
+/// `# TYPE` comments, then `name{label="value",...} number` or `name number`, each
+/// sample's family typed before it.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut typed: Vec<(String, String)> = Vec::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let parts: Vec<&str> = comment.splitn(3, ' ').collect();
+            assert!(
+                parts.len() == 3 && ["HELP", "TYPE"].contains(&parts[0]),
+                "{line}"
+            );
+            if parts[0] == "TYPE" {
+                assert!(
+                    ["counter", "gauge", "histogram"].contains(&parts[2]),
+                    "{line}"
+                );
+                typed.push((parts[1].to_string(), parts[2].to_string()));
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let inner = rest.strip_suffix('}').unwrap_or_else(|| panic!("{line}"));
+                let labels = inner
+                    .split(',')
+                    .map(|pair| {
+                        let (key, quoted) =
+                            pair.split_once('=').unwrap_or_else(|| panic!("{line}"));
+                        let value = quoted
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .unwrap_or_else(|| panic!("{line}"));
+                        (key.to_string(), value.to_string())
+                    })
+                    .collect();
+                (name, labels)
+            }
+            None => (series, Vec::new()),
+        };
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "{line}"
+        );
+        let family_typed = typed.iter().any(|(family, kind)| {
+            family == name
+                || (kind == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix) == Some(family)))
+        });
+        assert!(family_typed, "no # TYPE before {line}");
+        samples.push((name.to_string(), labels, value));
+    }
+    samples
+}
+
+/// The value of the sample `name` with exactly these labels.
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && l.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
+        })
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+        .2
+}
+
+/// Issue 26: `/metrics` in Prometheus' text format, without the API key but behind
+/// the Host check: after a completion and a streamed chat, the requests, tokens and
+/// latencies they add up to.
+#[tokio::test]
+async fn metrics_count_requests_tokens_and_latencies() {
+    let server = server(ServerOptions {
+        api_key: Some("sk-secret".into()),
+        ..ServerOptions::default()
+    });
+    let router = server.router();
+    let authorized = |mut request: Request<Body>| {
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, "Bearer sk-secret".parse().unwrap());
+        request
+    };
+    let (status, _, completion) = send(
+        &router,
+        authorized(post(
+            "/v1/completions",
+            &completion(json!({"max_tokens": 5})),
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{completion}");
+    let request = authorized(post(
+        "/v1/chat/completions",
+        &chat(json!({"max_tokens": 4, "stream": true, "stream_options": {"include_usage": true}})),
+    ));
+    let response = router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let events = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let events = String::from_utf8(events.to_vec()).unwrap();
+    let usage: Value = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find_map(|chunk| chunk.get("usage").filter(|u| u.is_object()).cloned())
+        .unwrap();
+    // Refused: wrong key, unknown path.
+    assert_eq!(
+        send(&router, get("/v1/models")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&router, get("/nothing")).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (status, headers, body) = send(&router, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = body["raw"].as_str().unwrap();
+    let samples = parse_metrics(text);
+    let tokens = |usage: &Value, field: &str| usage[field].as_u64().unwrap() as f64;
+    let generated =
+        tokens(&completion["usage"], "completion_tokens") + tokens(&usage, "completion_tokens");
+    let prompt = tokens(&completion["usage"], "prompt_tokens") + tokens(&usage, "prompt_tokens");
+    assert_eq!(
+        sample(&samples, "ember_generated_tokens_total", &[]),
+        generated
+    );
+    assert_eq!(sample(&samples, "ember_prompt_tokens_total", &[]), prompt);
+    let requests = |endpoint: &str, status: &str| {
+        sample(
+            &samples,
+            "ember_requests_total",
+            &[("endpoint", endpoint), ("status", status)],
+        )
+    };
+    assert_eq!(requests("/v1/completions", "200"), 1.0);
+    assert_eq!(requests("/v1/chat/completions", "200"), 1.0);
+    assert_eq!(requests("/v1/models", "401"), 1.0);
+    assert_eq!(requests("other", "404"), 1.0);
+    assert_eq!(
+        sample(&samples, "ember_time_to_first_token_seconds_count", &[]),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "ember_time_to_first_token_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(&samples, "ember_inter_token_latency_seconds_count", &[]),
+        generated - 2.0
+    );
+    assert!(sample(&samples, "ember_inter_token_latency_seconds_sum", &[]) > 0.0);
+    for endpoint in ["/v1/completions", "/v1/chat/completions"] {
+        assert_eq!(
+            sample(
+                &samples,
+                "ember_request_duration_seconds_count",
+                &[("endpoint", endpoint)]
+            ),
+            1.0
+        );
+    }
+    assert_eq!(sample(&samples, "ember_running_sequences", &[]), 0.0);
+    assert_eq!(sample(&samples, "ember_waiting_sequences", &[]), 0.0);
+    assert_eq!(
+        sample(&samples, "ember_model_info", &[("model", MODEL)]),
+        1.0
+    );
+    // Buckets are cumulative.
+    let buckets: Vec<f64> = samples
+        .iter()
+        .filter(|(n, _, _)| n == "ember_inter_token_latency_seconds_bucket")
+        .map(|s| s.2)
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+
+    // Another Host is refused, as everywhere.
+    let answer = send(&router, with_host(Some("evil.example"), "/metrics")).await;
+    assert_error(&answer, StatusCode::FORBIDDEN, None);
 }

@@ -2,6 +2,8 @@
 //! does the serving; here the model is loaded (as every command loads one) and the
 //! server runs until Ctrl-C or SIGTERM.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use burn::prelude::Device;
 use ember_serve::{Server, ServerOptions};
@@ -35,6 +37,31 @@ pub struct ServeArgs {
     /// The model's id in the API (default: the model directory's name).
     #[arg(long)]
     pub model_id: Option<String>,
+    /// Seconds a request's head may take to arrive (a new connection's from the
+    /// start), and the longest pause while its body comes; slower clients are cut off.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
+    pub header_timeout: Duration,
+    /// Seconds a kept-alive connection may wait for its next request (and an answer
+    /// for its client to read it) before it is closed.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = seconds)]
+    pub idle_timeout: Duration,
+    /// The most connections served at once; more wait, and an idle one is closed to
+    /// make room (lowered to what `ulimit -n` allows).
+    #[arg(long, value_name = "N", default_value_t = ember_serve::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// On Ctrl-C or SIGTERM, seconds the responses in flight get to finish; then the
+    /// server closes what is still open and exits.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
+    pub shutdown_grace: Duration,
+}
+
+/// A duration in seconds (decimals allowed).
+fn seconds(text: &str) -> Result<Duration, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| format!("`{text}`: seconds must be zero or more (and finite)"))
 }
 
 impl ServeArgs {
@@ -55,6 +82,10 @@ impl ServeArgs {
                 .unwrap_or_else(|| ember_serve::model_name(&self.model.model)),
             allowed_hosts: self.allowed_host.clone(),
             cors_origins: self.cors_origin.clone(),
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            shutdown_grace: self.shutdown_grace,
             ..ServerOptions::default()
         }
     }
@@ -89,11 +120,14 @@ pub fn run(args: &ServeArgs, device: &Device) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served: Result<()> = runtime.block_on(async move {
         let listener = server.bind().await?;
         server
             .serve(listener, ember_serve::shutdown_signal())
             .await?;
         Ok(())
-    })
+    });
+    // A request body still being tokenized on a blocking thread is not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    served
 }
