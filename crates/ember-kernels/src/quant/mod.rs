@@ -30,7 +30,11 @@ pub struct NotWholeBlocks {
 
 impl std::fmt::Display for NotWholeBlocks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} values are not whole blocks of {BLOCK_SIZE}", self.len)
+        write!(
+            f,
+            "{} values are not whole blocks of {BLOCK_SIZE}",
+            self.len
+        )
     }
 }
 
@@ -79,10 +83,12 @@ pub trait QuantBlock: Copy + Send + Sync + Sized {
 
     /// Blocks from GGUF's bytes (a whole number of blocks).
     fn from_bytes(bytes: &[u8]) -> Option<Vec<Self>> {
-        bytes
-            .len()
-            .is_multiple_of(Self::BYTES)
-            .then(|| bytes.chunks_exact(Self::BYTES).map(Self::read_bytes).collect())
+        bytes.len().is_multiple_of(Self::BYTES).then(|| {
+            bytes
+                .chunks_exact(Self::BYTES)
+                .map(Self::read_bytes)
+                .collect()
+        })
     }
 
     /// The blocks as GGUF stores them.

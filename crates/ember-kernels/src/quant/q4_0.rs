@@ -19,7 +19,11 @@ impl BlockQ4_0 {
     #[inline(always)]
     fn code(&self, i: usize) -> u8 {
         let byte = self.qs[i % (BLOCK_SIZE / 2)];
-        if i < BLOCK_SIZE / 2 { byte & 0x0F } else { byte >> 4 }
+        if i < BLOCK_SIZE / 2 {
+            byte & 0x0F
+        } else {
+            byte >> 4
+        }
     }
 }
 

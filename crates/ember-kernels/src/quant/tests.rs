@@ -26,7 +26,12 @@ fn quantizes_as_ggml<B: QuantBlock + PartialEq + std::fmt::Debug>(golden: &str) 
         .zip(want.chunks_exact(B::BYTES))
         .enumerate()
     {
-        assert_eq!(g, w, "{golden}: block {i} of values {:?}", &values[i * 32..i * 32 + 32]);
+        assert_eq!(
+            g,
+            w,
+            "{golden}: block {i} of values {:?}",
+            &values[i * 32..i * 32 + 32]
+        );
     }
     assert_eq!(B::from_bytes(&want).unwrap(), blocks);
     assert!(B::from_bytes(&want[1..]).is_none());
