@@ -233,6 +233,11 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
         };
+        // A metric of one unlabelled sample.
+        let scalar = |out: &mut String, name: &str, kind: &str, help: &str, value: u64| {
+            head(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        };
         head(
             &mut out,
             "ember_model_info",
@@ -272,45 +277,33 @@ impl Metrics {
             );
         }
 
-        head(
+        scalar(
             &mut out,
             "ember_running_sequences",
             "gauge",
             "Sequences being generated now (one generation thread: 0 or 1).",
+            self.running.load(Ordering::Relaxed) as u64,
         );
-        let _ = writeln!(
-            out,
-            "ember_running_sequences {}",
-            self.running.load(Ordering::Relaxed)
-        );
-        head(
+        scalar(
             &mut out,
             "ember_waiting_sequences",
             "gauge",
             "Requests queued for the generation thread, not started yet.",
+            waiting as u64,
         );
-        let _ = writeln!(out, "ember_waiting_sequences {waiting}");
-        head(
+        scalar(
             &mut out,
             "ember_prompt_tokens_total",
             "counter",
             "Prompt tokens of the generations started.",
+            self.prompt_tokens.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "ember_prompt_tokens_total {}",
-            self.prompt_tokens.load(Ordering::Relaxed)
-        );
-        head(
+        scalar(
             &mut out,
             "ember_generated_tokens_total",
             "counter",
             "Tokens generated (the completion tokens of every answer, and of those cancelled).",
-        );
-        let _ = writeln!(
-            out,
-            "ember_generated_tokens_total {}",
-            self.generated_tokens.load(Ordering::Relaxed)
+            self.generated_tokens.load(Ordering::Relaxed),
         );
         head(
             &mut out,
@@ -329,16 +322,12 @@ impl Metrics {
         self.inter_token
             .write(&mut out, "ember_inter_token_latency_seconds", "");
 
-        head(
+        scalar(
             &mut out,
             "ember_open_connections",
             "gauge",
             "HTTP connections open now.",
-        );
-        let _ = writeln!(
-            out,
-            "ember_open_connections {}",
-            self.connections.load(Ordering::Relaxed)
+            self.connections.load(Ordering::Relaxed) as u64,
         );
         head(
             &mut out,
