@@ -320,12 +320,22 @@ async fn chat_completions(
     State(state): State<Arc<AppState>>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    respond(state, raw, Kind::Chat, prepare_chat).await
+}
+
+/// A request's body prepared by `prepare` off the async threads, then answered.
+async fn respond(
+    state: Arc<AppState>,
+    raw: Result<Bytes, BytesRejection>,
+    kind: Kind,
+    prepare: fn(&AppState, &[u8]) -> Result<Prepared, ApiError>,
+) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let raw = body(raw)?;
     let prepared = state
-        .off_the_runtime(move |state| prepare_chat(state, &raw))
+        .off_the_runtime(move |state| prepare(state, &raw))
         .await?;
-    answer(state, Kind::Chat, prepared, arrived).await
+    answer(state, kind, prepared, arrived).await
 }
 
 /// A chat request, parsed, checked, rendered with the chat template and tokenized.
@@ -387,12 +397,7 @@ async fn completions(
     State(state): State<Arc<AppState>>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let arrived = Instant::now();
-    let raw = body(raw)?;
-    let prepared = state
-        .off_the_runtime(move |state| prepare_completion(state, &raw))
-        .await?;
-    answer(state, Kind::Completion, prepared, arrived).await
+    respond(state, raw, Kind::Completion, prepare_completion).await
 }
 
 /// A completion request, parsed, checked and tokenized.

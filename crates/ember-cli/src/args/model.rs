@@ -86,10 +86,3 @@ impl ModelArgs {
         Ok((loaded, tokenizer))
     }
 }
-
-/// The base model's local path: a Hub repository id (from `--base`, `--config` or
-/// `--set base=...`) becomes its snapshot in the Hugging Face cache before the run
-/// starts, so the run's config.toml names the files it started from.
-pub fn resolve_base(base: Option<&Path>) -> Result<Option<PathBuf>> {
-    base.map(resolve_model).transpose()
-}

@@ -158,13 +158,32 @@ pub fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |v| format!("{v:.3}"))
 }
 
-/// A new run says where it starts: a base model (flag, `--config` or `--set base=...`)
-/// or `--from-scratch`.
-pub fn require_base(has_base: bool, run: &RunArgs, from_scratch: bool) -> Result<()> {
-    if run.resume.is_none() && !has_base && !from_scratch {
+/// Puts `--base` or `--from-scratch` over the configuration's `base` (the two flags
+/// exclude each other).
+pub fn override_base(slot: &mut Option<PathBuf>, base: Option<&PathBuf>, from_scratch: bool) {
+    if let Some(base) = base {
+        *slot = Some(base.clone());
+    }
+    if from_scratch {
+        *slot = None;
+    }
+}
+
+/// The base model of a resolved configuration: a new run says where it starts (a base
+/// model from the flag, `--config` or `--set base=...`, or `--from-scratch`), and a Hub
+/// repository id becomes its snapshot in the Hugging Face cache before the run starts,
+/// so the run's config.toml names the files it started from.
+pub fn checked_base(
+    base: Option<PathBuf>,
+    run: &RunArgs,
+    from_scratch: bool,
+) -> Result<Option<PathBuf>> {
+    if run.resume.is_none() && base.is_none() && !from_scratch {
         bail!(
             "pass --base MODEL (a GPT-2 directory, a checkpoint or a pretraining run) or --from-scratch"
         );
     }
-    Ok(())
+    base.as_deref()
+        .map(crate::args::model::resolve_model)
+        .transpose()
 }

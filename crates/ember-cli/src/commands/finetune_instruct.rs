@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::prelude::*;
 
-use crate::args::model::resolve_base;
-use crate::args::run::{RunArgs, interrupt_flag, require_base};
+use crate::args::run::{RunArgs, checked_base, interrupt_flag, override_base};
 
 /// Options of `ember finetune-instruct`.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,12 +43,7 @@ pub fn run(args: InstructArgs, device: &Device) -> Result<()> {
     let (mut config, run_dir) = args
         .run
         .resolve(InstructConfig::book(), "runs/instruct", |c| {
-            if let Some(base) = &args.base {
-                c.base = Some(base.clone());
-            }
-            if args.from_scratch {
-                c.base = None;
-            }
+            override_base(&mut c.base, args.base.as_ref(), args.from_scratch);
             if args.mask_instruction {
                 c.mask_instruction = true;
             }
@@ -63,8 +57,7 @@ pub fn run(args: InstructArgs, device: &Device) -> Result<()> {
                 c.data = data.clone();
             }
         })?;
-    require_base(config.base.is_some(), &args.run, args.from_scratch)?;
-    config.base = resolve_base(config.base.as_deref())?;
+    config.base = checked_base(config.base.take(), &args.run, args.from_scratch)?;
     let interrupt = interrupt_flag();
     let devices = args.run.devices()?;
     let device = devices.first().unwrap_or(device);

@@ -6,8 +6,7 @@ use anyhow::Result;
 use burn::prelude::*;
 use ember_finetune::spam_finetune::{SpamConfig, finetune_spam};
 
-use crate::args::model::resolve_base;
-use crate::args::run::{RunArgs, interrupt_flag, require_base};
+use crate::args::run::{RunArgs, checked_base, interrupt_flag, override_base};
 
 /// Options of `ember finetune-spam`.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,12 +35,7 @@ pub struct SpamArgs {
 /// `ember finetune-spam`
 pub fn run(args: SpamArgs, device: &Device) -> Result<()> {
     let (mut config, run_dir) = args.run.resolve(SpamConfig::book(), "runs/spam", |c| {
-        if let Some(base) = &args.base {
-            c.base = Some(base.clone());
-        }
-        if args.from_scratch {
-            c.base = None;
-        }
+        override_base(&mut c.base, args.base.as_ref(), args.from_scratch);
         if let Some(rank) = args.lora {
             c.lora_rank = Some(rank);
         }
@@ -52,8 +46,7 @@ pub fn run(args: SpamArgs, device: &Device) -> Result<()> {
             c.data = data.clone();
         }
     })?;
-    require_base(config.base.is_some(), &args.run, args.from_scratch)?;
-    config.base = resolve_base(config.base.as_deref())?;
+    config.base = checked_base(config.base.take(), &args.run, args.from_scratch)?;
     let interrupt = interrupt_flag();
     let devices = args.run.devices()?;
     let device = devices.first().unwrap_or(device);
