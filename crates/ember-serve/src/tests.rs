@@ -680,8 +680,8 @@ async fn slow_heads_idle_connections_and_stalled_bodies_are_cut_off() {
         let after = since.elapsed();
         assert!(got.closed && got.text.is_empty(), "{}", got.text);
         assert!(
-            after >= limit - Duration::from_millis(20)
-                && after < limit + Duration::from_millis(700),
+            // Generous above: a loaded CI machine may be slow to run the watchdog.
+            after >= limit - Duration::from_millis(20) && after < limit + Duration::from_secs(3),
             "closed after {after:?}, not {limit:?}"
         );
     };
@@ -792,8 +792,9 @@ async fn beyond_the_connection_cap_new_connections_wait_for_room() {
     write_all(&third, HEALTH).await;
     let got = read(&third, Duration::from_secs(5), true).await;
     assert!(got.text.contains(" 200 OK"), "{}", got.text);
+    // Long before the idle connections' own timeout (30 s).
     assert!(
-        asked.elapsed() < Duration::from_millis(500),
+        asked.elapsed() < Duration::from_secs(5),
         "{:?}",
         asked.elapsed()
     );
@@ -821,7 +822,7 @@ async fn beyond_the_connection_cap_new_connections_wait_for_room() {
     assert!(got.text.contains(" 200 OK"), "{}", got.text);
     let after = started.elapsed();
     assert!(
-        after >= header && after < header + Duration::from_millis(700),
+        after >= header && after < header + Duration::from_secs(3),
         "served after {after:?}"
     );
     stop.send(()).unwrap();
@@ -833,7 +834,9 @@ async fn beyond_the_connection_cap_new_connections_wait_for_room() {
 /// has the grace period to finish, then `serve` returns anyway.
 #[tokio::test]
 async fn shutdown_ends_within_the_grace_period_whatever_the_clients_do() {
-    let grace = Duration::from_millis(400);
+    // Long enough that closing the idle connection "at once" is told apart from closing
+    // it at the end of the grace period, even on a loaded machine.
+    let grace = Duration::from_secs(2);
     let (address, stop, task) = serving(ServerOptions {
         shutdown_grace: grace,
         ..ServerOptions::default()
@@ -853,7 +856,7 @@ async fn shutdown_ends_within_the_grace_period_whatever_the_clients_do() {
     let got = read(&half_head, Duration::from_secs(5), false).await;
     assert!(got.closed, "{}", got.text);
     assert!(stopped.elapsed() < grace, "{:?}", stopped.elapsed());
-    tokio::time::timeout(grace + Duration::from_secs(2), task)
+    tokio::time::timeout(grace + Duration::from_secs(5), task)
         .await
         .expect("serve returned")
         .unwrap()
