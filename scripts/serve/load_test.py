@@ -6,11 +6,13 @@ Usage:
         --max-tokens 16 [--api-key KEY] [--pid PID]
 
 Each of --clients threads sends --requests chat completions one after the other
-(temperature 0.8, seed client*1000+i, a short prompt). At the end one JSON line
-reports the requests, failures, throughput (requests/s, completion tokens/s) and
-latency percentiles; with --pid, also the server's resident memory (VmRSS of
-/proc/PID/status) before, every second during, and after the run, so that growth
-shows. Exits 0 only when every request succeeded.
+(temperature 0.8, seed client*1000+i, a short prompt), streamed. At the end one JSON
+line reports the requests, failures, throughput (requests/s, completion tokens/s),
+latency percentiles, the time to the first streamed piece of text and the time
+between pieces (a piece is a token, except where a character spans tokens); with
+--pid, also the server's resident memory (VmRSS of /proc/PID/status) before, every
+second during, and after the run, so that growth shows. Exits 0 only when every
+request succeeded.
 
 Only loopback addresses are meant as targets: this is a test of a local server.
 """
@@ -53,10 +55,33 @@ def percentile(sorted_values, p):
     return sorted_values[int(rank) - 1]
 
 
-def request_json(url, body, headers, timeout):
+def request_stream(url, body, headers, timeout, t0):
+    """POSTs a streamed chat completion; returns (status, text, usage, seconds to the
+    first piece of text, seconds between pieces)."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    text, usage, first, last, gaps = "", None, None, None, []
     with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.status, json.loads(r.read())
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue  # blank separators and keep-alive comments
+            data = line[len("data: "):]
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices", []):
+                piece = choice.get("delta", {}).get("content")
+                if piece:
+                    now = time.monotonic()
+                    if first is None:
+                        first = now - t0
+                    else:
+                        gaps.append(now - last)
+                    last = now
+                    text += piece
+        return r.status, text, usage, first, gaps
 
 
 def get_model(root, headers, timeout):
@@ -94,6 +119,8 @@ def main():
     # Results, appended under a lock by the client threads.
     lock = threading.Lock()
     latencies = []          # seconds, successful requests only
+    first_pieces = []       # seconds to the first piece of text
+    between_pieces = []     # seconds between two pieces of one answer
     completion_tokens = [0]
     failures = []           # (client, i, reason), the first few kept in the report
     statuses = {}           # HTTP status (or "error") -> count
@@ -117,19 +144,23 @@ def main():
                 "max_tokens": args.max_tokens,
                 "temperature": 0.8,
                 "seed": c * 1000 + i,
+                "stream": True,
+                "stream_options": {"include_usage": True},
             }
             t0 = time.monotonic()
             try:
-                status, resp = request_json(url, body, headers, args.timeout)
+                status, content, usage, first, gaps = request_stream(url, body, headers, args.timeout, t0)
                 elapsed = time.monotonic() - t0
                 # A 200 must still be a well-formed answer to count as a success.
-                content = resp["choices"][0]["message"]["content"]
-                n = resp["usage"]["completion_tokens"]
-                if not isinstance(content, str) or not 0 <= n <= args.max_tokens:
-                    raise ValueError(f"malformed answer: {json.dumps(resp)[:200]}")
+                n = (usage or {}).get("completion_tokens")
+                if not isinstance(n, int) or not 0 <= n <= args.max_tokens:
+                    raise ValueError(f"malformed answer: usage {usage}, text {content[:100]!r}")
                 with lock:
                     statuses[status] = statuses.get(status, 0) + 1
                     latencies.append(elapsed)
+                    if first is not None:
+                        first_pieces.append(first)
+                    between_pieces.extend(gaps)
                     completion_tokens[0] += n
             except urllib.error.HTTPError as e:
                 detail = e.read()[:200].decode(errors="replace")
@@ -165,6 +196,7 @@ def main():
     total = args.clients * args.requests
     lat = sorted(latencies)
     ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
+    spread = lambda values: {p: ms(percentile(sorted(values), int(p[1:]))) for p in ("p50", "p90", "p99")}  # noqa: E731
     report = {
         "ok": not failures,
         "model": model,
@@ -183,6 +215,8 @@ def main():
             "p99": ms(percentile(lat, 99)),
             "max": ms(lat[-1] if lat else None),
         },
+        "time_to_first_token_ms": spread(first_pieces),
+        "inter_token_ms": spread(between_pieces),
     }
     if args.pid:
         samples = [v for v in [rss_before, *rss, rss_after] if v is not None]

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::kv_cache::KvCache;
+use crate::packed::CacheMut;
 use crate::sdpa::{causal_attention, explicit_attention};
 
 /// Configuration of [`CausalSelfAttention`].
@@ -76,16 +76,25 @@ impl CausalSelfAttention {
     }
 
     /// Forward pass that appends this call's keys and values to `cache` (layer
-    /// `layer`) and attends over everything cached. The caller checks room first
-    /// ([`KvCache::check_room`]).
+    /// `layer`) and attends over everything cached: one [`KvCache`](crate::KvCache), or several
+    /// sequences packed into one row ([`crate::PackedCaches`]). The caller checks room
+    /// first ([`CacheMut::check_room`]).
     ///
     /// # Shapes
     /// - x: `[batch, new_len, d_model]`
     /// - returns `[batch, new_len, d_model]`
-    pub fn forward_cached(&self, x: Tensor<3>, cache: &mut KvCache, layer: usize) -> Tensor<3> {
+    pub fn forward_cached<'a>(
+        &self,
+        x: Tensor<3>,
+        cache: impl Into<CacheMut<'a>>,
+        layer: usize,
+    ) -> Tensor<3> {
         let (q, k, v) = self.project(x);
-        let (k, v) = cache.extend(layer, k, v);
-        self.attend(q, k, v)
+        let [batch, _, seq_len, _] = q.dims();
+        let context = cache.into().attend(layer, q, k, v, None, |q, k, v| {
+            causal_attention(q, k, v, Some(&self.attn_dropout))
+        });
+        self.merge_heads(context, batch, seq_len)
     }
 
     /// The explicit formulation (scores, mask, softmax, weighted sum) without dropout,
@@ -129,7 +138,7 @@ impl CausalSelfAttention {
 mod tests {
     #![allow(deprecated)]
     use super::*;
-    use crate::{AttentionError, MultiHeadAttentionConfig};
+    use crate::{AttentionError, KvCache, MultiHeadAttentionConfig};
     use burn::module::Param;
     use burn::tensor::{Distribution, Tolerance};
 

@@ -35,6 +35,7 @@
 pub mod book;
 pub mod causal;
 pub mod kv_cache;
+pub mod packed;
 pub mod sdpa;
 
 pub use book::{
@@ -45,4 +46,5 @@ pub use book::{
 };
 pub use causal::{CausalSelfAttention, CausalSelfAttentionConfig};
 pub use kv_cache::{AttentionError, KvCache};
+pub use packed::{CacheMut, PackedCaches};
 pub use sdpa::{causal_attention, explicit_attention, repeat_kv, sliding_window_attention};

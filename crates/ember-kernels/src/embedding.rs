@@ -7,6 +7,7 @@
 use burn::nn::Embedding;
 use burn::prelude::*;
 
+use crate::cpu::with_cpu_backend;
 use crate::half_weights::{embedding_half, half_matrix, linear_half};
 
 /// Rows `ids` of the embedding matrix.
@@ -21,7 +22,8 @@ pub fn embedding(layer: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
     }
 }
 
-/// `x · Eᵀ`: logits of a head tied to the embedding `layer`.
+/// `x · Eᵀ`: logits of a head tied to the embedding `layer` (row by row within
+/// [`crate::with_row_layout`], as [`crate::linear`]).
 ///
 /// # Shapes
 /// - x: `[batch, seq, d]`
@@ -31,7 +33,25 @@ pub fn unembed(layer: &Embedding, x: Tensor<3>) -> Tensor<3> {
         return linear_half(x, &m, None);
     }
     let [batch, seq, d] = x.dims();
-    let logits = crate::matmul(x.reshape([batch * seq, d]), layer.weight.val().transpose());
+    let x = x.reshape([batch * seq, d]);
+    let product = |x: Tensor<2>| crate::matmul(x, layer.weight.val().transpose());
+    let logits = match crate::rows::layout_for(batch * seq) {
+        Some(layout) => crate::rows::by_layout(
+            x,
+            &layout,
+            |single| {
+                let table = layer.weight.val().transpose();
+                match with_cpu_backend!(&single, B => crate::rows::rows_times::<B>(&single, &table))
+                    .flatten()
+                {
+                    Some(logits) => logits,
+                    None => crate::rows::each_row(single, product),
+                }
+            },
+            product,
+        ),
+        None => product(x),
+    };
     let vocab = logits.dims()[1];
     logits.reshape([batch, seq, vocab])
 }

@@ -222,19 +222,37 @@ pub fn linear_half<const D: usize>(
     );
     let rows: usize = dims[..D - 1].iter().product();
     let x = x.reshape([rows, in_features]);
-    let device = x.device();
-    let mut y = match with_cpu_backend!(&x, B => product_on::<B>(&x, m)).flatten() {
-        Some(y) => y,
-        // Other backends compute with the weights in f32.
-        None => x.matmul(
-            Tensor::<2>::from_data(TensorData::new(m.to_f32(), m.dims()), &device).transpose(),
+    let mut y = match crate::rows::layout_for(rows) {
+        Some(layout) => crate::rows::by_layout(
+            x,
+            &layout,
+            |single| match with_cpu_backend!(&single, B => product_on::<B>(&single, m, true))
+                .flatten()
+            {
+                Some(y) => y,
+                None => crate::rows::each_row(single, |row| product_2d(row, m)),
+            },
+            |chunk| product_2d(chunk, m),
         ),
+        None => product_2d(x, m),
     };
     if let Some(bias) = bias {
         y = y + bias.unsqueeze::<2>();
     }
     dims[D - 1] = out_features;
     y.reshape(dims)
+}
+
+/// `x · Mᵀ` (`[rows, in]` → `[rows, out]`).
+fn product_2d(x: Tensor<2>, m: &HalfMatrix) -> Tensor<2> {
+    let device = x.device();
+    match with_cpu_backend!(&x, B => product_on::<B>(&x, m, false)).flatten() {
+        Some(y) => y,
+        // Other backends compute with the weights in f32.
+        None => x.matmul(
+            Tensor::<2>::from_data(TensorData::new(m.to_f32(), m.dims()), &device).transpose(),
+        ),
+    }
 }
 
 /// Rows `ids` of `m`: an embedding lookup.
@@ -263,12 +281,12 @@ pub fn embedding_half(ids: Tensor<2, Int>, m: &HalfMatrix) -> Tensor<3> {
 }
 
 /// Plain (untracked) `x` on CPU backend `B`: the product through the slice kernel.
-fn product_on<B: CpuBackend>(x: &Tensor<2>, m: &HalfMatrix) -> Option<Tensor<2>> {
+fn product_on<B: CpuBackend>(x: &Tensor<2>, m: &HalfMatrix, dots_only: bool) -> Option<Tensor<2>> {
     let x = B::plain(x)?;
     let [tokens, _] = B::shape(&x)[..] else {
         return None;
     };
-    let values = product(&B::values(&x), tokens, m);
+    let values = product(&B::values(&x), tokens, m, dots_only);
     Some(B::from_plain(B::new_tensor(&[tokens, m.dims()[0]], values)))
 }
 
@@ -279,8 +297,10 @@ const ROWS_PER_TASK: usize = 64;
 /// decoding).
 const GEMM_FROM_TOKENS: usize = 16;
 
-/// `x · Mᵀ`, row-major `[tokens, out]`, on every core.
-pub(crate) fn product(x: &[f32], tokens: usize, m: &HalfMatrix) -> Vec<f32> {
+/// `x · Mᵀ`, row-major `[tokens, out]`, on every core. With `dots_only`, every output
+/// is one dot product whatever the number of tokens, so that each row's result does
+/// not depend on the others ([`crate::rows`]).
+fn product(x: &[f32], tokens: usize, m: &HalfMatrix, dots_only: bool) -> Vec<f32> {
     let [out_features, in_features] = m.dims();
     assert_eq!(x.len(), tokens * in_features);
     if tokens == 1 {
@@ -290,7 +310,7 @@ pub(crate) fn product(x: &[f32], tokens: usize, m: &HalfMatrix) -> Vec<f32> {
             .enumerate()
             .for_each(|(task, chunk)| {
                 let first = task * ROWS_PER_TASK;
-                let block = block_product(x, 1, m, first..first + chunk.len());
+                let block = block_product(x, 1, m, first..first + chunk.len(), dots_only);
                 chunk.copy_from_slice(&block);
             });
         return out;
@@ -301,7 +321,7 @@ pub(crate) fn product(x: &[f32], tokens: usize, m: &HalfMatrix) -> Vec<f32> {
         .map(|task| {
             let first = task * ROWS_PER_TASK;
             let last = (first + ROWS_PER_TASK).min(out_features);
-            (first, block_product(x, tokens, m, first..last))
+            (first, block_product(x, tokens, m, first..last, dots_only))
         })
         .collect();
     let mut out = vec![0.0f32; tokens * out_features];
@@ -316,16 +336,18 @@ pub(crate) fn product(x: &[f32], tokens: usize, m: &HalfMatrix) -> Vec<f32> {
     out
 }
 
-/// `x · M[rows]ᵀ`, stored `[rows, tokens]`.
+/// `x · M[rows]ᵀ`, stored `[rows, tokens]`: dot products for few tokens (or always,
+/// with `dots_only`), `gemm` for many.
 fn block_product(
     x: &[f32],
     tokens: usize,
     m: &HalfMatrix,
     rows: std::ops::Range<usize>,
+    dots_only: bool,
 ) -> Vec<f32> {
     let k = m.dims()[1];
     let n = rows.len();
-    if tokens >= GEMM_FROM_TOKENS {
+    if tokens >= GEMM_FROM_TOKENS && !dots_only {
         let mut weights = vec![0.0f32; n * k];
         for (i, r) in rows.enumerate() {
             m.row_into(r, &mut weights[i * k..(i + 1) * k]);
@@ -470,7 +492,7 @@ fn dot_bf16_kernel() -> DotBf16 {
     kernels().0
 }
 
-fn dot_f32_kernel() -> DotF32 {
+pub(crate) fn dot_f32_kernel() -> DotF32 {
     kernels().1
 }
 

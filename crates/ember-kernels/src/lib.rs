@@ -55,6 +55,7 @@ mod matmul;
 pub mod quant;
 mod rms_norm;
 mod row_norm;
+pub mod rows;
 mod simd;
 
 pub use adamw::{AdamWHyper, FusedAdamW};
@@ -72,6 +73,7 @@ pub use gelu::{gelu_tanh, gelu_tanh_reference};
 pub use layer_norm::{layer_norm, layer_norm_reference};
 pub use matmul::{linear, matmul};
 pub use rms_norm::{rms_norm, rms_norm_reference};
+pub use rows::{RowLayout, with_row_layout};
 
 /// Elements per rayon task for the element-wise kernels: large enough that scheduling
 /// is noise, small enough to share a 1.5M-element GELU input between the cores.

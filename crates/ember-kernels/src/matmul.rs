@@ -41,13 +41,15 @@ pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
 /// - returns `[..., d_output]`
 ///
 /// A layer with [half weights](crate::half_weights) computes from them.
+///
+/// Within [`crate::with_row_layout`], rows that each stand alone are computed so that
+/// their results do not depend on the other rows ([`crate::rows`]).
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     if let Some(m) = crate::half_weights::half_matrix(&layer.weight) {
         let bias = layer.bias.as_ref().map(|b| b.val());
         return crate::half_weights::linear_half(x, &m, bias);
     }
-    let weight = layer.weight.val();
-    let [d_input, d_output] = weight.dims();
+    let [d_input, d_output] = layer.weight.dims();
     let mut dims = x.dims();
     assert_eq!(
         dims[D - 1],
@@ -55,12 +57,27 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         "linear layer of {d_input} inputs given {dims:?}"
     );
     let rows = dims[..D - 1].iter().product();
-    let mut y = matmul(x.reshape([rows, d_input]), weight);
-    if let Some(bias) = &layer.bias {
-        y = y + bias.val().unsqueeze::<2>();
-    }
+    let x = x.reshape([rows, d_input]);
+    let y = match crate::rows::layout_for(rows) {
+        Some(layout) => crate::rows::by_layout(
+            x,
+            &layout,
+            |single| crate::rows::single_rows_linear(layer, single, |row| linear_2d(layer, row)),
+            |chunk| linear_2d(layer, chunk),
+        ),
+        None => linear_2d(layer, x),
+    };
     dims[D - 1] = d_output;
     y.reshape(dims)
+}
+
+/// `x · W + b` (`[rows, in]` → `[rows, out]`).
+fn linear_2d(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+    let y = matmul(x, layer.weight.val());
+    match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze::<2>(),
+        None => y,
+    }
 }
 
 /// Both operands on backend `B`: tracked (either may need a gradient) or both plain.

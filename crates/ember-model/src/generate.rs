@@ -136,6 +136,33 @@ pub fn sample_next_token(logits: &[f32], config: &GenerationConfig, rng: &mut im
     order[order.len() - 1] as u32
 }
 
+/// The token picker of one generation: its settings and its seeded generator (ChaCha8
+/// from [`GenerationConfig::seed`]), so that a seed gives the same text wherever the
+/// logits are the same ([`generate`], a server's batch).
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    config: GenerationConfig,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    /// A sampler for `config`, its generator at the start of `config.seed`'s stream.
+    pub fn new(config: GenerationConfig) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        Self { config, rng }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GenerationConfig {
+        &self.config
+    }
+
+    /// The next token, from the last position's logits ([`sample_next_token`]).
+    pub fn next_token(&mut self, logits: &[f32]) -> u32 {
+        sample_next_token(logits, &self.config, &mut self.rng)
+    }
+}
+
 fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, v) in values.iter().enumerate() {
@@ -186,7 +213,7 @@ pub fn generate_until(
     config.validate()?;
     check_prompt(model, prompt)?;
     let context = model.context_length();
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut sampler = Sampler::new(config.clone());
     let mut tokens = prompt.to_vec();
     let mut cache = model.new_cache();
     // Index in `tokens` of the first position held in the cache.
@@ -220,7 +247,7 @@ pub fn generate_until(
             .convert::<f32>()
             .try_into_vec::<f32>()
             .expect("float logits");
-        let next = sample_next_token(&last, config, &mut rng);
+        let next = sampler.next_token(&last);
         tokens.push(next);
         generated.push(next);
         if on_token(next).is_break() || config.stop_tokens.contains(&next) {

@@ -57,10 +57,12 @@ pub mod model;
 pub mod precision;
 pub mod weights;
 
+pub use ember_attention::{AttentionError, CacheMut, KvCache, PackedCaches};
 pub use ember_kernels::Dtype;
 pub use gemma3::{Gemma3Config, Gemma3Model};
 pub use generate::{
-    GenerateError, GenerationConfig, check_prompt, generate, generate_until, sample_next_token,
+    GenerateError, GenerationConfig, Sampler, check_prompt, generate, generate_until,
+    sample_next_token,
 };
 pub use gpt2::{ConfigError, FeedForward, GptConfig, GptModel, TransformerBlock, WeightInit};
 pub use llama::{Family, LlamaConfig, LlamaModel};

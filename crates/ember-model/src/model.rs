@@ -12,7 +12,8 @@
 
 use burn::module::Module;
 use burn::prelude::*;
-use ember_attention::{AttentionError, KvCache};
+use ember_attention::{AttentionError, CacheMut, KvCache, PackedCaches};
+use ember_kernels::{RowLayout, with_row_layout};
 use serde_json::Value;
 
 use crate::gemma3::{Gemma3Config, Gemma3Model};
@@ -50,8 +51,25 @@ pub trait CausalLm {
         cache: &mut KvCache,
     ) -> Result<Tensor<2>, AttentionError>;
 
+    /// Logits of the token after each sequence of a packed batch: `ids` holds the new
+    /// positions of every sequence side by side, each continuing its own cache in
+    /// `caches` (a server's continuous batching; see [`ember_attention::packed`]). Each
+    /// sequence gets what [`CausalLm::next_token_logits`] would give it alone.
+    ///
+    /// # Shapes
+    /// - ids: `[1, total]` → `[sequences, vocab]`
+    fn next_token_logits_packed(
+        &self,
+        ids: Tensor<2, Int>,
+        caches: &mut PackedCaches,
+    ) -> Result<Tensor<2>, AttentionError>;
+
     /// A cache for one sequence batch.
     fn new_cache(&self) -> KvCache;
+
+    /// Numbers (f32) a cache holds per position of one sequence: keys and values of
+    /// every layer (at most; a sliding-window layer stops growing at its window).
+    fn cache_floats_per_position(&self) -> usize;
 
     /// The longest sequence the model attends over.
     fn context_length(&self) -> usize;
@@ -75,14 +93,15 @@ pub trait Architecture: Module + Sized {
     fn forward_hidden(&self, ids: Tensor<2, Int>) -> Tensor<3>;
 
     /// The final-norm output of the new positions `ids`, which continue the sequence
-    /// in `cache`.
+    /// in `cache`: one sequence batch's cache, or several sequences packed side by side
+    /// in one row, each continuing its own.
     ///
     /// # Shapes
     /// - ids: `[batch, new]` → `[batch, new, hidden]`
     fn forward_cached_hidden(
         &self,
         ids: Tensor<2, Int>,
-        cache: &mut KvCache,
+        cache: CacheMut<'_>,
     ) -> Result<Tensor<3>, AttentionError>;
 
     /// Output projection to vocabulary logits.
@@ -93,6 +112,9 @@ pub trait Architecture: Module + Sized {
 
     /// A cache sized for this model.
     fn new_cache(&self) -> KvCache;
+
+    /// Numbers a cache holds per position: keys and values of every layer.
+    fn cache_floats_per_position(&self) -> usize;
 
     /// The longest sequence the model attends over.
     fn context_length(&self) -> usize;
@@ -200,7 +222,7 @@ impl<M: Architecture> CausalLm for M {
         ids: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, AttentionError> {
-        Ok(self.head(self.forward_cached_hidden(ids, cache)?))
+        Ok(self.head(self.forward_cached_hidden(ids, cache.into())?))
     }
 
     fn next_token_logits(
@@ -208,15 +230,44 @@ impl<M: Architecture> CausalLm for M {
         ids: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<2>, AttentionError> {
-        let hidden = self.forward_cached_hidden(ids, cache)?;
+        let hidden = self.forward_cached_hidden(ids, cache.into())?;
         let [batch, seq, _] = hidden.dims();
         let logits = self.head(hidden.narrow(1, seq - 1, 1));
         let vocab = logits.dims()[2];
         Ok(logits.reshape([batch, vocab]))
     }
 
+    fn next_token_logits_packed(
+        &self,
+        ids: Tensor<2, Int>,
+        caches: &mut PackedCaches,
+    ) -> Result<Tensor<2>, AttentionError> {
+        // Every product computes a decoding sequence's row as it would alone, and a
+        // prompt chunk as a product of its own: what a sequence gets does not depend on
+        // what else is in the batch.
+        let device = ids.device();
+        let layout = RowLayout {
+            segments: caches.lens().to_vec(),
+        };
+        let hidden = with_row_layout(layout, || self.forward_cached_hidden(ids, caches.into()))?;
+        let last: Vec<i64> = caches.last_positions().iter().map(|&i| i as i64).collect();
+        let sequences = last.len();
+        let last = Tensor::<1, Int>::from_data(TensorData::new(last, [sequences]), &device);
+        // The head on each sequence's last position only.
+        let one_each = RowLayout {
+            segments: vec![1; sequences],
+        };
+        let logits = with_row_layout(one_each, || self.head(hidden.select(1, last)));
+        let vocab = logits.dims()[2];
+        Ok(logits.reshape([sequences, vocab]))
+    }
+
     fn new_cache(&self) -> KvCache {
         Architecture::new_cache(self)
+    }
+
+    fn cache_floats_per_position(&self) -> usize {
+        Architecture::cache_floats_per_position(self)
     }
 
     fn context_length(&self) -> usize {
@@ -460,8 +511,20 @@ impl CausalLm for LanguageModel {
         each_architecture!(self, LanguageModel, m => CausalLm::next_token_logits(m, ids, cache))
     }
 
+    fn next_token_logits_packed(
+        &self,
+        ids: Tensor<2, Int>,
+        caches: &mut PackedCaches,
+    ) -> Result<Tensor<2>, AttentionError> {
+        each_architecture!(self, LanguageModel, m => CausalLm::next_token_logits_packed(m, ids, caches))
+    }
+
     fn new_cache(&self) -> KvCache {
         each_architecture!(self, LanguageModel, m => CausalLm::new_cache(m))
+    }
+
+    fn cache_floats_per_position(&self) -> usize {
+        each_architecture!(self, LanguageModel, m => CausalLm::cache_floats_per_position(m))
     }
 
     fn context_length(&self) -> usize {

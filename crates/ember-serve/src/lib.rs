@@ -95,11 +95,13 @@
 #![warn(missing_docs)]
 
 pub mod api;
+mod batch;
 pub mod engine;
 mod listen;
 mod metrics;
 mod middleware;
 mod routes;
+mod stop_text;
 #[cfg(test)]
 mod tests;
 
@@ -114,7 +116,7 @@ use ember_model::{CausalLm, LanguageModel};
 use ember_tokenizer::ModelTokenizer;
 
 pub use api::ApiError;
-pub use engine::{Engine, FinishReason};
+pub use engine::{BatchLimits, Engine, FinishReason, KvBudget, default_kv_cache_bytes};
 
 /// The largest request body accepted by default (a conversation filling a long context
 /// fits easily).
@@ -171,6 +173,9 @@ pub struct ServerOptions {
     /// After the shutdown future completes, how long responses in flight may take to
     /// finish; [`Server::serve`] then closes what is still open and returns.
     pub shutdown_grace: Duration,
+    /// How many sequences are generated at once, within what KV cache budget, and how
+    /// long a prompt chunk is.
+    pub batch: BatchLimits,
 }
 
 impl Default for ServerOptions {
@@ -187,6 +192,7 @@ impl Default for ServerOptions {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            batch: BatchLimits::default(),
         }
     }
 }
@@ -206,6 +212,19 @@ impl ServerOptions {
                     option,
                     value: format!("{}", value.as_secs_f64()),
                     reason: "it must be longer than zero",
+                });
+            }
+        }
+        for (option, value) in [
+            ("max batch", self.batch.max_batch),
+            ("prefill chunk", self.batch.prefill_chunk),
+            ("KV cache MB", self.batch.kv_cache_bytes.unwrap_or(1)),
+        ] {
+            if value == 0 {
+                return Err(ServeError::BadOption {
+                    option,
+                    value: "0".into(),
+                    reason: "it must be at least 1",
                 });
             }
         }
@@ -334,14 +353,26 @@ impl Server {
         device: Device,
         options: ServerOptions,
     ) -> Self {
-        let context = CausalLm::context_length(&model);
+        let model_context = CausalLm::context_length(&model);
         let tokenizer = Arc::new(tokenizer);
-        let engine = Engine::start(model, tokenizer.clone(), device);
+        let engine = Engine::start(model, tokenizer.clone(), device, options.batch);
+        // A sequence longer than the KV cache budget could never run: the budget is
+        // the context then.
+        let budget = engine.kv_budget().positions();
+        let context = model_context.min(budget);
+        if budget < model_context {
+            tracing::info!(
+                "prompt and reply together are limited to {budget} tokens by the KV cache budget (the model's context is {model_context})"
+            );
+        }
         let state = routes::AppState::new(
             engine.clone(),
             tokenizer,
             options.model_id.clone(),
-            context,
+            routes::Context {
+                tokens: context,
+                by_budget: budget < model_context,
+            },
             options.api_key.as_deref(),
         );
         Self {
@@ -392,7 +423,8 @@ impl Server {
         &self.options
     }
 
-    /// The model's context length in tokens (prompt and reply together).
+    /// The longest sequence served, in tokens (prompt and reply together): the model's
+    /// context length, or what the KV cache budget holds if that is less.
     pub fn context_length(&self) -> usize {
         self.context
     }

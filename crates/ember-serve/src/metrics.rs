@@ -47,6 +47,9 @@ const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Sequences per forward pass of the engine.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 /// Why the server closed a connection itself (`ember_connections_closed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Closed {
@@ -108,7 +111,10 @@ impl Histogram {
     }
 
     fn observe(&self, value: Duration) {
-        let seconds = value.as_secs_f64();
+        self.observe_value(value.as_secs_f64());
+    }
+
+    fn observe_value(&self, seconds: f64) {
         let bucket = self
             .bounds
             .iter()
@@ -154,8 +160,12 @@ impl Histogram {
 pub(crate) struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     durations: Vec<Histogram>,
-    /// Sequences generating now (0 or 1: one generation thread).
+    /// Sequences in the running batch now.
     pub(crate) running: AtomicUsize,
+    batch_sizes: Histogram,
+    kv_cache_bytes: AtomicUsize,
+    kv_cache_budget_bytes: AtomicUsize,
+    preemptions: AtomicU64,
     prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     time_to_first_token: Histogram,
@@ -174,6 +184,10 @@ impl Metrics {
                 .map(|_| Histogram::new(DURATION_BUCKETS))
                 .collect(),
             running: AtomicUsize::new(0),
+            batch_sizes: Histogram::new(BATCH_BUCKETS),
+            kv_cache_bytes: AtomicUsize::new(0),
+            kv_cache_budget_bytes: AtomicUsize::new(0),
+            preemptions: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             time_to_first_token: Histogram::new(TTFT_BUCKETS),
@@ -214,6 +228,26 @@ impl Metrics {
         } else {
             self.inter_token.observe(since);
         }
+    }
+
+    /// A forward pass of the engine over `sequences` sequences.
+    pub(crate) fn batch(&self, sequences: usize) {
+        self.batch_sizes.observe_value(sequences as f64);
+    }
+
+    /// The KV cache's budget, in bytes.
+    pub(crate) fn kv_budget(&self, bytes: usize) {
+        self.kv_cache_budget_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes the running sequences' keys and values take now.
+    pub(crate) fn kv_cache_used(&self, bytes: usize) {
+        self.kv_cache_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// A sequence was preempted to keep the KV cache within its budget.
+    pub(crate) fn preempted(&self) {
+        self.preemptions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The server closed a connection itself.
@@ -281,14 +315,42 @@ impl Metrics {
             &mut out,
             "ember_running_sequences",
             "gauge",
-            "Sequences being generated now (one generation thread: 0 or 1).",
+            "Sequences in the running batch now.",
             self.running.load(Ordering::Relaxed) as u64,
+        );
+        head(
+            &mut out,
+            "ember_batch_size",
+            "histogram",
+            "Sequences per forward pass of the engine (decoding and reading prompts).",
+        );
+        self.batch_sizes.write(&mut out, "ember_batch_size", "");
+        scalar(
+            &mut out,
+            "ember_kv_cache_bytes",
+            "gauge",
+            "Bytes the running sequences' keys and values take now.",
+            self.kv_cache_bytes.load(Ordering::Relaxed) as u64,
+        );
+        scalar(
+            &mut out,
+            "ember_kv_cache_budget_bytes",
+            "gauge",
+            "The KV cache's budget (--kv-cache-mb).",
+            self.kv_cache_budget_bytes.load(Ordering::Relaxed) as u64,
+        );
+        scalar(
+            &mut out,
+            "ember_preemptions_total",
+            "counter",
+            "Sequences preempted (their cache freed, read again later) to stay within the KV cache budget.",
+            self.preemptions.load(Ordering::Relaxed),
         );
         scalar(
             &mut out,
             "ember_waiting_sequences",
             "gauge",
-            "Requests queued for the generation thread, not started yet.",
+            "Requests queued, not in the running batch (preempted ones included).",
             waiting as u64,
         );
         scalar(

@@ -42,12 +42,20 @@ const PAGE: &str = include_str!("page.html");
 /// Most stop strings a request may give.
 const MAX_STOP_STRINGS: usize = 16;
 
+/// The longest sequence served (prompt and reply), and why.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Context {
+    pub(crate) tokens: usize,
+    /// The KV cache budget, not the model's context, sets it.
+    pub(crate) by_budget: bool,
+}
+
 /// What every handler shares.
 pub(crate) struct AppState {
     engine: Engine,
     tokenizer: Arc<ModelTokenizer>,
     model_id: String,
-    context: usize,
+    context: Context,
     /// The SHA-256 digest of the API key, if there is one: keys are compared as
     /// digests, in constant time, so neither the key's bytes nor its length show in
     /// how long a refusal takes.
@@ -66,7 +74,7 @@ impl AppState {
         engine: Engine,
         tokenizer: Arc<ModelTokenizer>,
         model_id: String,
-        context: usize,
+        context: Context,
         api_key: Option<&str>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -135,12 +143,17 @@ impl AppState {
         if prompt_tokens == 0 {
             return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
         }
-        if prompt_tokens >= self.context {
+        let context = self.context.tokens;
+        if prompt_tokens >= context {
+            let limit = if self.context.by_budget {
+                "the server's KV cache budget holds"
+            } else {
+                "the model's context is"
+            };
             return Err(ApiError::invalid(
                 Some("messages"),
                 format!(
-                    "the prompt has {prompt_tokens} tokens; the model's context is {} tokens, which must also hold the reply",
-                    self.context
+                    "the prompt has {prompt_tokens} tokens; {limit} {context} tokens, which must also hold the reply"
                 ),
             )
             .with_code("context_length_exceeded"));
@@ -182,7 +195,7 @@ impl AppState {
         }
         // The reply must fit in the context: `max_tokens` is capped, and a reply that
         // reaches the end of the context finishes with "length".
-        let room = self.context - prompt_tokens;
+        let room = context - prompt_tokens;
         let config = GenerationConfig {
             max_new_tokens: requested.unwrap_or(default_max).min(room),
             temperature,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use burn::prelude::Device;
-use ember_serve::{Server, ServerOptions};
+use ember_serve::{BatchLimits, Server, ServerOptions};
 
 use crate::args::model::ModelArgs;
 
@@ -53,6 +53,18 @@ pub struct ServeArgs {
     /// server closes what is still open and exits.
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
     pub shutdown_grace: Duration,
+    /// The most sequences generated at once (continuous batching); more requests wait.
+    #[arg(long, value_name = "N", default_value_t = ember_serve::engine::DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// MiB the keys and values of all running sequences may take together (default:
+    /// 40% of the memory available at start). It also bounds one request's prompt and
+    /// reply; longer ones are refused.
+    #[arg(long, value_name = "MIB")]
+    pub kv_cache_mb: Option<usize>,
+    /// A prompt is read at most this many tokens per step, between the running
+    /// sequences' decoding steps.
+    #[arg(long, value_name = "TOKENS", default_value_t = ember_serve::engine::DEFAULT_PREFILL_CHUNK)]
+    pub prefill_chunk: usize,
 }
 
 /// A duration in seconds (decimals allowed).
@@ -86,6 +98,11 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
             shutdown_grace: self.shutdown_grace,
+            batch: BatchLimits {
+                max_batch: self.max_batch,
+                kv_cache_bytes: self.kv_cache_mb.map(|mib| mib.saturating_mul(1 << 20)),
+                prefill_chunk: self.prefill_chunk,
+            },
             ..ServerOptions::default()
         }
     }

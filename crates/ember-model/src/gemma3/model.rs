@@ -19,7 +19,7 @@
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use ember_attention::{AttentionError, KvCache};
+use ember_attention::{AttentionError, CacheMut, KvCache};
 
 use super::config::{Gemma3Config, LayerType};
 use crate::layers::{
@@ -104,7 +104,7 @@ impl Gemma3Block {
         &self,
         x: Tensor<3>,
         rope: &RopeTables,
-        cache: Option<(&mut KvCache, usize)>,
+        cache: Option<(CacheMut<'_>, usize)>,
     ) -> Tensor<3> {
         let attn = self
             .self_attn
@@ -154,7 +154,7 @@ impl Architecture for Gemma3Model {
     fn forward_cached_hidden(
         &self,
         ids: Tensor<2, Int>,
-        cache: &mut KvCache,
+        cache: CacheMut<'_>,
     ) -> Result<Tensor<3>, AttentionError> {
         cache.check_room(ids.dims()[1])?;
         Ok(self.decode(ids, Some(cache)))
@@ -176,6 +176,11 @@ impl Architecture for Gemma3Model {
     /// Sliding layers keep only their window of it ([`KvCache::extend_window`]).
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.model.layers.len(), self.config.max_position_embeddings)
+    }
+
+    fn cache_floats_per_position(&self) -> usize {
+        let c = &self.config;
+        c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim
     }
 
     fn context_length(&self) -> usize {
@@ -204,12 +209,16 @@ impl Architecture for Gemma3Model {
 
 impl Gemma3Model {
     /// The blocks over `ids`, continuing `cache` when there is one.
-    fn decode(&self, ids: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
-        let (start, len) = (cache.as_ref().map_or(0, |c| c.len()), ids.dims()[1]);
+    fn decode(&self, ids: Tensor<2, Int>, mut cache: Option<CacheMut<'_>>) -> Tensor<3> {
+        let len = ids.dims()[1];
+        let positions = match &cache {
+            Some(cache) => cache.positions(len),
+            None => (0..len).collect(),
+        };
         let device = ids.device();
         let c = &self.config;
-        let global = c.rope.tables(c.head_dim, start, len, &device);
-        let local = c.rope_local.tables(c.head_dim, start, len, &device);
+        let global = c.rope.tables_at(c.head_dim, &positions, &device);
+        let local = c.rope_local.tables_at(c.head_dim, &positions, &device);
         // transformers multiplies by √hidden rounded to the weights' dtype (f32 here).
         let scale = (c.hidden_size as f64).sqrt() as f32;
         let mut x = ember_kernels::embedding(&self.model.embed_tokens, ids) * scale;
@@ -218,7 +227,7 @@ impl Gemma3Model {
                 LayerType::Full => &global,
                 LayerType::Sliding => &local,
             };
-            x = block.forward(x, rope, cache.as_deref_mut().map(|c| (c, layer)));
+            x = block.forward(x, rope, cache.as_mut().map(|c| (c.reborrow(), layer)));
         }
         self.model.norm.forward(x)
     }

@@ -12,7 +12,9 @@ use burn::nn::{
     Linear, LinearConfig,
 };
 use burn::prelude::*;
-use ember_attention::{AttentionError, CausalSelfAttention, CausalSelfAttentionConfig, KvCache};
+use ember_attention::{
+    AttentionError, CacheMut, CausalSelfAttention, CausalSelfAttentionConfig, KvCache,
+};
 
 use super::config::{GptConfig, WeightInit};
 use crate::model::{Architecture, trainable_last_blocks};
@@ -95,7 +97,7 @@ impl TransformerBlock {
         x + ember_kernels::dropout(&self.drop_shortcut, mlp)
     }
 
-    fn forward_cached(&self, x: Tensor<3>, cache: &mut KvCache, layer: usize) -> Tensor<3> {
+    fn forward_cached(&self, x: Tensor<3>, cache: CacheMut<'_>, layer: usize) -> Tensor<3> {
         let attn =
             self.attn
                 .forward_cached(layer_norm_forward(&self.ln_1, x.clone()), cache, layer);
@@ -195,7 +197,8 @@ impl GptModel {
             "sequence of {seq_len} tokens exceeds the context length {}",
             self.context_length
         );
-        let mut x = self.embed(ids, 0);
+        let positions: Vec<usize> = (0..seq_len).collect();
+        let mut x = self.embed(ids, &positions);
         for block in &self.h {
             x = block.forward(x);
         }
@@ -211,23 +214,24 @@ impl GptModel {
         ids: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, AttentionError> {
-        Ok(self.head(self.forward_cached_hidden(ids, cache)?))
+        Ok(self.head(self.forward_cached_hidden(ids, cache.into())?))
     }
 
     /// The final-norm output of the new positions `ids`, which continue the sequence
-    /// held in `cache`.
+    /// held in `cache` (one sequence batch's, or several sequences packed into one row).
     ///
     /// # Shapes
     /// - ids: `[batch, new_len]` → `[batch, new_len, d_model]`
     pub fn forward_cached_hidden(
         &self,
         ids: Tensor<2, Int>,
-        cache: &mut KvCache,
+        mut cache: CacheMut<'_>,
     ) -> Result<Tensor<3>, AttentionError> {
-        cache.check_room(ids.dims()[1])?;
-        let mut x = self.embed(ids, cache.len());
+        let new = ids.dims()[1];
+        cache.check_room(new)?;
+        let mut x = self.embed(ids, &cache.positions(new));
         for (layer, block) in self.h.iter().enumerate() {
-            x = block.forward_cached(x, cache, layer);
+            x = block.forward_cached(x, cache.reborrow(), layer);
         }
         Ok(layer_norm_forward(&self.ln_f, x))
     }
@@ -237,13 +241,14 @@ impl GptModel {
         KvCache::new(self.h.len(), self.context_length)
     }
 
-    /// Token plus position embeddings for positions `start..start + seq_len`.
-    fn embed(&self, ids: Tensor<2, Int>, start: usize) -> Tensor<3> {
+    /// Token plus position embeddings: every row of `ids` at `positions` (one per
+    /// column).
+    fn embed(&self, ids: Tensor<2, Int>, positions: &[usize]) -> Tensor<3> {
         let [batch, seq_len] = ids.dims();
-        let device = ids.device();
-        let positions = Tensor::<1, Int>::arange(start as i64..(start + seq_len) as i64, &device)
-            .reshape([1, seq_len])
-            .expand([batch, seq_len]);
+        let positions: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+        let positions =
+            Tensor::<2, Int>::from_data(TensorData::new(positions, [1, seq_len]), &ids.device())
+                .expand([batch, seq_len]);
         let x = ember_kernels::embedding(&self.wte, ids)
             + ember_kernels::embedding(&self.wpe, positions);
         ember_kernels::dropout(&self.drop_emb, x)
@@ -305,7 +310,7 @@ impl Architecture for GptModel {
     fn forward_cached_hidden(
         &self,
         ids: Tensor<2, Int>,
-        cache: &mut KvCache,
+        cache: CacheMut<'_>,
     ) -> Result<Tensor<3>, AttentionError> {
         GptModel::forward_cached_hidden(self, ids, cache)
     }
@@ -316,6 +321,10 @@ impl Architecture for GptModel {
 
     fn new_cache(&self) -> KvCache {
         GptModel::new_cache(self)
+    }
+
+    fn cache_floats_per_position(&self) -> usize {
+        self.h.len() * 2 * self.wte.weight.dims()[1]
     }
 
     fn context_length(&self) -> usize {

@@ -9,7 +9,7 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use ember_attention::{KvCache, causal_attention, sliding_window_attention};
+use ember_attention::{CacheMut, causal_attention, sliding_window_attention};
 
 use super::rms_norm::{RmsNorm, RmsNormConfig};
 use super::rope::RopeTables;
@@ -113,9 +113,10 @@ impl GroupedQueryAttentionConfig {
 
 impl GroupedQueryAttention {
     /// Attention over the positions given and, with a cache (and this layer's index
-    /// in it), every position before them; `x`'s first position is `start` (the
-    /// cache's length before this forward pass, which the caller takes once for every
-    /// layer).
+    /// in it), every position before them: one sequence batch's [`KvCache`](ember_attention::KvCache), or
+    /// several sequences packed into one row ([`ember_attention::PackedCaches`]).
+    /// `rope` holds the rotations of `x`'s positions (the caller computes them once
+    /// for every layer).
     ///
     /// # Shapes
     /// - x: `[batch, seq, d_model]` → `[batch, seq, d_model]`
@@ -123,7 +124,7 @@ impl GroupedQueryAttention {
         &self,
         x: Tensor<3>,
         rope: &RopeTables,
-        cache: Option<(&mut KvCache, usize)>,
+        cache: Option<(CacheMut<'_>, usize)>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
         let heads = |proj: &Linear, n: usize, norm: &Option<RmsNorm>| {
@@ -140,14 +141,13 @@ impl GroupedQueryAttention {
         }
         let k = rope.apply(heads(&self.k_proj, self.kv_heads, &self.k_norm));
         let v = heads(&self.v_proj, self.kv_heads, &None);
-        let (k, v) = match (cache, self.sliding_window) {
-            (Some((cache, layer)), Some(window)) => cache.extend_window(layer, k, v, window),
-            (Some((cache, layer)), None) => cache.extend(layer, k, v),
-            (None, _) => (k, v),
-        };
-        let context = match self.sliding_window {
+        let attend = |q, k, v| match self.sliding_window {
             Some(window) => sliding_window_attention(q, k, v, window),
             None => causal_attention(q, k, v, None),
+        };
+        let context = match cache {
+            Some((mut cache, layer)) => cache.attend(layer, q, k, v, self.sliding_window, attend),
+            None => attend(q, k, v),
         };
         let context = context
             .swap_dims(1, 2)
@@ -162,6 +162,7 @@ mod tests {
     use super::*;
     use crate::layers::RopeConfig;
     use burn::tensor::{Distribution, Tolerance};
+    use ember_attention::KvCache;
 
     /// Decoding one position at a time through the cache gives the full pass's
     /// outputs, rotations and shared heads included; for Gemma's sliding-window layer
@@ -195,13 +196,13 @@ mod tests {
         let mut parts = vec![layer.forward(
             x.clone().narrow(1, 0, 3),
             &tables(0, 3),
-            Some((&mut cache, 0)),
+            Some(((&mut cache).into(), 0)),
         )];
         for t in 3..6 {
             parts.push(layer.forward(
                 x.clone().narrow(1, t, 1),
                 &tables(t, 1),
-                Some((&mut cache, 0)),
+                Some(((&mut cache).into(), 0)),
             ));
         }
         Tensor::cat(parts, 1)

@@ -61,11 +61,24 @@ impl RopeConfig {
         len: usize,
         device: &Device,
     ) -> (Tensor<2>, Tensor<2>) {
+        let positions: Vec<usize> = (start..start + len).collect();
+        self.cos_sin_at(head_dim, &positions, device)
+    }
+
+    /// `(cos, sin)` of the given positions, one row each (`[positions, head_dim]`):
+    /// several sequences packed into one row of a batch each start at their own
+    /// position.
+    pub fn cos_sin_at(
+        &self,
+        head_dim: usize,
+        positions: &[usize],
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<2>) {
         let inverse = self.inverse_frequencies(head_dim);
-        let half = inverse.len();
+        let len = positions.len();
         let mut cos = Vec::with_capacity(len * head_dim);
         let mut sin = Vec::with_capacity(len * head_dim);
-        for position in start..start + len {
+        for &position in positions {
             // The angle is an f32 product, as transformers computes it.
             let angles: Vec<f32> = inverse.iter().map(|&f| position as f32 * f).collect();
             for _ in 0..2 {
@@ -73,7 +86,7 @@ impl RopeConfig {
                 sin.extend(angles.iter().map(|a| a.sin()));
             }
         }
-        debug_assert_eq!(cos.len(), len * 2 * half);
+        debug_assert_eq!(cos.len(), len * 2 * inverse.len());
         (
             Tensor::from_data(TensorData::new(cos, [len, head_dim]), device),
             Tensor::from_data(TensorData::new(sin, [len, head_dim]), device),
@@ -84,6 +97,12 @@ impl RopeConfig {
     /// computed once per forward pass and shared by every block.
     pub fn tables(&self, head_dim: usize, start: usize, len: usize, device: &Device) -> RopeTables {
         let (cos, sin) = self.cos_sin(head_dim, start, len, device);
+        RopeTables { cos, sin }
+    }
+
+    /// The rotation tables of the given positions, one row each.
+    pub fn tables_at(&self, head_dim: usize, positions: &[usize], device: &Device) -> RopeTables {
+        let (cos, sin) = self.cos_sin_at(head_dim, positions, device);
         RopeTables { cos, sin }
     }
 

@@ -15,7 +15,7 @@
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use ember_attention::{AttentionError, KvCache};
+use ember_attention::{AttentionError, CacheMut, KvCache};
 
 use super::config::{Family, LlamaConfig};
 use crate::layers::{
@@ -84,7 +84,7 @@ impl LlamaBlock {
         &self,
         x: Tensor<3>,
         rope: &RopeTables,
-        cache: Option<(&mut KvCache, usize)>,
+        cache: Option<(CacheMut<'_>, usize)>,
     ) -> Tensor<3> {
         let attn = self
             .self_attn
@@ -139,14 +139,17 @@ impl Architecture for LlamaModel {
     fn forward_cached_hidden(
         &self,
         ids: Tensor<2, Int>,
-        cache: &mut KvCache,
+        mut cache: CacheMut<'_>,
     ) -> Result<Tensor<3>, AttentionError> {
-        cache.check_room(ids.dims()[1])?;
-        let start = cache.len();
-        let rope = self.rope_tables(start, ids.dims()[1], &ids.device());
+        let new = ids.dims()[1];
+        cache.check_room(new)?;
+        let rope =
+            self.config
+                .rope
+                .tables_at(self.config.head_dim, &cache.positions(new), &ids.device());
         let mut x = ember_kernels::embedding(&self.model.embed_tokens, ids);
         for (layer, block) in self.model.layers.iter().enumerate() {
-            x = block.forward(x, &rope, Some((&mut *cache, layer)));
+            x = block.forward(x, &rope, Some((cache.reborrow(), layer)));
         }
         Ok(self.model.norm.forward(x))
     }
@@ -161,6 +164,11 @@ impl Architecture for LlamaModel {
 
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.model.layers.len(), self.config.max_position_embeddings)
+    }
+
+    fn cache_floats_per_position(&self) -> usize {
+        let c = &self.config;
+        c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim
     }
 
     fn context_length(&self) -> usize {

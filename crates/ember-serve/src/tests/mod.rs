@@ -20,6 +20,8 @@ use tower::ServiceExt;
 
 use crate::{ServeError, Server, ServerOptions};
 
+mod batching;
+
 const MODEL: &str = "tiny";
 
 fn server(options: ServerOptions) -> Server {

@@ -1,0 +1,123 @@
+//! Packed batches (a server's continuous batching): sequences of different lengths in
+//! one forward pass, some decoding one token and some reading a chunk of their prompt,
+//! get bit for bit the logits each gets in a packed pass of its own, on the four fixture
+//! architectures in f32 and with bf16 weights, step after step (so the caches they
+//! leave are the same too); and within 1e-4 of `next_token_logits`.
+#![allow(deprecated)]
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::Tolerance;
+use ember_model::{CausalLm, Dtype, KvCache, LanguageModel, PackedCaches, load_model_as};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn ids(tokens: &[u32], device: &Device) -> Tensor<2, Int> {
+    let data: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(data, [1, tokens.len()]), device)
+}
+
+fn rows(logits: Tensor<2>) -> Vec<Vec<f32>> {
+    let [n, vocab] = logits.dims();
+    let values = logits.into_data().to_vec::<f32>().unwrap();
+    (0..n)
+        .map(|i| values[i * vocab..(i + 1) * vocab].to_vec())
+        .collect()
+}
+
+/// One sequence: its tokens and how many of them its cache holds.
+struct Sequence {
+    tokens: Vec<u32>,
+    cache: KvCache,
+}
+
+impl Sequence {
+    /// A sequence whose cache already holds the first `cached` of `tokens`.
+    fn new(model: &LanguageModel, tokens: Vec<u32>, cached: usize, device: &Device) -> Self {
+        let mut cache = model.new_cache();
+        if cached > 0 {
+            model
+                .next_token_logits(ids(&tokens[..cached], device), &mut cache)
+                .unwrap();
+        }
+        Self { tokens, cache }
+    }
+}
+
+/// Feeds `take[i]` more tokens of each sequence, packed together and each alone; the
+/// logits must be the same bits. The packed step's next tokens (argmax) are appended.
+fn step(model: &LanguageModel, sequences: &mut [Sequence], take: &[usize], device: &Device) {
+    let mut packed_ids = Vec::new();
+    let mut alone = Vec::new();
+    for (sequence, &n) in sequences.iter().zip(take) {
+        let start = sequence.cache.len();
+        let new = &sequence.tokens[start..start + n];
+        packed_ids.extend_from_slice(new);
+        let mut packed_alone = PackedCaches::new(vec![sequence.cache.clone()], vec![n]);
+        let logits = model
+            .next_token_logits_packed(ids(new, device), &mut packed_alone)
+            .unwrap();
+        // Close to what generation computes, through the products' own paths.
+        let mut cache = sequence.cache.clone();
+        logits.clone().into_data().assert_approx_eq::<f32>(
+            &model
+                .next_token_logits(ids(new, device), &mut cache)
+                .unwrap()
+                .into_data(),
+            Tolerance::absolute(1e-4),
+        );
+        alone.push(rows(logits).remove(0));
+    }
+    let caches = sequences.iter().map(|s| s.cache.clone()).collect();
+    let mut packed = PackedCaches::new(caches, take.to_vec());
+    let got = rows(
+        model
+            .next_token_logits_packed(ids(&packed_ids, device), &mut packed)
+            .unwrap(),
+    );
+    for (i, (got, want)) in got.iter().zip(&alone).enumerate() {
+        assert!(got == want, "sequence {i}: packed logits differ from alone");
+    }
+    for ((sequence, cache), logits) in sequences.iter_mut().zip(packed.into_caches()).zip(got) {
+        sequence.cache = cache;
+        if sequence.cache.len() == sequence.tokens.len() {
+            let next = (0..logits.len())
+                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+                .unwrap();
+            sequence.tokens.push(next as u32);
+        }
+    }
+}
+
+#[test]
+fn packed_sequences_get_the_logits_they_get_alone() {
+    let device = Device::ndarray();
+    for name in ["tiny-gpt2-a", "tiny-llama3", "tiny-qwen3", "tiny-gemma3"] {
+        for dtype in [Dtype::F32, Dtype::Bf16] {
+            let model = load_model_as(&fixture(name), None, dtype, &device)
+                .unwrap()
+                .model;
+            let prompt = |seed: u32, len: u32| (0..len).map(|i| (seed * 31 + i * 7) % 97).collect();
+            // a: 5 of 6 prompt tokens cached, decodes; b: a fresh 9-token prompt read in
+            // chunks of 4; c: 3 cached, reads the remaining 2 then decodes.
+            let mut sequences = vec![
+                Sequence::new(&model, prompt(1, 6), 5, &device),
+                Sequence::new(&model, prompt(2, 9), 0, &device),
+                Sequence::new(&model, prompt(3, 5), 3, &device),
+            ];
+            step(&model, &mut sequences, &[1, 4, 2], &device);
+            step(&model, &mut sequences, &[1, 4, 1], &device);
+            step(&model, &mut sequences, &[1, 1, 1], &device);
+            for _ in 0..4 {
+                step(&model, &mut sequences, &[1, 1, 1], &device);
+            }
+            let lens: Vec<usize> = sequences.iter().map(|s| s.cache.len()).collect();
+            assert_eq!(lens, [12, 13, 11], "{name} {dtype}");
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! Continuous batching (iteration-level scheduling, as in Orca and vLLM): the engine's
+//! loop, one forward pass per step for every running sequence.
+//!
+//! At every step:
+//! 1. requests that arrived are queued; those whose clients left are dropped;
+//! 2. queued requests join the batch, oldest first, while fewer than `max_batch` run
+//!    and their tokens fit the KV cache budget beside the running ones;
+//! 3. each running sequence contributes its next token (decoding) or the next chunk of
+//!    its prompt (chunked prefill: at most `prefill_chunk` prompt tokens per step in all,
+//!    so a long prompt does not stop the streams already running), all packed into one
+//!    row ([`ember_model::PackedCaches`]); one forward pass gives each its next-token
+//!    logits, exactly those it would get alone;
+//! 4. each sequence that has read all its tokens samples the next one with its own
+//!    settings and seeded generator; finished ones leave.
+//!
+//! # The KV cache: one growing cache per sequence, within a budget
+//!
+//! vLLM pages the cache (PagedAttention) because a GPU's memory is allocated up front, as
+//! one pool, and a sequence's cache must not need one contiguous region of it. On the
+//! CPU, each sequence's keys and values are tensors of their own, allocated as they grow
+//! and freed when the sequence leaves: the allocator already does what pages would. What
+//! a server must still do is bound the total, which this loop does by counting: a
+//! sequence holds one position per token it has (prompt and generated), and the
+//! positions of all running sequences stay within the budget.
+//!
+//! A request is admitted when its tokens fit beside the running ones. When decoding
+//! sequences grow past the budget, the one admitted last is preempted (vLLM's
+//! recomputation): its cache is freed and it goes back to the head of the queue with
+//! everything it generated, to be read again as a prompt once there is room. A request
+//! that cannot fit even alone is refused before it is queued (the HTTP side treats the
+//! budget as a context length), so the oldest sequence always makes progress.
+//!
+//! # Batch invariance
+//!
+//! Chunk boundaries fall at multiples of `prefill_chunk` of each sequence's own tokens,
+//! whatever else runs, and a packed pass gives each sequence the logits it would get
+//! alone (tested bit for bit in ember-model's `packed_batch` test), so a greedy request
+//! gets the same tokens, and a seeded one the same text, however it is batched. A
+//! sequence that was preempted reads its tokens again in chunks, which rounds
+//! differently from having decoded them one by one; under a full budget the text may
+//! then differ from an unpreempted run (still the model's, with the same settings).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use burn::prelude::*;
+use ember_model::{CausalLm, KvCache, LanguageModel, PackedCaches, Sampler, check_prompt};
+use ember_tokenizer::ModelTokenizer;
+
+use crate::engine::{BatchLimits, Event, FinishReason, Job, KvBudget};
+use crate::metrics::Metrics;
+use crate::stop_text::StopText;
+
+/// The loop's state: the sequences waiting and running.
+pub(crate) struct Batcher<'a> {
+    model: &'a LanguageModel,
+    tokenizer: &'a ModelTokenizer,
+    device: &'a Device,
+    limits: BatchLimits,
+    budget: KvBudget,
+    metrics: &'a Metrics,
+    /// Oldest first; a preempted sequence goes back to the front.
+    waiting: VecDeque<Sequence<'a>>,
+    /// In the order they were admitted.
+    running: Vec<Sequence<'a>>,
+}
+
+/// One request's generation.
+struct Sequence<'a> {
+    job: Job,
+    /// The prompt, then the tokens generated.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// The keys and values of the tokens read so far; `None` while waiting.
+    cache: Option<KvCache>,
+    sampler: Sampler,
+    text: StopText<'a>,
+    /// When the last token came (the first is timed from the request's arrival).
+    last_token: Option<Instant>,
+    /// When it was first admitted.
+    started: Option<Instant>,
+}
+
+/// How a sequence goes on after a token.
+enum Outcome {
+    Continue,
+    Finished(FinishReason),
+    Cancelled,
+}
+
+impl Sequence<'_> {
+    /// Tokens whose keys and values are cached.
+    fn read(&self) -> usize {
+        self.cache.as_ref().map_or(0, KvCache::len)
+    }
+
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// How many tokens the next step reads: the rest of the current chunk (chunks
+    /// start at multiples of `chunk`), one when decoding.
+    fn next_read(&self, chunk: usize) -> usize {
+        let read = self.read();
+        (self.tokens.len() - read).min(chunk - read % chunk)
+    }
+}
+
+impl<'a> Batcher<'a> {
+    pub(crate) fn new(
+        model: &'a LanguageModel,
+        tokenizer: &'a ModelTokenizer,
+        device: &'a Device,
+        limits: BatchLimits,
+        budget: KvBudget,
+        metrics: &'a Metrics,
+    ) -> Self {
+        Self {
+            model,
+            tokenizer,
+            device,
+            limits: BatchLimits {
+                max_batch: limits.max_batch.max(1),
+                prefill_chunk: limits.prefill_chunk.max(1),
+                ..limits
+            },
+            budget,
+            metrics,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    /// Generates until every [`crate::Engine`] handle is gone. `waiting` counts the
+    /// requests submitted and not running; `stop` is the shutdown flag.
+    pub(crate) fn run(mut self, queue: Receiver<Job>, waiting: &AtomicUsize, stop: &AtomicBool) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                // Nothing to do: sleep until a request comes.
+                match queue.recv() {
+                    Ok(job) => self.arrive(job, waiting),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = queue.try_recv() {
+                self.arrive(job, waiting);
+            }
+            if stop.load(Ordering::SeqCst) {
+                self.shut_down(waiting);
+                continue;
+            }
+            self.drop_departed(waiting);
+            self.admit(waiting);
+            if !self.running.is_empty() {
+                self.step(waiting, stop);
+            }
+            self.publish();
+        }
+    }
+
+    /// Queues `job`, or fails it at once if the model cannot run it.
+    fn arrive(&mut self, job: Job, waiting: &AtomicUsize) {
+        let checked = job
+            .config
+            .validate()
+            .and_then(|()| check_prompt(self.model, &job.prompt_ids));
+        let longest = job.prompt_ids.len() + job.config.max_new_tokens;
+        let refusal = match checked {
+            Err(e) => Some(e.to_string()),
+            Ok(()) if longest > self.budget.positions() => Some(format!(
+                "the prompt and max_tokens need {longest} positions of KV cache; the server's budget holds {}",
+                self.budget.positions()
+            )),
+            Ok(()) => None,
+        };
+        if let Some(why) = refusal {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(request = %job.id, "refused: {why}");
+            let _ = job.events.send(Event::Failed(why));
+            return;
+        }
+        let tokens = job.prompt_ids.clone();
+        self.waiting.push_back(Sequence {
+            prompt_len: tokens.len(),
+            tokens,
+            cache: None,
+            sampler: Sampler::new(job.config.clone()),
+            text: StopText::new(self.tokenizer, job.stop_strings.clone()),
+            last_token: None,
+            started: None,
+            job,
+        });
+    }
+
+    /// Refuses the queued requests and stops the running ones (their clients see the
+    /// stream end).
+    fn shut_down(&mut self, waiting: &AtomicUsize) {
+        for sequence in self.waiting.drain(..) {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            let _ = sequence
+                .job
+                .events
+                .send(Event::Failed("the server is shutting down".into()));
+        }
+        for sequence in self.running.drain(..) {
+            tracing::info!(request = %sequence.job.id, "stopped: the server is shutting down");
+        }
+    }
+
+    /// Drops the sequences whose clients left.
+    fn drop_departed(&mut self, waiting: &AtomicUsize) {
+        self.waiting.retain(|sequence| {
+            let gone = sequence.job.events.is_closed();
+            if gone {
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                tracing::info!(request = %sequence.job.id, "skipped: the client left while it waited");
+            }
+            !gone
+        });
+        self.running.retain(|sequence| {
+            let gone = sequence.job.events.is_closed();
+            if gone {
+                log_cancelled(sequence);
+            }
+            !gone
+        });
+    }
+
+    /// Positions the running sequences hold or are about to (each token they have, one
+    /// more for the next).
+    fn positions_in_use(&self) -> usize {
+        self.running.iter().map(|s| s.tokens.len() + 1).sum()
+    }
+
+    /// Moves queued sequences into the batch, oldest first, while they fit.
+    fn admit(&mut self, waiting: &AtomicUsize) {
+        while self.running.len() < self.limits.max_batch {
+            let Some(next) = self.waiting.front() else {
+                break;
+            };
+            if self.positions_in_use() + next.tokens.len() + 1 > self.budget.positions()
+                && !self.running.is_empty()
+            {
+                break;
+            }
+            let mut sequence = self.waiting.pop_front().expect("a front");
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            sequence.cache = Some(self.model.new_cache());
+            if sequence.started.is_none() {
+                sequence.started = Some(Instant::now());
+                self.metrics.prompt(sequence.prompt_len);
+            }
+            self.running.push(sequence);
+        }
+    }
+
+    /// Frees the cache of the sequence admitted last and queues it again first, until
+    /// the running sequences' next step fits the budget (never the oldest).
+    fn preempt_over_budget(&mut self, waiting: &AtomicUsize) {
+        while self.running.len() > 1 && self.positions_in_use() > self.budget.positions() {
+            let mut sequence = self.running.pop().expect("a sequence");
+            tracing::info!(
+                request = %sequence.job.id,
+                tokens = sequence.tokens.len(),
+                "preempted: the KV cache budget is full; it is read again when there is room"
+            );
+            sequence.cache = None;
+            self.metrics.preempted();
+            waiting.fetch_add(1, Ordering::SeqCst);
+            self.waiting.push_front(sequence);
+        }
+    }
+
+    /// Which running sequences the step reads, and how many tokens each: every
+    /// decoding sequence, and prompt chunks up to `prefill_chunk` tokens in all (at
+    /// least one chunk). Decoding sequences come first in the row.
+    fn plan(&self) -> Vec<(usize, usize)> {
+        let chunk = self.limits.prefill_chunk;
+        let mut decoding = Vec::new();
+        let mut reading = Vec::new();
+        let mut prompt_tokens = 0;
+        for (i, sequence) in self.running.iter().enumerate() {
+            let n = sequence.next_read(chunk);
+            if n == 1 {
+                decoding.push((i, n));
+            } else if prompt_tokens == 0 || prompt_tokens + n <= chunk {
+                prompt_tokens += n;
+                reading.push((i, n));
+            }
+        }
+        decoding.extend(reading);
+        decoding
+    }
+
+    /// One forward pass for the batch, and a token for each sequence that has read
+    /// all of its own.
+    fn step(&mut self, waiting: &AtomicUsize, stop: &AtomicBool) {
+        self.preempt_over_budget(waiting);
+        let plan = self.plan();
+        let mut ids = Vec::new();
+        let mut caches = Vec::new();
+        for &(i, n) in &plan {
+            let sequence = &mut self.running[i];
+            let read = sequence.read();
+            ids.extend(sequence.tokens[read..read + n].iter().map(|&t| t as i64));
+            caches.push(sequence.cache.take().expect("a running sequence's cache"));
+        }
+        let lens: Vec<usize> = plan.iter().map(|&(_, n)| n).collect();
+        let mut packed = PackedCaches::new(caches, lens);
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(ids, [1, packed.total()]), self.device);
+        let result = self.model.next_token_logits_packed(ids, &mut packed);
+        for (&(i, _), cache) in plan.iter().zip(packed.into_caches()) {
+            self.running[i].cache = Some(cache);
+        }
+        self.metrics.batch(plan.len());
+        let logits = match result {
+            Ok(logits) => logits,
+            Err(e) => {
+                // Not expected: prompts and max_tokens are checked against the context.
+                let why = e.to_string();
+                let mut failed: Vec<usize> = plan.iter().map(|&(i, _)| i).collect();
+                failed.sort_unstable();
+                self.remove(&failed, |sequence| {
+                    tracing::warn!(request = %sequence.job.id, "generation failed: {why}");
+                    let _ = sequence.job.events.send(Event::Failed(why.clone()));
+                });
+                return;
+            }
+        };
+        let vocab = logits.dims()[1];
+        let values = logits
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("float logits");
+        let mut ended = Vec::new();
+        for (row, &(i, _)) in plan.iter().enumerate() {
+            let sequence = &mut self.running[i];
+            if sequence.read() < sequence.tokens.len() {
+                continue; // more of the prompt to read
+            }
+            let id = sequence
+                .sampler
+                .next_token(&values[row * vocab..(row + 1) * vocab]);
+            match take_token(sequence, id, self.metrics, stop) {
+                Outcome::Continue => {}
+                Outcome::Finished(reason) => ended.push((i, Some(reason))),
+                Outcome::Cancelled => ended.push((i, None)),
+            }
+        }
+        ended.sort_unstable_by_key(|&(i, _)| i);
+        let indices: Vec<usize> = ended.iter().map(|&(i, _)| i).collect();
+        let mut ended_sequences = Vec::new();
+        self.remove(&indices, |sequence| ended_sequences.push(sequence));
+        // The gauges no longer count them by the time their clients hear the end.
+        self.publish();
+        for (mut sequence, (_, reason)) in ended_sequences.into_iter().zip(ended) {
+            match reason {
+                Some(reason) => finish(&mut sequence, reason),
+                None => log_cancelled(&sequence),
+            }
+        }
+    }
+
+    /// Removes the running sequences at `indices` (ascending), handing each to `last`.
+    fn remove(&mut self, indices: &[usize], mut last: impl FnMut(Sequence<'a>)) {
+        let mut kept = Vec::with_capacity(self.running.len());
+        for (i, sequence) in self.running.drain(..).enumerate() {
+            if indices.contains(&i) {
+                last(sequence);
+            } else {
+                kept.push(sequence);
+            }
+        }
+        self.running = kept;
+    }
+
+    /// The gauges of `/metrics`.
+    fn publish(&self) {
+        self.metrics
+            .running
+            .store(self.running.len(), Ordering::SeqCst);
+        let cached: usize = self.running.iter().map(Sequence::read).sum();
+        self.metrics
+            .kv_cache_used(cached * self.budget.bytes_per_position);
+    }
+}
+
+/// `id` is `sequence`'s next token: it is counted, decoded and sent.
+fn take_token(sequence: &mut Sequence, id: u32, metrics: &Metrics, stop: &AtomicBool) -> Outcome {
+    let now = Instant::now();
+    metrics.token(
+        sequence.last_token.is_none(),
+        now.saturating_duration_since(sequence.last_token.unwrap_or(sequence.job.arrived)),
+    );
+    sequence.last_token = Some(now);
+    sequence.tokens.push(id);
+    let config = sequence.sampler.config();
+    if config.stop_tokens.contains(&id) {
+        return Outcome::Finished(FinishReason::Stop);
+    }
+    let max_new_tokens = config.max_new_tokens;
+    let (piece, stopped) = sequence.text.push(id);
+    if !piece.is_empty() && sequence.job.events.send(Event::Text(piece)).is_err() {
+        return Outcome::Cancelled;
+    }
+    if stopped {
+        return Outcome::Finished(FinishReason::Stop);
+    }
+    if sequence.generated() >= max_new_tokens {
+        return Outcome::Finished(FinishReason::Length);
+    }
+    if sequence.job.events.is_closed() || stop.load(Ordering::SeqCst) {
+        return Outcome::Cancelled;
+    }
+    Outcome::Continue
+}
+
+/// Sends what is left of the text and the end.
+fn finish(sequence: &mut Sequence, reason: FinishReason) {
+    let rest = sequence.text.finish();
+    if !rest.is_empty() {
+        let _ = sequence.job.events.send(Event::Text(rest));
+    }
+    let seconds = sequence
+        .started
+        .map_or(0.0, |started| started.elapsed().as_secs_f64());
+    tracing::info!(
+        request = %sequence.job.id,
+        prompt_tokens = sequence.prompt_len,
+        completion_tokens = sequence.generated(),
+        finish_reason = reason.as_str(),
+        "{:.1} tokens/s",
+        sequence.generated() as f64 / seconds.max(1e-9)
+    );
+    let _ = sequence.job.events.send(Event::Done {
+        finish_reason: reason,
+        completion_tokens: sequence.generated(),
+    });
+}
+
+fn log_cancelled(sequence: &Sequence) {
+    tracing::info!(
+        request = %sequence.job.id,
+        tokens = sequence.generated(),
+        "cancelled after {} tokens: the client left",
+        sequence.generated()
+    );
+}

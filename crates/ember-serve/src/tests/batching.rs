@@ -1,0 +1,148 @@
+//! Continuous batching through the HTTP API (issue 26): concurrent requests get exactly
+//! what each gets alone, the KV cache budget bounds what runs and is the context when
+//! it is the smaller, and sequences that outgrow it are preempted and still finish.
+
+use futures_util::future::join_all;
+
+use super::*;
+use crate::BatchLimits;
+
+/// The text, finish reason, completion and prompt tokens of a completion.
+async fn complete(router: &Router, body: Value) -> (String, String, u64, u64) {
+    let (status, _, answer) = send(router, post("/v1/completions", &body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let choice = &answer["choices"][0];
+    (
+        choice["text"].as_str().unwrap().to_string(),
+        choice["finish_reason"].as_str().unwrap().to_string(),
+        answer["usage"]["completion_tokens"].as_u64().unwrap(),
+        answer["usage"]["prompt_tokens"].as_u64().unwrap(),
+    )
+}
+
+fn batching(max_batch: usize, kv_cache_bytes: Option<usize>, prefill_chunk: usize) -> Server {
+    server(ServerOptions {
+        batch: BatchLimits {
+            max_batch,
+            kv_cache_bytes,
+            prefill_chunk,
+        },
+        ..ServerOptions::default()
+    })
+}
+
+/// Prompts of different lengths (several longer than a chunk of 4 tokens), greedy and
+/// seeded sampling.
+fn requests() -> Vec<Value> {
+    let prompts = [
+        "Hi",
+        "Every effort moves you",
+        "The quick brown fox jumps over the lazy dog",
+        "One, two, three, four, five, six, seven",
+        "Ember",
+        "Why is the sky blue? Because",
+    ];
+    let mut bodies: Vec<Value> = prompts
+        .iter()
+        .map(|p| completion(json!({"prompt": p, "max_tokens": 24})))
+        .collect();
+    for (seed, prompt) in [(7, "Once upon a time"), (8, "Hi")] {
+        bodies.push(completion(json!({
+            "prompt": prompt, "max_tokens": 24, "temperature": 0.9, "top_p": 0.95, "seed": seed
+        })));
+    }
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_exactly_what_each_gets_alone() {
+    let server = batching(8, None, 4);
+    let router = server.router();
+    let mut alone = Vec::new();
+    for body in requests() {
+        alone.push(complete(&router, body).await);
+    }
+    let together = join_all(requests().into_iter().map(|body| complete(&router, body))).await;
+    for (i, (got, want)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(got, want, "request {i}: batched differs from alone");
+    }
+    // They did run together: some forward pass served more than one sequence.
+    let (_, _, metrics) = send(&router, get("/metrics")).await;
+    let samples = parse_metrics(metrics["raw"].as_str().unwrap());
+    let passes = sample(&samples, "ember_batch_size_count", &[]);
+    let single = sample(&samples, "ember_batch_size_bucket", &[("le", "1")]);
+    assert!(
+        passes > single,
+        "{single} of {passes} passes were of one sequence"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kv_cache_budget_is_the_context_when_it_is_smaller() {
+    let probe = batching(1, None, 256);
+    let per_position = probe.engine().kv_budget().bytes_per_position;
+    let server = batching(4, Some(20 * per_position), 256);
+    assert_eq!(server.engine().kv_budget().positions(), 20);
+    assert_eq!(server.context_length(), 20);
+    let router = server.router();
+    let long = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty";
+    let answer = send(
+        &router,
+        post("/v1/completions", &completion(json!({"prompt": long}))),
+    )
+    .await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, Some("messages"));
+    let message = answer.2["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("KV cache budget holds 20 tokens"),
+        "{message}"
+    );
+    // A larger max_tokens is capped at what is left of the 20 positions.
+    let (status, _, reply) = send(
+        &router,
+        post("/v1/completions", &completion(json!({"max_tokens": 100}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let usage = &reply["usage"];
+    let total =
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap();
+    assert!(total <= 20, "{reply}");
+    if reply["choices"][0]["finish_reason"] == "length" {
+        assert_eq!(total, 20, "{reply}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_that_outgrow_the_budget_are_preempted_and_still_finish() {
+    let probe = batching(1, None, 256);
+    let per_position = probe.engine().kv_budget().bytes_per_position;
+    // Each request alone needs about 45 positions: any two together outgrow 48.
+    let server = batching(4, Some(48 * per_position), 4);
+    let router = server.router();
+    let body = |prompt: &str| completion(json!({"prompt": prompt, "max_tokens": 40}));
+    let prompts = [
+        "Every effort moves you",
+        "The quick brown fox",
+        "One, two, three",
+        "Why is the sky",
+    ];
+    let answers = join_all(prompts.iter().map(|p| complete(&router, body(p)))).await;
+    for (prompt, (text, finish, tokens, prompt_tokens)) in prompts.iter().zip(&answers) {
+        // max_tokens, or what the 48 positions leave after the prompt.
+        let most = 40.min(48 - prompt_tokens);
+        assert!(
+            (finish == "length" && *tokens == most) || (finish == "stop" && *tokens <= most),
+            "{prompt}: {finish} after {tokens} tokens: {text:?}"
+        );
+    }
+    let (_, _, metrics) = send(&router, get("/metrics")).await;
+    let samples = parse_metrics(metrics["raw"].as_str().unwrap());
+    assert!(sample(&samples, "ember_preemptions_total", &[]) > 0.0);
+    assert_eq!(
+        sample(&samples, "ember_kv_cache_budget_bytes", &[]),
+        (48 * per_position) as f64
+    );
+    assert_eq!(sample(&samples, "ember_running_sequences", &[]), 0.0);
+    assert_eq!(sample(&samples, "ember_kv_cache_bytes", &[]), 0.0);
+}
