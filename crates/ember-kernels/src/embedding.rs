@@ -7,7 +7,6 @@
 use burn::nn::Embedding;
 use burn::prelude::*;
 
-use crate::cpu::with_cpu_backend;
 use crate::half_weights::{embedding_half, half_matrix, linear_half};
 
 /// Rows `ids` of the embedding matrix.
@@ -39,15 +38,7 @@ pub fn unembed(layer: &Embedding, x: Tensor<3>) -> Tensor<3> {
         Some(layout) => crate::rows::by_layout(
             x,
             &layout,
-            |single| {
-                let table = layer.weight.val().transpose();
-                match with_cpu_backend!(&single, B => crate::rows::rows_times::<B>(&single, &table))
-                    .flatten()
-                {
-                    Some(logits) => logits,
-                    None => crate::rows::each_row(single, product),
-                }
-            },
+            |single| crate::rows::each_row(single, product),
             product,
         ),
         None => product(x),

@@ -281,12 +281,16 @@ pub fn embedding_half(ids: Tensor<2, Int>, m: &HalfMatrix) -> Tensor<3> {
 }
 
 /// Plain (untracked) `x` on CPU backend `B`: the product through the slice kernel.
-fn product_on<B: CpuBackend>(x: &Tensor<2>, m: &HalfMatrix, dots_only: bool) -> Option<Tensor<2>> {
+fn product_on<B: CpuBackend>(
+    x: &Tensor<2>,
+    m: &HalfMatrix,
+    row_invariant: bool,
+) -> Option<Tensor<2>> {
     let x = B::plain(x)?;
     let [tokens, _] = B::shape(&x)[..] else {
         return None;
     };
-    let values = product(&B::values(&x), tokens, m, dots_only);
+    let values = product(&B::values(&x), tokens, m, row_invariant);
     Some(B::from_plain(B::new_tensor(&[tokens, m.dims()[0]], values)))
 }
 
@@ -297,10 +301,9 @@ const ROWS_PER_TASK: usize = 64;
 /// decoding).
 const GEMM_FROM_TOKENS: usize = 16;
 
-/// `x · Mᵀ`, row-major `[tokens, out]`, on every core. With `dots_only`, every output
-/// is one dot product whatever the number of tokens, so that each row's result does
-/// not depend on the others ([`crate::rows`]).
-fn product(x: &[f32], tokens: usize, m: &HalfMatrix, dots_only: bool) -> Vec<f32> {
+/// `x · Mᵀ`, row-major `[tokens, out]`, on every core. With `row_invariant`, each row's
+/// result does not depend on the others ([`crate::rows`]).
+fn product(x: &[f32], tokens: usize, m: &HalfMatrix, row_invariant: bool) -> Vec<f32> {
     let [out_features, in_features] = m.dims();
     assert_eq!(x.len(), tokens * in_features);
     if tokens == 1 {
@@ -310,7 +313,7 @@ fn product(x: &[f32], tokens: usize, m: &HalfMatrix, dots_only: bool) -> Vec<f32
             .enumerate()
             .for_each(|(task, chunk)| {
                 let first = task * ROWS_PER_TASK;
-                let block = block_product(x, 1, m, first..first + chunk.len(), dots_only);
+                let block = block_product(x, 1, m, first..first + chunk.len(), row_invariant);
                 chunk.copy_from_slice(&block);
             });
         return out;
@@ -321,7 +324,10 @@ fn product(x: &[f32], tokens: usize, m: &HalfMatrix, dots_only: bool) -> Vec<f32
         .map(|task| {
             let first = task * ROWS_PER_TASK;
             let last = (first + ROWS_PER_TASK).min(out_features);
-            (first, block_product(x, tokens, m, first..last, dots_only))
+            (
+                first,
+                block_product(x, tokens, m, first..last, row_invariant),
+            )
         })
         .collect();
     let mut out = vec![0.0f32; tokens * out_features];
@@ -336,18 +342,20 @@ fn product(x: &[f32], tokens: usize, m: &HalfMatrix, dots_only: bool) -> Vec<f32
     out
 }
 
-/// `x · M[rows]ᵀ`, stored `[rows, tokens]`: dot products for few tokens (or always,
-/// with `dots_only`), `gemm` for many.
+/// `x · M[rows]ᵀ`, stored `[rows, tokens]`: dot products for few tokens, `gemm` for
+/// many; with `row_invariant`, dot products for any number (each token's result the
+/// bits it has alone: the single-token path's bf16 dot product and the f32 one of a
+/// converted row are the same arithmetic).
 fn block_product(
     x: &[f32],
     tokens: usize,
     m: &HalfMatrix,
     rows: std::ops::Range<usize>,
-    dots_only: bool,
+    row_invariant: bool,
 ) -> Vec<f32> {
     let k = m.dims()[1];
     let n = rows.len();
-    if tokens >= GEMM_FROM_TOKENS && !dots_only {
+    if tokens >= GEMM_FROM_TOKENS && !row_invariant {
         let mut weights = vec![0.0f32; n * k];
         for (i, r) in rows.enumerate() {
             m.row_into(r, &mut weights[i * k..(i + 1) * k]);

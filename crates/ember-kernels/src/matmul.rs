@@ -62,7 +62,7 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         Some(layout) => crate::rows::by_layout(
             x,
             &layout,
-            |single| crate::rows::single_rows_linear(layer, single, |row| linear_2d(layer, row)),
+            |single| crate::rows::each_row(single, |row| linear_2d(layer, row)),
             |chunk| linear_2d(layer, chunk),
         ),
         None => linear_2d(layer, x),

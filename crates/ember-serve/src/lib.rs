@@ -42,9 +42,10 @@
 //!   closed at once, responses in flight get [`ServerOptions::shutdown_grace`] (10 s)
 //!   to finish, then `serve` returns anyway.
 //!
-//! Requests are answered one at a time by one generation thread ([`engine`] says why);
-//! the HTTP side only parses, checks and streams. When the shutdown future given to
-//! [`Server::serve`] completes, the current generation stops, queued requests are
+//! One generation thread serves every request at once, batched continuously ([`engine`]
+//! says why; [`BatchLimits`] bounds the batch, the KV cache and the prompt chunks); the
+//! HTTP side only parses, checks and streams. When the shutdown future given to
+//! [`Server::serve`] completes, the running generations stop, queued requests are
 //! refused and the server closes once responses are out (or the grace period is over).
 //!
 //! # Embedding the server

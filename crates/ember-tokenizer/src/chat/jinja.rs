@@ -23,13 +23,22 @@ pub(super) fn environment(template: &ChatTemplate) -> Result<Environment<'_>, To
     Ok(env)
 }
 
+/// Template steps a render may take: a base, and more for each message. The Hub's chat
+/// templates take tens to hundreds per message; a template that loops much longer
+/// (`range(100000)` inside another) is refused instead of holding the thread.
+fn fuel(messages: usize) -> u64 {
+    200_000 + 20_000 * messages as u64
+}
+
 /// [`ChatTemplate::render`].
 pub(super) fn render(
     template: &ChatTemplate,
     messages: &[ChatMessage],
     add_generation_prompt: bool,
 ) -> Result<String, TokenizerError> {
-    let env = environment(template)?;
+    let mut env = environment(template)?;
+    let fuel = fuel(messages.len());
+    env.set_fuel(Some(fuel));
     env.get_template("chat")
         .map_err(|e| TokenizerError::Template(e.to_string()))?
         .render(context! {
@@ -38,7 +47,13 @@ pub(super) fn render(
             bos_token => &template.bos_token,
             eos_token => &template.eos_token,
         })
-        .map_err(|e| TokenizerError::Template(e.to_string()))
+        .map_err(|e| match e.kind() {
+            ErrorKind::OutOfFuel => TokenizerError::Template(format!(
+                "the chat template did not finish within {fuel} steps for {} messages (a loop that runs too long?)",
+                messages.len()
+            )),
+            _ => TokenizerError::Template(e.to_string()),
+        })
 }
 
 #[cfg(test)]
@@ -83,5 +98,28 @@ mod tests {
             .to_string();
         assert!(err.contains("only users"), "{err}");
         assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+    }
+
+    /// A template that loops ten billion times is refused after its step budget, in
+    /// well under a second, naming the limit.
+    #[test]
+    fn a_template_that_runs_too_long_is_refused() {
+        let endless = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = endless
+            .render(&[ChatMessage::new("user", "hi")], true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not finish within 220000 steps"), "{err}");
+        assert!(
+            started.elapsed().as_secs_f64() < 5.0,
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
