@@ -571,6 +571,13 @@ fn the_http_side_is_hardened() {
         .output()
         .unwrap();
     assert_one_line_error(&o, "--header-timeout 0");
+    for flag in ["--max-batch", "--kv-cache-mb", "--prefill-chunk"] {
+        let o = ember()
+            .args(["serve", "--model", &model, "--port", "0", flag, "0"])
+            .output()
+            .unwrap();
+        assert_one_line_error(&o, &format!("{flag} 0: it must be at least 1"));
+    }
 
     let server = Server::start(
         &model,

@@ -1,5 +1,5 @@
 //! The generation engine: one thread owns the model and generates for every request at
-//! once, batched continuously ([`crate::batch`] does the scheduling).
+//! once, batched continuously (`batch.rs` does the scheduling).
 //!
 //! Decoding on a CPU is bound by reading the weights: one token of one sequence reads
 //! every weight matrix once. A step that decodes a token for each of 8 sequences reads

@@ -528,6 +528,27 @@ fn options_no_browser_or_client_could_use_are_refused() {
     }
     assert!(matches!(key(" sk"), Err(ServeError::BadOption { .. })));
     assert!(matches!(key("clé"), Err(ServeError::BadOption { .. })));
+    let batch = |max_batch: usize, kv_cache_bytes: Option<usize>, prefill_chunk: usize| {
+        ServerOptions {
+            batch: crate::BatchLimits {
+                max_batch,
+                kv_cache_bytes,
+                prefill_chunk,
+            },
+            ..ServerOptions::default()
+        }
+        .check()
+        .map_err(|e| e.to_string())
+    };
+    assert!(batch(1, None, 1).is_ok());
+    assert!(batch(1, Some(1), 1).is_ok());
+    for (bad, option) in [
+        (batch(0, None, 1), "max batch"),
+        (batch(1, Some(0), 1), "KV cache MB"),
+        (batch(1, None, 0), "prefill chunk"),
+    ] {
+        assert_eq!(bad, Err(format!("{option} 0: it must be at least 1")));
+    }
 }
 
 /// Issue 26: rendering and tokenizing large bodies runs on tokio's blocking threads,
