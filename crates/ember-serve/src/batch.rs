@@ -450,3 +450,130 @@ fn log_cancelled(sequence: &Sequence) {
         sequence.generated()
     );
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+    use ember_model::GenerationConfig;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    /// Queues every prompt before the loop starts (so they run together, whatever the
+    /// machine's timing), runs the loop to the end, and returns each request's events
+    /// and the metrics.
+    fn run_together(
+        prompts: &[Vec<u32>],
+        limits: BatchLimits,
+        kv_positions: usize,
+    ) -> (Vec<Vec<Event>>, String) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-qwen3");
+        let device = Device::ndarray();
+        let loaded = ember_model::load_model(&dir, None, &device).unwrap();
+        let tokenizer = ember_model::model_tokenizer(&loaded).unwrap();
+        let model = loaded.model;
+        let budget = KvBudget {
+            bytes: kv_positions * model.cache_floats_per_position() * 4,
+            bytes_per_position: model.cache_floats_per_position() * 4,
+        };
+        let metrics = Metrics::new();
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let mut receivers = Vec::new();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let (events, receiver) = unbounded_channel();
+            receivers.push(receiver);
+            jobs.send(Job {
+                id: format!("r{i}"),
+                prompt_ids: prompt.clone(),
+                config: GenerationConfig {
+                    max_new_tokens: 12,
+                    ..GenerationConfig::default()
+                },
+                stop_strings: Vec::new(),
+                events,
+                arrived: Instant::now(),
+            })
+            .unwrap();
+        }
+        drop(jobs);
+        let waiting = AtomicUsize::new(prompts.len());
+        Batcher::new(&model, &tokenizer, &device, limits, budget, &metrics).run(
+            queue,
+            &waiting,
+            &AtomicBool::new(false),
+        );
+        assert_eq!(waiting.load(Ordering::SeqCst), 0);
+        let events = receivers
+            .into_iter()
+            .map(|mut r| std::iter::from_fn(|| r.try_recv().ok()).collect())
+            .collect();
+        (events, metrics.render("tiny", 0))
+    }
+
+    fn metric(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series}"))
+    }
+
+    fn prompts() -> Vec<Vec<u32>> {
+        (0..4u32)
+            .map(|s| (0..3 + s).map(|i| (s * 31 + i * 7) % 97).collect())
+            .collect()
+    }
+
+    /// Four queued requests share forward passes and each gets what it gets alone.
+    #[test]
+    fn queued_requests_run_together_and_get_what_they_get_alone() {
+        let limits = BatchLimits {
+            max_batch: 4,
+            kv_cache_bytes: None,
+            prefill_chunk: 4,
+        };
+        let (together, metrics) = run_together(&prompts(), limits, 1000);
+        assert!(
+            metric(&metrics, "ember_batch_size_bucket{le=\"1\"}")
+                < metric(&metrics, "ember_batch_size_count")
+        );
+        for (i, prompt) in prompts().iter().enumerate() {
+            let (alone, _) = run_together(std::slice::from_ref(prompt), limits, 1000);
+            assert_eq!(together[i], alone[0], "request {i}");
+            assert!(
+                matches!(together[i].last(), Some(Event::Done { .. })),
+                "{:?}",
+                together[i]
+            );
+        }
+    }
+
+    /// In a budget of 20 positions (each request alone needs at most 18), four requests
+    /// cannot all grow: the newest are preempted, read again later, and every one still
+    /// ends with all its tokens.
+    #[test]
+    fn requests_outgrowing_the_budget_are_preempted_and_finish() {
+        let limits = BatchLimits {
+            max_batch: 4,
+            kv_cache_bytes: None,
+            prefill_chunk: 4,
+        };
+        let (events, metrics) = run_together(&prompts(), limits, 20);
+        assert!(
+            metric(&metrics, "ember_preemptions_total") > 0.0,
+            "{metrics}"
+        );
+        for (i, events) in events.iter().enumerate() {
+            match events.last() {
+                Some(Event::Done {
+                    finish_reason: FinishReason::Length,
+                    completion_tokens: 12,
+                })
+                | Some(Event::Done {
+                    finish_reason: FinishReason::Stop,
+                    ..
+                }) => {}
+                other => panic!("request {i}: {other:?}"),
+            }
+        }
+        assert_eq!(metric(&metrics, "ember_running_sequences"), 0.0);
+    }
+}

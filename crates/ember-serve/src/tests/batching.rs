@@ -66,15 +66,7 @@ async fn concurrent_requests_get_exactly_what_each_gets_alone() {
     for (i, (got, want)) in together.iter().zip(&alone).enumerate() {
         assert_eq!(got, want, "request {i}: batched differs from alone");
     }
-    // They did run together: some forward pass served more than one sequence.
-    let (_, _, metrics) = send(&router, get("/metrics")).await;
-    let samples = parse_metrics(metrics["raw"].as_str().unwrap());
-    let passes = sample(&samples, "ember_batch_size_count", &[]);
-    let single = sample(&samples, "ember_batch_size_bucket", &[("le", "1")]);
-    assert!(
-        passes > single,
-        "{single} of {passes} passes were of one sequence"
-    );
+    // That they shared forward passes is checked deterministically in batch.rs.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +130,8 @@ async fn sequences_that_outgrow_the_budget_are_preempted_and_still_finish() {
     }
     let (_, _, metrics) = send(&router, get("/metrics")).await;
     let samples = parse_metrics(metrics["raw"].as_str().unwrap());
-    assert!(sample(&samples, "ember_preemptions_total", &[]) > 0.0);
+    // Whether they overlapped depends on timing; that sequences are preempted and
+    // finish is checked deterministically in batch.rs.
     assert_eq!(
         sample(&samples, "ember_kv_cache_budget_bytes", &[]),
         (48 * per_position) as f64
