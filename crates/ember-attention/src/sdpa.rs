@@ -13,10 +13,12 @@ use burn::tensor::ops::AttentionModuleOptions;
 /// each is shared by `heads / kv_heads` consecutive query heads. `dropout`, when it is
 /// active (training on an autodiff device), drops attention weights, as the book does.
 ///
-/// On the CPU backends with Ember's kernels, square attention (training, prefill) runs
-/// through `ember_kernels::causal_attention`, dropout included; elsewhere Burn's fused
-/// kernel runs where it can (no dropout; a square mask, or one new query), and the
-/// explicit formulation in the remaining cases.
+/// On the CPU backends with Ember's kernels, inference (no tensor tracked for a backward
+/// pass) runs through `ember_kernels::tiled_attention`, whose memory does not grow with
+/// queries × keys and which reads shared key/value heads in place; square attention in
+/// training through `ember_kernels::causal_attention`, dropout included. Elsewhere
+/// Burn's fused kernel runs where it can (no dropout; a square mask, or one new query),
+/// and the explicit formulation in the remaining cases.
 ///
 /// # Shapes
 /// - q: `[batch, heads, seq_q, head_dim]`
@@ -29,12 +31,17 @@ pub fn causal_attention(
     v: Tensor<4>,
     dropout: Option<&Dropout>,
 ) -> Tensor<4> {
+    let dropout =
+        dropout.filter(|d| d.prob > 0.0 && d.training.is_enabled() && q.device().is_autodiff());
+    if dropout.is_none()
+        && let Some(context) = ember_kernels::tiled_attention(&q, &k, &v, None)
+    {
+        return context;
+    }
     let heads = q.dims()[1];
     let (k, v) = (repeat_kv(k, heads), repeat_kv(v, heads));
     let seq_q = q.dims()[2];
     let seq_k = k.dims()[2];
-    let dropout =
-        dropout.filter(|d| d.prob > 0.0 && d.training.is_enabled() && q.device().is_autodiff());
     if seq_q == seq_k
         && let Some(context) = ember_kernels::causal_attention(&q, &k, &v, dropout)
     {
@@ -65,9 +72,10 @@ pub fn causal_attention(
 /// itself included (Gemma's sliding-window layers; transformers' mask
 /// `kv_idx > q_idx - sliding_window`). As there, the last query is the last key.
 ///
-/// Keys no query can see are cut off first, so a decoding step (one query) attends
-/// over `window` keys through the ordinary causal path; several queries over more than
-/// `window` keys get the explicit formulation with a band mask.
+/// On the CPU backends with Ember's kernels this is `ember_kernels::tiled_attention`
+/// with the window. Elsewhere keys no query can see are cut off first, so a decoding
+/// step (one query) attends over `window` keys through the ordinary causal path; several
+/// queries over more than `window` keys get the explicit formulation with a band mask.
 ///
 /// # Shapes
 /// - q: `[batch, heads, seq_q, head_dim]`
@@ -80,6 +88,9 @@ pub fn sliding_window_attention(
     window: usize,
 ) -> Tensor<4> {
     let window = window.max(1);
+    if let Some(context) = ember_kernels::tiled_attention(&q, &k, &v, Some(window)) {
+        return context;
+    }
     let seq_q = q.dims()[2];
     let seq_k = k.dims()[2];
     // The first query sits at position seq_k - seq_q and sees keys after

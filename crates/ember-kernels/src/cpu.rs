@@ -62,6 +62,23 @@ impl<'a> MatrixView<'a> {
         }
     }
 
+    /// Rows `start..start + len`, without moving data.
+    pub fn rows(self, start: usize, len: usize) -> Self {
+        assert!(
+            start + len <= self.dims.0,
+            "rows {start}..{} of {}",
+            start + len,
+            self.dims.0
+        );
+        Self::new(
+            // SAFETY: the first of the rows lies inside the view (asserted).
+            unsafe { self.ptr.offset(start as isize * self.row_stride) },
+            (len, self.dims.1),
+            self.row_stride,
+            self.col_stride,
+        )
+    }
+
     /// The transpose, without moving data.
     pub fn t(self) -> Self {
         Self::new(

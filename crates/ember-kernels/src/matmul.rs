@@ -215,6 +215,44 @@ pub(crate) fn gemm_on_this_thread(a: MatrixView<'_>, b: MatrixView<'_>) -> Vec<f
     gemm_with(a, b, ::gemm::Parallelism::None)
 }
 
+/// `out = a · b`, or `out += a · b` when `accumulate`, on the calling thread; `out` is
+/// row-major `[a rows, b columns]`.
+pub(crate) fn gemm_into_on_this_thread(
+    a: MatrixView<'_>,
+    b: MatrixView<'_>,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    let ((m, k), (k2, n)) = (a.dims, b.dims);
+    assert_eq!(k, k2, "matrix product of [{m}, {k}] and [{k2}, {n}]");
+    assert_eq!(out.len(), m * n, "a [{m}, {n}] product");
+    // SAFETY: the operands are valid for their shapes and strides (MatrixView's
+    // contract); the destination is the m·n elements of `out` (asserted).
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.ptr,
+            a.col_stride,
+            a.row_stride,
+            b.ptr,
+            b.col_stride,
+            b.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            ::gemm::Parallelism::None,
+        );
+    }
+}
+
 fn gemm_with(a: MatrixView<'_>, b: MatrixView<'_>, parallelism: ::gemm::Parallelism) -> Vec<f32> {
     let ((m, k), (k2, n)) = (a.dims, b.dims);
     assert_eq!(k, k2, "matrix product of [{m}, {k}] and [{k2}, {n}]");

@@ -186,6 +186,11 @@ pub fn check_prompt(model: &impl CausalLm, prompt: &[u32]) -> Result<(), Generat
     Ok(())
 }
 
+/// Prompt tokens read per forward pass: [`generate`] reads a prompt in passes that end
+/// at multiples of this in the sequence's own positions (and a server's chunked prefill
+/// by default), so that activation memory does not grow with the prompt.
+pub const PREFILL_CHUNK: usize = 256;
+
 /// Continue `prompt` by up to `config.max_new_tokens` tokens; `on_token` sees each new
 /// token as it is produced (for streaming output). Returns the new tokens only.
 pub fn generate(
@@ -231,10 +236,22 @@ pub fn generate_until(
                 cache.reset();
                 cache_start = window_start;
             }
-            let feed = &tokens[cache_start + cache.len()..];
-            model
-                .next_token_logits(ids_tensor(feed), &mut cache)
-                .expect("the window fits the context by construction")
+            // A long prompt is read in chunks, so that the activations of one pass are
+            // bounded whatever its length; the boundaries fall where a server's
+            // chunked prefill puts them, so both compute the same.
+            let end = tokens.len() - cache_start;
+            let mut logits = None;
+            while cache.len() < end {
+                let done = cache.len();
+                let next = ((done / PREFILL_CHUNK + 1) * PREFILL_CHUNK).min(end);
+                let feed = &tokens[cache_start + done..cache_start + next];
+                logits = Some(
+                    model
+                        .next_token_logits(ids_tensor(feed), &mut cache)
+                        .expect("the window fits the context by construction"),
+                );
+            }
+            logits.expect("at least the last token is uncached")
         } else {
             let logits = model.logits(ids_tensor(&tokens[window_start..]));
             let [_, seq_len, vocab] = logits.dims();

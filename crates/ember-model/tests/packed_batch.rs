@@ -121,3 +121,51 @@ fn packed_sequences_get_the_logits_they_get_alone() {
         }
     }
 }
+
+/// A prompt longer than a prefill chunk is read in chunks (bounded activation memory):
+/// the logits after it are within 1e-4 of one pass over the whole prompt, and greedy
+/// generation gives the tokens of the path without a cache (whole windows each step),
+/// for a full-attention model and for Gemma 3's sliding-window layers (a window of 8,
+/// far shorter than a chunk).
+#[test]
+fn a_prompt_read_in_chunks_continues_as_one_read_at_once() {
+    use ember_model::generate::{GenerationConfig, PREFILL_CHUNK, generate};
+    let device = Device::ndarray();
+    let len = 2 * PREFILL_CHUNK + 75;
+    for name in ["tiny-qwen3", "tiny-gemma3"] {
+        let model = load_model_as(&fixture(name), None, Dtype::F32, &device)
+            .unwrap()
+            .model;
+        let prompt: Vec<u32> = (0..len as u32).map(|i| (i * 37 + 11) % 97).collect();
+        let whole = model.logits(ids(&prompt, &device));
+        let vocab = whole.dims()[2];
+        let last = whole.narrow(1, len - 1, 1).reshape([1, vocab]);
+        let mut cache = model.new_cache();
+        let mut chunked = None;
+        for chunk in prompt.chunks(PREFILL_CHUNK) {
+            chunked = Some(
+                model
+                    .next_token_logits(ids(chunk, &device), &mut cache)
+                    .unwrap(),
+            );
+        }
+        chunked
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&last.into_data(), Tolerance::absolute(1e-4));
+
+        let config = GenerationConfig {
+            max_new_tokens: 6,
+            stop_tokens: vec![],
+            ..Default::default()
+        };
+        let cached = generate(&model, &prompt, &config, &device, |_| {}).unwrap();
+        let uncached = GenerationConfig {
+            use_kv_cache: false,
+            ..config
+        };
+        let full = generate(&model, &prompt, &uncached, &device, |_| {}).unwrap();
+        assert_eq!(cached, full, "{name}");
+        assert_eq!(cached.len(), 6, "{name}");
+    }
+}

@@ -80,7 +80,7 @@ pub struct Job {
 pub const DEFAULT_MAX_BATCH: usize = 16;
 
 /// The default of [`BatchLimits::prefill_chunk`].
-pub const DEFAULT_PREFILL_CHUNK: usize = 256;
+pub const DEFAULT_PREFILL_CHUNK: usize = ember_model::generate::PREFILL_CHUNK;
 
 /// How much the engine takes on at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
