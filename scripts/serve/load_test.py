@@ -3,7 +3,7 @@
 
 Usage:
     python load_test.py --base-url http://127.0.0.1:PORT --clients 8 --requests 20 \
-        --max-tokens 16 [--api-key KEY] [--pid PID]
+        --max-tokens 16 [--api-key KEY] [--pid PID] [--system-words N]
 
 Each of --clients threads sends --requests chat completions one after the other
 (temperature 0.8, seed client*1000+i, a short prompt), streamed. At the end one JSON
@@ -11,8 +11,11 @@ line reports the requests, failures, throughput (requests/s, completion tokens/s
 latency percentiles, the time to the first streamed piece of text and the time
 between pieces (a piece is a token, except where a character spans tokens); with
 --pid, also the server's resident memory (VmRSS of /proc/PID/status) before, every
-second during, and after the run, so that growth shows. Exits 0 only when every
-request succeeded.
+second during, and after the run, so that growth shows. With --system-words, every
+request begins with the same system message of that many words (a shared prefix, as
+an application's system prompt is) and the report adds the prompt tokens the server
+took from its prefix cache (usage.prompt_tokens_details.cached_tokens). Exits 0 only
+when every request succeeded.
 
 Only loopback addresses are meant as targets: this is a test of a local server.
 """
@@ -99,6 +102,8 @@ def main():
     ap.add_argument("--api-key")
     ap.add_argument("--pid", type=int, help="the server's process id, to sample its memory")
     ap.add_argument("--timeout", type=float, default=300, help="seconds one request may take")
+    ap.add_argument("--system-words", type=int, default=0,
+                    help="a system message of this many words shared by every request (default none)")
     args = ap.parse_args()
 
     root = args.base_url.rstrip("/")
@@ -115,6 +120,8 @@ def main():
         print(json.dumps({"ok": False, "error": f"GET {root}/v1/models failed: {e} {detail}".strip()}))
         return 1
     url = root + "/v1/chat/completions"
+    words = "the assistant answers briefly and plainly about weather rivers and hills".split()
+    system = " ".join(words[i % len(words)] for i in range(args.system_words))
 
     # Results, appended under a lock by the client threads.
     lock = threading.Lock()
@@ -122,6 +129,7 @@ def main():
     first_pieces = []       # seconds to the first piece of text
     between_pieces = []     # seconds between two pieces of one answer
     completion_tokens = [0]
+    cached_tokens = [0]     # prompt tokens the server's prefix cache supplied
     failures = []           # (client, i, reason), the first few kept in the report
     statuses = {}           # HTTP status (or "error") -> count
 
@@ -140,7 +148,8 @@ def main():
         for i in range(args.requests):
             body = {
                 "model": model,
-                "messages": [{"role": "user", "content": PROMPTS[(c + i) % len(PROMPTS)]}],
+                "messages": ([{"role": "system", "content": system}] if system else [])
+                + [{"role": "user", "content": PROMPTS[(c + i) % len(PROMPTS)]}],
                 "max_tokens": args.max_tokens,
                 "temperature": 0.8,
                 "seed": c * 1000 + i,
@@ -162,6 +171,7 @@ def main():
                         first_pieces.append(first)
                     between_pieces.extend(gaps)
                     completion_tokens[0] += n
+                    cached_tokens[0] += ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens", 0)
             except urllib.error.HTTPError as e:
                 detail = e.read()[:200].decode(errors="replace")
                 with lock:
@@ -209,6 +219,7 @@ def main():
         "requests_per_s": round(len(lat) / wall, 2) if wall > 0 else None,
         "completion_tokens": completion_tokens[0],
         "completion_tokens_per_s": round(completion_tokens[0] / wall, 1) if wall > 0 else None,
+        "cached_prompt_tokens": cached_tokens[0],
         "latency_ms": {
             "p50": ms(percentile(lat, 50)),
             "p90": ms(percentile(lat, 90)),

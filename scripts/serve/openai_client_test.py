@@ -40,12 +40,17 @@ def check(cond, message):
 
 
 def check_usage(usage, max_tokens, what):
-    """Usage is present and adds up; completion tokens within max_tokens."""
+    """Usage is present and adds up; completion tokens within max_tokens; the prompt's
+    cached tokens (prefix caching) fewer than its tokens."""
     check(usage is not None, f"{what}: no usage")
     p, c, t = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
     check(p > 0, f"{what}: prompt_tokens {p} should be positive")
     check(0 <= c <= max_tokens, f"{what}: completion_tokens {c} not within 0..{max_tokens}")
     check(t == p + c, f"{what}: total_tokens {t} != prompt {p} + completion {c}")
+    details = usage.prompt_tokens_details
+    check(details is not None and isinstance(details.cached_tokens, int)
+          and 0 <= details.cached_tokens < p,
+          f"{what}: prompt_tokens_details {details} should give cached_tokens below {p}")
 
 
 def check_finish(finish, usage, max_tokens, what):

@@ -153,11 +153,82 @@ impl KvCache {
         (keys, values)
     }
 
+    /// A cache of the first `len` positions of this one (their tensors shared, not
+    /// copied), for a sequence that begins as this one did; `None` when some layer no
+    /// longer holds them all (a sliding-window layer past its window) or `len` is more
+    /// than is cached.
+    pub fn prefix(&self, len: usize) -> Option<KvCache> {
+        if len > self.len() {
+            return None;
+        }
+        if len == 0 {
+            return Some(KvCache::new(self.layers.len(), self.capacity));
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                Some(cached) if cached.dropped == 0 => Some(Some(CachedLayer {
+                    keys: cached.keys.clone().narrow(2, 0, len),
+                    values: cached.values.clone().narrow(2, 0, len),
+                    dropped: 0,
+                })),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(KvCache {
+            layers,
+            capacity: self.capacity,
+        })
+    }
+
     /// Positions layer `layer` holds (fewer than [`KvCache::len`] for a sliding-window
     /// layer past its window).
     pub fn kept(&self, layer: usize) -> usize {
         self.layers[layer]
             .as_ref()
             .map_or(0, |cached| cached.keys.dims()[2])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)]
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// A prefix holds exactly the first positions and grows as a cache that only ever
+    /// saw them; the cache it came from is untouched. A prefix longer than the cache, or
+    /// of a layer that dropped positions past its window, is refused.
+    #[test]
+    fn a_prefix_is_the_cache_of_the_first_positions() {
+        let device = Device::ndarray();
+        device.seed(1);
+        let random = || Tensor::<4>::random([1, 2, 5, 4], Distribution::Normal(0.0, 1.0), &device);
+        let (keys, values) = (random(), random());
+        let mut full = KvCache::new(2, 16);
+        let mut first_three = KvCache::new(2, 16);
+        for layer in 0..2 {
+            full.extend(layer, keys.clone(), values.clone());
+            first_three.extend(
+                layer,
+                keys.clone().narrow(2, 0, 3),
+                values.clone().narrow(2, 0, 3),
+            );
+        }
+        let mut prefix = full.prefix(3).unwrap();
+        assert_eq!((prefix.len(), prefix.capacity()), (3, 16));
+        let (new_k, new_v) = (random().narrow(2, 0, 1), random().narrow(2, 0, 1));
+        let (got, _) = prefix.extend(1, new_k.clone(), new_v.clone());
+        let (want, _) = first_three.extend(1, new_k, new_v);
+        assert_eq!(got.into_data(), want.into_data());
+        assert_eq!(full.len(), 5);
+        assert!(full.prefix(6).is_none());
+        assert_eq!(full.prefix(0).unwrap().kept(0), 0);
+
+        let mut windowed = KvCache::new(1, 16);
+        windowed.extend_window(0, keys.clone(), values.clone(), 3);
+        assert!(windowed.prefix(2).is_none());
+        assert!(KvCache::new(1, 16).prefix(0).unwrap().is_empty());
     }
 }

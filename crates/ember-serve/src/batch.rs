@@ -30,6 +30,14 @@
 //! that cannot fit even alone is refused before it is queued (the HTTP side treats the
 //! budget as a context length), so the oldest sequence always makes progress.
 //!
+//! # Prefix caching
+//!
+//! When a sequence has read its prompt, the prompt's whole chunks are offered to the
+//! [`PrefixCache`]; a request admitted later starts from the longest run of whole chunks
+//! its prompt shares with one there and reads only the rest. Entries count against the
+//! budget and are evicted, least recently used first, before anything is preempted or
+//! a request is kept waiting.
+//!
 //! # Batch invariance
 //!
 //! Chunk boundaries fall at multiples of `prefill_chunk` of each sequence's own tokens,
@@ -39,6 +47,8 @@
 //! sequence that was preempted reads its tokens again in chunks, which rounds
 //! differently from having decoded them one by one; under a full budget the text may
 //! then differ from an unpreempted run (still the model's, with the same settings).
+//! A cached prefix is whole chunks read exactly as the sequence would read them, so it
+//! changes no bits either.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,6 +61,7 @@ use ember_tokenizer::ModelTokenizer;
 
 use crate::engine::{BatchLimits, Event, FinishReason, Job, KvBudget};
 use crate::metrics::Metrics;
+use crate::prefix_cache::PrefixCache;
 use crate::stop_text::StopText;
 
 /// The loop's state: the sequences waiting and running.
@@ -65,6 +76,8 @@ pub(crate) struct Batcher<'a> {
     waiting: VecDeque<Sequence<'a>>,
     /// In the order they were admitted.
     running: Vec<Sequence<'a>>,
+    /// Earlier prompts' keys and values; `None` when prefix caching is off.
+    prefixes: Option<PrefixCache>,
 }
 
 /// One request's generation.
@@ -81,6 +94,10 @@ struct Sequence<'a> {
     last_token: Option<Instant>,
     /// When it was first admitted.
     started: Option<Instant>,
+    /// Prompt tokens found in the prefix cache when it was first admitted.
+    cached_tokens: usize,
+    /// Whether its prompt was offered to the prefix cache.
+    offered: bool,
 }
 
 /// How a sequence goes on after a token.
@@ -130,6 +147,9 @@ impl<'a> Batcher<'a> {
             metrics,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            prefixes: limits
+                .prefix_cache
+                .then(|| PrefixCache::new(limits.prefill_chunk.max(1))),
         }
     }
 
@@ -190,6 +210,8 @@ impl<'a> Batcher<'a> {
             text: StopText::new(self.tokenizer, job.stop_strings.clone()),
             last_token: None,
             started: None,
+            cached_tokens: 0,
+            offered: false,
             job,
         });
     }
@@ -234,22 +256,51 @@ impl<'a> Batcher<'a> {
         self.running.iter().map(|s| s.tokens.len() + 1).sum()
     }
 
+    /// Positions the prefix cache holds.
+    fn prefix_positions(&self) -> usize {
+        self.prefixes.as_ref().map_or(0, PrefixCache::positions)
+    }
+
+    /// Evicts prefix cache entries, least recently used first, until `needed` more
+    /// positions fit beside the running sequences or there is none left.
+    fn make_room(&mut self, needed: usize) {
+        let budget = self.budget.positions();
+        while self.positions_in_use() + needed + self.prefix_positions() > budget
+            && self
+                .prefixes
+                .as_mut()
+                .is_some_and(PrefixCache::evict_oldest)
+        {}
+    }
+
     /// Moves queued sequences into the batch, oldest first, while they fit.
     fn admit(&mut self, waiting: &AtomicUsize) {
         while self.running.len() < self.limits.max_batch {
             let Some(next) = self.waiting.front() else {
                 break;
             };
-            if self.positions_in_use() + next.tokens.len() + 1 > self.budget.positions()
+            let needed = next.tokens.len() + 1;
+            // Looked up first, so that making room does not evict the prefix it uses.
+            let cached = self
+                .prefixes
+                .as_mut()
+                .and_then(|prefixes| prefixes.lookup(&next.tokens));
+            self.make_room(needed);
+            if self.positions_in_use() + needed > self.budget.positions()
                 && !self.running.is_empty()
             {
                 break;
             }
             let mut sequence = self.waiting.pop_front().expect("a front");
             waiting.fetch_sub(1, Ordering::SeqCst);
-            sequence.cache = Some(self.model.new_cache());
+            let found = cached.as_ref().map_or(0, KvCache::len);
+            sequence.cache = Some(cached.unwrap_or_else(|| self.model.new_cache()));
+            if found > 0 {
+                self.metrics.prefix_hit(found);
+            }
             if sequence.started.is_none() {
                 sequence.started = Some(Instant::now());
+                sequence.cached_tokens = found;
                 self.metrics.prompt(sequence.prompt_len);
             }
             self.running.push(sequence);
@@ -257,8 +308,10 @@ impl<'a> Batcher<'a> {
     }
 
     /// Frees the cache of the sequence admitted last and queues it again first, until
-    /// the running sequences' next step fits the budget (never the oldest).
+    /// the running sequences' next step fits the budget (never the oldest); the prefix
+    /// cache is emptied first.
     fn preempt_over_budget(&mut self, waiting: &AtomicUsize) {
+        self.make_room(0);
         while self.running.len() > 1 && self.positions_in_use() > self.budget.positions() {
             let mut sequence = self.running.pop().expect("a sequence");
             tracing::info!(
@@ -342,6 +395,12 @@ impl<'a> Batcher<'a> {
             if sequence.read() < sequence.tokens.len() {
                 continue; // more of the prompt to read
             }
+            if !sequence.offered {
+                sequence.offered = true;
+                if let (Some(prefixes), Some(cache)) = (self.prefixes.as_mut(), &sequence.cache) {
+                    prefixes.offer(&sequence.tokens[..sequence.prompt_len], cache);
+                }
+            }
             let id = sequence
                 .sampler
                 .next_token(&values[row * vocab..(row + 1) * vocab]);
@@ -386,6 +445,8 @@ impl<'a> Batcher<'a> {
         let cached: usize = self.running.iter().map(Sequence::read).sum();
         self.metrics
             .kv_cache_used(cached * self.budget.bytes_per_position);
+        self.metrics
+            .prefix_cache_used(self.prefix_positions() * self.budget.bytes_per_position);
     }
 }
 
@@ -439,6 +500,7 @@ fn finish(sequence: &mut Sequence, reason: FinishReason) {
     let _ = sequence.job.events.send(Event::Done {
         finish_reason: reason,
         completion_tokens: sequence.generated(),
+        cached_tokens: sequence.cached_tokens,
     });
 }
 
@@ -529,6 +591,7 @@ mod tests {
             max_batch: 4,
             kv_cache_bytes: None,
             prefill_chunk: 4,
+            prefix_cache: false,
         };
         let (together, metrics) = run_together(&prompts(), limits, 1000);
         assert!(
@@ -555,6 +618,7 @@ mod tests {
             max_batch: 4,
             kv_cache_bytes: None,
             prefill_chunk: 4,
+            prefix_cache: false,
         };
         let (events, metrics) = run_together(&prompts(), limits, 20);
         assert!(
@@ -566,6 +630,7 @@ mod tests {
                 Some(Event::Done {
                     finish_reason: FinishReason::Length,
                     completion_tokens: 12,
+                    ..
                 })
                 | Some(Event::Done {
                     finish_reason: FinishReason::Stop,
@@ -575,5 +640,55 @@ mod tests {
             }
         }
         assert_eq!(metric(&metrics, "ember_running_sequences"), 0.0);
+    }
+
+    /// With one sequence at a time, a prompt that begins with an earlier one's first 9
+    /// tokens starts from its two whole chunks of 4 (8 tokens) and gets exactly the
+    /// tokens it gets with prefix caching off; one sharing less than a chunk finds
+    /// nothing; the entry is evicted rather than a sequence preempted when the budget
+    /// runs short.
+    #[test]
+    fn prompts_sharing_whole_chunks_start_from_the_cached_ones() {
+        let shared: Vec<u32> = (0..9).map(|i| (i * 13 + 5) % 97).collect();
+        let with = |tail: &[u32]| [shared.as_slice(), tail].concat();
+        let prompts = vec![with(&[40, 41]), with(&[60]), vec![shared[0], 90, 91]];
+        let limits = BatchLimits {
+            max_batch: 1,
+            kv_cache_bytes: None,
+            prefill_chunk: 4,
+            prefix_cache: true,
+        };
+        let (cached, metrics) = run_together(&prompts, limits, 1000);
+        let uncached_limits = BatchLimits {
+            prefix_cache: false,
+            ..limits
+        };
+        let (uncached, plain_metrics) = run_together(&prompts, uncached_limits, 1000);
+        let found = |events: &[Event]| match events.last() {
+            Some(Event::Done { cached_tokens, .. }) => *cached_tokens,
+            other => panic!("{other:?}"),
+        };
+        let text = |events: &[Event]| -> Vec<Event> { events[..events.len() - 1].to_vec() };
+        for i in 0..3 {
+            assert_eq!(text(&cached[i]), text(&uncached[i]), "request {i}");
+            assert_eq!(found(&uncached[i]), 0);
+        }
+        assert_eq!(
+            [found(&cached[0]), found(&cached[1]), found(&cached[2])],
+            [0, 8, 0]
+        );
+        assert_eq!(metric(&metrics, "ember_prefix_cache_hits_total"), 1.0);
+        assert_eq!(metric(&metrics, "ember_prefix_cached_tokens_total"), 8.0);
+        assert!(metric(&metrics, "ember_prefix_cache_bytes") > 0.0);
+        assert_eq!(metric(&plain_metrics, "ember_prefix_cache_bytes"), 0.0);
+
+        // 26 positions: the first request grows to 24 (11 prompt tokens, 12 new, one
+        // more), so its 8-position entry is evicted as it decodes, before anything
+        // would be preempted; the second finds nothing and reads its whole prompt.
+        let (tight, tight_metrics) = run_together(&prompts[..2], limits, 26);
+        assert_eq!(text(&tight[1]), text(&uncached[1]));
+        assert_eq!(found(&tight[1]), 0);
+        assert_eq!(metric(&tight_metrics, "ember_prefix_cache_hits_total"), 0.0);
+        assert_eq!(metric(&tight_metrics, "ember_preemptions_total"), 0.0);
     }
 }

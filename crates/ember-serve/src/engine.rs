@@ -55,6 +55,8 @@ pub enum Event {
         finish_reason: FinishReason,
         /// Tokens generated.
         completion_tokens: usize,
+        /// Prompt tokens whose keys and values came from the prefix cache.
+        cached_tokens: usize,
     },
     /// The generation failed; why.
     Failed(String),
@@ -94,6 +96,9 @@ pub struct BatchLimits {
     /// A prompt is read this many tokens per step at most (chunked prefill), between
     /// the decoding steps of the running sequences.
     pub prefill_chunk: usize,
+    /// Whether prompts' whole chunks are kept (within the budget) for later prompts
+    /// that begin the same way.
+    pub prefix_cache: bool,
 }
 
 impl Default for BatchLimits {
@@ -102,6 +107,7 @@ impl Default for BatchLimits {
             max_batch: DEFAULT_MAX_BATCH,
             kv_cache_bytes: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            prefix_cache: true,
         }
     }
 }

@@ -101,6 +101,7 @@ pub mod engine;
 mod listen;
 mod metrics;
 mod middleware;
+mod prefix_cache;
 mod routes;
 mod stop_text;
 #[cfg(test)]

@@ -166,6 +166,9 @@ pub(crate) struct Metrics {
     kv_cache_bytes: AtomicUsize,
     kv_cache_budget_bytes: AtomicUsize,
     preemptions: AtomicU64,
+    prefix_cache_bytes: AtomicUsize,
+    prefix_cache_hits: AtomicU64,
+    prefix_cached_tokens: AtomicU64,
     prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     time_to_first_token: Histogram,
@@ -188,6 +191,9 @@ impl Metrics {
             kv_cache_bytes: AtomicUsize::new(0),
             kv_cache_budget_bytes: AtomicUsize::new(0),
             preemptions: AtomicU64::new(0),
+            prefix_cache_bytes: AtomicUsize::new(0),
+            prefix_cache_hits: AtomicU64::new(0),
+            prefix_cached_tokens: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             time_to_first_token: Histogram::new(TTFT_BUCKETS),
@@ -243,6 +249,18 @@ impl Metrics {
     /// Bytes the running sequences' keys and values take now.
     pub(crate) fn kv_cache_used(&self, bytes: usize) {
         self.kv_cache_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes the prefix cache holds now.
+    pub(crate) fn prefix_cache_used(&self, bytes: usize) {
+        self.prefix_cache_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// A prompt started from `tokens` cached tokens of an earlier one.
+    pub(crate) fn prefix_hit(&self, tokens: usize) {
+        self.prefix_cache_hits.fetch_add(1, Ordering::Relaxed);
+        self.prefix_cached_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
     }
 
     /// A sequence was preempted to keep the KV cache within its budget.
@@ -345,6 +363,27 @@ impl Metrics {
             "counter",
             "Sequences preempted (their cache freed, read again later) to stay within the KV cache budget.",
             self.preemptions.load(Ordering::Relaxed),
+        );
+        scalar(
+            &mut out,
+            "ember_prefix_cache_bytes",
+            "gauge",
+            "Bytes the prefix cache's keys and values take now (within the KV cache budget).",
+            self.prefix_cache_bytes.load(Ordering::Relaxed) as u64,
+        );
+        scalar(
+            &mut out,
+            "ember_prefix_cache_hits_total",
+            "counter",
+            "Prompts that started from the cached keys and values of an earlier prompt.",
+            self.prefix_cache_hits.load(Ordering::Relaxed),
+        );
+        scalar(
+            &mut out,
+            "ember_prefix_cached_tokens_total",
+            "counter",
+            "Prompt tokens not read because an earlier prompt's keys and values were cached.",
+            self.prefix_cached_tokens.load(Ordering::Relaxed),
         );
         scalar(
             &mut out,

@@ -519,8 +519,9 @@ async fn answer(
             Event::Done {
                 finish_reason,
                 completion_tokens,
+                cached_tokens,
             } => {
-                let usage = Usage::new(prompt_tokens, completion_tokens);
+                let usage = Usage::new(prompt_tokens, completion_tokens, cached_tokens);
                 return Ok(chunks.whole(text, finish_reason, usage));
             }
             Event::Failed(message) => return Err(ApiError::unavailable(message)),
@@ -678,12 +679,15 @@ fn sse_stream(
             Event::Done {
                 finish_reason,
                 completion_tokens,
+                cached_tokens,
             } => {
                 let mut events = vec![data(chunks.chunk(None, Some(finish_reason)))];
                 if include_usage {
-                    events.push(data(
-                        chunks.usage(Usage::new(prompt_tokens, completion_tokens)),
-                    ));
+                    events.push(data(chunks.usage(Usage::new(
+                        prompt_tokens,
+                        completion_tokens,
+                        cached_tokens,
+                    ))));
                 }
                 events.push(Ok(SseEvent::default().data("[DONE]")));
                 events
@@ -717,7 +721,7 @@ mod tests {
     /// The bodies are the ones the server wrote with `json!` before they were typed.
     #[test]
     fn response_bodies_have_openai_s_shape() {
-        let usage = Usage::new(3, 2);
+        let usage = Usage::new(3, 2, 0);
         let chat = Chunks {
             kind: Kind::Chat,
             id: "chatcmpl-1".into(),
@@ -730,7 +734,7 @@ mod tests {
             json!([{"index": 0, "message": {"role": "assistant", "content": "hi"},
                     "logprobs": null, "finish_reason": "stop"}]),
         );
-        whole["usage"] = json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5});
+        whole["usage"] = json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "prompt_tokens_details": {"cached_tokens": 0}});
         assert_eq!(
             parsed(chat.whole_json("hi".into(), FinishReason::Stop, usage)),
             whole

@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// sequences' decoding steps.
     #[arg(long, value_name = "TOKENS", default_value_t = ember_serve::engine::DEFAULT_PREFILL_CHUNK)]
     pub prefill_chunk: usize,
+    /// Do not keep prompts' keys and values for later prompts that begin the same way
+    /// (prefix caching; on by default, within --kv-cache-mb).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 /// A duration in seconds (decimals allowed).
@@ -102,6 +106,7 @@ impl ServeArgs {
                 max_batch: self.max_batch,
                 kv_cache_bytes: self.kv_cache_mb.map(|mib| mib.saturating_mul(1 << 20)),
                 prefill_chunk: self.prefill_chunk,
+                prefix_cache: !self.no_prefix_cache,
             },
             ..ServerOptions::default()
         }

@@ -1,6 +1,7 @@
 //! Continuous batching through the HTTP API (issue 26): concurrent requests get exactly
 //! what each gets alone, the KV cache budget bounds what runs and is the context when
-//! it is the smaller, and sequences that outgrow it are preempted and still finish.
+//! it is the smaller, sequences that outgrow it are preempted and still finish, and a
+//! prompt that begins like an earlier one starts from its cached keys and values.
 
 use futures_util::future::join_all;
 
@@ -26,9 +27,77 @@ fn batching(max_batch: usize, kv_cache_bytes: Option<usize>, prefill_chunk: usiz
             max_batch,
             kv_cache_bytes,
             prefill_chunk,
+            prefix_cache: true,
         },
         ..ServerOptions::default()
     })
+}
+
+/// Two chats with the same system prompt, one after the other: the second reads the
+/// system prompt's whole chunks from the prefix cache (`usage.prompt_tokens_details`,
+/// `/metrics`), and both replies are those of a server without prefix caching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_system_prompt_is_read_once_and_changes_no_reply() {
+    let body = |question: &str| {
+        chat(json!({
+            "messages": [
+                {"role": "system", "content": "You are a careful assistant who answers every question about the weather, the sea and the mountains in plain words."},
+                {"role": "user", "content": question}
+            ],
+            "max_tokens": 12
+        }))
+    };
+    let ask = |router: Router, question: &'static str| async move {
+        let (status, _, answer) =
+            send(&router, post("/v1/chat/completions", &body(question))).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        (
+            answer["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            answer["usage"]["prompt_tokens"].as_u64().unwrap(),
+            answer["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap(),
+        )
+    };
+    let without = server(ServerOptions {
+        batch: BatchLimits {
+            prefill_chunk: 4,
+            prefix_cache: false,
+            ..BatchLimits::default()
+        },
+        ..ServerOptions::default()
+    });
+    let with = batching(4, None, 4);
+    let mut replies = Vec::new();
+    for server in [&without, &with] {
+        let router = server.router();
+        let first = ask(router.clone(), "Why is the sky blue?").await;
+        let second = ask(router.clone(), "Is the sea cold?").await;
+        replies.push((first, second));
+    }
+    let [(plain_first, plain_second), (first, second)] = replies.try_into().unwrap();
+    assert_eq!((plain_first.2, plain_second.2, first.2), (0, 0, 0));
+    assert_eq!(
+        (first.0.as_str(), second.0.as_str()),
+        (plain_first.0.as_str(), plain_second.0.as_str())
+    );
+    // The system prompt is more than 20 tokens; whole chunks of 4, the last token
+    // always read.
+    let cached = second.2;
+    assert!(
+        cached >= 20 && cached % 4 == 0 && cached < second.1,
+        "{second:?}"
+    );
+    let (_, _, metrics) = send(&with.router(), get("/metrics")).await;
+    let samples = parse_metrics(metrics["raw"].as_str().unwrap());
+    assert_eq!(sample(&samples, "ember_prefix_cache_hits_total", &[]), 1.0);
+    assert_eq!(
+        sample(&samples, "ember_prefix_cached_tokens_total", &[]),
+        cached as f64
+    );
 }
 
 /// Prompts of different lengths (several longer than a chunk of 4 tokens), greedy and

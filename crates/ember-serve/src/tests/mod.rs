@@ -534,6 +534,7 @@ fn options_no_browser_or_client_could_use_are_refused() {
                 max_batch,
                 kv_cache_bytes,
                 prefill_chunk,
+                prefix_cache: true,
             },
             ..ServerOptions::default()
         }
