@@ -12,8 +12,10 @@ FILE holds what the CLI generates greedily for the same requests:
 
 Checks, in order: the model list; a chat completion at temperature 0 (text equal to
 chat.text, usage consistent); the same streamed (deltas concatenate to the same text,
-one finish_reason, a last usage chunk with no choices that matches); a completion
-and a streamed completion likewise; `stop` cutting the greedy text where the stop
+one finish_reason, a last usage chunk with no choices that matches); the chat with
+logprobs and top_logprobs (the SDK's types, the same text, the most likely token
+chosen at each position); a completion, one with logprobs, and a streamed completion
+likewise; `stop` cutting the greedy text where the stop
 string first occurs; `seed` reproducing a sampled answer; and the errors: a wrong
 API key (401, only when --api-key is given), an unknown model (404), a prompt longer
 than the context (400). Prints one JSON line and exits 0, or 1 at the first failure.
@@ -167,6 +169,23 @@ def main():
     chat_usage, chat_finish = r.usage, r.choices[0].finish_reason
     done.append("chat")
 
+    # --- chat with log probabilities: the SDK's types parse them, the text is the same,
+    # greedy decoding picks each position's most likely token, the bytes make the text
+    r = client.chat.completions.create(model=model, messages=chat["messages"],
+                                       max_tokens=chat["max_tokens"], temperature=0,
+                                       logprobs=True, top_logprobs=2)
+    check(r.choices[0].message.content == chat["text"],
+          f"chat logprobs: content {r.choices[0].message.content!r} != expected {chat['text']!r}")
+    entries = (r.choices[0].logprobs and r.choices[0].logprobs.content) or []
+    check(len(entries) > 0, f"chat logprobs: none returned: {r.choices[0].logprobs}")
+    for e in entries:
+        check(e.logprob <= 0 and len(e.top_logprobs) == 2 and e.top_logprobs[0].token == e.token
+              and e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob,
+              f"chat logprobs: entry {e}")
+    joined = b"".join(bytes(e.bytes) for e in entries).decode("utf-8", errors="replace")
+    check(joined == chat["text"], f"chat logprobs: the tokens' bytes give {joined!r}, not {chat['text']!r}")
+    done.append("chat_logprobs")
+
     # --- chat, streamed
     stream = client.chat.completions.create(model=model, messages=chat["messages"],
                                             max_tokens=chat["max_tokens"], temperature=0,
@@ -185,11 +204,22 @@ def main():
     check(len(r.choices) == 1 and r.choices[0].index == 0, f"completion: choices {r.choices}")
     check(r.choices[0].text == comp["text"],
           f"completion: text {r.choices[0].text!r} != expected {comp['text']!r}")
-    check(r.choices[0].logprobs is None, "completion: logprobs should be null")
+    check(r.choices[0].logprobs is None, "completion: logprobs should be null unless asked for")
     check_usage(r.usage, comp["max_tokens"], "completion")
     check_finish(r.choices[0].finish_reason, r.usage, comp["max_tokens"], "completion")
     comp_usage, comp_finish = r.usage, r.choices[0].finish_reason
     done.append("completion")
+
+    # --- completion with log probabilities (the legacy shape)
+    r = client.completions.create(model=model, prompt=comp["prompt"], max_tokens=comp["max_tokens"],
+                                  temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    check(r.choices[0].text == comp["text"], f"completion logprobs: text {r.choices[0].text!r}")
+    check(lp is not None and len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs)
+          == len(lp.text_offset) > 0, f"completion logprobs: {lp}")
+    check(all(len(top) == 2 and max(top.values()) == p for top, p in zip(lp.top_logprobs, lp.token_logprobs)),
+          f"completion logprobs: the chosen tokens should be the most likely: {lp}")
+    done.append("completion_logprobs")
 
     # --- completion, streamed
     stream = client.completions.create(model=model, prompt=comp["prompt"],

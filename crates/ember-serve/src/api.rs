@@ -219,10 +219,84 @@ pub struct Sampling {
     pub stream_options: StreamOptions,
 }
 
+/// The most alternatives per token: OpenAI's limits for its two APIs.
+pub const MAX_TOP_LOGPROBS_CHAT: usize = 20;
+/// See [`MAX_TOP_LOGPROBS_CHAT`].
+pub const MAX_LOGPROBS_COMPLETION: usize = 5;
+
+/// `logprobs` and `top_logprobs`, which mean different things in the two APIs.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct LogprobFields {
+    /// Chat: `true` to return the tokens' log probabilities. Completions: how many
+    /// alternatives to return per token (0 to 5), the tokens' own always.
+    pub logprobs: Option<Value>,
+    /// Chat: how many alternatives per token (0 to 20); needs `logprobs: true`.
+    pub top_logprobs: Option<Value>,
+}
+
+impl LogprobFields {
+    /// For a chat: `None` for no log probabilities, else the alternatives per token.
+    pub fn for_chat(&self) -> Result<Option<usize>, ApiError> {
+        let wanted = match &self.logprobs {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    Some("logprobs"),
+                    "logprobs must be true or false in a chat completion",
+                ));
+            }
+        };
+        let top = count("top_logprobs", &self.top_logprobs, MAX_TOP_LOGPROBS_CHAT)?;
+        match (wanted, top) {
+            (false, Some(n)) if n > 0 => Err(ApiError::invalid(
+                Some("top_logprobs"),
+                "top_logprobs needs logprobs: true",
+            )),
+            (false, _) => Ok(None),
+            (true, top) => Ok(Some(top.unwrap_or(0))),
+        }
+    }
+
+    /// For a completion: `None` for no log probabilities, else the alternatives per
+    /// token.
+    pub fn for_completion(&self) -> Result<Option<usize>, ApiError> {
+        if !matches!(self.top_logprobs, None | Some(Value::Null)) {
+            return Err(ApiError::invalid(
+                Some("top_logprobs"),
+                "top_logprobs is a chat completions field; completions take logprobs: N alternatives",
+            ));
+        }
+        count("logprobs", &self.logprobs, MAX_LOGPROBS_COMPLETION)
+    }
+}
+
+/// An optional whole number from 0 to `most`, else a 400 naming `field`.
+fn count(
+    field: &'static str,
+    value: &Option<Value>,
+    most: usize,
+) -> Result<Option<usize>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(|n| n as usize)
+            .filter(|&n| n <= most)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    Some(field),
+                    format!("{field} must be a whole number from 0 to {most}"),
+                )
+            }),
+    }
+}
+
 /// Fields of OpenAI's API that this server does not implement. None is ignored: a
 /// value that would change the answer is refused with a 400 naming the field
-/// ([`Unsupported::check`]); the value that asks for what happens anyway (`logprobs:
-/// false`, `presence_penalty: 0`, `response_format: {"type": "text"}`, ...) and null
+/// ([`Unsupported::check`]); the value that asks for what happens anyway
+/// (`presence_penalty: 0`, `response_format: {"type": "text"}`, ...) and null
 /// are accepted, since some clients send them by default. Other fields this server
 /// does not know (`user`, `metadata`, `store`, ...) change nothing and are accepted.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -237,10 +311,6 @@ pub struct Unsupported {
     pub function_call: Option<Value>,
     /// Accepted only as `{"type": "text"}` (no JSON mode, no structured outputs).
     pub response_format: Option<Value>,
-    /// Log probabilities are not returned: accepted only as `false`.
-    pub logprobs: Option<Value>,
-    /// Accepted only as 0.
-    pub top_logprobs: Option<Value>,
     /// Accepted only as `{}`.
     pub logit_bias: Option<Value>,
     /// Not implemented: accepted only as 0.
@@ -260,7 +330,7 @@ impl Unsupported {
     pub fn check(&self) -> Result<(), ApiError> {
         // A field, its value, whether the value is harmless, why it is refused.
         type Check<'a> = (&'static str, &'a Option<Value>, fn(&Value) -> bool, &'a str);
-        let checks: [Check; 13] = [
+        let checks: [Check; 11] = [
             (
                 "tools",
                 &self.tools,
@@ -293,18 +363,6 @@ impl Unsupported {
                         .is_some_and(|o| o.len() == 1 && o.get("type").is_some_and(|t| t == "text"))
                 },
                 "response_format other than {\"type\": \"text\"} is not supported (no JSON mode or structured outputs)",
-            ),
-            (
-                "logprobs",
-                &self.logprobs,
-                |v| v == false,
-                "logprobs are not supported",
-            ),
-            (
-                "top_logprobs",
-                &self.top_logprobs,
-                |v| v.as_f64() == Some(0.0),
-                "top_logprobs are not supported",
             ),
             (
                 "logit_bias",
@@ -411,6 +469,9 @@ pub struct ChatRequest {
     /// How to generate.
     #[serde(flatten)]
     pub sampling: Sampling,
+    /// Log probabilities to return.
+    #[serde(flatten)]
+    pub logprobs: LogprobFields,
     /// Fields refused unless harmless.
     #[serde(flatten)]
     pub unsupported: Unsupported,
@@ -426,6 +487,9 @@ pub struct CompletionRequest {
     /// How to generate.
     #[serde(flatten)]
     pub sampling: Sampling,
+    /// Log probabilities to return.
+    #[serde(flatten)]
+    pub logprobs: LogprobFields,
     /// Fields refused unless harmless.
     #[serde(flatten)]
     pub unsupported: Unsupported,
@@ -547,8 +611,8 @@ pub struct ChatChoice {
     pub index: usize,
     /// The reply.
     pub message: AssistantMessage,
-    /// Always null.
-    pub logprobs: Option<Value>,
+    /// The reply's tokens' log probabilities, when asked for; else null.
+    pub logprobs: Option<ChatLogprobs>,
     /// Why the reply ended.
     pub finish_reason: FinishReason,
 }
@@ -569,10 +633,59 @@ pub struct ChatChunkChoice {
     pub index: usize,
     /// What this chunk adds.
     pub delta: Delta,
-    /// Always null.
-    pub logprobs: Option<Value>,
+    /// The log probabilities of this chunk's tokens, when asked for; else null.
+    pub logprobs: Option<ChatLogprobs>,
     /// Null until the last chunk.
     pub finish_reason: Option<FinishReason>,
+}
+
+/// A chat reply's log probabilities (`choices[0].logprobs`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatLogprobs {
+    /// One entry per token of the text.
+    pub content: Vec<ChatTokenLogprob>,
+    /// Always null.
+    pub refusal: Option<String>,
+}
+
+/// One token of a chat reply.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatTokenLogprob {
+    /// Its text, or `bytes:\xNN..` when its bytes are not UTF-8 alone.
+    pub token: String,
+    /// ln p(token), under the model's own distribution (before temperature, top-k and
+    /// top-p).
+    pub logprob: f64,
+    /// Its UTF-8 bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at its position, most likely first (`top_logprobs` of
+    /// them).
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// An alternative at a position of a chat reply.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopLogprob {
+    /// Its text, as [`ChatTokenLogprob::token`].
+    pub token: String,
+    /// ln p(token).
+    pub logprob: f64,
+    /// Its UTF-8 bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A completion's log probabilities (the legacy API's shape).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompletionLogprobs {
+    /// The tokens' texts.
+    pub tokens: Vec<String>,
+    /// ln p(token) of each.
+    pub token_logprobs: Vec<f64>,
+    /// The `logprobs` most likely tokens at each position, text to log probability;
+    /// null when `logprobs` is 0.
+    pub top_logprobs: Option<Vec<serde_json::Map<String, Value>>>,
+    /// Characters of the completion before each token.
+    pub text_offset: Vec<usize>,
 }
 
 /// A streamed chat chunk's addition: the role (first chunk), some text, or nothing
@@ -613,8 +726,8 @@ pub struct TextChoice {
     pub index: usize,
     /// The text (a piece of it, in a stream).
     pub text: String,
-    /// Always null.
-    pub logprobs: Option<Value>,
+    /// Its tokens' log probabilities, when asked for; else null.
+    pub logprobs: Option<CompletionLogprobs>,
     /// Why the text ended; null in a stream until its last chunk.
     pub finish_reason: Option<FinishReason>,
 }

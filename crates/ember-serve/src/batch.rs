@@ -60,6 +60,7 @@ use ember_model::{CausalLm, KvCache, LanguageModel, PackedCaches, Sampler, check
 use ember_tokenizer::ModelTokenizer;
 
 use crate::engine::{BatchLimits, Event, FinishReason, Job, KvBudget};
+use crate::logprobs::{TokenLogprob, token_logprob};
 use crate::metrics::Metrics;
 use crate::prefix_cache::PrefixCache;
 use crate::stop_text::StopText;
@@ -98,6 +99,8 @@ struct Sequence<'a> {
     cached_tokens: usize,
     /// Whether its prompt was offered to the prefix cache.
     offered: bool,
+    /// Log probabilities of the tokens whose text has not been sent yet.
+    logprobs: Vec<TokenLogprob>,
 }
 
 /// How a sequence goes on after a token.
@@ -212,6 +215,7 @@ impl<'a> Batcher<'a> {
             started: None,
             cached_tokens: 0,
             offered: false,
+            logprobs: Vec::new(),
             job,
         });
     }
@@ -401,9 +405,14 @@ impl<'a> Batcher<'a> {
                     prefixes.offer(&sequence.tokens[..sequence.prompt_len], cache);
                 }
             }
-            let id = sequence
-                .sampler
-                .next_token(&values[row * vocab..(row + 1) * vocab]);
+            let logits = &values[row * vocab..(row + 1) * vocab];
+            let id = sequence.sampler.next_token(logits);
+            if let Some(top) = sequence.job.logprobs
+                && !sequence.sampler.config().stop_tokens.contains(&id)
+            {
+                let logprob = token_logprob(logits, id, top, self.tokenizer);
+                sequence.logprobs.push(logprob);
+            }
             match take_token(sequence, id, self.metrics, stop) {
                 Outcome::Continue => {}
                 Outcome::Finished(reason) => ended.push((i, Some(reason))),
@@ -465,8 +474,16 @@ fn take_token(sequence: &mut Sequence, id: u32, metrics: &Metrics, stop: &Atomic
     }
     let max_new_tokens = config.max_new_tokens;
     let (piece, stopped) = sequence.text.push(id);
-    if !piece.is_empty() && sequence.job.events.send(Event::Text(piece)).is_err() {
-        return Outcome::Cancelled;
+    if !piece.is_empty() {
+        let logprobs = std::mem::take(&mut sequence.logprobs);
+        if sequence
+            .job
+            .events
+            .send(Event::Text(piece, logprobs))
+            .is_err()
+        {
+            return Outcome::Cancelled;
+        }
     }
     if stopped {
         return Outcome::Finished(FinishReason::Stop);
@@ -483,8 +500,9 @@ fn take_token(sequence: &mut Sequence, id: u32, metrics: &Metrics, stop: &Atomic
 /// Sends what is left of the text and the end.
 fn finish(sequence: &mut Sequence, reason: FinishReason) {
     let rest = sequence.text.finish();
-    if !rest.is_empty() {
-        let _ = sequence.job.events.send(Event::Text(rest));
+    let logprobs = std::mem::take(&mut sequence.logprobs);
+    if !rest.is_empty() || !logprobs.is_empty() {
+        let _ = sequence.job.events.send(Event::Text(rest, logprobs));
     }
     let seconds = sequence
         .started
@@ -554,6 +572,7 @@ mod tests {
                 stop_strings: Vec::new(),
                 events,
                 arrived: Instant::now(),
+                logprobs: None,
             })
             .unwrap();
         }

@@ -21,6 +21,7 @@ use ember_tokenizer::ModelTokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::batch::Batcher;
+pub use crate::logprobs::TokenLogprob;
 use crate::metrics::Metrics;
 
 /// Why a generation ended, as OpenAI names it.
@@ -47,8 +48,10 @@ impl FinishReason {
 /// `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// The next piece of text.
-    Text(String),
+    /// The next piece of text, and the log probabilities of the tokens generated since
+    /// the last piece (when the job asked for them; a piece held back for a stop string
+    /// or an incomplete character comes with the tokens that made it).
+    Text(String, Vec<TokenLogprob>),
     /// The generation ended.
     Done {
         /// Why.
@@ -76,6 +79,9 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
     /// When the request arrived: the time to its first token is measured from here.
     pub arrived: Instant,
+    /// `Some(n)`: send each generated token's log probability and its `n` most likely
+    /// alternatives.
+    pub logprobs: Option<usize>,
 }
 
 /// The default of [`BatchLimits::max_batch`].

@@ -17,7 +17,7 @@
 //!   scheme in any case; an empty key is an error ([`ServeError::EmptyApiKey`]), not a
 //!   server that refuses everything.
 //! - A request field the server does not implement (`tools`, `response_format` other
-//!   than text, `logprobs`, non-zero penalties, `echo`, ...) is refused with a 400
+//!   than text, non-zero penalties, `echo`, ...) is refused with a 400
 //!   naming it (`"param"`), never ignored ([`api::Unsupported`]).
 //! - `POST` bodies must be `Content-Type: application/json` (else 415).
 //! - On a loopback address, a request whose `Host` is not `localhost`, `127.x.x.x` or
@@ -99,6 +99,7 @@ pub mod api;
 mod batch;
 pub mod engine;
 mod listen;
+mod logprobs;
 mod metrics;
 mod middleware;
 mod prefix_cache;

@@ -29,7 +29,8 @@ use crate::api::{
     CompletionRequest, Delta, Health, ModelCard, ModelList, Sampling, TextChoice, TextCompletion,
     Usage, clip, parse,
 };
-use crate::engine::{Engine, Event, FinishReason, Job};
+use crate::engine::{Engine, Event, FinishReason, Job, TokenLogprob};
+use crate::logprobs::{CharOffsets, chat_logprobs, completion_logprobs};
 use crate::metrics::{self, Metrics};
 use crate::middleware::{
     BodyStalled, Guard, check_host, cors, limit_body_pauses, measure, refuse_announced_oversize,
@@ -356,6 +357,7 @@ fn prepare_chat(state: &AppState, raw: &[u8]) -> Result<Prepared, ApiError> {
     let request: ChatRequest = parse(raw)?;
     state.check_model(&request.model)?;
     request.unsupported.check()?;
+    let logprobs = request.logprobs.for_chat()?;
     if request.messages.is_empty() {
         return Err(ApiError::invalid(Some("messages"), "messages is empty"));
     }
@@ -403,6 +405,7 @@ fn prepare_chat(state: &AppState, raw: &[u8]) -> Result<Prepared, ApiError> {
         config,
         stops,
         &request.sampling,
+        logprobs,
     ))
 }
 
@@ -418,6 +421,7 @@ fn prepare_completion(state: &AppState, raw: &[u8]) -> Result<Prepared, ApiError
     let request: CompletionRequest = parse(raw)?;
     state.check_model(&request.model)?;
     request.unsupported.check()?;
+    let logprobs = request.logprobs.for_completion()?;
     let prompt_ids = state
         .tokenizer
         .encode(&request.prompt.text()?)
@@ -431,6 +435,7 @@ fn prepare_completion(state: &AppState, raw: &[u8]) -> Result<Prepared, ApiError
         config,
         stops,
         &request.sampling,
+        logprobs,
     ))
 }
 
@@ -442,6 +447,8 @@ struct Prepared {
     stops: Vec<String>,
     stream: bool,
     include_usage: bool,
+    /// Alternatives per token, when log probabilities are asked for.
+    logprobs: Option<usize>,
 }
 
 impl Prepared {
@@ -451,6 +458,7 @@ impl Prepared {
         config: GenerationConfig,
         stops: Vec<String>,
         sampling: &Sampling,
+        logprobs: Option<usize>,
     ) -> Self {
         Self {
             id,
@@ -459,6 +467,7 @@ impl Prepared {
             stops,
             stream: sampling.stream,
             include_usage: sampling.stream_options.include_usage,
+            logprobs,
         }
     }
 }
@@ -483,6 +492,7 @@ async fn answer(
         stops,
         stream,
         include_usage,
+        logprobs,
     } = prepared;
     let (events, receiver) = unbounded_channel();
     let prompt_tokens = prompt_ids.len();
@@ -493,6 +503,7 @@ async fn answer(
         stop_strings: stops,
         events,
         arrived,
+        logprobs,
     };
     if !state.engine.submit(job) {
         return Err(ApiError::unavailable("the generation thread has stopped"));
@@ -502,6 +513,7 @@ async fn answer(
         id,
         created: unix_time(),
         model: state.model_id.clone(),
+        logprobs,
     };
     if stream {
         let stream = sse_stream(chunks, receiver, prompt_tokens, include_usage);
@@ -513,16 +525,20 @@ async fn answer(
     // Dropping this future (the client left) drops `receiver`, which cancels the job.
     let mut receiver = receiver;
     let mut text = String::new();
+    let mut tokens = Vec::new();
     while let Some(event) = receiver.recv().await {
         match event {
-            Event::Text(piece) => text.push_str(&piece),
+            Event::Text(piece, logprobs) => {
+                text.push_str(&piece);
+                tokens.extend(logprobs);
+            }
             Event::Done {
                 finish_reason,
                 completion_tokens,
                 cached_tokens,
             } => {
                 let usage = Usage::new(prompt_tokens, completion_tokens, cached_tokens);
-                return Ok(chunks.whole(text, finish_reason, usage));
+                return Ok(chunks.whole(text, &tokens, finish_reason, usage));
             }
             Event::Failed(message) => return Err(ApiError::unavailable(message)),
         }
@@ -536,19 +552,33 @@ struct Chunks {
     id: String,
     created: u64,
     model: String,
+    /// Alternatives per token, when log probabilities were asked for.
+    logprobs: Option<usize>,
 }
 
 impl Chunks {
-    /// The whole answer.
-    fn whole(&self, text: String, finish: FinishReason, usage: Usage) -> Response {
+    /// The whole answer; `tokens` are the log probabilities of its tokens.
+    fn whole(
+        &self,
+        text: String,
+        tokens: &[TokenLogprob],
+        finish: FinishReason,
+        usage: Usage,
+    ) -> Response {
         (
             [(header::CONTENT_TYPE, "application/json")],
-            self.whole_json(text, finish, usage),
+            self.whole_json(text, tokens, finish, usage),
         )
             .into_response()
     }
 
-    fn whole_json(&self, text: String, finish: FinishReason, usage: Usage) -> String {
+    fn whole_json(
+        &self,
+        text: String,
+        tokens: &[TokenLogprob],
+        finish: FinishReason,
+        usage: Usage,
+    ) -> String {
         match self.kind {
             Kind::Chat => to_json(&self.chat(
                 "chat.completion",
@@ -558,7 +588,7 @@ impl Chunks {
                         role: "assistant",
                         content: text,
                     },
-                    logprobs: None,
+                    logprobs: self.logprobs.map(|_| chat_logprobs(tokens)),
                     finish_reason: finish,
                 }],
                 Some(usage),
@@ -567,7 +597,10 @@ impl Chunks {
                 vec![TextChoice {
                     index: 0,
                     text,
-                    logprobs: None,
+                    logprobs:
+                        self.logprobs.map(|top| {
+                            completion_logprobs(tokens, top, &mut CharOffsets::default())
+                        }),
                     finish_reason: Some(finish),
                 }],
                 Some(usage),
@@ -576,8 +609,16 @@ impl Chunks {
     }
 
     /// One streamed chunk: a piece of text (`None`: the opening chunk of a chat, which
-    /// names the role), or the end.
-    fn chunk(&self, text: Option<&str>, finish: Option<FinishReason>) -> String {
+    /// names the role) with its tokens' log probabilities (`offsets` counts the
+    /// characters sent before), or the end.
+    fn chunk(
+        &self,
+        text: Option<&str>,
+        tokens: &[TokenLogprob],
+        offsets: &mut CharOffsets,
+        finish: Option<FinishReason>,
+    ) -> String {
+        let asked = self.logprobs.filter(|_| !tokens.is_empty());
         match self.kind {
             Kind::Chat => {
                 let delta = match (text, finish) {
@@ -594,7 +635,7 @@ impl Chunks {
                 let choice = ChatChunkChoice {
                     index: 0,
                     delta,
-                    logprobs: None,
+                    logprobs: asked.map(|_| chat_logprobs(tokens)),
                     finish_reason: finish,
                 };
                 to_json(&self.chat("chat.completion.chunk", vec![choice], None))
@@ -603,7 +644,7 @@ impl Chunks {
                 vec![TextChoice {
                     index: 0,
                     text: text.unwrap_or("").to_string(),
-                    logprobs: None,
+                    logprobs: asked.map(|top| completion_logprobs(tokens, top, offsets)),
                     finish_reason: finish,
                 }],
                 None,
@@ -669,19 +710,30 @@ fn sse_stream(
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let chunks = Arc::new(chunks);
+    let mut offsets = CharOffsets::default();
     let opening = match chunks.kind {
-        Kind::Chat => vec![data(chunks.chunk(None, None))],
+        Kind::Chat => vec![data(chunks.chunk(None, &[], &mut offsets, None))],
         Kind::Completion => Vec::new(),
     };
     let body = UnboundedReceiverStream::new(receiver).flat_map(move |event| {
         let events = match event {
-            Event::Text(piece) => vec![data(chunks.chunk(Some(&piece), None))],
+            Event::Text(piece, logprobs) => vec![data(chunks.chunk(
+                Some(&piece),
+                &logprobs,
+                &mut offsets,
+                None,
+            ))],
             Event::Done {
                 finish_reason,
                 completion_tokens,
                 cached_tokens,
             } => {
-                let mut events = vec![data(chunks.chunk(None, Some(finish_reason)))];
+                let mut events = vec![data(chunks.chunk(
+                    None,
+                    &[],
+                    &mut offsets,
+                    Some(finish_reason),
+                ))];
                 if include_usage {
                     events.push(data(chunks.usage(Usage::new(
                         prompt_tokens,
@@ -727,6 +779,7 @@ mod tests {
             id: "chatcmpl-1".into(),
             created: 7,
             model: "m".into(),
+            logprobs: None,
         };
         let envelope = |object: &str, choices: Value| json!({"id": "chatcmpl-1", "object": object, "created": 7, "model": "m", "choices": choices});
         let mut whole = envelope(
@@ -736,7 +789,7 @@ mod tests {
         );
         whole["usage"] = json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "prompt_tokens_details": {"cached_tokens": 0}});
         assert_eq!(
-            parsed(chat.whole_json("hi".into(), FinishReason::Stop, usage)),
+            parsed(chat.whole_json("hi".into(), &[], FinishReason::Stop, usage)),
             whole
         );
         let chunk = |delta: Value, finish: Value| {
@@ -746,15 +799,20 @@ mod tests {
             )
         };
         assert_eq!(
-            parsed(chat.chunk(None, None)),
+            parsed(chat.chunk(None, &[], &mut CharOffsets::default(), None)),
             chunk(json!({"role": "assistant", "content": ""}), Value::Null)
         );
         assert_eq!(
-            parsed(chat.chunk(Some("x"), None)),
+            parsed(chat.chunk(Some("x"), &[], &mut CharOffsets::default(), None)),
             chunk(json!({"content": "x"}), Value::Null)
         );
         assert_eq!(
-            parsed(chat.chunk(None, Some(FinishReason::Length))),
+            parsed(chat.chunk(
+                None,
+                &[],
+                &mut CharOffsets::default(),
+                Some(FinishReason::Length)
+            )),
             chunk(json!({}), json!("length"))
         );
         let mut last = envelope("chat.completion.chunk", json!([]));
@@ -772,18 +830,23 @@ mod tests {
         );
         whole["usage"] = json!(usage);
         assert_eq!(
-            parsed(text.whole_json("hi".into(), FinishReason::Length, usage)),
+            parsed(text.whole_json("hi".into(), &[], FinishReason::Length, usage)),
             whole
         );
         assert_eq!(
-            parsed(text.chunk(Some("x"), None)),
+            parsed(text.chunk(Some("x"), &[], &mut CharOffsets::default(), None)),
             envelope(
                 "text_completion",
                 json!([{"index": 0, "text": "x", "logprobs": null, "finish_reason": null}])
             )
         );
         assert_eq!(
-            parsed(text.chunk(None, Some(FinishReason::Stop))),
+            parsed(text.chunk(
+                None,
+                &[],
+                &mut CharOffsets::default(),
+                Some(FinishReason::Stop)
+            )),
             envelope(
                 "text_completion",
                 json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"}])
@@ -804,5 +867,77 @@ mod tests {
             serde_json::to_value(error.body()).unwrap(),
             json!({"error": {"message": "x", "type": "server_error", "param": null, "code": null}})
         );
+    }
+
+    /// Log probabilities as OpenAI shapes them: a chat's `content` entries (with
+    /// `bytes` and the alternatives), a completion's parallel lists with character
+    /// offsets that carry across streamed chunks; null in a chunk without tokens.
+    #[test]
+    fn log_probabilities_have_openai_s_shape() {
+        let token = |bytes: &[u8], logprob: f64, top: &[(&[u8], f64)]| TokenLogprob {
+            bytes: bytes.to_vec(),
+            logprob,
+            top: top.iter().map(|(b, lp)| (b.to_vec(), *lp)).collect(),
+        };
+        let tokens = [
+            token(b"Hi", -0.5, &[(b"Hi", -0.5), (b"Yo", -1.5)]),
+            token(&[0xc3], -0.25, &[(&[0xc3], -0.25), (b"!", -2.0)]),
+            token(&[0xa9], -1.0, &[(&[0xa9], -1.0), (b"?", -3.0)]),
+        ];
+        let usage = Usage::new(3, 3, 0);
+        let chat = Chunks {
+            kind: Kind::Chat,
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "m".into(),
+            logprobs: Some(2),
+        };
+        let whole =
+            parsed(chat.whole_json("Hi\u{e9}".into(), &tokens, FinishReason::Length, usage));
+        let entry = |t: &str, lp: f64, b: Value| json!({"token": t, "logprob": lp, "bytes": b});
+        let mut first = entry("Hi", -0.5, json!([72, 105]));
+        first["top_logprobs"] = json!([
+            entry("Hi", -0.5, json!([72, 105])),
+            entry("Yo", -1.5, json!([89, 111]))
+        ]);
+        assert_eq!(whole["choices"][0]["logprobs"]["content"][0], first);
+        assert_eq!(whole["choices"][0]["logprobs"]["refusal"], Value::Null);
+        let second = &whole["choices"][0]["logprobs"]["content"][1];
+        assert_eq!(second["token"], "bytes:\\xc3");
+        assert_eq!(second["bytes"], json!([0xc3]));
+        let mut offsets = CharOffsets::default();
+        let piece = parsed(chat.chunk(Some("Hi"), &tokens[..1], &mut offsets, None));
+        assert_eq!(piece["choices"][0]["logprobs"]["content"][0], first);
+        let end = parsed(chat.chunk(None, &[], &mut offsets, Some(FinishReason::Stop)));
+        assert_eq!(end["choices"][0]["logprobs"], Value::Null);
+
+        let text = Chunks {
+            kind: Kind::Completion,
+            ..chat
+        };
+        let whole =
+            parsed(text.whole_json("Hi\u{e9}".into(), &tokens, FinishReason::Length, usage));
+        assert_eq!(
+            whole["choices"][0]["logprobs"],
+            json!({
+                "tokens": ["Hi", "bytes:\\xc3", "bytes:\\xa9"],
+                "token_logprobs": [-0.5, -0.25, -1.0],
+                "top_logprobs": [{"Hi": -0.5, "Yo": -1.5}, {"bytes:\\xc3": -0.25, "!": -2.0},
+                                 {"bytes:\\xa9": -1.0, "?": -3.0}],
+                "text_offset": [0, 2, 2]
+            })
+        );
+        // Streamed, the offsets go on from chunk to chunk.
+        let mut offsets = CharOffsets::default();
+        let a = parsed(text.chunk(Some("Hi"), &tokens[..1], &mut offsets, None));
+        let b = parsed(text.chunk(Some("\u{e9}"), &tokens[1..], &mut offsets, None));
+        assert_eq!(a["choices"][0]["logprobs"]["text_offset"], json!([0]));
+        assert_eq!(b["choices"][0]["logprobs"]["text_offset"], json!([2, 2]));
+        let none = Chunks {
+            logprobs: Some(0),
+            ..text
+        };
+        let zero = parsed(none.whole_json("Hi".into(), &tokens[..1], FinishReason::Stop, usage));
+        assert_eq!(zero["choices"][0]["logprobs"]["top_logprobs"], Value::Null);
     }
 }

@@ -21,6 +21,7 @@ use tower::ServiceExt;
 use crate::{ServeError, Server, ServerOptions};
 
 mod batching;
+mod logprobs;
 
 const MODEL: &str = "tiny";
 
@@ -181,8 +182,9 @@ async fn unsupported_fields_are_refused_naming_the_field() {
             "response_format",
             json!({"type": "json_schema", "json_schema": {"name": "x"}}),
         ),
-        ("logprobs", json!(true)),
+        ("logprobs", json!(1)),
         ("top_logprobs", json!(3)),
+        ("top_logprobs", json!(-1)),
         ("logit_bias", json!({"50256": -100})),
         ("presence_penalty", json!(0.5)),
         ("frequency_penalty", json!(-1)),
@@ -200,8 +202,9 @@ async fn unsupported_fields_are_refused_naming_the_field() {
         ("echo", json!(true)),
         ("best_of", json!(2)),
         ("suffix", json!(" the end")),
-        ("logprobs", json!(1)),
-        ("logprobs", json!(0)),
+        ("logprobs", json!(6)),
+        ("logprobs", json!(true)),
+        ("top_logprobs", json!(2)),
         ("presence_penalty", json!(1)),
         ("n", json!(3)),
     ];
