@@ -4,6 +4,7 @@
 Usage:
     python load_test.py --base-url http://127.0.0.1:PORT --clients 8 --requests 20 \
         --max-tokens 16 [--api-key KEY] [--pid PID] [--system-words N]
+        [--duration SECONDS] [--cancel-fraction F]
 
 Each of --clients threads sends --requests chat completions one after the other
 (temperature 0.8, seed client*1000+i, a short prompt), streamed. At the end one JSON
@@ -14,14 +15,21 @@ between pieces (a piece is a token, except where a character spans tokens); with
 second during, and after the run, so that growth shows. With --system-words, every
 request begins with the same system message of that many words (a shared prefix, as
 an application's system prompt is) and the report adds the prompt tokens the server
-took from its prefix cache (usage.prompt_tokens_details.cached_tokens). Exits 0 only
-when every request succeeded.
+took from its prefix cache (usage.prompt_tokens_details.cached_tokens). A soak:
+--duration makes each client go on sending until that many seconds have passed
+(instead of --requests each), and --cancel-fraction abandons that share of the
+requests (chosen by a seeded generator) after their first piece of text, closing the
+connection as a departing client does; those count as cancelled, not failed, and the
+memory report adds the largest resident size of the first and of the last window
+(a minute, or a third of the run if shorter).
+Exits 0 only when every request not cancelled succeeded.
 
 Only loopback addresses are meant as targets: this is a test of a local server.
 """
 
 import argparse
 import json
+import random
 import sys
 import threading
 import time
@@ -58,9 +66,14 @@ def percentile(sorted_values, p):
     return sorted_values[int(rank) - 1]
 
 
-def request_stream(url, body, headers, timeout, t0):
+class Cancelled(Exception):
+    """The client left after the first piece of text, as asked."""
+
+
+def request_stream(url, body, headers, timeout, t0, cancel=False):
     """POSTs a streamed chat completion; returns (status, text, usage, seconds to the
-    first piece of text, seconds between pieces)."""
+    first piece of text, seconds between pieces). With `cancel`, closes the connection
+    after the first piece of text and raises Cancelled."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     text, usage, first, last, gaps = "", None, None, None, []
     with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -84,6 +97,8 @@ def request_stream(url, body, headers, timeout, t0):
                         gaps.append(now - last)
                     last = now
                     text += piece
+                    if cancel:
+                        raise Cancelled()
         return r.status, text, usage, first, gaps
 
 
@@ -102,6 +117,10 @@ def main():
     ap.add_argument("--api-key")
     ap.add_argument("--pid", type=int, help="the server's process id, to sample its memory")
     ap.add_argument("--timeout", type=float, default=300, help="seconds one request may take")
+    ap.add_argument("--duration", type=float,
+                    help="seconds each client goes on sending (a soak), instead of --requests")
+    ap.add_argument("--cancel-fraction", type=float, default=0.0,
+                    help="share of requests abandoned after their first piece of text (default 0)")
     ap.add_argument("--system-words", type=int, default=0,
                     help="a system message of this many words shared by every request (default none)")
     args = ap.parse_args()
@@ -130,6 +149,8 @@ def main():
     between_pieces = []     # seconds between two pieces of one answer
     completion_tokens = [0]
     cached_tokens = [0]     # prompt tokens the server's prefix cache supplied
+    cancelled = [0]         # requests abandoned on purpose (--cancel-fraction)
+    sent = [0]              # requests started
     failures = []           # (client, i, reason), the first few kept in the report
     statuses = {}           # HTTP status (or "error") -> count
 
@@ -141,11 +162,18 @@ def main():
         while not stop_sampling.wait(1.0):
             v = rss_mib(args.pid)
             if v is not None:
-                rss.append(v)
+                rss.append((time.monotonic(), v))
 
     def client(c, barrier):
         barrier.wait()  # all clients start together
-        for i in range(args.requests):
+        rng = random.Random(c)
+        deadline = time.monotonic() + args.duration if args.duration else None
+        i = 0
+        while (time.monotonic() < deadline) if deadline else (i < args.requests):
+            i += 1
+            cancel = rng.random() < args.cancel_fraction
+            with lock:
+                sent[0] += 1
             body = {
                 "model": model,
                 "messages": ([{"role": "system", "content": system}] if system else [])
@@ -158,7 +186,7 @@ def main():
             }
             t0 = time.monotonic()
             try:
-                status, content, usage, first, gaps = request_stream(url, body, headers, args.timeout, t0)
+                status, content, usage, first, gaps = request_stream(url, body, headers, args.timeout, t0, cancel)
                 elapsed = time.monotonic() - t0
                 # A 200 must still be a well-formed answer to count as a success.
                 n = (usage or {}).get("completion_tokens")
@@ -172,6 +200,9 @@ def main():
                     between_pieces.extend(gaps)
                     completion_tokens[0] += n
                     cached_tokens[0] += ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+            except Cancelled:
+                with lock:
+                    cancelled[0] += 1
             except urllib.error.HTTPError as e:
                 detail = e.read()[:200].decode(errors="replace")
                 with lock:
@@ -203,7 +234,7 @@ def main():
         time.sleep(1.0)
     rss_after = rss_mib(args.pid) if args.pid else None
 
-    total = args.clients * args.requests
+    total = sent[0]
     lat = sorted(latencies)
     ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
     spread = lambda values: {p: ms(percentile(sorted(values), int(p[1:]))) for p in ("p50", "p90", "p99")}  # noqa: E731
@@ -213,6 +244,7 @@ def main():
         "clients": args.clients,
         "requests": total,
         "succeeded": len(lat),
+        "cancelled": cancelled[0],
         "failures": len(failures),
         "statuses": {str(k): v for k, v in sorted(statuses.items(), key=lambda kv: str(kv[0]))},
         "wall_s": round(wall, 2),
@@ -230,7 +262,8 @@ def main():
         "inter_token_ms": spread(between_pieces),
     }
     if args.pid:
-        samples = [v for v in [rss_before, *rss, rss_after] if v is not None]
+        during = [v for _, v in rss]
+        samples = [v for v in [rss_before, *during, rss_after] if v is not None]
         report["rss_mib"] = {
             "first": round(samples[0], 1) if samples else None,
             "max": round(max(samples), 1) if samples else None,
@@ -238,6 +271,13 @@ def main():
             "samples": len(samples),
             "alive_after": rss_after is not None,  # False: the server died during the run
         }
+        if args.duration and rss:
+            # A soak: memory should not grow from the first window to the last.
+            window = min(60.0, args.duration / 3)
+            t_first, t_last = rss[0][0], rss[-1][0]
+            report["rss_mib"]["window_s"] = window
+            report["rss_mib"]["first_window_max"] = round(max(v for t, v in rss if t <= t_first + window), 1)
+            report["rss_mib"]["last_window_max"] = round(max(v for t, v in rss if t >= t_last - window), 1)
     if failures:
         report["first_failures"] = [f"client {c} request {i}: {why}" for c, i, why in failures[:5]]
     print(json.dumps(report))

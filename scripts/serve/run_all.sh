@@ -5,9 +5,13 @@
 #
 #   scripts/serve/run_all.sh [--ember PATH] [--model DIR] [--screenshot PNG]
 #                            [--skip-browser] [--clients N] [--requests N]
+#                            [--soak SECONDS]
 #
-# Defaults: target/release/ember, tests/fixtures/tiny-qwen3, 8 clients x 20 requests.
-# The load test's JSON line is printed last (docs/serving.md records one).
+# Defaults: target/release/ember, tests/fixtures/tiny-qwen3, 8 clients x 20 requests,
+# then a soak of 90 s: 16 clients, a quarter of their requests abandoned after the
+# first piece of text; it fails if the server's memory in its last window is more than
+# 10% (+8 MiB) above its first. The load test's and the soak's JSON lines are printed
+# last (docs/serving.md records them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 EMBER=target/release/ember
@@ -16,6 +20,7 @@ SCREENSHOT=""
 BROWSER=1
 CLIENTS=8
 REQUESTS=20
+SOAK=90
 while [ $# -gt 0 ]; do
   case "$1" in
     --ember) EMBER="$2"; shift 2 ;;
@@ -24,6 +29,7 @@ while [ $# -gt 0 ]; do
     --skip-browser) BROWSER=0; shift ;;
     --clients) CLIENTS="$2"; shift 2 ;;
     --requests) REQUESTS="$2"; shift 2 ;;
+    --soak) SOAK="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -81,6 +87,15 @@ fi
 
 python3 scripts/serve/load_test.py --base-url "$URL" --api-key "$KEY" --clients "$CLIENTS" \
   --requests "$REQUESTS" --max-tokens 16 --pid "$SERVER"
+python3 scripts/serve/load_test.py --base-url "$URL" --api-key "$KEY" --clients 16 \
+  --duration "$SOAK" --cancel-fraction 0.25 --max-tokens 32 --pid "$SERVER" | tee "$WORK/soak.json"
+python3 - "$WORK/soak.json" <<'CHECK'
+import json, sys
+rss = json.load(open(sys.argv[1]))["rss_mib"]
+first, last = rss["first_window_max"], rss["last_window_max"]
+if not rss["alive_after"] or last > first * 1.10 + 8:
+    sys.exit(f"soak: memory grew from {first} MiB to {last} MiB (or the server died): {rss}")
+CHECK
 kill -TERM "$SERVER"
 wait "$SERVER" || { echo "the server did not stop cleanly" >&2; exit 1; }
 SERVER=""
