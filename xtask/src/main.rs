@@ -236,7 +236,7 @@ const GPT2_SMALL_GENERATE: &[&str] = &["--mode", "generate", "--preset", "gpt2-s
 const EMBER_BF16: &[&str] = &["--precision", "bf16"];
 const TORCH_BF16: &[&str] = &["--dtype", "bf16"];
 
-const MEASUREMENTS: [Measurement; 10] = [
+const MEASUREMENTS: [Measurement; 11] = [
     Measurement {
         name: "train tiny (tokens/s)",
         shared: TINY_TRAIN,
@@ -323,6 +323,27 @@ const MEASUREMENTS: [Measurement; 10] = [
             "bf16",
         ],
         reference: (HF_SCRIPT, &["--config", QWEN3_CONFIG, "--dtype", "bf16"]),
+        key: "kv_cache",
+    },
+    // Eight sequences at once: Ember's packed decoding steps (a server's batch, each
+    // sequence's bits as alone), transformers' static batch; new tokens of all eight.
+    Measurement {
+        name: "generate Qwen3-0.6B shape, bf16, 8 sequences together (new tokens/s)",
+        shared: &[],
+        ember: &[
+            "--mode",
+            "generate",
+            "--model-config",
+            QWEN3_CONFIG,
+            "--dtype",
+            "bf16",
+            "--sequences",
+            "8",
+        ],
+        reference: (
+            HF_SCRIPT,
+            &["--config", QWEN3_CONFIG, "--dtype", "bf16", "--batch", "8"],
+        ),
         key: "kv_cache",
     },
 ];

@@ -26,6 +26,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::cpu::{CpuBackend, MatrixView, with_cpu_backend};
+use crate::half_dot;
 
 /// A 16-bit float format for weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,7 +37,9 @@ pub enum HalfKind {
     F16,
 }
 
-/// A matrix of 16-bit floats, row-major `[rows, cols]` (a weight's `[out, in]`).
+/// A matrix of 16-bit floats, `[rows, cols]` (a weight's `[out, in]`), stored in
+/// panels of four rows interleaved eight values at a time, the order the products read
+/// them in (`half_dot.rs`).
 #[derive(Debug)]
 pub struct HalfMatrix {
     kind: HalfKind,
@@ -50,32 +53,34 @@ impl HalfMatrix {
     /// PyTorch's `.to(dtype)` does.
     pub fn from_f32(kind: HalfKind, rows: usize, cols: usize, values: &[f32]) -> Self {
         assert_eq!(values.len(), rows * cols, "{rows} x {cols} values");
-        // Written in place: no per-thread pieces that the allocator would keep.
-        let mut bits = vec![0u16; values.len()];
-        bits.par_chunks_mut(1 << 16)
-            .zip(values.par_chunks(1 << 16))
-            .for_each(|(out, chunk)| {
-                for (o, &v) in out.iter_mut().zip(chunk) {
-                    *o = to_half_bits(kind, v);
-                }
-            });
-        Self {
-            kind,
-            rows,
-            cols,
-            bits,
-        }
+        Self::from_fn(kind, rows, cols, |r, c| values[r * cols + c])
     }
 
     /// The transpose of `values` (row-major `[cols, rows]`) rounded to `kind`: a
     /// `[rows, cols]` matrix from a weight stored the other way round.
     pub fn from_f32_transposed(kind: HalfKind, rows: usize, cols: usize, values: &[f32]) -> Self {
         assert_eq!(values.len(), rows * cols, "{cols} x {rows} values");
-        let mut bits = vec![0u16; rows * cols];
-        if cols > 0 {
-            bits.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
-                for (c, out) in row.iter_mut().enumerate() {
-                    *out = to_half_bits(kind, values[c * rows + r]);
+        Self::from_fn(kind, rows, cols, |r, c| values[c * rows + r])
+    }
+
+    /// The matrix of `value(r, c)` rounded to `kind`, written panel by panel in
+    /// parallel, in place (no per-thread pieces that the allocator would keep).
+    fn from_fn(
+        kind: HalfKind,
+        rows: usize,
+        cols: usize,
+        value: impl Fn(usize, usize) -> f32 + Sync,
+    ) -> Self {
+        let panel = half_dot::panel_len(cols);
+        let mut bits = vec![0u16; rows.div_ceil(half_dot::PANEL_ROWS) * panel];
+        if panel > 0 {
+            bits.par_chunks_mut(panel).enumerate().for_each(|(p, out)| {
+                let first = p * half_dot::PANEL_ROWS;
+                for r in first..(first + half_dot::PANEL_ROWS).min(rows) {
+                    for c in 0..cols {
+                        out[half_dot::panel_index(cols, r - first, c)] =
+                            to_half_bits(kind, value(r, c));
+                    }
                 }
             });
         }
@@ -104,14 +109,18 @@ impl HalfMatrix {
 
     /// Row `r` as f32 into `out` (`cols` long).
     fn row_into(&self, r: usize, out: &mut [f32]) {
-        let bits = &self.bits[r * self.cols..(r + 1) * self.cols];
-        match self.kind {
-            HalfKind::Bf16 => bits
-                .iter()
-                .zip(out.iter_mut())
-                .for_each(|(&b, o)| *o = f32::from_bits((b as u32) << 16)),
-            // `half` converts slices with F16C where the CPU has it.
-            HalfKind::F16 => half_bits_as_f16(bits).convert_to_f32_slice(out),
+        let lanes = half_dot::LANES;
+        for (v, out) in out[..self.cols].chunks_mut(lanes).enumerate() {
+            let start = half_dot::panel_index(self.cols, r, v * lanes);
+            let bits = &self.bits[start..start + out.len()];
+            match self.kind {
+                HalfKind::Bf16 => bits
+                    .iter()
+                    .zip(out.iter_mut())
+                    .for_each(|(&b, o)| *o = f32::from_bits((b as u32) << 16)),
+                // `half` converts slices with F16C where the CPU has it.
+                HalfKind::F16 => half_bits_as_f16(bits).convert_to_f32_slice(out),
+            }
         }
     }
 
@@ -294,8 +303,9 @@ fn product_on<B: CpuBackend>(
     Some(B::from_plain(B::new_tensor(&[tokens, m.dims()[0]], values)))
 }
 
-/// Output rows per task: one task converts and reads 64 weight rows.
+/// Output rows per task: one task converts and reads 64 weight rows (whole panels).
 const ROWS_PER_TASK: usize = 64;
+const _: () = assert!(ROWS_PER_TASK.is_multiple_of(half_dot::PANEL_ROWS));
 /// From this many tokens on, a task converts its rows to f32 once and multiplies them
 /// with `gemm` (compute-bound prompts); below, it takes dot products (memory-bound
 /// decoding).
@@ -342,10 +352,9 @@ fn product(x: &[f32], tokens: usize, m: &HalfMatrix, row_invariant: bool) -> Vec
     out
 }
 
-/// `x · M[rows]ᵀ`, stored `[rows, tokens]`: dot products for few tokens, `gemm` for
-/// many; with `row_invariant`, dot products for any number (each token's result the
-/// bits it has alone: the single-token path's bf16 dot product and the f32 one of a
-/// converted row are the same arithmetic).
+/// `x · M[rows]ᵀ`, stored `[rows, tokens]`: blocked dot products for few tokens,
+/// `gemm` for many; with `row_invariant`, the dot products for any number (each token's
+/// result the bits it has alone: [`crate::half_dot`]).
 fn block_product(
     x: &[f32],
     tokens: usize,
@@ -365,143 +374,19 @@ fn block_product(
         let xt = MatrixView::new(x.as_ptr(), (k, tokens), 1, k as isize);
         return crate::matmul::gemm_on_this_thread(w, xt);
     }
-    let mut out = Vec::with_capacity(n * tokens);
-    let mut row = vec![0.0f32; k];
-    let dot = dot_f32_kernel();
-    for r in rows {
-        if tokens == 1 && m.kind == HalfKind::Bf16 {
-            out.push(dot_bf16_kernel()(x, &m.bits[r * k..(r + 1) * k]));
-            continue;
-        }
-        m.row_into(r, &mut row);
-        for t in 0..tokens {
-            out.push(dot(&x[t * k..(t + 1) * k], &row));
-        }
-    }
+    let mut out = vec![0.0f32; n * tokens];
+    half_dot::half_dots(
+        x,
+        tokens,
+        m.kind,
+        // Tasks start at multiples of ROWS_PER_TASK, so at a panel's first row.
+        &m.bits[rows.start / half_dot::PANEL_ROWS * half_dot::panel_len(k)
+            ..rows.end.div_ceil(half_dot::PANEL_ROWS) * half_dot::panel_len(k)],
+        n,
+        k,
+        &mut out,
+    );
     out
-}
-
-/// Accumulators per dot product: enough independent chains to hide the FMA latency.
-const LANES: usize = 64;
-
-/// The body of both dot products, compiled once per instruction set below; `FMA`
-/// chooses fused multiply-adds (a libm call without the instruction).
-macro_rules! dot_body {
-    ($x:expr, $w:expr, $to_f32:expr, $fma:expr) => {{
-        let (x, w) = ($x, $w);
-        let mut acc = [0.0f32; LANES];
-        let (xc, wc) = (x.chunks_exact(LANES), w.chunks_exact(LANES));
-        let (xr, wr) = (xc.remainder(), wc.remainder());
-        for (xs, ws) in xc.zip(wc) {
-            for i in 0..LANES {
-                let wv: f32 = $to_f32(ws[i]);
-                acc[i] = if $fma {
-                    wv.mul_add(xs[i], acc[i])
-                } else {
-                    acc[i] + wv * xs[i]
-                };
-            }
-        }
-        let mut sum = 0.0f32;
-        for (&xv, &wv) in xr.iter().zip(wr) {
-            sum += $to_f32(wv) * xv;
-        }
-        // Pairwise, so the result does not depend on the instruction set's width.
-        let mut width = LANES;
-        while width > 1 {
-            width /= 2;
-            for i in 0..width {
-                acc[i] += acc[i + width];
-            }
-        }
-        acc[0] + sum
-    }};
-}
-
-fn bf16_to_f32(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
-}
-
-fn same(v: f32) -> f32 {
-    v
-}
-
-type DotBf16 = fn(&[f32], &[u16]) -> f32;
-type DotF32 = fn(&[f32], &[f32]) -> f32;
-
-fn dot_bf16_plain(x: &[f32], w: &[u16]) -> f32 {
-    dot_body!(x, w, bf16_to_f32, false)
-}
-
-fn dot_f32_plain(x: &[f32], w: &[f32]) -> f32 {
-    dot_body!(x, w, same, false)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::*;
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_bf16_avx2(x: &[f32], w: &[u16]) -> f32 {
-        dot_body!(x, w, bf16_to_f32, true)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_f32_avx2(x: &[f32], w: &[f32]) -> f32 {
-        dot_body!(x, w, same, true)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,fma")]
-    unsafe fn dot_bf16_avx512(x: &[f32], w: &[u16]) -> f32 {
-        dot_body!(x, w, bf16_to_f32, true)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,fma")]
-    unsafe fn dot_f32_avx512(x: &[f32], w: &[f32]) -> f32 {
-        dot_body!(x, w, same, true)
-    }
-
-    pub(super) fn best() -> Option<(DotBf16, DotF32)> {
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features these functions were compiled for.
-            return Some((
-                |x, w| unsafe { dot_bf16_avx512(x, w) },
-                |x, w| unsafe { dot_f32_avx512(x, w) },
-            ));
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return Some((
-                |x, w| unsafe { dot_bf16_avx2(x, w) },
-                |x, w| unsafe { dot_f32_avx2(x, w) },
-            ));
-        }
-        None
-    }
-}
-
-/// The dot products for this CPU, chosen once at run time: the binary runs on any
-/// x86-64 and uses AVX-512 or AVX2 where the CPU has them.
-fn kernels() -> (DotBf16, DotF32) {
-    static KERNELS: OnceLock<(DotBf16, DotF32)> = OnceLock::new();
-    *KERNELS.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(best) = x86::best() {
-            return best;
-        }
-        (dot_bf16_plain, dot_f32_plain)
-    })
-}
-
-fn dot_bf16_kernel() -> DotBf16 {
-    kernels().0
-}
-
-pub(crate) fn dot_f32_kernel() -> DotF32 {
-    kernels().1
 }
 
 #[cfg(test)]
@@ -544,7 +429,7 @@ mod tests {
         let device = Device::ndarray();
         for kind in [HalfKind::Bf16, HalfKind::F16] {
             for tokens in [1, 3, GEMM_FROM_TOKENS + 5] {
-                let (out, inp) = (ROWS_PER_TASK * 2 + 7, 3 * LANES + 5);
+                let (out, inp) = (ROWS_PER_TASK * 2 + 7, 3 * crate::half_dot::LANES + 5);
                 let w = Tensor::<2>::random([out, inp], Distribution::Normal(0.0, 1.0), &device);
                 let x =
                     Tensor::<3>::random([1, tokens, inp], Distribution::Normal(0.0, 1.0), &device);

@@ -49,6 +49,7 @@ pub mod dtype;
 mod embedding;
 mod exp;
 mod gelu;
+mod half_dot;
 pub mod half_weights;
 mod layer_norm;
 mod matmul;

@@ -7,6 +7,8 @@
 //!   without the KV cache, median over `reps`; with `--model-config`, a model of that
 //!   `config.json`'s shape (any architecture, random weights: speed does not depend on
 //!   the values), the counterpart of `bench/hf_generate_bench.py`, with the KV cache only;
+//!   with `--sequences N`, N sequences decoded together in packed passes (a server's
+//!   batch), each prompt read alone first;
 //! - `load`: seconds and peak resident memory to load `--model DIR` (weights and
 //!   tokenizer), beside the model's size in f32.
 //!
@@ -84,6 +86,12 @@ pub struct BenchArgs {
     /// Generated tokens.
     #[arg(long, default_value_t = 64)]
     pub new_tokens: usize,
+    /// `generate`: sequences generated together, each from its own random prompt, their
+    /// decoding steps packed into one pass as `ember serve` batches them (with the KV
+    /// cache; bench/hf_generate_bench.py's `--batch`). new_tokens_per_s counts the new
+    /// tokens of all of them.
+    #[arg(long, default_value_t = 1)]
+    pub sequences: usize,
     /// Dropout during training.
     #[arg(long, default_value_t = 0.1)]
     pub dropout: f64,
@@ -235,6 +243,40 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
                 .map(|_| rng.random_range(0..vocab_size as u32))
                 .collect();
             let mut out = serde_json::Map::new();
+            if args.sequences > 1 {
+                record["sequences"] = json!(args.sequences);
+                let prompts: Vec<Vec<u32>> = (0..args.sequences)
+                    .map(|_| {
+                        (0..args.prompt_len)
+                            .map(|_| rng.random_range(0..vocab_size as u32))
+                            .collect()
+                    })
+                    .collect();
+                let (mut times, mut decode_times) = (Vec::new(), Vec::new());
+                for rep in 0..args.warmup + args.reps {
+                    let start = Instant::now();
+                    let decode_s = generate_together(&model, &prompts, args.new_tokens, device)?;
+                    if rep >= args.warmup {
+                        times.push(start.elapsed().as_secs_f64());
+                        decode_times.push(decode_s);
+                    }
+                }
+                let (med, decode_med) = (median(times), median(decode_times));
+                let all_new = (args.sequences * args.new_tokens) as f64;
+                // The decoding steps alone: every token after each prompt's first.
+                let decoded = (args.sequences * args.new_tokens.saturating_sub(1)) as f64;
+                out.insert(
+                    "kv_cache".into(),
+                    json!({"s_median": med, "new_tokens_per_s": all_new / med,
+                           "decode_s_median": decode_med,
+                           "decode_tokens_per_s": decoded / decode_med}),
+                );
+                if let (Value::Object(r), e) = (&mut record, out) {
+                    r.extend(e);
+                }
+                record["peak_rss_mb"] = json!(peak_rss_mib());
+                return Ok(record);
+            }
             // A real model's shape is timed the way transformers generates, with the KV
             // cache (without it, 0.6B parameters take minutes per run).
             let modes: &[bool] = if args.model_config.is_some() {
@@ -300,6 +342,50 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
     }
     record["peak_rss_mb"] = json!(peak_rss_mib());
     Ok(record)
+}
+
+/// Greedy generation of `new_tokens` after each of `prompts` together: each prompt read
+/// alone (its first new token), then one packed pass per step for all the sequences,
+/// as the server's batch decodes. Returns the seconds of the packed steps.
+fn generate_together(
+    model: &LanguageModel,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+    device: &Device,
+) -> Result<f64> {
+    use ember_model::{CausalLm, PackedCaches};
+    let argmax = |row: &[f32]| {
+        (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as i64
+    };
+    let ids = |values: Vec<i64>| {
+        let n = values.len();
+        Tensor::<2, Int>::from_data(TensorData::new(values, [1, n]), device)
+    };
+    let values = |logits: Tensor<2>| {
+        logits
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("logits: {e:?}"))
+    };
+    let mut caches = Vec::new();
+    let mut last = Vec::new();
+    for prompt in prompts {
+        let mut cache = model.new_cache();
+        let logits =
+            model.next_token_logits(ids(prompt.iter().map(|&t| t as i64).collect()), &mut cache)?;
+        last.push(argmax(&values(logits)?));
+        caches.push(cache);
+    }
+    let start = Instant::now();
+    for _ in 1..new_tokens {
+        let mut packed = PackedCaches::new(caches, vec![1; prompts.len()]);
+        let logits = model.next_token_logits_packed(ids(last.clone()), &mut packed)?;
+        caches = packed.into_caches();
+        let row = values(logits)?;
+        let vocab = row.len() / prompts.len();
+        last = row.chunks(vocab).map(argmax).collect();
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// The model `generate` times: `--model-config`'s shape with random weights in
