@@ -48,18 +48,24 @@ pub(crate) fn panel_index(k: usize, r: usize, c: usize) -> usize {
         + c % LANES
 }
 
+/// Rows of 16-bit weights in panels.
+pub(crate) struct PanelRows<'a> {
+    /// The format.
+    pub kind: HalfKind,
+    /// `rows.div_ceil(PANEL_ROWS)` panels, laid out as the module says.
+    pub panels: &'a [u16],
+    /// Rows (the last panel's padding not counted).
+    pub rows: usize,
+    /// Values per row.
+    pub k: usize,
+}
+
 /// `out[r * tokens + t] = x[t] · w[r]` for `tokens` rows of `x` (`[tokens, k]`) and
-/// the `rows` rows of `panels` (16-bit floats of `kind`, laid out as the module says,
-/// `rows.div_ceil(PANEL_ROWS)` panels), as the module describes.
-pub(crate) fn half_dots(
-    x: &[f32],
-    tokens: usize,
-    kind: HalfKind,
-    panels: &[u16],
-    rows: usize,
-    k: usize,
-    out: &mut [f32],
-) {
+/// the rows of `w`, as the module describes.
+pub(crate) fn half_dots(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
+    let PanelRows {
+        panels, rows, k, ..
+    } = *w;
     assert_eq!(x.len(), tokens * k, "activations are [{tokens}, {k}]");
     assert_eq!(
         panels.len(),
@@ -70,25 +76,23 @@ pub(crate) fn half_dots(
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: the CPU has AVX2, FMA and F16C; the slices' lengths were checked.
-        unsafe { x86::half_dots(x, tokens, kind, panels, rows, k, out) };
+        unsafe { x86::half_dots(x, tokens, w, out) };
     } else {
-        portable(x, tokens, kind, panels, rows, k, out);
+        portable(x, tokens, w, out);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    portable(x, tokens, kind, panels, rows, k, out);
-    add_tails(x, tokens, kind, panels, rows, k, out);
+    portable(x, tokens, w, out);
+    add_tails(x, tokens, w, out);
 }
 
 /// Adds to every output the products past the last whole vector, one by one.
-fn add_tails(
-    x: &[f32],
-    tokens: usize,
-    kind: HalfKind,
-    panels: &[u16],
-    rows: usize,
-    k: usize,
-    out: &mut [f32],
-) {
+fn add_tails(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
+    let PanelRows {
+        kind,
+        panels,
+        rows,
+        k,
+    } = *w;
     let full = k / LANES * LANES;
     if full == k {
         return;
@@ -112,29 +116,15 @@ fn widen(kind: HalfKind, bits: u16) -> f32 {
     }
 }
 
-/// The lanes added pairwise, as the vector code does.
-fn pairwise(mut acc: [f32; LANES]) -> f32 {
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-    }
-    acc[0]
-}
-
 /// Without vector instructions: the same order over the whole vectors of `k`, unfused
 /// multiply-adds (a fused one is a libm call without the instruction).
-fn portable(
-    x: &[f32],
-    tokens: usize,
-    kind: HalfKind,
-    panels: &[u16],
-    rows: usize,
-    k: usize,
-    out: &mut [f32],
-) {
+fn portable(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
+    let PanelRows {
+        kind,
+        panels,
+        rows,
+        k,
+    } = *w;
     let full = k / LANES * LANES;
     for r in 0..rows {
         for t in 0..tokens {
@@ -146,7 +136,7 @@ fn portable(
                     acc[i] += widen(kind, w[i]) * x_row[j + i];
                 }
             }
-            out[r * tokens + t] = pairwise(acc);
+            out[r * tokens + t] = crate::simd::pairwise_sum(acc);
         }
     }
 }
@@ -155,7 +145,7 @@ fn portable(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{HalfKind, LANES, PANEL_ROWS, panel_len};
+    use super::{HalfKind, LANES, PANEL_ROWS, PanelRows, panel_len};
 
     pub(super) fn available() -> bool {
         use std::sync::OnceLock;
@@ -173,15 +163,13 @@ mod x86 {
     /// The CPU has AVX2, FMA and F16C; `x`, `panels` and `out` have the lengths
     /// [`super::half_dots`] checks.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn half_dots(
-        x: &[f32],
-        tokens: usize,
-        kind: HalfKind,
-        panels: &[u16],
-        rows: usize,
-        k: usize,
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn half_dots(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
+        let PanelRows {
+            kind,
+            panels,
+            rows,
+            k,
+        } = *w;
         let bf16 = kind == HalfKind::Bf16;
         let mut block = [[0.0f32; PANEL_ROWS]; 2];
         for (p, panel) in panels.chunks_exact(panel_len(k).max(1)).enumerate() {
@@ -249,7 +237,7 @@ mod x86 {
         }
         for (acc_t, out_t) in acc.iter().zip(out.iter_mut()) {
             for (&a, o) in acc_t.iter().zip(out_t.iter_mut()) {
-                // Lanes i + 4, then i + 2, then i + 1: `super::pairwise`.
+                // Lanes i + 4, then i + 2, then i + 1: `crate::simd::pairwise_sum`.
                 let four = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
                 let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
                 let one = _mm_add_ss(two, _mm_shuffle_ps::<1>(two, two));
@@ -300,7 +288,17 @@ mod tests {
         k: usize,
     ) -> Vec<f32> {
         let mut out = vec![f32::NAN; rows * tokens];
-        half_dots(x, tokens, kind, w, rows, k, &mut out);
+        half_dots(
+            x,
+            tokens,
+            &PanelRows {
+                kind,
+                panels: w,
+                rows,
+                k,
+            },
+            &mut out,
+        );
         out
     }
 
@@ -322,8 +320,14 @@ mod tests {
                 let w_values = values(rows * k, 2);
                 let w = panels(kind, &w_values, rows, k);
                 let mut slow = vec![0.0; rows * tokens];
-                portable(&x, tokens, kind, &w, rows, k, &mut slow);
-                add_tails(&x, tokens, kind, &w, rows, k, &mut slow);
+                let rows_of_w = PanelRows {
+                    kind,
+                    panels: &w,
+                    rows,
+                    k,
+                };
+                portable(&x, tokens, &rows_of_w, &mut slow);
+                add_tails(&x, tokens, &rows_of_w, &mut slow);
                 for (name, got) in [
                     ("vector", dots(&x, tokens, kind, &w, rows, k)),
                     ("portable", slow),

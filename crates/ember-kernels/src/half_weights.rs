@@ -375,17 +375,16 @@ fn block_product(
         return crate::matmul::gemm_on_this_thread(w, xt);
     }
     let mut out = vec![0.0f32; n * tokens];
-    half_dot::half_dots(
-        x,
-        tokens,
-        m.kind,
+    let panel = half_dot::panel_len(k);
+    let weights = half_dot::PanelRows {
+        kind: m.kind,
         // Tasks start at multiples of ROWS_PER_TASK, so at a panel's first row.
-        &m.bits[rows.start / half_dot::PANEL_ROWS * half_dot::panel_len(k)
-            ..rows.end.div_ceil(half_dot::PANEL_ROWS) * half_dot::panel_len(k)],
-        n,
+        panels: &m.bits[rows.start / half_dot::PANEL_ROWS * panel
+            ..rows.end.div_ceil(half_dot::PANEL_ROWS) * panel],
+        rows: n,
         k,
-        &mut out,
-    );
+    };
+    half_dot::half_dots(x, tokens, &weights, &mut out);
     out
 }
 

@@ -7,6 +7,21 @@
 //! arithmetic is the same IEEE operations in every copy (Rust does not contract
 //! `a * b + c` into an FMA), so the results are too.
 
+/// The `N` lanes of an accumulator added pairwise (lane `i + N/2` into lane `i`, then
+/// `i + N/4`, ...): the order the kernels' vector reductions use, so that a sum does
+/// not depend on the instruction set's width.
+#[inline(always)]
+pub(crate) fn pairwise_sum<const N: usize>(mut acc: [f32; N]) -> f32 {
+    let mut width = N;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+    }
+    acc[0]
+}
+
 /// 2: AVX-512 (F, BW, DQ, VL); 1: AVX2 and FMA; 0: neither.
 #[inline]
 pub(crate) fn level() -> u8 {

@@ -124,15 +124,8 @@ const LANES: usize = BLOCK_SIZE;
 
 /// Pairwise sum of the lanes.
 #[inline(always)]
-fn sum_lanes(mut acc: [f32; LANES]) -> f32 {
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-    }
-    acc[0]
+fn sum_lanes(acc: [f32; LANES]) -> f32 {
+    crate::simd::pairwise_sum(acc)
 }
 
 #[cfg(test)]
