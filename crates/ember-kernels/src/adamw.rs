@@ -225,6 +225,7 @@ mod tests {
     /// moments, and the states are interchangeable (a checkpoint from one resumes the other).
     #[test]
     fn matches_burns_adamw_and_shares_its_state() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray();
         let fused = FusedAdamW::new(hyper());
         let burn = fused.fallback.clone();

@@ -326,6 +326,7 @@ mod tests {
     /// strides of a fused projection (`[batch, seq, heads, head_dim]` swapped).
     #[test]
     fn matches_the_plain_formulation_with_and_without_dropout() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray().autodiff();
         let (batch, heads, seq, head_dim) = (2, 3, 17, 8);
         let projected = |seed| {

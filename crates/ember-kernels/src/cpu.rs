@@ -429,6 +429,7 @@ mod flex_tests {
     /// cross-entropy.
     #[test]
     fn kernels_run_on_flex_and_match_their_definitions() {
+        let _rng = crate::tests::device_rng();
         let device = Device::flex().autodiff();
         assert!(is_on_cpu_backend(&Tensor::<1>::zeros([1], &device)));
         assert!(is_on_cpu_backend(&Tensor::<1>::zeros([1], &Device::flex())));

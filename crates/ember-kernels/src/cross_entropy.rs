@@ -312,6 +312,7 @@ mod tests {
     /// ignored rows, on a non-contiguous (transposed) input.
     #[test]
     fn loss_and_gradient_match_the_reference() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray().autodiff();
         let logits = Tensor::<2>::random([300, 6], Distribution::Normal(0.0, 3.0), &device);
         let logits = logits.transpose().require_grad(); // [6, 300], column-major

@@ -114,6 +114,7 @@ mod tests {
 
     #[test]
     fn keeps_the_expected_share_scaled_and_is_reproducible() {
+        let _rng = crate::tests::device_rng();
         let m = mask(1_000_000, 0.9, 42);
         let kept = m.iter().filter(|&&v| v != 0.0).count();
         // 900,000 expected, standard deviation 300.

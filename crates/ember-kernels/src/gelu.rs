@@ -120,6 +120,7 @@ mod tests {
 
     #[test]
     fn gelu_and_its_gradient_match_the_reference() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray().autodiff();
         let x = Tensor::<3>::random([3, 70, 200], Distribution::Normal(0.0, 2.0), &device)
             .require_grad();

@@ -425,6 +425,7 @@ mod tests {
     /// token), short prompts and long ones (the gemm path), odd sizes included.
     #[test]
     fn product_matches_the_matmul_of_the_rounded_weights() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray();
         for kind in [HalfKind::Bf16, HalfKind::F16] {
             for tokens in [1, 3, GEMM_FROM_TOKENS + 5] {

@@ -136,6 +136,7 @@ mod tests {
     /// width and away from zero mean.
     #[test]
     fn matches_the_plain_operations_and_their_gradients() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray().autodiff();
         let x =
             Tensor::<3>::random([2, 5, 37], Distribution::Normal(0.7, 2.0), &device).require_grad();

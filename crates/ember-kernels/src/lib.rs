@@ -87,6 +87,16 @@ pub(crate) mod tests {
     use burn::prelude::*;
     use burn::tensor::Tolerance;
 
+    /// Held by every test that seeds or draws from the ndarray device's random
+    /// generator, which is one for the whole process: a test that seeds it and expects
+    /// the same draws twice (a dropout mask for the kernel and its reference) must not
+    /// have another test draw in between.
+    pub(crate) fn device_rng() -> std::sync::MutexGuard<'static, ()> {
+        static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        // A failed test poisons the lock; the generator itself is fine.
+        RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub(crate) fn assert_close<const D: usize>(got: Tensor<D>, want: Tensor<D>, absolute: f32) {
         let (got, want) = (got.into_data(), want.into_data());
         let tolerance = Tolerance::<f32>::absolute(absolute).set_relative(1e-5);

@@ -298,6 +298,7 @@ mod tests {
     /// matmul; an untracked operand gets no gradient.
     #[test]
     fn matmul_and_its_gradients_match_burns() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray().autodiff();
         let a = Tensor::<2>::random([33, 70], Distribution::Normal(0.0, 1.0), &device);
         let b = Tensor::<2>::random([50, 70], Distribution::Normal(0.0, 1.0), &device);
@@ -352,6 +353,7 @@ mod tests {
     /// keeps the forward's precision after the scope has ended.
     #[test]
     fn bf16_products_and_gradients_take_rounded_operands() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray().autodiff();
         let a = Tensor::<2>::random([37, 300], Distribution::Normal(0.0, 1.0), &device);
         let b = Tensor::<2>::random([45, 300], Distribution::Normal(0.0, 1.0), &device);
@@ -388,6 +390,7 @@ mod tests {
     /// Under f16 autocast the product is that of f16-rounded operands summed in f32.
     #[test]
     fn f16_products_take_f16_rounded_operands() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray();
         let a = Tensor::<2>::random([9, 70], Distribution::Normal(0.0, 1.0), &device);
         let b = Tensor::<2>::random([70, 11], Distribution::Normal(0.0, 1.0), &device);

@@ -111,6 +111,7 @@ mod tests {
     /// Forward and both gradients against the plain operations, on rows of odd width.
     #[test]
     fn matches_the_plain_operations_and_their_gradients() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray().autodiff();
         let x =
             Tensor::<3>::random([2, 5, 37], Distribution::Normal(0.0, 2.0), &device).require_grad();

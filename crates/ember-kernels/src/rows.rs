@@ -119,6 +119,7 @@ mod tests {
     /// product.
     #[test]
     fn each_row_is_the_same_bits_alone_and_among_others() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray();
         device.seed(11);
         // 600 inputs: more than one of `gemm`'s 512-deep blocks.

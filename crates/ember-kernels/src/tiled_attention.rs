@@ -270,6 +270,7 @@ mod tests {
     /// a fused projection.
     #[test]
     fn equals_the_whole_score_matrix_softmax() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray();
         device.seed(11);
         let (batch, heads, kv_heads, head_dim) = (2, 4, 2, 16);
@@ -294,6 +295,7 @@ mod tests {
     /// left to the caller.
     #[test]
     fn declines_what_it_does_not_compute() {
+        let _rng = crate::tests::device_rng();
         let device = Device::ndarray();
         let q = random([1, 4, 8, 16], &device);
         let k = random([1, 3, 8, 16], &device);
