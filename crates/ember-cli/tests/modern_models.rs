@@ -446,3 +446,40 @@ fn bench_loads_a_gemma3_model() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("[possible values: train, generate, load]"));
 }
+
+/// `bench --sequences N` decodes N sequences together and counts the new tokens of all
+/// of them: N x new tokens over the whole time, N x (new tokens - 1) over the packed
+/// decoding steps (each prompt's first new token comes from reading it).
+#[test]
+fn bench_counts_the_tokens_of_sequences_generated_together() {
+    let v = run_json(&[
+        "bench",
+        "--mode",
+        "generate",
+        "--preset",
+        "tiny",
+        "--prompt-len",
+        "5",
+        "--new-tokens",
+        "4",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--sequences",
+        "3",
+    ]);
+    assert_eq!(v["sequences"], 3);
+    let kv = &v["kv_cache"];
+    let rate = |tokens: f64, seconds: &str| tokens / kv[seconds].as_f64().unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
+    assert!(close(
+        kv["new_tokens_per_s"].as_f64().unwrap(),
+        rate(12.0, "s_median")
+    ));
+    assert!(close(
+        kv["decode_tokens_per_s"].as_f64().unwrap(),
+        rate(9.0, "decode_s_median")
+    ));
+    assert!(kv["decode_s_median"].as_f64().unwrap() < kv["s_median"].as_f64().unwrap());
+}

@@ -252,30 +252,11 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
                             .collect()
                     })
                     .collect();
-                let (mut times, mut decode_times) = (Vec::new(), Vec::new());
-                for rep in 0..args.warmup + args.reps {
-                    let start = Instant::now();
-                    let decode_s = generate_together(&model, &prompts, args.new_tokens, device)?;
-                    if rep >= args.warmup {
-                        times.push(start.elapsed().as_secs_f64());
-                        decode_times.push(decode_s);
-                    }
-                }
-                let (med, decode_med) = (median(times), median(decode_times));
-                let all_new = (args.sequences * args.new_tokens) as f64;
-                // The decoding steps alone: every token after each prompt's first.
-                let decoded = (args.sequences * args.new_tokens.saturating_sub(1)) as f64;
                 out.insert(
                     "kv_cache".into(),
-                    json!({"s_median": med, "new_tokens_per_s": all_new / med,
-                           "decode_s_median": decode_med,
-                           "decode_tokens_per_s": decoded / decode_med}),
+                    time_together(args, &model, &prompts, device)?,
                 );
-                if let (Value::Object(r), e) = (&mut record, out) {
-                    r.extend(e);
-                }
-                record["peak_rss_mb"] = json!(peak_rss_mib());
-                return Ok(record);
+                return finish(record, Value::Object(out));
             }
             // A real model's shape is timed the way transformers generates, with the KV
             // cache (without it, 0.6B parameters take minutes per run).
@@ -337,11 +318,42 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
             })
         }
     };
+    finish(record, extra)
+}
+
+/// `record` with the measurement's own keys and the peak memory so far.
+fn finish(mut record: Value, extra: Value) -> Result<Value> {
     if let (Value::Object(r), Value::Object(e)) = (&mut record, extra) {
         r.extend(e);
     }
     record["peak_rss_mb"] = json!(peak_rss_mib());
     Ok(record)
+}
+
+/// Medians over `--reps` of [`generate_together`]: the whole time and the decoding
+/// steps' alone, with new tokens/s of all the sequences.
+fn time_together(
+    args: &BenchArgs,
+    model: &LanguageModel,
+    prompts: &[Vec<u32>],
+    device: &Device,
+) -> Result<Value> {
+    let (mut times, mut decode_times) = (Vec::new(), Vec::new());
+    for rep in 0..args.warmup + args.reps {
+        let start = Instant::now();
+        let decode_s = generate_together(model, prompts, args.new_tokens, device)?;
+        if rep >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+            decode_times.push(decode_s);
+        }
+    }
+    let (med, decode_med) = (median(times), median(decode_times));
+    let all_new = (prompts.len() * args.new_tokens) as f64;
+    // The decoding steps alone: every token after each prompt's first.
+    let decoded = (prompts.len() * args.new_tokens.saturating_sub(1)) as f64;
+    Ok(json!({"s_median": med, "new_tokens_per_s": all_new / med,
+              "decode_s_median": decode_med,
+              "decode_tokens_per_s": decoded / decode_med}))
 }
 
 /// Greedy generation of `new_tokens` after each of `prompts` together: each prompt read
@@ -354,9 +366,11 @@ fn generate_together(
     device: &Device,
 ) -> Result<f64> {
     use ember_model::{CausalLm, PackedCaches};
-    let argmax = |row: &[f32]| {
-        (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as i64
-    };
+    // Greedy: the library's own choice of the next token (temperature 0).
+    let greedy = GenerationConfig::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut argmax =
+        |row: &[f32]| i64::from(ember_model::sample_next_token(row, &greedy, &mut rng));
     let ids = |values: Vec<i64>| {
         let n = values.len();
         Tensor::<2, Int>::from_data(TensorData::new(values, [1, n]), device)
@@ -383,7 +397,7 @@ fn generate_together(
         caches = packed.into_caches();
         let row = values(logits)?;
         let vocab = row.len() / prompts.len();
-        last = row.chunks(vocab).map(argmax).collect();
+        last = row.chunks(vocab).map(&mut argmax).collect();
     }
     Ok(start.elapsed().as_secs_f64())
 }
