@@ -21,7 +21,15 @@ thread_local! {
 
 /// Sets the precision of this thread's matrix products until the guard drops.
 #[must_use = "the precision holds only while the guard lives"]
+///
+/// # Panics
+/// If `precision` is not a float format ([`Dtype::is_float`]): q8_0 and q4_0 hold
+/// weights, products do not compute in them.
 pub fn autocast(precision: Dtype) -> AutocastGuard {
+    assert!(
+        precision.is_float(),
+        "products compute in a float format, not {precision}"
+    );
     AutocastGuard {
         previous: PRECISION.with(|p| p.replace(precision)),
     }

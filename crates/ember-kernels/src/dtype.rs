@@ -2,8 +2,9 @@
 //! is held in (`--dtype`), the arithmetic of a training run's matrix products
 //! (`train.precision`, `bench --precision`) and the kernels' [`autocast`](crate::autocast()).
 //!
-//! Each use accepts what it can compute: every dtype holds weights and every dtype is a
-//! product precision of the kernels, but training takes f32 or bf16 only (f16 gradients
+//! Each use accepts what it can compute: every dtype holds weights; the float ones
+//! (f32, bf16, f16) are product precisions of the kernels, the block-quantized ones
+//! (q8_0, q4_0) weight formats only; training takes f32 or bf16 (f16 gradients
 //! underflow without the loss scaling Ember does not do), which the training
 //! configuration checks.
 
@@ -12,11 +13,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::half_weights::HalfKind;
+use crate::packed_weights::WeightFormat;
 
 /// A number format, named as PyTorch's `torch.float32`, `torch.bfloat16`,
 /// `torch.float16` are (`f32`, `bf16`, `f16`; the long names and `fp32`/`fp16` are
-/// accepted too).
+/// accepted too), or a block-quantized weight format named as GGUF's (`q8_0`, `q4_0`).
 ///
 /// ```
 /// use ember_kernels::Dtype;
@@ -38,44 +39,74 @@ pub enum Dtype {
     /// IEEE half: 11 bits of mantissa, range ±65504.
     #[serde(alias = "fp16", alias = "float16")]
     F16,
+    /// GGUF's Q8_0, for weights only: blocks of 32 signed bytes with an f16 scale.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// GGUF's Q4_0, for weights only: blocks of 32 four-bit values with an f16 scale.
+    #[serde(rename = "q4_0")]
+    Q4_0,
 }
 
 impl Dtype {
     /// Every dtype, in the order error messages list them.
-    pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::Bf16, Dtype::F16];
+    pub const ALL: [Dtype; 5] = [
+        Dtype::F32,
+        Dtype::Bf16,
+        Dtype::F16,
+        Dtype::Q8_0,
+        Dtype::Q4_0,
+    ];
 
-    /// The name Ember prints and writes (`f32`, `bf16`, `f16`).
+    /// The name Ember prints and writes (`f32`, `bf16`, `f16`, `q8_0`, `q4_0`).
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
             Self::F16 => "f16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
         }
     }
 
-    /// Bits per number.
+    /// Bits per number (of the block-quantized formats, per value, not counting the
+    /// 16-bit scale each block of 32 shares: 8.5 and 4.5 bits per weight in all).
     pub fn bits(self) -> u32 {
         match self {
             Self::F32 => 32,
             Self::Bf16 | Self::F16 => 16,
+            Self::Q8_0 => 8,
+            Self::Q4_0 => 4,
         }
     }
 
-    /// The 16-bit layout a weight matrix of this dtype is stored in (`None` for f32).
-    pub fn half_kind(self) -> Option<HalfKind> {
+    /// Whether this is a float format, which products can compute in (the others are
+    /// weight formats only).
+    pub fn is_float(self) -> bool {
+        matches!(self, Self::F32 | Self::Bf16 | Self::F16)
+    }
+
+    /// The packed layout a weight matrix of this dtype is stored in (`None` for f32).
+    pub fn weight_format(self) -> Option<WeightFormat> {
         match self {
             Self::F32 => None,
-            Self::Bf16 => Some(HalfKind::Bf16),
-            Self::F16 => Some(HalfKind::F16),
+            Self::Bf16 => Some(WeightFormat::Bf16),
+            Self::F16 => Some(WeightFormat::F16),
+            Self::Q8_0 => Some(WeightFormat::Q8_0),
+            Self::Q4_0 => Some(WeightFormat::Q4_0),
         }
     }
 
-    /// `v` rounded to this format (to nearest, ties to even) and widened back to f32.
+    /// `v` rounded to this float format (to nearest, ties to even) and widened back to
+    /// f32.
+    ///
+    /// # Panics
+    /// For a block-quantized format, which rounds blocks of values, not one.
     pub fn round(self, v: f32) -> f32 {
         match self {
             Self::F32 => v,
             Self::Bf16 => f32::from_bits(u32::from(crate::bf16_gemm::to_bf16_bits(v)) << 16),
             Self::F16 => half::f16::from_f32(v).to_f32(),
+            Self::Q8_0 | Self::Q4_0 => panic!("{self} rounds blocks of 32 values, not one"),
         }
     }
 }
@@ -107,6 +138,8 @@ impl FromStr for Dtype {
             "f32" | "fp32" | "float32" => Ok(Self::F32),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
             "f16" | "fp16" | "float16" => Ok(Self::F16),
+            "q8_0" => Ok(Self::Q8_0),
+            "q4_0" => Ok(Self::Q4_0),
             other => Err(UnknownDtype(other.to_string())),
         }
     }
@@ -131,7 +164,7 @@ mod tests {
         );
         assert_eq!(
             "int8".parse::<Dtype>().unwrap_err().to_string(),
-            "unknown dtype \"int8\" (f32, bf16, f16)"
+            "unknown dtype \"int8\" (f32, bf16, f16, q8_0, q4_0)"
         );
     }
 

@@ -1,13 +1,13 @@
 //! Token embeddings and the tied output head, for f32 weights or half ones.
 //!
 //! Both read an `nn.Embedding`'s `[vocab, d]` matrix: the lookup takes rows of it, a tied
-//! head multiplies by its transpose. With [half weights](crate::half_weights) both read
+//! head multiplies by its transpose. With [half weights](crate::packed_weights) both read
 //! the 16-bit rows without ever computing the f32 matrix.
 
 use burn::nn::Embedding;
 use burn::prelude::*;
 
-use crate::half_weights::{embedding_half, half_matrix, linear_half};
+use crate::packed_weights::{embedding_packed, linear_packed, packed_matrix};
 
 /// Rows `ids` of the embedding matrix.
 ///
@@ -15,8 +15,8 @@ use crate::half_weights::{embedding_half, half_matrix, linear_half};
 /// - ids: `[batch, seq]`
 /// - returns `[batch, seq, d]`
 pub fn embedding(layer: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
-    match half_matrix(&layer.weight) {
-        Some(m) => embedding_half(ids, &m),
+    match packed_matrix(&layer.weight) {
+        Some(m) => embedding_packed(ids, &m),
         None => layer.forward(ids),
     }
 }
@@ -28,8 +28,8 @@ pub fn embedding(layer: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
 /// - x: `[batch, seq, d]`
 /// - returns `[batch, seq, vocab]`
 pub fn unembed(layer: &Embedding, x: Tensor<3>) -> Tensor<3> {
-    if let Some(m) = half_matrix(&layer.weight) {
-        return linear_half(x, &m, None);
+    if let Some(m) = packed_matrix(&layer.weight) {
+        return linear_packed(x, &m, None);
     }
     let [batch, seq, d] = x.dims();
     let x = x.reshape([batch * seq, d]);

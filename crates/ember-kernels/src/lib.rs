@@ -26,7 +26,7 @@
 //! One kernel per file: [`gelu_tanh`], [`matmul()`] (and [`linear`], in f32 or, under
 //! [`autocast()`], with bf16 operands), [`causal_attention`] (with dropout), [`dropout`],
 //! [`cross_entropy`], [`rms_norm`], [`layer_norm`], the optimizer [`FusedAdamW`], and
-//! for inference the [`half_weights`] (bf16/f16 weights computed with in f32) that
+//! for inference the [`packed_weights`] (bf16/f16 weights computed with in f32) that
 //! [`linear`], [`embedding`] and [`unembed`] use when a model has them.
 //!
 //! Library crates call these functions and never choose a backend; the `ember` binary
@@ -49,10 +49,10 @@ pub mod dtype;
 mod embedding;
 mod exp;
 mod gelu;
-mod half_dot;
-pub mod half_weights;
 mod layer_norm;
 mod matmul;
+pub mod packed_weights;
+mod panel_dot;
 pub mod quant;
 mod rms_norm;
 mod row_norm;

@@ -40,14 +40,14 @@ pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
 /// - x: `[..., d_input]`
 /// - returns `[..., d_output]`
 ///
-/// A layer with [half weights](crate::half_weights) computes from them.
+/// A layer with [half weights](crate::packed_weights) computes from them.
 ///
 /// Within [`crate::with_row_layout`], rows that each stand alone are computed so that
 /// their results do not depend on the other rows ([`crate::rows`]).
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-    if let Some(m) = crate::half_weights::half_matrix(&layer.weight) {
+    if let Some(m) = crate::packed_weights::packed_matrix(&layer.weight) {
         let bias = layer.bias.as_ref().map(|b| b.val());
-        return crate::half_weights::linear_half(x, &m, bias);
+        return crate::packed_weights::linear_packed(x, &m, bias);
     }
     let [d_input, d_output] = layer.weight.dims();
     let mut dims = x.dims();
@@ -177,6 +177,7 @@ fn product<B: CpuBackend>(
         Dtype::F32 => gemm(a, b),
         Dtype::Bf16 => crate::bf16_gemm::product(a, b),
         Dtype::F16 => rounded_product(a, b, Dtype::F16),
+        Dtype::Q8_0 | Dtype::Q4_0 => unreachable!("autocast takes float formats only"),
     };
     B::new_tensor(&[m, n], values)
 }

@@ -90,7 +90,7 @@ pub(crate) fn by_layout(
 /// Every row of `x` through `product` on its own: a one-row product is the same bits
 /// whatever rows surround it. (For f32 weights `gemm` is fast on one row and not
 /// row-invariant on several, so decoding rows do not share their pass over f32 weights;
-/// half weights do, through [`crate::half_weights`]' row-invariant dot products.)
+/// half weights do, through [`crate::packed_weights`]' row-invariant dot products.)
 pub(crate) fn each_row(x: Tensor<2>, product: impl Fn(Tensor<2>) -> Tensor<2>) -> Tensor<2> {
     let rows = x.dims()[0];
     Tensor::cat(
@@ -105,7 +105,7 @@ pub(crate) fn each_row(x: Tensor<2>, product: impl Fn(Tensor<2>) -> Tensor<2>) -
 mod tests {
     #![allow(deprecated)]
     use super::*;
-    use crate::half_weights::{HalfKind, HalfMatrix, half_param};
+    use crate::packed_weights::{PackedMatrix, WeightFormat, packed_param};
     use burn::module::ParamId;
     use burn::nn::{Linear, LinearConfig};
     use burn::tensor::Distribution;
@@ -126,9 +126,9 @@ mod tests {
         let layer = LinearConfig::new(600, 150).init(&device);
         let values = layer.weight.val().into_data().to_vec::<f32>().unwrap();
         // `[out, in]` rows from Burn's `[in, out]` weight.
-        let matrix = HalfMatrix::from_f32_transposed(HalfKind::Bf16, 150, 600, &values);
+        let matrix = PackedMatrix::from_f32_transposed(WeightFormat::Bf16, 150, 600, &values);
         let layer_bf16 = Linear {
-            weight: half_param(ParamId::new(), matrix, true, &device, false),
+            weight: packed_param(ParamId::new(), matrix, true, &device, false),
             bias: layer.bias.clone(),
         };
         let x = random([20, 600], &device);

@@ -2,27 +2,31 @@
 //! vocabulary of number formats, from `ember_kernels`).
 //!
 //! `f32` is the default and the only precision that trains. `bf16` and `f16` keep the
-//! matrices of linear layers and embeddings in 16 bits ([`ember_kernels::half_weights`]):
-//! half the memory, and generation on a CPU, which reads every weight once per token,
-//! up to twice as fast. Norms, biases, activations and the KV cache stay f32.
+//! matrices of linear layers and embeddings in 16 bits, `q8_0` and `q4_0` in GGUF's
+//! blocks of 32 values with one f16 scale ([`ember_kernels::packed_weights`]): half the
+//! memory or less, and generation on a CPU, which reads every weight once per token,
+//! faster by as much. Norms, biases, activations and the KV cache stay f32.
+//!
+//! A quantized format holds rows of whole blocks only (GGUF's rule): a matrix whose rows
+//! are not a multiple of 32 long stays f32, as it would in a GGUF file.
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
 use ember_kernels::Dtype;
-use ember_kernels::half_weights::{HalfKind, HalfMatrix, half_param};
+use ember_kernels::packed_weights::{PackedMatrix, WeightFormat, packed_param};
 
-/// How a parameter is held in half precision, by the module that owns it.
+/// How a parameter is held packed, by the module that owns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HalfRole {
-    /// A `Linear` weight (`[in, out]`): the half matrix is its transpose.
+pub(crate) enum PackedRole {
+    /// A `Linear` weight (`[in, out]`): the packed matrix is its transpose.
     LinearWeight,
-    /// An `Embedding` weight (`[vocab, d]`): the half matrix is the weight itself.
+    /// An `Embedding` weight (`[vocab, d]`): the packed matrix is the weight itself.
     EmbeddingWeight,
 }
 
-impl HalfRole {
+impl PackedRole {
     /// The role of parameter `name` of a module of `container_type` (as Burn's module
-    /// visitors name it: `Struct:Linear`), if it is held in half precision.
+    /// visitors name it: `Struct:Linear`), if it is held packed.
     pub(crate) fn of(container_type: &str, name: &str) -> Option<Self> {
         match (container_type, name) {
             ("Struct:Linear", "weight") => Some(Self::LinearWeight),
@@ -31,16 +35,26 @@ impl HalfRole {
         }
     }
 
-    /// The half parameter standing for `param`, from `matrix` (`[out, in]`).
+    /// Whether a Burn parameter of `dims` in this role can be held in `format`: its
+    /// packed rows (`[out, in]`) must be whole blocks.
+    pub(crate) fn fits(self, format: WeightFormat, dims: [usize; 2]) -> bool {
+        let row_len = match self {
+            Self::LinearWeight => dims[0],
+            Self::EmbeddingWeight => dims[1],
+        };
+        format.holds_rows_of(row_len)
+    }
+
+    /// The packed parameter standing for `param`, from `matrix` (`[out, in]`).
     pub(crate) fn param<const D: usize>(
         self,
         param: &Param<Tensor<D>>,
-        matrix: HalfMatrix,
+        matrix: PackedMatrix,
         device: &Device,
     ) -> Param<Tensor<D>> {
         // Trainable, as a freshly built parameter is: its f32 value, if ever computed on
         // an autodiff device, can be trained (it cannot be on any other).
-        half_param(param.id, matrix, self == Self::LinearWeight, device, true)
+        packed_param(param.id, matrix, self == Self::LinearWeight, device, true)
     }
 }
 
@@ -58,20 +72,20 @@ impl Containers {
         self.0.pop();
     }
 
-    /// The half role of the parameter being mapped.
-    pub(crate) fn half_role(&self) -> Option<HalfRole> {
+    /// The packed role of the parameter being mapped.
+    pub(crate) fn packed_role(&self) -> Option<PackedRole> {
         let (name, container) = self.0.last()?;
-        HalfRole::of(container, name)
+        PackedRole::of(container, name)
     }
 }
 
-/// Converts a built model's weight matrices to `kind`, one at a time.
-struct ToHalf {
-    kind: HalfKind,
+/// Converts a built model's weight matrices to `format`, one at a time.
+struct ToPacked {
+    format: WeightFormat,
     containers: Containers,
 }
 
-impl ModuleMapper for ToHalf {
+impl ModuleMapper for ToPacked {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.containers.enter(name, container_type);
     }
@@ -81,7 +95,7 @@ impl ModuleMapper for ToHalf {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let role = match self.containers.half_role() {
+        let role = match self.containers.packed_role() {
             Some(role) if D == 2 => role,
             _ => return param,
         };
@@ -90,16 +104,19 @@ impl ModuleMapper for ToHalf {
         let [rows, cols] = value.dims()[..] else {
             return param;
         };
+        if !role.fits(self.format, [rows, cols]) {
+            return param;
+        }
         let values = value
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
             .expect("f32 values");
         let matrix = match role {
-            HalfRole::LinearWeight => {
-                HalfMatrix::from_f32_transposed(self.kind, cols, rows, &values)
+            PackedRole::LinearWeight => {
+                PackedMatrix::from_f32_transposed(self.format, cols, rows, &values)
             }
-            HalfRole::EmbeddingWeight => HalfMatrix::from_f32(self.kind, rows, cols, &values),
+            PackedRole::EmbeddingWeight => PackedMatrix::from_f32(self.format, rows, cols, &values),
         };
         role.param(&param, matrix, &device)
     }
@@ -107,12 +124,12 @@ impl ModuleMapper for ToHalf {
 
 /// `model` with the matrices of its linear layers and embeddings held in `dtype` (a
 /// no-op for f32): for inference; training asks for the f32 values, which are then
-/// computed from the 16-bit ones.
+/// computed from the packed ones.
 pub fn with_weight_dtype<M: Module>(model: M, dtype: Dtype) -> M {
-    match dtype.half_kind() {
+    match dtype.weight_format() {
         None => model,
-        Some(kind) => model.map(&mut ToHalf {
-            kind,
+        Some(format) => model.map(&mut ToPacked {
+            format,
             containers: Containers::default(),
         }),
     }

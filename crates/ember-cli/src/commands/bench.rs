@@ -55,7 +55,8 @@ pub struct BenchArgs {
     /// `load`: the model directory to load.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// `generate` and `load`: precision of the weight matrices (f32, bf16, f16).
+    /// `generate` and `load`: precision of the weight matrices (f32, bf16, f16, q8_0,
+    /// q4_0).
     #[arg(long, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
     /// `train`: arithmetic of the matrix products, `f32` or `bf16` (mixed precision, as

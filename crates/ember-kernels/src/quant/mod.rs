@@ -5,12 +5,14 @@
 //!
 //! Quantizing gives exactly the bytes llama.cpp's reference quantizer
 //! (`ggml-quants.c`, mirrored by the `gguf` Python package) gives, so the blocks are
-//! GGUF's own, written and read without conversion. A product with a block row takes
-//! f32 activations and multiplies them with the dequantized weights (`d · q`, as GGUF
-//! dequantizes), summed in f32: the result is that of the dequantized matrix, for every
-//! batch size, rather than of activations quantized too (what llama.cpp's integer dot
-//! products compute). Decoding reads the weights once per token, so 8.5 or 4.5 bits
-//! per weight instead of 16 is where the speed comes from.
+//! GGUF's own, written and read without conversion. For products, a matrix keeps its
+//! blocks' scales and integers rearranged in panels of rows
+//! ([`PackedMatrix`](crate::packed_weights::PackedMatrix)); the products take f32
+//! activations and multiply them with the dequantized weights (`d · q`, exact in f32),
+//! summed in f32: the result is that of the dequantized matrix, for every batch size,
+//! rather than of activations quantized too (what llama.cpp's integer dot products
+//! compute). Decoding reads the weights once per token, so 8.5 or 4.5 bits per weight
+//! instead of 16 is where the speed comes from.
 
 mod q4_0;
 mod q8_0;
@@ -58,9 +60,8 @@ pub trait QuantBlock: Copy + Send + Sync + Sized {
     /// A block from GGUF's bytes.
     fn read_bytes(bytes: &[u8]) -> Self;
 
-    /// `Σ x[i] · w[i]` over a row of blocks, `x.len() == blocks.len() · BLOCK_SIZE`,
-    /// with `w` the dequantized values, summed in f32 in a fixed order.
-    fn dot(x: &[f32], blocks: &[Self]) -> f32;
+    /// The f16 scale's bits and the 32 integers `q` (`values[i] = d · q[i]`).
+    fn scale_and_ints(&self) -> (u16, [i8; BLOCK_SIZE]);
 
     /// A row of values quantized block by block.
     fn quantize_row(values: &[f32]) -> Result<Vec<Self>, NotWholeBlocks> {
@@ -116,16 +117,6 @@ fn f16_bits(v: f32) -> u16 {
 #[inline]
 fn f16_value(bits: u16) -> f32 {
     half::f16::from_bits(bits).to_f32()
-}
-
-/// Accumulator lanes of the dot products: one block's worth, summed pairwise at the
-/// end so the order does not depend on the vector width.
-const LANES: usize = BLOCK_SIZE;
-
-/// Pairwise sum of the lanes.
-#[inline(always)]
-fn sum_lanes(acc: [f32; LANES]) -> f32 {
-    crate::simd::pairwise_sum(acc)
 }
 
 #[cfg(test)]

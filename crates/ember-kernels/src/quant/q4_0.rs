@@ -1,7 +1,6 @@
 //! GGUF's Q4_0: 32 four-bit values (offset by 8) and one f16 scale per block.
 
-use super::{BLOCK_SIZE, LANES, QuantBlock, f16_bits, f16_value, sum_lanes};
-use crate::simd::widest_fn;
+use super::{BLOCK_SIZE, QuantBlock, f16_bits, f16_value};
 
 /// A Q4_0 block: `values[i] ≈ d · (q[i] - 8)`, with `d = m / -8` for the value `m` of
 /// largest magnitude (so `m` itself is exact) and the 4-bit `q` packed two per byte:
@@ -68,26 +67,7 @@ impl QuantBlock for BlockQ4_0 {
         }
     }
 
-    fn dot(x: &[f32], blocks: &[Self]) -> f32 {
-        dot_q4_0(x, blocks)
-    }
-}
-
-widest_fn! {
-    fn dot_q4_0(x: &[f32], blocks: &[BlockQ4_0]) -> f32 {
-        assert_eq!(x.len(), blocks.len() * BLOCK_SIZE, "one activation per weight");
-        let half = BLOCK_SIZE / 2;
-        let mut acc = [0.0f32; LANES];
-        for (xs, block) in x.chunks_exact(BLOCK_SIZE).zip(blocks) {
-            let d = f16_value(block.d);
-            for i in 0..half {
-                let byte = block.qs[i];
-                let low = f32::from((byte & 0x0F) as i8 - 8) * d;
-                let high = f32::from((byte >> 4) as i8 - 8) * d;
-                acc[i] = low.mul_add(xs[i], acc[i]);
-                acc[i + half] = high.mul_add(xs[i + half], acc[i + half]);
-            }
-        }
-        sum_lanes(acc)
+    fn scale_and_ints(&self) -> (u16, [i8; BLOCK_SIZE]) {
+        (self.d, std::array::from_fn(|i| self.code(i) as i8 - 8))
     }
 }

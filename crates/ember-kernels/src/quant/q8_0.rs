@@ -1,7 +1,6 @@
 //! GGUF's Q8_0: 32 signed bytes and one f16 scale per block.
 
-use super::{BLOCK_SIZE, LANES, QuantBlock, f16_bits, f16_value, round_half_away, sum_lanes};
-use crate::simd::widest_fn;
+use super::{BLOCK_SIZE, QuantBlock, f16_bits, f16_value, round_half_away};
 
 /// A Q8_0 block: `values[i] ≈ d · qs[i]` with `d = max|values| / 127`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,21 +47,7 @@ impl QuantBlock for BlockQ8_0 {
         }
     }
 
-    fn dot(x: &[f32], blocks: &[Self]) -> f32 {
-        dot_q8_0(x, blocks)
-    }
-}
-
-widest_fn! {
-    fn dot_q8_0(x: &[f32], blocks: &[BlockQ8_0]) -> f32 {
-        assert_eq!(x.len(), blocks.len() * BLOCK_SIZE, "one activation per weight");
-        let mut acc = [0.0f32; LANES];
-        for (xs, block) in x.chunks_exact(BLOCK_SIZE).zip(blocks) {
-            let d = f16_value(block.d);
-            for i in 0..BLOCK_SIZE {
-                acc[i] = (f32::from(block.qs[i]) * d).mul_add(xs[i], acc[i]);
-            }
-        }
-        sum_lanes(acc)
+    fn scale_and_ints(&self) -> (u16, [i8; BLOCK_SIZE]) {
+        (self.d, self.qs)
     }
 }

@@ -16,11 +16,11 @@ use burn::prelude::*;
 use regex::Regex;
 
 use ember_kernels::Dtype;
-use ember_kernels::half_weights::{HalfKind, HalfMatrix};
+use ember_kernels::packed_weights::{PackedMatrix, WeightFormat};
 
 use super::WeightsError;
 use super::tensors::TensorSource;
-use crate::precision::{Containers, HalfRole};
+use crate::precision::{Containers, PackedRole};
 
 /// How a Hub tensor is laid out relative to Ember's parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +99,8 @@ struct Loader<'a> {
     table: &'a NameTable,
     source: &'a dyn TensorSource,
     device: Device,
-    /// Weight matrices are held in this 16-bit format, if any.
-    half: Option<HalfKind>,
+    /// Weight matrices are held in this packed format, if any.
+    format: Option<WeightFormat>,
     path: PathTracker,
     containers: Containers,
     used: BTreeSet<String>,
@@ -155,15 +155,19 @@ impl ModuleMapper for Loader<'_> {
                 .push(format!("tensor {name} holds {bad} values"));
             return param;
         }
-        if let (Some(kind), Some(role)) = (self.half, self.containers.half_role()) {
-            // Straight from the file's values to 16 bits: no f32 tensor is built. The half
-            // matrix is `[out, in]`, a Linear weight's transpose and an Embedding's self.
+        if let (Some(format), Some(role)) = (self.format, self.containers.packed_role())
+            && let [rows, cols] = expected[..]
+            && role.fits(format, [rows, cols])
+        {
+            // Straight from the file's values to the packed format: no f32 tensor is
+            // built. The packed matrix is `[out, in]`, a Linear weight's transpose and an
+            // Embedding's self.
             let (a, b) = (hub_shape[0], hub_shape[1]);
-            let transpose = (role == HalfRole::LinearWeight) == (layout == Layout::Same);
+            let transpose = (role == PackedRole::LinearWeight) == (layout == Layout::Same);
             let matrix = if transpose {
-                HalfMatrix::from_f32_transposed(kind, b, a, &values)
+                PackedMatrix::from_f32_transposed(format, b, a, &values)
             } else {
-                HalfMatrix::from_f32(kind, a, b, &values)
+                PackedMatrix::from_f32(format, a, b, &values)
             };
             return role.param(&param, matrix, &self.device);
         }
@@ -194,7 +198,7 @@ pub fn load_parameters<M: Module>(
         table,
         source,
         device: device.clone(),
-        half: dtype.half_kind(),
+        format: dtype.weight_format(),
         path: PathTracker::default(),
         containers: Containers::default(),
         used: also_used.iter().map(|s| s.to_string()).collect(),

@@ -1,19 +1,21 @@
-//! Weights kept in 16 bits (bf16 or f16) for inference, computed with in f32.
+//! Weights packed for inference, in 16 bits (bf16, f16) or block-quantized (GGUF's
+//! Q8_0, Q4_0), computed with in f32.
 //!
 //! Generating a token reads every weight once: on a CPU that is a memory-bound
 //! matrix-vector product, so weights held in 16 bits make it up to twice as fast and the
-//! model half as large. Activations, the KV cache and every sum stay f32 ("weight-only"
-//! half precision): the only rounding is the weights' own.
+//! model half as large, and in 8.5 or 4.5 bits (a block of 32 values sharing one f16
+//! scale) faster and smaller again. Activations, the KV cache and every sum stay f32
+//! ("weight-only" precision): the only rounding is the weights' own.
 //!
-//! A [`HalfMatrix`] holds a weight as `[out, in]` rows, the layout PyTorch's `nn.Linear`
-//! and `nn.Embedding` share, so one matrix serves a linear layer (`x · Mᵀ`), an embedding
-//! lookup (rows of `M`) and a tied output head (`x · Mᵀ` again).
+//! A [`PackedMatrix`] holds a weight as `[out, in]` rows, the layout PyTorch's
+//! `nn.Linear` and `nn.Embedding` share, so one matrix serves a linear layer (`x · Mᵀ`),
+//! an embedding lookup (rows of `M`) and a tied output head (`x · Mᵀ` again).
 //!
-//! A model gets its half weights through [`half_param`]: the parameter stays a Burn
-//! parameter, but lazy, its f32 value computed from the half matrix only if something
+//! A model gets its packed weights through [`packed_param`]: the parameter stays a Burn
+//! parameter, but lazy, its f32 value computed from the packed matrix only if something
 //! asks for it (saving, training, a backend without these kernels). Until then
 //! [`linear`](crate::linear), [`embedding`](crate::embedding) and
-//! [`unembed`](crate::unembed) find the half matrix by the parameter's id and compute
+//! [`unembed`](crate::unembed) find the packed matrix by the parameter's id and compute
 //! from it; once the f32 value exists they use that, as they always did.
 
 use std::collections::HashMap;
@@ -21,80 +23,131 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use burn::module::{Param, ParamId};
 use burn::prelude::*;
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::cpu::{CpuBackend, MatrixView, with_cpu_backend};
-use crate::half_dot;
+use crate::panel_dot;
+use crate::quant::{BLOCK_SIZE, BlockQ4_0, BlockQ8_0, QuantBlock};
 
-/// A 16-bit float format for weights.
+/// A packed format for weight matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HalfKind {
+pub enum WeightFormat {
     /// bfloat16: f32's range, 8 bits of mantissa; converting to f32 is a shift.
     Bf16,
     /// IEEE half: 11 bits of mantissa, range ±65504.
     F16,
+    /// GGUF's Q8_0: blocks of 32 signed bytes and an f16 scale (8.5 bits per weight).
+    Q8_0,
+    /// GGUF's Q4_0: blocks of 32 four-bit values and an f16 scale (4.5 bits per weight).
+    Q4_0,
 }
 
-/// A matrix of 16-bit floats, `[rows, cols]` (a weight's `[out, in]`), stored in
-/// panels of four rows interleaved eight values at a time, the order the products read
-/// them in (`half_dot.rs`).
+impl WeightFormat {
+    /// Whether rows of `k` values can be held in this format: any for bf16 and f16,
+    /// whole blocks of [`BLOCK_SIZE`] for the quantized formats (as in GGUF).
+    pub fn holds_rows_of(self, k: usize) -> bool {
+        match self {
+            Self::Bf16 | Self::F16 => true,
+            Self::Q8_0 | Self::Q4_0 => k.is_multiple_of(BLOCK_SIZE),
+        }
+    }
+}
+
+/// A matrix of packed weights, `[rows, cols]` (a weight's `[out, in]`), stored in
+/// panels of four rows in the order the products read them (`panel_dot.rs`).
 #[derive(Debug)]
-pub struct HalfMatrix {
-    kind: HalfKind,
+pub struct PackedMatrix {
+    format: WeightFormat,
     rows: usize,
     cols: usize,
-    bits: Vec<u16>,
+    panels: Vec<u8>,
 }
 
-impl HalfMatrix {
-    /// `values` (row-major `[rows, cols]`) rounded to `kind`, to nearest even as
-    /// PyTorch's `.to(dtype)` does.
-    pub fn from_f32(kind: HalfKind, rows: usize, cols: usize, values: &[f32]) -> Self {
+impl PackedMatrix {
+    /// `values` (row-major `[rows, cols]`) rounded to `format` (to nearest even, as
+    /// PyTorch's `.to(dtype)` does) or quantized (as llama.cpp's reference quantizer
+    /// does, block by block along each row).
+    ///
+    /// # Panics
+    /// If `format` cannot hold rows of `cols` values ([`WeightFormat::holds_rows_of`]).
+    pub fn from_f32(format: WeightFormat, rows: usize, cols: usize, values: &[f32]) -> Self {
         assert_eq!(values.len(), rows * cols, "{rows} x {cols} values");
-        Self::from_fn(kind, rows, cols, |r, c| values[r * cols + c])
+        Self::from_fn(format, rows, cols, |r, c| values[r * cols + c])
     }
 
-    /// The transpose of `values` (row-major `[cols, rows]`) rounded to `kind`: a
+    /// The transpose of `values` (row-major `[cols, rows]`) in `format`: a
     /// `[rows, cols]` matrix from a weight stored the other way round.
-    pub fn from_f32_transposed(kind: HalfKind, rows: usize, cols: usize, values: &[f32]) -> Self {
+    ///
+    /// # Panics
+    /// As [`PackedMatrix::from_f32`].
+    pub fn from_f32_transposed(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+    ) -> Self {
         assert_eq!(values.len(), rows * cols, "{cols} x {rows} values");
-        Self::from_fn(kind, rows, cols, |r, c| values[c * rows + r])
+        Self::from_fn(format, rows, cols, |r, c| values[c * rows + r])
     }
 
-    /// The matrix of `value(r, c)` rounded to `kind`, written panel by panel in
-    /// parallel, in place (no per-thread pieces that the allocator would keep).
+    /// The matrix of `value(r, c)` in `format`, written panel by panel in parallel, in
+    /// place (no per-thread pieces that the allocator would keep).
     fn from_fn(
-        kind: HalfKind,
+        format: WeightFormat,
         rows: usize,
         cols: usize,
         value: impl Fn(usize, usize) -> f32 + Sync,
     ) -> Self {
-        let panel = half_dot::panel_len(cols);
-        let mut bits = vec![0u16; rows.div_ceil(half_dot::PANEL_ROWS) * panel];
+        assert!(
+            format.holds_rows_of(cols),
+            "{format:?} rows of {cols} values are not whole blocks of {BLOCK_SIZE}"
+        );
+        let panel = panel_dot::panel_bytes(format, cols);
+        let mut panels = vec![0u8; rows.div_ceil(panel_dot::PANEL_ROWS) * panel];
         if panel > 0 {
-            bits.par_chunks_mut(panel).enumerate().for_each(|(p, out)| {
-                let first = p * half_dot::PANEL_ROWS;
-                for r in first..(first + half_dot::PANEL_ROWS).min(rows) {
-                    for c in 0..cols {
-                        out[half_dot::panel_index(cols, r - first, c)] =
-                            to_half_bits(kind, value(r, c));
+            panels
+                .par_chunks_mut(panel)
+                .enumerate()
+                .for_each(|(p, out)| {
+                    let first = p * panel_dot::PANEL_ROWS;
+                    for r in first..(first + panel_dot::PANEL_ROWS).min(rows) {
+                        let row = r - first;
+                        match format {
+                            WeightFormat::Bf16 | WeightFormat::F16 => {
+                                for c in 0..cols {
+                                    let bits = to_half_bits(format, value(r, c));
+                                    panel_dot::put_half(out, row, c, bits);
+                                }
+                            }
+                            WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+                                for b in 0..cols / BLOCK_SIZE {
+                                    let values =
+                                        std::array::from_fn(|i| value(r, b * BLOCK_SIZE + i));
+                                    let (scale, ints) = match format {
+                                        WeightFormat::Q8_0 => {
+                                            BlockQ8_0::quantize_block(&values).scale_and_ints()
+                                        }
+                                        _ => BlockQ4_0::quantize_block(&values).scale_and_ints(),
+                                    };
+                                    panel_dot::put_block(format, out, row, b, scale, &ints);
+                                }
+                            }
+                        }
                     }
-                }
-            });
+                });
         }
         Self {
-            kind,
+            format,
             rows,
             cols,
-            bits,
+            panels,
         }
     }
 
     /// The format.
-    pub fn kind(&self) -> HalfKind {
-        self.kind
+    pub fn format(&self) -> WeightFormat {
+        self.format
     }
 
     /// `[rows, cols]`.
@@ -104,27 +157,33 @@ impl HalfMatrix {
 
     /// Bytes held.
     pub fn size_bytes(&self) -> usize {
-        self.bits.len() * 2
+        self.panels.len()
+    }
+
+    /// Rows `rows` (starting at a panel's first row) for the products.
+    pub(crate) fn panel_rows(&self, rows: std::ops::Range<usize>) -> panel_dot::PanelRows<'_> {
+        assert!(rows.start.is_multiple_of(panel_dot::PANEL_ROWS) && rows.end <= self.rows);
+        let panel = panel_dot::panel_bytes(self.format, self.cols);
+        panel_dot::PanelRows {
+            format: self.format,
+            panels: &self.panels[rows.start / panel_dot::PANEL_ROWS * panel
+                ..rows.end.div_ceil(panel_dot::PANEL_ROWS) * panel],
+            rows: rows.len(),
+            k: self.cols,
+        }
     }
 
     /// Row `r` as f32 into `out` (`cols` long).
     fn row_into(&self, r: usize, out: &mut [f32]) {
-        let lanes = half_dot::LANES;
-        for (v, out) in out[..self.cols].chunks_mut(lanes).enumerate() {
-            let start = half_dot::panel_index(self.cols, r, v * lanes);
-            let bits = &self.bits[start..start + out.len()];
-            match self.kind {
-                HalfKind::Bf16 => bits
-                    .iter()
-                    .zip(out.iter_mut())
-                    .for_each(|(&b, o)| *o = f32::from_bits((b as u32) << 16)),
-                // `half` converts slices with F16C where the CPU has it.
-                HalfKind::F16 => half_bits_as_f16(bits).convert_to_f32_slice(out),
-            }
+        let panel = panel_dot::panel_bytes(self.format, self.cols);
+        let panel = &self.panels[r / panel_dot::PANEL_ROWS * panel..][..panel];
+        for (v, out) in out[..self.cols].chunks_mut(panel_dot::LANES).enumerate() {
+            let values = panel_dot::vector(self.format, panel, r % panel_dot::PANEL_ROWS, v);
+            out.copy_from_slice(&values[..out.len()]);
         }
     }
 
-    /// Every value as f32, row-major.
+    /// Every value as f32, row-major: the weights the products compute with.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.rows * self.cols];
         if self.cols > 0 {
@@ -136,38 +195,33 @@ impl HalfMatrix {
     }
 }
 
-/// `v` rounded to `kind` (to nearest even), as bits.
-fn to_half_bits(kind: HalfKind, v: f32) -> u16 {
-    match kind {
-        HalfKind::Bf16 => bf16::from_f32(v).to_bits(),
-        HalfKind::F16 => f16::from_f32(v).to_bits(),
+/// `v` rounded to bf16 or f16 (to nearest even), as bits.
+fn to_half_bits(format: WeightFormat, v: f32) -> u16 {
+    match format {
+        WeightFormat::Bf16 => bf16::from_f32(v).to_bits(),
+        _ => f16::from_f32(v).to_bits(),
     }
 }
 
-fn half_bits_as_f16(bits: &[u16]) -> &[f16] {
-    // SAFETY: `f16` is `#[repr(transparent)]` over `u16`.
-    unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<f16>(), bits.len()) }
-}
-
-/// The half matrices of live lazy parameters, by parameter id. Weak: the strong
+/// The packed matrices of live lazy parameters, by parameter id. Weak: the strong
 /// reference is the parameter's initializer, so a matrix leaves with its model, and
 /// stops being used the moment its parameter's f32 value is computed.
-fn registry() -> &'static Mutex<HashMap<ParamId, Weak<HalfMatrix>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<ParamId, Weak<HalfMatrix>>>> = OnceLock::new();
+fn registry() -> &'static Mutex<HashMap<ParamId, Weak<PackedMatrix>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<ParamId, Weak<PackedMatrix>>>> = OnceLock::new();
     REGISTRY.get_or_init(Default::default)
 }
 
 /// A lazy parameter standing for `matrix`, with `id`: its f32 value, computed only when
 /// asked for, is `matrix` (`[out, in]`), transposed when `transposed` (a Burn `Linear`
 /// weight is `[in, out]`). The kernels compute from `matrix` until then.
-pub fn half_param<const D: usize>(
+pub fn packed_param<const D: usize>(
     id: ParamId,
-    matrix: HalfMatrix,
+    matrix: PackedMatrix,
     transposed: bool,
     device: &Device,
     require_grad: bool,
 ) -> Param<Tensor<D>> {
-    assert_eq!(D, 2, "half weights are matrices");
+    assert_eq!(D, 2, "packed weights are matrices");
     let [rows, cols] = matrix.dims();
     let shape = if transposed {
         [cols, rows]
@@ -176,7 +230,7 @@ pub fn half_param<const D: usize>(
     };
     let matrix = Arc::new(matrix);
     {
-        let mut registry = registry().lock().expect("half weight registry");
+        let mut registry = registry().lock().expect("packed weight registry");
         registry.retain(|_, m| m.strong_count() > 0);
         registry.insert(id, Arc::downgrade(&matrix));
     }
@@ -199,27 +253,27 @@ pub fn half_param<const D: usize>(
     )
 }
 
-/// The half matrix `param` stands for, while its f32 value has not been computed and
+/// The packed matrix `param` stands for, while its f32 value has not been computed and
 /// no LoRA adapter modifies it.
-pub fn half_matrix<const D: usize>(param: &Param<Tensor<D>>) -> Option<Arc<HalfMatrix>> {
+pub fn packed_matrix<const D: usize>(param: &Param<Tensor<D>>) -> Option<Arc<PackedMatrix>> {
     if param.is_initialized() || param.adapter().is_some() {
         return None;
     }
     registry()
         .lock()
-        .expect("half weight registry")
+        .expect("packed weight registry")
         .get(&param.id)
         .and_then(Weak::upgrade)
 }
 
-/// `x · Mᵀ (+ bias)`: a linear layer with half weights `m` (`[out, in]`).
+/// `x · Mᵀ (+ bias)`: a linear layer with packed weights `m` (`[out, in]`).
 ///
 /// # Shapes
 /// - x: `[..., in]`
 /// - returns `[..., out]`
-pub fn linear_half<const D: usize>(
+pub fn linear_packed<const D: usize>(
     x: Tensor<D>,
-    m: &HalfMatrix,
+    m: &PackedMatrix,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
     let [out_features, in_features] = m.dims();
@@ -253,7 +307,7 @@ pub fn linear_half<const D: usize>(
 }
 
 /// `x · Mᵀ` (`[rows, in]` → `[rows, out]`).
-fn product_2d(x: Tensor<2>, m: &HalfMatrix) -> Tensor<2> {
+fn product_2d(x: Tensor<2>, m: &PackedMatrix) -> Tensor<2> {
     let device = x.device();
     match with_cpu_backend!(&x, B => product_on::<B>(&x, m, false)).flatten() {
         Some(y) => y,
@@ -269,7 +323,7 @@ fn product_2d(x: Tensor<2>, m: &HalfMatrix) -> Tensor<2> {
 /// # Shapes
 /// - ids: `[batch, seq]`
 /// - returns `[batch, seq, cols]`
-pub fn embedding_half(ids: Tensor<2, Int>, m: &HalfMatrix) -> Tensor<3> {
+pub fn embedding_packed(ids: Tensor<2, Int>, m: &PackedMatrix) -> Tensor<3> {
     let [batch, seq] = ids.dims();
     let [rows, cols] = m.dims();
     let device = ids.device();
@@ -292,7 +346,7 @@ pub fn embedding_half(ids: Tensor<2, Int>, m: &HalfMatrix) -> Tensor<3> {
 /// Plain (untracked) `x` on CPU backend `B`: the product through the slice kernel.
 fn product_on<B: CpuBackend>(
     x: &Tensor<2>,
-    m: &HalfMatrix,
+    m: &PackedMatrix,
     row_invariant: bool,
 ) -> Option<Tensor<2>> {
     let x = B::plain(x)?;
@@ -305,7 +359,7 @@ fn product_on<B: CpuBackend>(
 
 /// Output rows per task: one task converts and reads 64 weight rows (whole panels).
 const ROWS_PER_TASK: usize = 64;
-const _: () = assert!(ROWS_PER_TASK.is_multiple_of(half_dot::PANEL_ROWS));
+const _: () = assert!(ROWS_PER_TASK.is_multiple_of(panel_dot::PANEL_ROWS));
 /// From this many tokens on, on a CPU with AVX-512, a task converts its rows to f32
 /// once and multiplies them with `gemm` (compute-bound prompts, at AVX-512's width);
 /// below, and on every other CPU, it takes the blocked dot products, which on AVX2
@@ -320,7 +374,7 @@ fn through_gemm(tokens: usize, row_invariant: bool) -> bool {
 
 /// `x · Mᵀ`, row-major `[tokens, out]`, on every core. With `row_invariant`, each row's
 /// result does not depend on the others ([`crate::rows`]).
-fn product(x: &[f32], tokens: usize, m: &HalfMatrix, row_invariant: bool) -> Vec<f32> {
+fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> Vec<f32> {
     let [out_features, in_features] = m.dims();
     assert_eq!(x.len(), tokens * in_features);
     if tokens == 1 {
@@ -361,11 +415,11 @@ fn product(x: &[f32], tokens: usize, m: &HalfMatrix, row_invariant: bool) -> Vec
 
 /// `x · M[rows]ᵀ`, stored `[rows, tokens]`: blocked dot products, or `gemm` for many
 /// tokens on AVX-512 ([`through_gemm`]); with `row_invariant`, the dot products for any number (each token's
-/// result the bits it has alone: [`crate::half_dot`]).
+/// result the bits it has alone: [`crate::panel_dot`]).
 fn block_product(
     x: &[f32],
     tokens: usize,
-    m: &HalfMatrix,
+    m: &PackedMatrix,
     rows: std::ops::Range<usize>,
     row_invariant: bool,
 ) -> Vec<f32> {
@@ -382,16 +436,9 @@ fn block_product(
         return crate::matmul::gemm_on_this_thread(w, xt);
     }
     let mut out = vec![0.0f32; n * tokens];
-    let panel = half_dot::panel_len(k);
-    let weights = half_dot::PanelRows {
-        kind: m.kind,
-        // Tasks start at multiples of ROWS_PER_TASK, so at a panel's first row.
-        panels: &m.bits[rows.start / half_dot::PANEL_ROWS * panel
-            ..rows.end.div_ceil(half_dot::PANEL_ROWS) * panel],
-        rows: n,
-        k,
-    };
-    half_dot::half_dots(x, tokens, &weights, &mut out);
+    // Tasks start at multiples of ROWS_PER_TASK, so at a panel's first row.
+    let weights = m.panel_rows(rows);
+    panel_dot::panel_dots(x, tokens, &weights, &mut out);
     out
 }
 
@@ -402,8 +449,8 @@ mod tests {
     use crate::tests::assert_close;
     use burn::tensor::Distribution;
 
-    fn rounded(kind: HalfKind, values: &[f32]) -> Vec<f32> {
-        HalfMatrix::from_f32(kind, 1, values.len(), values).to_f32()
+    fn rounded(kind: WeightFormat, values: &[f32]) -> Vec<f32> {
+        PackedMatrix::from_f32(kind, 1, values.len(), values).to_f32()
     }
 
     #[test]
@@ -418,45 +465,93 @@ mod tests {
             70000.0,
         ];
         assert_eq!(
-            rounded(HalfKind::Bf16, &values),
+            rounded(WeightFormat::Bf16, &values),
             [1.0, 1.015625, 0.333984375, 70144.0]
         );
         // ... .to(torch.float16): 70000 overflows to inf.
         assert_eq!(
-            rounded(HalfKind::F16, &values),
+            rounded(WeightFormat::F16, &values),
             [1.00390625, 1.01171875, 0.333251953125, f32::INFINITY]
         );
     }
 
-    /// The product equals Burn's matmul with the rounded weights, for decoding (one
-    /// token), short prompts and long ones (the gemm path on AVX-512 CPUs), odd sizes
-    /// included.
+    /// The product equals Burn's matmul with the packed weights as f32, for decoding
+    /// (one token), short prompts and long ones (the gemm path on AVX-512 CPUs), odd
+    /// sizes included, in every format.
     #[test]
-    fn product_matches_the_matmul_of_the_rounded_weights() {
+    fn product_matches_the_matmul_of_the_packed_weights() {
         let _rng = crate::tests::device_rng();
         let device = Device::ndarray();
-        for kind in [HalfKind::Bf16, HalfKind::F16] {
+        for kind in [
+            WeightFormat::Bf16,
+            WeightFormat::F16,
+            WeightFormat::Q8_0,
+            WeightFormat::Q4_0,
+        ] {
             for tokens in [1, 3, GEMM_FROM_TOKENS + 5] {
-                let (out, inp) = (ROWS_PER_TASK * 2 + 7, 3 * crate::half_dot::LANES + 5);
+                let inp = if kind.holds_rows_of(29) {
+                    3 * crate::panel_dot::LANES + 5
+                } else {
+                    3 * BLOCK_SIZE
+                };
+                let out = ROWS_PER_TASK * 2 + 7;
                 let w = Tensor::<2>::random([out, inp], Distribution::Normal(0.0, 1.0), &device);
                 let x =
                     Tensor::<3>::random([1, tokens, inp], Distribution::Normal(0.0, 1.0), &device);
                 let bias = Tensor::<1>::random([out], Distribution::Default, &device);
                 let values = w.into_data().into_vec::<f32>().unwrap();
-                let m = HalfMatrix::from_f32(kind, out, inp, &values);
+                let m = PackedMatrix::from_f32(kind, out, inp, &values);
                 let w_rounded =
                     Tensor::<2>::from_data(TensorData::new(m.to_f32(), [out, inp]), &device);
                 let want = x.clone().matmul(w_rounded.transpose().unsqueeze())
                     + bias.clone().unsqueeze::<3>();
-                assert_close(linear_half(x, &m, Some(bias)), want, 1e-4);
+                assert_close(linear_packed(x, &m, Some(bias)), want, 1e-4);
             }
         }
+    }
+
+    /// A quantized matrix holds, row by row, GGUF's blocks of that row (llama.cpp's
+    /// reference quantizer, checked against its bytes in `quant`): the same scales and
+    /// integers, so the same dequantized values, transposed or not.
+    #[test]
+    fn quantized_rows_are_the_gguf_blocks_of_each_row() {
+        let (rows, cols) = (6, 3 * BLOCK_SIZE);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1 + i % 5) as f32)
+            .collect();
+        let transposed: Vec<f32> = (0..cols * rows)
+            .map(|i| values[(i % rows) * cols + i / rows])
+            .collect();
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+            let mut want = vec![0.0f32; rows * cols];
+            for (row, out) in values.chunks(cols).zip(want.chunks_mut(cols)) {
+                match format {
+                    WeightFormat::Q8_0 => {
+                        BlockQ8_0::dequantize_row(&BlockQ8_0::quantize_row(row).unwrap(), out)
+                    }
+                    _ => BlockQ4_0::dequantize_row(&BlockQ4_0::quantize_row(row).unwrap(), out),
+                }
+            }
+            let m = PackedMatrix::from_f32(format, rows, cols, &values);
+            assert_eq!(m.to_f32(), want, "{format:?}");
+            let t = PackedMatrix::from_f32_transposed(format, rows, cols, &transposed);
+            assert_eq!(t.to_f32(), want, "{format:?} transposed");
+            let bits = if format == WeightFormat::Q8_0 { 34 } else { 18 };
+            // Whole panels of four rows (the last two rows padding).
+            assert_eq!(m.size_bytes(), 8 * 3 * bits);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "rows of 33 values are not whole blocks")]
+    fn quantized_rows_must_be_whole_blocks() {
+        PackedMatrix::from_f32(WeightFormat::Q8_0, 1, 33, &[0.5; 33]);
     }
 
     #[test]
     fn a_transposed_matrix_reads_the_values_by_columns() {
         let values: Vec<f32> = (0..6).map(|v| v as f32).collect();
-        let m = HalfMatrix::from_f32_transposed(HalfKind::Bf16, 3, 2, &values);
+        let m = PackedMatrix::from_f32_transposed(WeightFormat::Bf16, 3, 2, &values);
         assert_eq!(m.dims(), [3, 2]);
         assert_eq!(m.to_f32(), [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
     }
@@ -465,49 +560,49 @@ mod tests {
     fn embedding_reads_rows() {
         let device = Device::ndarray();
         let values: Vec<f32> = (0..12).map(|v| v as f32 * 0.5).collect();
-        let m = HalfMatrix::from_f32(HalfKind::Bf16, 4, 3, &values);
+        let m = PackedMatrix::from_f32(WeightFormat::Bf16, 4, 3, &values);
         let ids = Tensor::<2, Int>::from_ints([[3, 0]], &device);
-        embedding_half(ids, &m).into_data().assert_eq(
+        embedding_packed(ids, &m).into_data().assert_eq(
             &TensorData::from([[[4.5f32, 5.0, 5.5], [0.0, 0.5, 1.0]]]),
             true,
         );
     }
 
-    /// A half parameter computes from its matrix until its f32 value is asked for,
+    /// A packed parameter computes from its matrix until its f32 value is asked for,
     /// which then is the matrix (transposed for a Linear weight); the matrix goes with
     /// the last copy of the model.
     #[test]
-    fn half_parameters_are_lazy_and_leave_with_their_model() {
+    fn packed_parameters_are_lazy_and_leave_with_their_model() {
         let device = Device::ndarray();
         let values: Vec<f32> = (0..6).map(|v| v as f32).collect();
         let id = ParamId::new();
-        let param: Param<Tensor<2>> = half_param(
+        let param: Param<Tensor<2>> = packed_param(
             id,
-            HalfMatrix::from_f32(HalfKind::Bf16, 2, 3, &values),
+            PackedMatrix::from_f32(WeightFormat::Bf16, 2, 3, &values),
             true,
             &device,
             false,
         );
         assert_eq!(param.lazy_shape().to_vec(), [3, 2]);
-        assert!(half_matrix(&param).is_some());
+        assert!(packed_matrix(&param).is_some());
         let copy = param.clone();
         copy.val().into_data().assert_eq(
             &TensorData::from([[0.0f32, 3.0], [1.0, 4.0], [2.0, 5.0]]),
             true,
         );
         assert!(
-            half_matrix(&param).is_none(),
+            packed_matrix(&param).is_none(),
             "the f32 value is used from now on"
         );
 
-        let param: Param<Tensor<2>> = half_param(
+        let param: Param<Tensor<2>> = packed_param(
             ParamId::new(),
-            HalfMatrix::from_f32(HalfKind::Bf16, 2, 3, &values),
+            PackedMatrix::from_f32(WeightFormat::Bf16, 2, 3, &values),
             false,
             &device,
             false,
         );
-        let weak = Arc::downgrade(&half_matrix(&param).unwrap());
+        let weak = Arc::downgrade(&packed_matrix(&param).unwrap());
         drop(param);
         assert!(weak.upgrade().is_none());
     }
