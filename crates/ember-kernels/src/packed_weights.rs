@@ -360,23 +360,29 @@ fn product_on<B: CpuBackend>(
 /// Output rows per task: one task converts and reads 64 weight rows (whole panels).
 const ROWS_PER_TASK: usize = 64;
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(panel_dot::PANEL_ROWS));
-/// From this many tokens on, on a CPU with AVX-512, a task converts its rows to f32
-/// once and multiplies them with `gemm` (compute-bound prompts, at AVX-512's width);
-/// below, and on every other CPU, it takes the blocked dot products, which on AVX2
-/// read prompts faster than `gemm` does (Zen 3, Qwen3-0.6B's shape in bf16: a
+/// From this many tokens on, on a CPU with AVX-512, a task converts its rows of bf16 or
+/// f16 to f32 once and multiplies them with `gemm` (compute-bound prompts, at AVX-512's
+/// width); below, and on every other CPU, it takes the blocked dot products, which on
+/// AVX2 read prompts faster than `gemm` does (Zen 3, Qwen3-0.6B's shape in bf16: a
 /// 36-token prompt 0.50 s against 0.69-0.91 s, 256 tokens 3.4-3.9 s against 4.1-4.8 s).
+/// Quantized weights always take their integer dot products, so that a prompt's
+/// activations are quantized as a decoded token's are.
 const GEMM_FROM_TOKENS: usize = 16;
 
 /// Whether `tokens` rows go through `gemm` (see [`GEMM_FROM_TOKENS`]).
-fn through_gemm(tokens: usize, row_invariant: bool) -> bool {
-    tokens >= GEMM_FROM_TOKENS && !row_invariant && crate::simd::level() >= 2
+fn through_gemm(format: WeightFormat, tokens: usize, row_invariant: bool) -> bool {
+    matches!(format, WeightFormat::Bf16 | WeightFormat::F16)
+        && tokens >= GEMM_FROM_TOKENS
+        && !row_invariant
+        && crate::simd::level() >= 2
 }
 
 /// `x · Mᵀ`, row-major `[tokens, out]`, on every core. With `row_invariant`, each row's
 /// result does not depend on the others ([`crate::rows`]).
 fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> Vec<f32> {
     let [out_features, in_features] = m.dims();
-    assert_eq!(x.len(), tokens * in_features);
+    // Quantized once for every task.
+    let x = panel_dot::Activations::new(m.format, x, tokens, in_features);
     if tokens == 1 {
         // Decoding: each task writes its rows' dot products in place.
         let mut out = vec![0.0f32; out_features];
@@ -384,7 +390,7 @@ fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> V
             .enumerate()
             .for_each(|(task, chunk)| {
                 let first = task * ROWS_PER_TASK;
-                let block = block_product(x, 1, m, first..first + chunk.len(), row_invariant);
+                let block = block_product(&x, m, first..first + chunk.len(), row_invariant);
                 chunk.copy_from_slice(&block);
             });
         return out;
@@ -395,10 +401,7 @@ fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> V
         .map(|task| {
             let first = task * ROWS_PER_TASK;
             let last = (first + ROWS_PER_TASK).min(out_features);
-            (
-                first,
-                block_product(x, tokens, m, first..last, row_invariant),
-            )
+            (first, block_product(&x, m, first..last, row_invariant))
         })
         .collect();
     let mut out = vec![0.0f32; tokens * out_features];
@@ -414,31 +417,30 @@ fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> V
 }
 
 /// `x · M[rows]ᵀ`, stored `[rows, tokens]`: blocked dot products, or `gemm` for many
-/// tokens on AVX-512 ([`through_gemm`]); with `row_invariant`, the dot products for any number (each token's
-/// result the bits it has alone: [`crate::panel_dot`]).
+/// tokens of 16-bit weights on AVX-512 ([`through_gemm`]); with `row_invariant`, the dot
+/// products for any number (each token's result the bits it has alone:
+/// [`crate::panel_dot`]).
 fn block_product(
-    x: &[f32],
-    tokens: usize,
+    x: &panel_dot::Activations,
     m: &PackedMatrix,
     rows: std::ops::Range<usize>,
     row_invariant: bool,
 ) -> Vec<f32> {
-    let k = m.dims()[1];
+    let (k, tokens) = (m.dims()[1], x.tokens);
     let n = rows.len();
-    if through_gemm(tokens, row_invariant) {
+    if through_gemm(m.format, tokens, row_invariant) {
         let mut weights = vec![0.0f32; n * k];
         for (i, r) in rows.enumerate() {
             m.row_into(r, &mut weights[i * k..(i + 1) * k]);
         }
         // [n, k] · [k, tokens] with x read transposed through its strides.
         let w = MatrixView::new(weights.as_ptr(), (n, k), k as isize, 1);
-        let xt = MatrixView::new(x.as_ptr(), (k, tokens), 1, k as isize);
+        let xt = MatrixView::new(x.values.as_ptr(), (k, tokens), 1, k as isize);
         return crate::matmul::gemm_on_this_thread(w, xt);
     }
     let mut out = vec![0.0f32; n * tokens];
     // Tasks start at multiples of ROWS_PER_TASK, so at a panel's first row.
-    let weights = m.panel_rows(rows);
-    panel_dot::panel_dots(x, tokens, &weights, &mut out);
+    panel_dot::panel_dots(x, &m.panel_rows(rows), &mut out);
     out
 }
 
@@ -503,7 +505,15 @@ mod tests {
                 let m = PackedMatrix::from_f32(kind, out, inp, &values);
                 let w_rounded =
                     Tensor::<2>::from_data(TensorData::new(m.to_f32(), [out, inp]), &device);
-                let want = x.clone().matmul(w_rounded.transpose().unsqueeze())
+                // The activations as the products take them (quantized to Q8_0 for
+                // quantized weights).
+                let x_values = x.to_data().into_vec::<f32>().unwrap();
+                let a = panel_dot::Activations::new(kind, &x_values, tokens, inp);
+                let x_computed = Tensor::<3>::from_data(
+                    TensorData::new(a.dequantized(), [1, tokens, inp]),
+                    &device,
+                );
+                let want = x_computed.matmul(w_rounded.transpose().unsqueeze())
                     + bias.clone().unsqueeze::<3>();
                 assert_close(linear_packed(x, &m, Some(bias)), want, 1e-4);
             }

@@ -1,27 +1,34 @@
-//! Dot products of f32 activations with rows of packed weights (bf16, f16, Q8_0 or
-//! Q4_0), a block of tokens against a block of rows at a time, each output the same
-//! arithmetic in every block; and the layouts of the weights that let decoding read them
-//! as one stream.
+//! Dot products of activations with rows of packed weights (bf16, f16, Q8_0 or Q4_0),
+//! a block of tokens against a block of rows at a time, each output the same arithmetic
+//! in every block; and the layouts of the weights that let decoding read them as one
+//! stream.
 //!
 //! Decoding one token reads each weight once: memory-bound, so fewer bytes per weight is
-//! what goes faster. A server decoding several sequences at once reads each weight once
-//! for all of them, and then the arithmetic decides the speed: a weight loaded (and
-//! widened to f32) into a register should serve several tokens, and a token's
-//! activations several rows, so that a fused multiply-add costs well under one load.
-//! That is what a blocked matrix product does; what it usually does not do is keep each
-//! output's rounding independent of the block: `gemm` picks its method by shape. Here
-//! every output `x[t] · w[r]` is, in whatever block it is computed, the same sequence of
-//! operations: eight accumulator lanes, lane `i` summing `w[8j + i] * x[8j + i]` over
-//! `j` in order (fused on CPUs with FMA), the lanes added pairwise (`i + 4`, then
-//! `i + 2`, then `i + 1`), then the last `k mod 8` products added one by one. So a
-//! token's result has the same bits decoded alone or beside fifteen others, which is
-//! what makes a server's batches invariant ([`crate::rows`]), and the same on AVX2 and
-//! AVX-512 machines.
+//! what goes faster, as long as the arithmetic per weight keeps up. A server decoding
+//! several sequences at once reads each weight once for all of them, and then the
+//! arithmetic decides the speed: a weight loaded into a register should serve several
+//! tokens, and a token's activations several rows. That is what a blocked matrix product
+//! does; what it usually does not do is keep each output's rounding independent of the
+//! block: `gemm` picks its method by shape. Here every output `x[t] · w[r]` is, in
+//! whatever block it is computed, the same sequence of operations, so a token's result
+//! has the same bits decoded alone or beside fifteen others, which is what makes a
+//! server's batches invariant ([`crate::rows`]), and the same on AVX2 and AVX-512
+//! machines:
 //!
-//! Every format widens a weight to f32 exactly: bf16 and f16 are subsets of f32, and a
-//! block-quantized weight `d · q` (an f16 scale times an integer of 8 or 4 bits) needs
-//! at most 19 significant bits. So the products are those of the dequantized matrix in
-//! f32, whatever the format, which is how the tests check them.
+//! - **bf16, f16**: the weights widened to f32 (exactly), the activations f32; eight
+//!   accumulator lanes, lane `i` summing `w[8j + i] * x[8j + i]` over `j` in order (fused
+//!   on CPUs with FMA), the lanes added pairwise (`i + 4`, then `i + 2`, then `i + 1`),
+//!   then the last `k mod 8` products added one by one.
+//! - **Q8_0, Q4_0**: as llama.cpp computes them, the activations quantized too, each
+//!   token's 32-value blocks to Q8_0 (`d_x · q_x`, as its reference quantizer does), and
+//!   each block's product of integers summed exactly in eight 32-bit lanes (lane `i`:
+//!   values `4i..4i + 4`; AVX2's `maddubs`/`madd`), each lane converted to f32 and
+//!   added, times `d_w · d_x`, into eight f32 lanes block after block (fused), then the
+//!   lanes added pairwise. Widening every weight to f32 instead costs three
+//!   instructions per eight weights more than the memory saves (measured: Q4_0 decoded
+//!   no faster than Q8_0); the integer products do 32 at a time. Q4_0's codes `c` are
+//!   multiplied as they are, unsigned, and `8 · Σ q_x` of each lane, computed once per
+//!   token, taken off: `Σ (c - 8) q_x` exactly, two instructions fewer per block.
 //!
 //! **Panels.** A block reads [`PANEL_ROWS`] rows at once. Stored row after row, those
 //! would be four memory streams 2-6 KB long each, which the hardware prefetcher follows
@@ -31,32 +38,30 @@
 //! - bf16, f16: eight values of row 0, eight of row 1, of row 2, of row 3, then each
 //!   row's next eight, ... (each row padded with zeros to a multiple of eight);
 //! - Q8_0, Q4_0 (rows of whole 32-value blocks, GGUF's): per block of the four rows,
-//!   their four f16 scales, then their values eight at a time in the same order as
-//!   above, one signed byte each (Q8_0), or for Q4_0 sixteen at a time, four bits each
-//!   offset by 8 as in GGUF, the first eight in the low nibbles of eight bytes and the
-//!   next eight in the high ones (so a vector is a load, a mask or a shift, a convert).
+//!   their four f16 scales, then the values: for Q8_0 each row's 32 signed bytes; for
+//!   Q4_0 two pairs of rows, 32 bytes each, byte `i` holding value `i` of the pair's
+//!   first row in its low nibble and of its second row in its high one, as 4-bit codes
+//!   `q + 8` (a mask, or a shift and a mask, of one load gives a row's 32 codes in
+//!   order).
 //!
-//! Blocks are 2 tokens × 4 rows (8 accumulators, 4 widened weight vectors, 1 activation
-//! vector: no spills in AVX2's 16 registers, 0.75 loads per multiply-add) and 1 token ×
-//! 4 rows.
+//! Blocks are 2 tokens × 4 rows (8 accumulators: no spills in AVX2's 16 registers) and
+//! 1 token × 4 rows.
 
 use crate::packed_weights::WeightFormat;
-use crate::quant::BLOCK_SIZE;
+use crate::quant::{BLOCK_SIZE, BlockQ8_0, QuantBlock};
 
 /// Accumulator lanes of every dot product (one AVX2 vector of f32), and the values of a
-/// row stored together in a panel.
+/// 16-bit row stored together in a panel.
 pub(crate) const LANES: usize = 8;
 
 /// Rows per panel (and per block).
 pub(crate) const PANEL_ROWS: usize = 4;
 
-/// Vectors of [`LANES`] values per quantized block.
-const VECTORS_PER_BLOCK: usize = BLOCK_SIZE / LANES;
-
 /// Bytes of the four f16 scales that begin each block of a quantized panel.
 const SCALE_BYTES: usize = 2 * PANEL_ROWS;
 
-/// Bytes of one block of a quantized panel: the scales, then the values.
+/// Bytes of one block of a quantized panel: the scales, then the values (a byte per
+/// value for Q8_0, half a byte for Q4_0).
 const fn block_group_bytes(format: WeightFormat) -> usize {
     SCALE_BYTES
         + match format {
@@ -79,22 +84,21 @@ fn half_offset(r: usize, c: usize) -> usize {
     2 * (((c / LANES) * PANEL_ROWS + r) * LANES + c % LANES)
 }
 
-/// Where, in a quantized panel, the bytes of vector `v` (values `8v..8v + 8`) of the
-/// panel's row `r` are, and for Q4_0 whether they are the high nibbles.
-#[inline]
-fn quant_offset(format: WeightFormat, r: usize, v: usize) -> (usize, bool) {
-    let group = (v / VECTORS_PER_BLOCK) * block_group_bytes(format) + SCALE_BYTES;
-    let j = v % VECTORS_PER_BLOCK;
-    match format {
-        WeightFormat::Q4_0 => (group + ((j / 2) * PANEL_ROWS + r) * LANES, j % 2 == 1),
-        _ => (group + (j * PANEL_ROWS + r) * LANES, false),
-    }
-}
-
 /// Where the f16 scale of row `r`'s block `b` is in a quantized panel.
 #[inline]
 fn scale_offset(format: WeightFormat, r: usize, b: usize) -> usize {
     b * block_group_bytes(format) + 2 * r
+}
+
+/// Where the values of row `r`'s block `b` are in a quantized panel (32 bytes; for
+/// Q4_0 shared with the other row of its pair, `r` in the high nibbles when odd).
+#[inline]
+fn values_offset(format: WeightFormat, r: usize, b: usize) -> usize {
+    let row = match format {
+        WeightFormat::Q4_0 => r / 2,
+        _ => r,
+    };
+    b * block_group_bytes(format) + SCALE_BYTES + row * BLOCK_SIZE
 }
 
 /// Writes value `c` of row `r` (of a panel of rows `k` long) in bf16 or f16.
@@ -115,21 +119,14 @@ pub(crate) fn put_block(
 ) {
     let at = scale_offset(format, r, b);
     panel[at..at + 2].copy_from_slice(&scale.to_le_bytes());
-    for (j, vector) in values.chunks_exact(LANES).enumerate() {
-        let (at, high) = quant_offset(format, r, b * VECTORS_PER_BLOCK + j);
-        for (byte, &q) in panel[at..at + LANES].iter_mut().zip(vector) {
-            match format {
-                WeightFormat::Q4_0 => {
-                    let code = (q + 8) as u8;
-                    *byte = if high {
-                        (*byte & 0x0F) | (code << 4)
-                    } else {
-                        (*byte & 0xF0) | code
-                    };
-                }
-                _ => *byte = q as u8,
-            }
-        }
+    let at = values_offset(format, r, b);
+    let out = &mut panel[at..at + BLOCK_SIZE];
+    for (byte, &q) in out.iter_mut().zip(values) {
+        *byte = match format {
+            WeightFormat::Q4_0 if r % 2 == 1 => (*byte & 0x0F) | (((q + 8) as u8) << 4),
+            WeightFormat::Q4_0 => (*byte & 0xF0) | (q + 8) as u8,
+            _ => q as u8,
+        };
     }
 }
 
@@ -142,17 +139,12 @@ pub(crate) fn block(
 ) -> (u16, [i8; BLOCK_SIZE]) {
     let at = scale_offset(format, r, b);
     let scale = u16::from_le_bytes([panel[at], panel[at + 1]]);
-    let mut values = [0i8; BLOCK_SIZE];
-    for (j, vector) in values.chunks_exact_mut(LANES).enumerate() {
-        let (at, high) = quant_offset(format, r, b * VECTORS_PER_BLOCK + j);
-        for (q, &byte) in vector.iter_mut().zip(&panel[at..at + LANES]) {
-            *q = match format {
-                WeightFormat::Q4_0 if high => (byte >> 4) as i8 - 8,
-                WeightFormat::Q4_0 => (byte & 0x0F) as i8 - 8,
-                _ => byte as i8,
-            };
-        }
-    }
+    let bytes = &panel[values_offset(format, r, b)..][..BLOCK_SIZE];
+    let values = std::array::from_fn(|i| match format {
+        WeightFormat::Q4_0 if r % 2 == 1 => (bytes[i] >> 4) as i8 - 8,
+        WeightFormat::Q4_0 => (bytes[i] & 0x0F) as i8 - 8,
+        _ => bytes[i] as i8,
+    });
     (scale, values)
 }
 
@@ -168,9 +160,10 @@ pub(crate) fn vector(format: WeightFormat, panel: &[u8], r: usize, v: usize) -> 
             })
         }
         WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
-            let (scale, values) = block(format, panel, r, v / VECTORS_PER_BLOCK);
+            let per_block = BLOCK_SIZE / LANES;
+            let (scale, values) = block(format, panel, r, v / per_block);
             let d = half::f16::from_bits(scale).to_f32();
-            let first = (v % VECTORS_PER_BLOCK) * LANES;
+            let first = (v % per_block) * LANES;
             std::array::from_fn(|i| f32::from(values[first + i]) * d)
         }
     }
@@ -197,19 +190,120 @@ pub(crate) struct PanelRows<'a> {
     pub k: usize,
 }
 
-/// `out[r * tokens + t] = x[t] · w[r]` for `tokens` rows of `x` (`[tokens, k]`) and
-/// the rows of `w`, as the module describes.
-pub(crate) fn panel_dots(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
+/// `tokens` rows of activations (`[tokens, k]`) as the products of a format take them:
+/// f32, and for the quantized formats each token's blocks quantized to Q8_0.
+pub(crate) struct Activations<'a> {
+    /// The values.
+    pub values: &'a [f32],
+    /// Rows.
+    pub tokens: usize,
+    /// Values per row.
+    pub k: usize,
+    /// For quantized weights: the integers of every block, `[tokens, k]`.
+    ints: Vec<i8>,
+    /// ... each block's scale (as f32), `[tokens, k / BLOCK_SIZE]`,
+    scales: Vec<f32>,
+    /// ... and `8 · Σ q` over each of its eight lanes (values `4i..4i + 4`), what Q4_0's
+    /// offset of 8 takes off a product of codes, `[tokens, k / BLOCK_SIZE, LANES]`.
+    offsets: Vec<i32>,
+}
+
+impl<'a> Activations<'a> {
+    /// `values` (`[tokens, k]`) for products with weights in `format`.
+    pub(crate) fn new(format: WeightFormat, values: &'a [f32], tokens: usize, k: usize) -> Self {
+        assert_eq!(values.len(), tokens * k, "activations are [{tokens}, {k}]");
+        let (mut ints, mut scales, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
+        if matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) && k > 0 {
+            assert!(
+                k.is_multiple_of(BLOCK_SIZE),
+                "rows of {k} are not whole blocks"
+            );
+            ints.reserve(values.len());
+            scales.reserve(values.len() / BLOCK_SIZE);
+            offsets.reserve(values.len() / 4);
+            for chunk in values.chunks_exact(BLOCK_SIZE) {
+                let block = BlockQ8_0::quantize_block(chunk.try_into().expect("a block"));
+                let (d, q) = block.scale_and_ints();
+                scales.push(half::f16::from_bits(d).to_f32());
+                ints.extend_from_slice(&q);
+                offsets.extend(
+                    q.chunks_exact(4)
+                        .map(|lane| 8 * lane.iter().map(|&v| i32::from(v)).sum::<i32>()),
+                );
+            }
+        }
+        Self {
+            values,
+            tokens,
+            k,
+            ints,
+            scales,
+            offsets,
+        }
+    }
+
+    /// The values the products compute with: `values`, or the quantized blocks'
+    /// `d · q`.
+    #[cfg(test)]
+    pub(crate) fn dequantized(&self) -> Vec<f32> {
+        if self.ints.is_empty() {
+            return self.values.to_vec();
+        }
+        self.ints
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| f32::from(q) * self.scales[i / BLOCK_SIZE])
+            .collect()
+    }
+
+    /// The activations of tokens `t0..t0 + n`.
+    fn tokens(&self, t0: usize, n: usize) -> TokenRows<'_> {
+        let (k, blocks) = (self.k, self.k / BLOCK_SIZE);
+        let quantized = !self.ints.is_empty();
+        let part = |len: usize| {
+            if quantized {
+                t0 * len..(t0 + n) * len
+            } else {
+                0..0
+            }
+        };
+        TokenRows {
+            values: &self.values[t0 * k..(t0 + n) * k],
+            ints: &self.ints[part(k)],
+            scales: &self.scales[part(blocks)],
+            offsets: &self.offsets[part(blocks * LANES)],
+        }
+    }
+}
+
+/// Some tokens' rows of [`Activations`].
+struct TokenRows<'a> {
+    values: &'a [f32],
+    ints: &'a [i8],
+    scales: &'a [f32],
+    offsets: &'a [i32],
+}
+
+/// `out[r * tokens + t] = x[t] · w[r]` for the rows of `x` and of `w`, as the module
+/// describes.
+pub(crate) fn panel_dots(x: &Activations, w: &PanelRows, out: &mut [f32]) {
     let PanelRows {
         format,
         panels,
         rows,
         k,
     } = *w;
-    assert_eq!(x.len(), tokens * k, "activations are [{tokens}, {k}]");
+    let tokens = x.tokens;
+    assert_eq!(x.k, k, "activations of {} against rows of {k}", x.k);
     assert!(
         format.holds_rows_of(k),
         "{format:?} rows of {k} values are not whole blocks"
+    );
+    let quantized = matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0);
+    assert_eq!(
+        x.ints.len(),
+        if quantized { tokens * k } else { 0 },
+        "activations prepared for {format:?}"
     );
     assert_eq!(
         panels.len(),
@@ -220,18 +314,18 @@ pub(crate) fn panel_dots(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: the CPU has AVX2, FMA and F16C; the slices' lengths were checked.
-        unsafe { x86::panel_dots(x, tokens, w, out) };
+        unsafe { x86::panel_dots(x, w, out) };
     } else {
-        portable(x, tokens, w, out);
+        portable(x, w, out);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    portable(x, tokens, w, out);
-    add_tails(x, tokens, w, out);
+    portable(x, w, out);
+    add_tails(x, w, out);
 }
 
 /// Adds to every output the products past the last whole vector, one by one (bf16 and
 /// f16 only: quantized rows are whole blocks).
-fn add_tails(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
+fn add_tails(x: &Activations, w: &PanelRows, out: &mut [f32]) {
     let PanelRows {
         format,
         panels,
@@ -250,35 +344,59 @@ fn add_tails(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
             r % PANEL_ROWS,
             full / LANES,
         );
-        for t in 0..tokens {
+        for t in 0..x.tokens {
             let mut sum = 0.0f32;
-            for (&wv, &xv) in tail.iter().zip(&x[t * k + full..(t + 1) * k]) {
+            for (&wv, &xv) in tail.iter().zip(&x.values[t * k + full..(t + 1) * k]) {
                 sum += wv * xv;
             }
-            out[r * tokens + t] += sum;
+            out[r * x.tokens + t] += sum;
         }
     }
 }
 
-/// Without vector instructions: the same order over the whole vectors of `k`, unfused
-/// multiply-adds (a fused one is a libm call without the instruction).
-fn portable(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
+/// Without vector instructions: the same order, the integer sums the same, the f32
+/// multiply-adds unfused (a fused one is a libm call without the instruction).
+fn portable(x: &Activations, w: &PanelRows, out: &mut [f32]) {
     let PanelRows {
         format,
         panels,
         rows,
         k,
     } = *w;
+    let tokens = x.tokens;
     let panel = panel_bytes(format, k);
     for r in 0..rows {
         let panel = &panels[r / PANEL_ROWS * panel..][..panel];
+        let row = r % PANEL_ROWS;
         for t in 0..tokens {
-            let x_row = &x[t * k..(t + 1) * k];
+            let TokenRows {
+                values,
+                ints,
+                scales,
+                ..
+            } = x.tokens(t, 1);
             let mut acc = [0.0f32; LANES];
-            for v in 0..k / LANES {
-                let w = vector(format, panel, r % PANEL_ROWS, v);
-                for i in 0..LANES {
-                    acc[i] += w[i] * x_row[v * LANES + i];
+            match format {
+                WeightFormat::Bf16 | WeightFormat::F16 => {
+                    for v in 0..k / LANES {
+                        let w = vector(format, panel, row, v);
+                        for i in 0..LANES {
+                            acc[i] += w[i] * values[v * LANES + i];
+                        }
+                    }
+                }
+                WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+                    for (b, &d_x) in scales.iter().enumerate() {
+                        let (d_w, q_w) = block(format, panel, row, b);
+                        let d = half::f16::from_bits(d_w).to_f32() * d_x;
+                        let q_x = &ints[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE];
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            let lane: i32 = (4 * i..4 * i + 4)
+                                .map(|j| i32::from(q_w[j]) * i32::from(q_x[j]))
+                                .sum();
+                            *acc += lane as f32 * d;
+                        }
+                    }
                 }
             }
             out[r * tokens + t] = crate::simd::pairwise_sum(acc);
@@ -291,15 +409,9 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{
-        BLOCK_SIZE, LANES, PANEL_ROWS, PanelRows, SCALE_BYTES, VECTORS_PER_BLOCK, WeightFormat,
-        block_group_bytes, panel_bytes,
+        Activations, BLOCK_SIZE, LANES, PANEL_ROWS, PanelRows, SCALE_BYTES, TokenRows,
+        WeightFormat, block_group_bytes, panel_bytes,
     };
-
-    // The formats as const parameters of the kernel.
-    const BF16: u8 = 0;
-    const F16: u8 = 1;
-    const Q8_0: u8 = 2;
-    const Q4_0: u8 = 3;
 
     pub(super) fn available() -> bool {
         use std::sync::OnceLock;
@@ -314,16 +426,17 @@ mod x86 {
     /// The whole vectors of every output (the tail is added by the caller).
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C; `x`, `panels` and `out` have the lengths
+    /// The CPU has AVX2, FMA and F16C; `x`, `w` and `out` have the lengths
     /// [`super::panel_dots`] checks.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn panel_dots(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
+    pub(super) unsafe fn panel_dots(x: &Activations, w: &PanelRows, out: &mut [f32]) {
         let PanelRows {
             format,
             panels,
             rows,
             k,
         } = *w;
+        let tokens = x.tokens;
         let mut block = [[0.0f32; PANEL_ROWS]; 2];
         for (p, panel) in panels
             .chunks_exact(panel_bytes(format, k).max(1))
@@ -334,19 +447,25 @@ mod x86 {
             let mut t0 = 0;
             while t0 < tokens {
                 let t = (tokens - t0).min(2);
-                let x_block = &x[t0 * k..(t0 + t) * k];
-                // SAFETY: `x_block` holds `t` tokens of `k`, `panel` one panel of `k`.
+                let rows_of_x = x.tokens(t0, t);
+                let values = rows_of_x.values;
+                // SAFETY: the activations hold `t` tokens of `k`, `panel` one panel of `k`
+                // in `format`.
                 unsafe {
                     let block = &mut block;
                     match (t, format) {
-                        (2, WeightFormat::Bf16) => dots::<2, BF16>(x_block, panel, k, block),
-                        (2, WeightFormat::F16) => dots::<2, F16>(x_block, panel, k, block),
-                        (2, WeightFormat::Q8_0) => dots::<2, Q8_0>(x_block, panel, k, block),
-                        (2, WeightFormat::Q4_0) => dots::<2, Q4_0>(x_block, panel, k, block),
-                        (_, WeightFormat::Bf16) => dots::<1, BF16>(x_block, panel, k, block),
-                        (_, WeightFormat::F16) => dots::<1, F16>(x_block, panel, k, block),
-                        (_, WeightFormat::Q8_0) => dots::<1, Q8_0>(x_block, panel, k, block),
-                        (_, WeightFormat::Q4_0) => dots::<1, Q4_0>(x_block, panel, k, block),
+                        (2, WeightFormat::Bf16) => dots::<2, true>(values, panel, k, block),
+                        (2, WeightFormat::F16) => dots::<2, false>(values, panel, k, block),
+                        (2, WeightFormat::Q8_0) => {
+                            int_dots::<2, false>(&rows_of_x, panel, k, block)
+                        }
+                        (2, WeightFormat::Q4_0) => int_dots::<2, true>(&rows_of_x, panel, k, block),
+                        (_, WeightFormat::Bf16) => dots::<1, true>(values, panel, k, block),
+                        (_, WeightFormat::F16) => dots::<1, false>(values, panel, k, block),
+                        (_, WeightFormat::Q8_0) => {
+                            int_dots::<1, false>(&rows_of_x, panel, k, block)
+                        }
+                        (_, WeightFormat::Q4_0) => int_dots::<1, true>(&rows_of_x, panel, k, block),
                     }
                 }
                 for (i, sums) in block.iter().take(t).enumerate() {
@@ -359,14 +478,24 @@ mod x86 {
         }
     }
 
-    /// `T` tokens × one panel's rows over the whole vectors of `k`, each output's lanes
-    /// added pairwise into `out[t][r]`.
-    ///
-    /// # Safety
-    /// As [`panel_dots`]; `x` holds `T` tokens of `k`, `panel` one panel in format `F`.
+    /// The lanes of `a` added pairwise (`crate::simd::pairwise_sum`'s order).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn dots<const T: usize, const F: u8>(
+    fn pairwise(a: __m256) -> f32 {
+        let four = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+        let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+        let one = _mm_add_ss(two, _mm_shuffle_ps::<1>(two, two));
+        _mm_cvtss_f32(one)
+    }
+
+    /// `T` tokens × one panel's rows of 16-bit weights over the whole vectors of `k`.
+    ///
+    /// # Safety
+    /// As [`panel_dots`]; `x` holds `T` tokens of `k`, `panel` one panel in bf16 (`BF16`)
+    /// or f16.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dots<const T: usize, const BF16: bool>(
         x: &[f32],
         panel: &[u8],
         k: usize,
@@ -374,97 +503,130 @@ mod x86 {
     ) {
         let mut acc = [[_mm256_setzero_ps(); PANEL_ROWS]; T];
         let (x, w) = (x.as_ptr(), panel.as_ptr());
-        // One step: the weight vectors `wv` of the four rows times vector `v` of each
-        // token (a macro: closures do not take the function's target features).
-        macro_rules! step {
-            ($v:expr, $wv:expr) => {
-                for (t, acc_t) in acc.iter_mut().enumerate() {
-                    // SAFETY: token `t` has `k` activations from `x + t * k`.
-                    let xv = unsafe { _mm256_loadu_ps(x.add(t * k + $v * LANES)) };
-                    for (a, &vector) in acc_t.iter_mut().zip(&$wv) {
-                        *a = _mm256_fmadd_ps(vector, xv, *a);
-                    }
-                }
-            };
-        }
-        if F == BF16 || F == F16 {
-            for v in 0..k / LANES {
-                let mut wv = [_mm256_setzero_ps(); PANEL_ROWS];
-                for (r, vector) in wv.iter_mut().enumerate() {
-                    // SAFETY: the panel holds `PANEL_ROWS` rows of `k.div_ceil(LANES)`
-                    // vectors of 16-bit values, interleaved.
-                    let bits = unsafe {
-                        _mm_loadu_si128(w.add(2 * (v * PANEL_ROWS + r) * LANES) as *const __m128i)
-                    };
-                    *vector = if F == BF16 {
-                        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
-                    } else {
-                        _mm256_cvtph_ps(bits)
-                    };
-                }
-                step!(v, wv);
+        for v in 0..k / LANES {
+            let mut wv = [_mm256_setzero_ps(); PANEL_ROWS];
+            for (r, vector) in wv.iter_mut().enumerate() {
+                // SAFETY: the panel holds `PANEL_ROWS` rows of `k.div_ceil(LANES)`
+                // vectors of 16-bit values, interleaved.
+                let bits = unsafe {
+                    _mm_loadu_si128(w.add(2 * (v * PANEL_ROWS + r) * LANES) as *const __m128i)
+                };
+                *vector = if BF16 {
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+                } else {
+                    _mm256_cvtph_ps(bits)
+                };
             }
-        } else {
-            let format = if F == Q8_0 {
-                WeightFormat::Q8_0
-            } else {
-                WeightFormat::Q4_0
-            };
-            let group_bytes = block_group_bytes(format);
-            for b in 0..k / BLOCK_SIZE {
-                // SAFETY: the panel holds `k / BLOCK_SIZE` groups of `group_bytes`.
-                let group = unsafe { w.add(b * group_bytes) };
-                let mut scales = [0.0f32; PANEL_ROWS];
-                // SAFETY: each group begins with four f16 scales.
-                unsafe {
-                    let bits = _mm_loadl_epi64(group as *const __m128i);
-                    _mm_storeu_ps(scales.as_mut_ptr(), _mm_cvtph_ps(bits));
-                }
-                let mut d = [_mm256_setzero_ps(); PANEL_ROWS];
-                for (d, &s) in d.iter_mut().zip(&scales) {
-                    *d = _mm256_set1_ps(s);
-                }
-                // SAFETY: the values follow the scales.
-                let values = unsafe { group.add(SCALE_BYTES) };
-                for j in 0..VECTORS_PER_BLOCK {
-                    let mut wv = [_mm256_setzero_ps(); PANEL_ROWS];
-                    for (r, vector) in wv.iter_mut().enumerate() {
-                        let ints = if F == Q8_0 {
-                            // SAFETY: eight signed bytes per row and vector.
-                            unsafe {
-                                _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                    values.add((j * PANEL_ROWS + r) * LANES) as *const __m128i,
-                                ))
-                            }
-                        } else {
-                            // SAFETY: eight bytes per row and pair of vectors.
-                            let bytes = unsafe {
-                                _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                                    values.add(((j / 2) * PANEL_ROWS + r) * LANES)
-                                        as *const __m128i,
-                                ))
-                            };
-                            let codes = if j % 2 == 0 {
-                                _mm256_and_si256(bytes, _mm256_set1_epi32(0x0F))
-                            } else {
-                                _mm256_srli_epi32::<4>(bytes)
-                            };
-                            _mm256_sub_epi32(codes, _mm256_set1_epi32(8))
-                        };
-                        // Exact: at most 8 + 11 significant bits.
-                        *vector = _mm256_mul_ps(_mm256_cvtepi32_ps(ints), d[r]);
-                    }
-                    step!(b * VECTORS_PER_BLOCK + j, wv);
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                // SAFETY: token `t` has `k` activations from `x + t * k`.
+                let xv = unsafe { _mm256_loadu_ps(x.add(t * k + v * LANES)) };
+                for (a, &vector) in acc_t.iter_mut().zip(&wv) {
+                    *a = _mm256_fmadd_ps(vector, xv, *a);
                 }
             }
         }
         for (acc_t, out_t) in acc.iter().zip(out.iter_mut()) {
             for (&a, o) in acc_t.iter().zip(out_t.iter_mut()) {
-                // Lanes i + 4, then i + 2, then i + 1: `crate::simd::pairwise_sum`.
-                let four = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
-                let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
-                let one = _mm_add_ss(two, _mm_shuffle_ps::<1>(two, two));
-                *o = _mm_cvtss_f32(one);
+                *o = pairwise(a);
+            }
+        }
+    }
+
+    /// `T` tokens of Q8_0 activations × one panel's rows of Q8_0 or (`Q4`) Q4_0
+    /// weights.
+    ///
+    /// # Safety
+    /// As [`panel_dots`]; `x` holds `T` tokens of `k`, `panel` one panel.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn int_dots<const T: usize, const Q4: bool>(
+        x: &TokenRows,
+        panel: &[u8],
+        k: usize,
+        out: &mut [[f32; PANEL_ROWS]; 2],
+    ) {
+        let format = if Q4 {
+            WeightFormat::Q4_0
+        } else {
+            WeightFormat::Q8_0
+        };
+        let group_bytes = block_group_bytes(format);
+        let blocks = k / BLOCK_SIZE;
+        let mut acc = [[_mm256_setzero_ps(); PANEL_ROWS]; T];
+        let ones = _mm256_set1_epi16(1);
+        let low_nibbles = _mm256_set1_epi8(0x0F);
+        for b in 0..blocks {
+            // SAFETY: the panel holds `blocks` groups of `group_bytes`.
+            let group = unsafe { panel.as_ptr().add(b * group_bytes) };
+            // SAFETY: each group begins with four f16 scales.
+            let d_w = _mm_cvtph_ps(unsafe { _mm_loadl_epi64(group as *const __m128i) });
+            // `d_w · d_x` of each row and token, read back one at a time as broadcasts.
+            let mut d = [[0.0f32; PANEL_ROWS]; T];
+            let mut q_x = [_mm256_setzero_si256(); T];
+            let mut offsets = [_mm256_setzero_si256(); T];
+            for t in 0..T {
+                // SAFETY: `d[t]` holds four f32.
+                unsafe {
+                    _mm_storeu_ps(
+                        d[t].as_mut_ptr(),
+                        _mm_mul_ps(d_w, _mm_set1_ps(x.scales[t * blocks + b])),
+                    );
+                }
+                // SAFETY: token `t`'s block `b` is 32 bytes at `t * k + b * 32`, its lane
+                // offsets eight i32 at `(t * blocks + b) * 8`.
+                unsafe {
+                    q_x[t] = _mm256_loadu_si256(
+                        x.ints.as_ptr().add(t * k + b * BLOCK_SIZE) as *const __m256i
+                    );
+                    if Q4 {
+                        offsets[t] = _mm256_loadu_si256(
+                            x.offsets.as_ptr().add((t * blocks + b) * LANES) as *const __m256i,
+                        );
+                    }
+                }
+            }
+            // SAFETY: the values follow the scales, 32 bytes per row (Q8_0) or pair of
+            // rows (Q4_0).
+            let values = unsafe { group.add(SCALE_BYTES) };
+            for r in 0..PANEL_ROWS {
+                // The row's weights as unsigned bytes: Q4_0's codes, or |w| for Q8_0
+                // (`maddubs` multiplies unsigned by signed bytes).
+                let (unsigned, w) = if Q4 {
+                    // SAFETY: as above.
+                    let bytes = unsafe {
+                        _mm256_loadu_si256(values.add(r / 2 * BLOCK_SIZE) as *const __m256i)
+                    };
+                    let codes = if r % 2 == 0 {
+                        _mm256_and_si256(bytes, low_nibbles)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low_nibbles)
+                    };
+                    (codes, codes)
+                } else {
+                    // SAFETY: as above.
+                    let w =
+                        unsafe { _mm256_loadu_si256(values.add(r * BLOCK_SIZE) as *const __m256i) };
+                    (_mm256_sign_epi8(w, w), w)
+                };
+                for t in 0..T {
+                    // Products of pairs added into 16 bits (at most 2 · 128 · 127: no
+                    // saturation), pairs of those into 32 bits by `madd` with ones; for
+                    // Q4_0 less 8 · Σ q_x per lane, for Q8_0 q_x taking w's sign.
+                    let lanes = if Q4 {
+                        let pairs = _mm256_maddubs_epi16(unsigned, q_x[t]);
+                        _mm256_sub_epi32(_mm256_madd_epi16(pairs, ones), offsets[t])
+                    } else {
+                        let pairs = _mm256_maddubs_epi16(unsigned, _mm256_sign_epi8(q_x[t], w));
+                        _mm256_madd_epi16(pairs, ones)
+                    };
+                    let d = _mm256_set1_ps(d[t][r]);
+                    acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), d, acc[t][r]);
+                }
+            }
+        }
+        for (acc_t, out_t) in acc.iter().zip(out.iter_mut()) {
+            for (&a, o) in acc_t.iter().zip(out_t.iter_mut()) {
+                *o = pairwise(a);
             }
         }
     }
@@ -496,9 +658,10 @@ mod tests {
     }
 
     fn dots(x: &[f32], tokens: usize, w: &PackedMatrix) -> Vec<f32> {
-        let rows = w.dims()[0];
+        let [rows, k] = w.dims();
         let mut out = vec![f32::NAN; rows * tokens];
-        panel_dots(x, tokens, &w.panel_rows(0..rows), &mut out);
+        let x = Activations::new(w.format(), x, tokens, k);
+        panel_dots(&x, &w.panel_rows(0..rows), &mut out);
         out
     }
 
@@ -513,9 +676,12 @@ mod tests {
     }
 
     /// Every output equals the exact product of the packed (rounded or quantized)
-    /// weights, within f32's rounding of a sum of `k` terms, for every block shape and
-    /// its remainders, a last panel full and not, every format; on the vector path and
-    /// the portable one.
+    /// weights with the activations as the format computes with them (f32, or for the
+    /// quantized formats quantized to Q8_0 as llama.cpp does), within f32's rounding of
+    /// a sum of `k` terms; and for the quantized formats the activations' rounding moves
+    /// it no more than half a step of each block. For every block shape and its
+    /// remainders, a last panel full and not, every format; on the vector path and the
+    /// portable one.
     #[test]
     fn dots_equal_the_exact_products_of_the_packed_weights() {
         for format in FORMATS {
@@ -531,20 +697,41 @@ mod tests {
                 let w_values = values(rows * k, 2);
                 let w = PackedMatrix::from_f32(format, rows, k, &w_values);
                 let packed = w.to_f32();
+                let x_computed = Activations::new(format, &x, tokens, k).dequantized();
                 let mut slow = vec![0.0; rows * tokens];
                 let panels = w.panel_rows(0..rows);
-                portable(&x, tokens, &panels, &mut slow);
-                add_tails(&x, tokens, &panels, &mut slow);
+                let activations = Activations::new(format, &x, tokens, k);
+                portable(&activations, &panels, &mut slow);
+                add_tails(&activations, &panels, &mut slow);
                 for (name, got) in [("vector", dots(&x, tokens, &w)), ("portable", slow)] {
                     for r in 0..rows {
                         for t in 0..tokens {
-                            let exact: f64 = (0..k)
-                                .map(|c| packed[r * k + c] as f64 * x[t * k + c] as f64)
-                                .sum();
+                            let dot = |x: &[f32]| -> f64 {
+                                (0..k)
+                                    .map(|c| packed[r * k + c] as f64 * x[t * k + c] as f64)
+                                    .sum()
+                            };
+                            let exact = dot(&x_computed);
                             let got = got[r * tokens + t] as f64;
                             assert!(
                                 (got - exact).abs() <= 1e-5 * (k as f64).sqrt(),
                                 "{name} {format:?} [{tokens}x{k}]·[{rows}x{k}]ᵀ at ({t}, {r}): {got} vs {exact}"
+                            );
+                            let unquantized = dot(&x);
+                            // Half a step of |x|'s largest in each block (1/127 of it).
+                            let quantized = x_computed != x;
+                            let moved: f64 = (0..k)
+                                .filter(|_| quantized)
+                                .map(|c| {
+                                    let block = &x[t * k + c / 32 * 32..][..32];
+                                    let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                                    (packed[r * k + c] as f64).abs() * amax as f64 / 254.0
+                                })
+                                .sum();
+                            assert!(
+                                (got - unquantized).abs()
+                                    <= moved * 1.01 + 1e-5 * (k as f64).sqrt(),
+                                "{name} {format:?} at ({t}, {r}): {got} vs {unquantized}"
                             );
                         }
                     }

@@ -1,7 +1,7 @@
 //! Packed batches (a server's continuous batching): sequences of different lengths in
 //! one forward pass, some decoding one token and some reading a chunk of their prompt,
 //! get bit for bit the logits each gets in a packed pass of its own, on the four fixture
-//! architectures in f32 and with bf16 weights, step after step (so the caches they
+//! architectures in f32 and with bf16, q8_0 and q4_0 weights, step after step (so the caches they
 //! leave are the same too); and within 1e-4 of `next_token_logits`.
 #![allow(deprecated)]
 
@@ -98,7 +98,7 @@ fn step(model: &LanguageModel, sequences: &mut [Sequence], take: &[usize], devic
 fn packed_sequences_get_the_logits_they_get_alone() {
     let device = Device::ndarray();
     for name in ["tiny-gpt2-a", "tiny-llama3", "tiny-qwen3", "tiny-gemma3"] {
-        for dtype in [Dtype::F32, Dtype::Bf16] {
+        for dtype in [Dtype::F32, Dtype::Bf16, Dtype::Q8_0, Dtype::Q4_0] {
             let model = load_model_as(&fixture(name), None, dtype, &device)
                 .unwrap()
                 .model;

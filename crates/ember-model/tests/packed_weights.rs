@@ -68,12 +68,20 @@ fn packed_weights_compute_what_the_rounded_f32_weights_compute() {
                 with_weight_dtype(load_model(&dir, None, &device).unwrap().model, dtype);
             let packed_logits = logits(&loaded, &device);
             assert_eq!(packed_logits, logits(&converted, &device), "{name} {dtype}");
-            // The same model computing in f32 from the rounded or quantized weights.
+            // The same model computing in f32 from the rounded or quantized weights:
+            // the same logits, but for the quantized formats' rounding of the
+            // activations (to Q8_0 blocks, as llama.cpp does).
             converted.visit(&mut ComputeF32);
             let rounded_logits = logits(&converted, &device);
             let worst = max_diff(&packed_logits, &rounded_logits);
+            let largest = f32_logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let bound = if dtype.bits() == 16 {
+                1e-5
+            } else {
+                0.05 * largest
+            };
             assert!(
-                worst <= 1e-5,
+                worst <= bound,
                 "{name} {dtype}: {worst} from the rounded f32 model"
             );
             // Rounding changed something, but not much; checkpoints stored in bf16 lose
@@ -85,9 +93,8 @@ fn packed_weights_compute_what_the_rounded_f32_weights_compute() {
             }
             // Bounds relative to the largest logit: these random models' weights are
             // spread wide, which 16 levels per block (q4_0) keep coarsely.
-            let largest = f32_logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let bound = match dtype {
-                Dtype::Q8_0 => 0.03,
+                Dtype::Q8_0 => 0.05,
                 Dtype::Q4_0 => 0.4,
                 _ => 0.01,
             } * largest;
