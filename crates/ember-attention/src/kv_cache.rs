@@ -45,19 +45,75 @@ pub struct KvCache {
     capacity: usize,
 }
 
-/// The keys and values one layer keeps, `[batch, kv_heads, kept, head_dim]`, and how
-/// many earlier positions it dropped (a sliding-window layer keeps only its window).
+/// The keys and values one layer keeps, and how many earlier positions it dropped (a
+/// sliding-window layer keeps only its window).
+///
+/// They live in buffers `[batch, kv_heads, room, head_dim]` with room to spare:
+/// positions `start..start + kept` are the kept ones, and a step writes its new ones
+/// after them in place. Appending by concatenation instead copied the whole cache at
+/// every step (measured: 1.2 µs per cached position per layer per token, on a Qwen3-0.6B
+/// shape 34 ms a token at 1,000 positions); now a buffer is copied only when it is full,
+/// into one an eighth larger.
 #[derive(Debug, Clone)]
 struct CachedLayer {
     keys: Tensor<4>,
     values: Tensor<4>,
+    start: usize,
+    kept: usize,
     dropped: usize,
 }
 
 impl CachedLayer {
     /// Positions seen, kept or dropped.
     fn len(&self) -> usize {
-        self.dropped + self.keys.dims()[2]
+        self.dropped + self.kept
+    }
+
+    /// Positions the buffers hold.
+    fn room(&self) -> usize {
+        self.keys.dims()[2]
+    }
+}
+
+/// Positions of room for `needed`: an eighth more, in steps of 64.
+fn room_for(needed: usize) -> usize {
+    (needed + needed / 8 + 1).next_multiple_of(64)
+}
+
+/// Buffers for `room` positions of keys like `like` (`[batch, heads, _, head_dim]`),
+/// holding `kept` (`[batch, heads, kept, head_dim]`) at their start.
+fn buffer(like: &Tensor<4>, room: usize, kept: Option<Tensor<4>>) -> Tensor<4> {
+    let [batch, heads, _, dim] = like.dims();
+    let buffer = Tensor::zeros([batch, heads, room, dim], &like.device());
+    match kept {
+        Some(kept) => {
+            let n = kept.dims()[2];
+            buffer.slice_assign([0..batch, 0..heads, 0..n, 0..dim], kept)
+        }
+        None => buffer,
+    }
+}
+
+/// The keys and values a layer attends over after a step: positions `positions` of the
+/// buffers (the kept ones, then the step's), shared with the cache, not copied.
+#[derive(Debug, Clone)]
+pub struct CachedKeys {
+    /// Keys, `[batch, kv_heads, room, head_dim]`.
+    pub keys: Tensor<4>,
+    /// Values, the same shape.
+    pub values: Tensor<4>,
+    /// The positions of the buffers to attend over.
+    pub positions: std::ops::Range<usize>,
+}
+
+impl CachedKeys {
+    /// The positions' keys and values as tensors of their own (a copy).
+    pub fn narrowed(self) -> (Tensor<4>, Tensor<4>) {
+        let (start, len) = (self.positions.start, self.positions.len());
+        (
+            self.keys.narrow(2, start, len),
+            self.values.narrow(2, start, len),
+        )
     }
 }
 
@@ -134,23 +190,57 @@ impl KvCache {
         values: Tensor<4>,
         window: usize,
     ) -> (Tensor<4>, Tensor<4>) {
-        let slot = &mut self.layers[layer];
-        let (keys, values, dropped) = match slot.take() {
-            Some(cached) => (
-                Tensor::cat(vec![cached.keys, keys], 2),
-                Tensor::cat(vec![cached.values, values], 2),
-                cached.dropped,
-            ),
-            None => (keys, values, 0),
+        self.append(layer, keys, values, window).narrowed()
+    }
+
+    /// [`KvCache::extend_window`] without copying: the positions to attend over are
+    /// given as a range of the cache's own buffers. Drop the result before the next
+    /// step, or that step copies the buffers (they are written in place only while the
+    /// cache alone holds them).
+    pub fn append(
+        &mut self,
+        layer: usize,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+        window: usize,
+    ) -> CachedKeys {
+        let [batch, heads, new, dim] = keys.dims();
+        let mut cached = match self.layers[layer].take() {
+            Some(cached) => cached,
+            None => CachedLayer {
+                keys: buffer(&keys, room_for(new), None),
+                values: buffer(&values, room_for(new), None),
+                start: 0,
+                kept: 0,
+                dropped: 0,
+            },
         };
-        let len = keys.dims()[2];
-        let kept = len.min(window.max(1));
-        *slot = Some(CachedLayer {
-            keys: keys.clone().narrow(2, len - kept, kept),
-            values: values.clone().narrow(2, len - kept, kept),
-            dropped: dropped + len - kept,
-        });
-        (keys, values)
+        if cached.start + cached.kept + new > cached.room() {
+            // Full: the kept positions move to the front of larger buffers.
+            let room = room_for(cached.kept + new);
+            let kept =
+                |t: Tensor<4>| (cached.kept > 0).then(|| t.narrow(2, cached.start, cached.kept));
+            cached.keys = buffer(&keys, room, kept(cached.keys));
+            cached.values = buffer(&values, room, kept(cached.values));
+            cached.start = 0;
+        }
+        let at = cached.start + cached.kept;
+        let slots = [0..batch, 0..heads, at..at + new, 0..dim];
+        cached.keys = cached.keys.slice_assign(slots.clone(), keys);
+        cached.values = cached.values.slice_assign(slots, values);
+        let total = cached.kept + new;
+        let positions = cached.start..cached.start + total;
+        let kept = total.min(window.max(1));
+        cached.start += total - kept;
+        cached.dropped += total - kept;
+        cached.kept = kept;
+        let out = CachedKeys {
+            keys: cached.keys.clone(),
+            values: cached.values.clone(),
+            positions,
+        };
+        self.layers[layer] = Some(cached);
+        out
     }
 
     /// A cache of the first `len` positions of this one (their tensors shared, not
@@ -168,10 +258,10 @@ impl KvCache {
             .layers
             .iter()
             .map(|layer| match layer {
+                // The buffers are shared: the first to write copies them.
                 Some(cached) if cached.dropped == 0 => Some(Some(CachedLayer {
-                    keys: cached.keys.clone().narrow(2, 0, len),
-                    values: cached.values.clone().narrow(2, 0, len),
-                    dropped: 0,
+                    kept: len,
+                    ..cached.clone()
                 })),
                 _ => None,
             })
@@ -185,9 +275,7 @@ impl KvCache {
     /// Positions layer `layer` holds (fewer than [`KvCache::len`] for a sliding-window
     /// layer past its window).
     pub fn kept(&self, layer: usize) -> usize {
-        self.layers[layer]
-            .as_ref()
-            .map_or(0, |cached| cached.keys.dims()[2])
+        self.layers[layer].as_ref().map_or(0, |cached| cached.kept)
     }
 }
 
@@ -196,6 +284,48 @@ mod tests {
     #![allow(deprecated)]
     use super::*;
     use burn::tensor::Distribution;
+
+    /// Steps of any size, past the first buffers' room and past a window, give what
+    /// concatenating every step's keys gives (the last `window` of them kept), the
+    /// buffers growing or compacting under the steps; a prefix taken midway and
+    /// extended does not disturb the cache it came from.
+    #[test]
+    fn appending_equals_concatenating() {
+        let device = Device::ndarray();
+        device.seed(2);
+        for window in [usize::MAX, 5, 70] {
+            let mut cache = KvCache::new(1, 4096);
+            let mut all: Vec<Tensor<4>> = Vec::new();
+            let mut prefix = None;
+            for (step, new) in [3, 1, 1, 70, 1, 200, 1, 1, 64, 2].into_iter().enumerate() {
+                let keys = Tensor::<4>::random([1, 2, new, 4], Distribution::Default, &device);
+                let values = keys.clone() * 2.0;
+                all.push(keys.clone());
+                let seen: usize = all.iter().map(|t| t.dims()[2]).sum();
+                let kept_before = cache.kept(0);
+                let (got_k, got_v) = cache.extend_window(0, keys, values, window);
+                let everything = Tensor::cat(all.clone(), 2);
+                let want = everything.narrow(2, seen - kept_before - new, kept_before + new);
+                got_k.into_data().assert_eq(&want.clone().into_data(), true);
+                got_v.into_data().assert_eq(&(want * 2.0).into_data(), true);
+                assert_eq!(cache.len(), seen);
+                assert_eq!(cache.kept(0), seen.min(window));
+                if step == 4 && window == usize::MAX {
+                    // The prefix shares the buffers, then writes its own.
+                    let mut p = cache.prefix(50).unwrap();
+                    let extra = Tensor::<4>::ones([1, 2, 1, 4], &device);
+                    let (k, _) = p.extend(0, extra.clone(), extra);
+                    k.narrow(2, 50, 1)
+                        .into_data()
+                        .assert_eq(&Tensor::<4>::ones([1, 2, 1, 4], &device).into_data(), true);
+                    prefix = Some(p);
+                }
+            }
+            if let Some(p) = prefix {
+                assert_eq!(p.len(), 51);
+            }
+        }
+    }
 
     /// A prefix holds exactly the first positions and grows as a cache that only ever
     /// saw them; the cache it came from is untouched. A prefix longer than the cache, or

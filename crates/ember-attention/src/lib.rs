@@ -45,6 +45,6 @@ pub use book::{
     simplified_self_attention,
 };
 pub use causal::{CausalSelfAttention, CausalSelfAttentionConfig};
-pub use kv_cache::{AttentionError, KvCache};
+pub use kv_cache::{AttentionError, CachedKeys, KvCache};
 pub use packed::{CacheMut, PackedCaches};
 pub use sdpa::{causal_attention, explicit_attention, repeat_kv, sliding_window_attention};

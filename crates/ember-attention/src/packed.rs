@@ -12,7 +12,7 @@
 
 use burn::prelude::*;
 
-use crate::kv_cache::{AttentionError, KvCache};
+use crate::kv_cache::{AttentionError, CachedKeys, KvCache};
 
 /// The sequences of one packed forward pass: the caches they continue and how many new
 /// positions each has in the pass, in the order they lie in the row.
@@ -134,6 +134,11 @@ impl CacheMut<'_> {
     /// - k, v: `[batch, kv_heads, new, head_dim]`
     /// - `attend` gets one sequence's queries and its cached keys and values, and
     ///   returns `[batch, heads, new, head_dim]`, as this does
+    ///
+    /// `attend` is causal attention (within `window`, if any): on a CPU backend, for
+    /// tensors not tracked for a backward pass, the cache is read in place by
+    /// [`ember_kernels::tiled_attention_over`], which is what `causal_attention` and
+    /// `sliding_window_attention` compute there, and `attend` is not called.
     pub fn attend(
         &mut self,
         layer: usize,
@@ -143,12 +148,27 @@ impl CacheMut<'_> {
         window: Option<usize>,
         attend: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>,
     ) -> Tensor<4> {
-        let window = window.unwrap_or(usize::MAX);
-        match self {
-            CacheMut::One(cache) => {
-                let (k, v) = cache.extend_window(layer, k, v, window);
-                attend(q, k, v)
+        let kept = window.unwrap_or(usize::MAX);
+        // On a CPU backend the tiled kernel (what `attend` computes there) reads the
+        // cache's buffers in place; elsewhere `attend` gets the positions as tensors.
+        let attend_cached = |q: Tensor<4>, cached: CachedKeys| {
+            let range = cached.positions.clone();
+            match ember_kernels::tiled_attention_over(
+                &q,
+                &cached.keys,
+                &cached.values,
+                range,
+                window,
+            ) {
+                Some(context) => context,
+                None => {
+                    let (k, v) = cached.narrowed();
+                    attend(q, k, v)
+                }
             }
+        };
+        match self {
+            CacheMut::One(cache) => attend_cached(q, cache.append(layer, k, v, kept)),
             CacheMut::Packed(packed) => {
                 let mut start = 0;
                 let contexts = packed
@@ -157,10 +177,9 @@ impl CacheMut<'_> {
                     .zip(&packed.lens)
                     .map(|(cache, &n)| {
                         let part = |t: &Tensor<4>| t.clone().narrow(2, start, n);
-                        let (k, v) = cache.extend_window(layer, part(&k), part(&v), window);
-                        let context = attend(part(&q), k, v);
+                        let (q, k, v) = (part(&q), part(&k), part(&v));
                         start += n;
-                        context
+                        attend_cached(q, cache.append(layer, k, v, kept))
                     })
                     .collect();
                 Tensor::cat(contexts, 2)

@@ -116,6 +116,21 @@ impl<'a> Strided<'a> {
         }
     }
 
+    /// Positions `range` of dimension `axis`: the same memory, no copy.
+    pub fn narrow(mut self, axis: usize, range: std::ops::Range<usize>) -> Self {
+        assert!(
+            range.start <= range.end && range.end <= self.dims[axis],
+            "{range:?} of dimension {axis} of {:?}",
+            self.dims
+        );
+        if range.start < range.end {
+            // SAFETY: position `range.start` of `axis` is inside `dims`.
+            self.ptr = unsafe { self.ptr.offset(range.start as isize * self.strides[axis]) };
+        }
+        self.dims[axis] = range.len();
+        self
+    }
+
     /// The matrix of the last two dimensions at index `outer` of the leading ones
     /// (row-major over them).
     pub fn matrix_at(&self, outer: usize) -> MatrixView<'a> {

@@ -76,7 +76,7 @@ pub use layer_norm::{layer_norm, layer_norm_reference};
 pub use matmul::{linear, matmul};
 pub use rms_norm::{rms_norm, rms_norm_reference};
 pub use rows::{RowLayout, with_row_layout};
-pub use tiled_attention::tiled_attention;
+pub use tiled_attention::{tiled_attention, tiled_attention_over};
 
 /// Elements per rayon task for the element-wise kernels: large enough that scheduling
 /// is noise, small enough to share a 1.5M-element GELU input between the cores.

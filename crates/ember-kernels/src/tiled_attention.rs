@@ -50,30 +50,52 @@ pub fn tiled_attention(
     v: &Tensor<4>,
     window: Option<usize>,
 ) -> Option<Tensor<4>> {
+    tiled_attention_over(q, k, v, 0..k.dims()[2], window)
+}
+
+/// [`tiled_attention`] over positions `keys` of `k` and `v` (a KV cache's buffers), read
+/// in place: the same result as over `k.narrow(2, ..)`, without the copy.
+///
+/// # Shapes
+/// - q: `[batch, heads, seq_q, head_dim]`
+/// - k, v: `[batch, kv_heads, room, head_dim]`, `keys.end <= room`
+/// - returns `[batch, heads, seq_q, head_dim]`
+pub fn tiled_attention_over(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    keys: std::ops::Range<usize>,
+    window: Option<usize>,
+) -> Option<Tensor<4>> {
     let [batch, heads, seq_q, head_dim] = q.dims();
-    let [k_batch, kv_heads, seq_k, k_dim] = k.dims();
+    let [k_batch, kv_heads, room, k_dim] = k.dims();
     let fits = k.dims() == v.dims()
         && k_batch == batch
         && k_dim == head_dim
         && kv_heads > 0
         && heads.is_multiple_of(kv_heads)
-        && seq_k >= seq_q;
+        && keys.start <= keys.end
+        && keys.end <= room
+        && keys.len() >= seq_q;
     if !fits {
         return None;
     }
     let window = window.unwrap_or(usize::MAX).max(1);
-    with_cpu_backend!(q, B => tiled_on::<B>(q, k, v, window)).flatten()
+    with_cpu_backend!(q, B => tiled_on::<B>(q, k, v, keys, window)).flatten()
 }
 
 fn tiled_on<B: CpuBackend>(
     q: &Tensor<4>,
     k: &Tensor<4>,
     v: &Tensor<4>,
+    keys: std::ops::Range<usize>,
     window: usize,
 ) -> Option<Tensor<4>> {
     let (q, k, v) = (B::plain(q)?, B::plain(k)?, B::plain(v)?);
     let shape = B::shape(&q);
-    let out = attend(&B::strided(&q), &B::strided(&k), &B::strided(&v), window);
+    let k_view = B::strided(&k).narrow(2, keys.clone());
+    let v_view = B::strided(&v).narrow(2, keys);
+    let out = attend(&B::strided(&q), &k_view, &v_view, window);
     Some(B::from_plain(B::new_tensor(&shape, out)))
 }
 
@@ -305,5 +327,32 @@ mod tests {
         let tracked = Device::ndarray().autodiff();
         let q = random([1, 2, 8, 16], &tracked).require_grad();
         assert!(tiled_attention(&q, &q, &q, None).is_none());
+        let room = random([1, 2, 20, 16], &device);
+        let q = random([1, 4, 3, 16], &device);
+        assert!(tiled_attention_over(&q, &room, &room, 15..21, None).is_none());
+        assert!(tiled_attention_over(&q, &room, &room, 5..7, None).is_none());
+    }
+
+    /// Over positions of a buffer, read in place, the bits of the positions copied out.
+    #[test]
+    fn over_a_range_is_over_its_copy() {
+        let _rng = crate::tests::device_rng();
+        let device = Device::ndarray();
+        let q = random([2, 4, 3, 16], &device);
+        let (k, v) = (
+            random([2, 2, 40, 16], &device),
+            random([2, 2, 40, 16], &device),
+        );
+        for window in [None, Some(4)] {
+            let got = tiled_attention_over(&q, &k, &v, 7..30, window).unwrap();
+            let want = tiled_attention(
+                &q,
+                &k.clone().narrow(2, 7, 23),
+                &v.clone().narrow(2, 7, 23),
+                window,
+            )
+            .unwrap();
+            got.into_data().assert_eq(&want.into_data(), true);
+        }
     }
 }
