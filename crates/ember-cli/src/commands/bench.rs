@@ -272,18 +272,36 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
                     use_kv_cache,
                     ..Default::default()
                 };
-                let mut times = Vec::new();
+                // The whole time, and the part after the first new token (reading the
+                // prompt and choosing the first token): the decoding steps alone, as
+                // llama.cpp's llama-bench reports them (`tg`) beside the prompt (`pp`).
+                let (mut times, mut first_token_times) = (Vec::new(), Vec::new());
                 for rep in 0..args.warmup + args.reps {
                     let start = Instant::now();
-                    generate(&model, &prompt, &settings, device, |_| {})?;
+                    let mut first = None;
+                    generate(&model, &prompt, &settings, device, |_| {
+                        first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+                    })?;
                     if rep >= args.warmup {
                         times.push(start.elapsed().as_secs_f64());
+                        first_token_times.push(first.unwrap_or(0.0));
                     }
                 }
-                let med = median(times);
+                let decode_times = times
+                    .iter()
+                    .zip(&first_token_times)
+                    .map(|(all, first)| all - first)
+                    .collect();
+                let (med, first_med) = (median(times), median(first_token_times));
+                let decode_med = median(decode_times);
+                let decoded = args.new_tokens.saturating_sub(1) as f64;
                 out.insert(
                     if use_kv_cache { "kv_cache" } else { "no_cache" }.to_string(),
-                    json!({"s_median": med, "new_tokens_per_s": args.new_tokens as f64 / med}),
+                    json!({"s_median": med, "new_tokens_per_s": args.new_tokens as f64 / med,
+                           "first_token_s_median": first_med,
+                           "prompt_tokens_per_s": args.prompt_len as f64 / first_med,
+                           "decode_s_median": decode_med,
+                           "decode_tokens_per_s": decoded / decode_med}),
                 );
             }
             Value::Object(out)
