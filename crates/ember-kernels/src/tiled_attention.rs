@@ -179,13 +179,27 @@ impl Head<'_> {
         max.fill(f32::NEG_INFINITY);
         sum.fill(0.0);
         out.fill(0.0);
+        // A decoding step's one query, as a slice for `row_dots`.
+        let query: Vec<f32> = match rows {
+            1 => (0..head_dim).map(|c| queries.at(0, c)).collect(),
+            _ => Vec::new(),
+        };
         // Keys from the first that the tile's first query sees to its last query's own.
         let end = self.offset + first + rows;
         let mut start = self.first_visible(first);
         while start < end {
             let cols = TILE_K.min(end - start);
             let scores = &mut scratch.scores[..rows * cols];
-            gemm_into_on_this_thread(queries, self.k.rows(start, cols).t(), scores, false);
+            let (keys, values) = (self.k.rows(start, cols), self.v.rows(start, cols));
+            // A decoding step's one query: dot products and scaled additions of rows
+            // (`gemm` would pack the tile of keys first, for one row of output).
+            let one_row = rows == 1 && keys.col_stride == 1 && values.col_stride == 1;
+            if one_row {
+                // SAFETY: the views address `cols` rows of `head_dim` contiguous values.
+                unsafe { row_dots(&query, &keys, scores) };
+            } else {
+                gemm_into_on_this_thread(queries, keys.t(), scores, false);
+            }
             for (r, (row, acc)) in scores
                 .chunks_exact_mut(cols)
                 .zip(out.chunks_exact_mut(head_dim))
@@ -197,12 +211,78 @@ impl Head<'_> {
                 let to = (hi + 1).saturating_sub(start).min(cols);
                 online_softmax_row(row, from, to, scale, &mut max[r], &mut sum[r], acc);
             }
-            let weights = MatrixView::new(scores.as_ptr(), (rows, cols), cols as isize, 1);
-            gemm_into_on_this_thread(weights, self.v.rows(start, cols), out, true);
+            if one_row {
+                // SAFETY: as above.
+                unsafe { add_scaled_rows(scores, &values, out) };
+            } else {
+                let weights = MatrixView::new(scores.as_ptr(), (rows, cols), cols as isize, 1);
+                gemm_into_on_this_thread(weights, values, out, true);
+            }
             start += cols;
         }
         for (acc, &sum) in out.chunks_exact_mut(head_dim).zip(sum.iter()) {
             acc.iter_mut().for_each(|x| *x /= sum);
+        }
+    }
+}
+
+/// `scores[j] = q · keys[j]` for each row of `keys` (rows of contiguous values).
+///
+/// # Safety
+/// `keys` addresses `scores.len()` rows of `q.len()` contiguous values.
+unsafe fn row_dots(q: &[f32], keys: &MatrixView<'_>, scores: &mut [f32]) {
+    for (j, score) in scores.iter_mut().enumerate() {
+        // SAFETY: row `j` holds `q.len()` values from its first.
+        let key = unsafe {
+            std::slice::from_raw_parts(keys.ptr.offset(j as isize * keys.row_stride), q.len())
+        };
+        *score = dot(q, key);
+    }
+}
+
+/// `out += Σ_j weights[j] · values[j]` over the rows of `values`.
+///
+/// # Safety
+/// `values` addresses `weights.len()` rows of `out.len()` contiguous values.
+unsafe fn add_scaled_rows(weights: &[f32], values: &MatrixView<'_>, out: &mut [f32]) {
+    for (j, &w) in weights.iter().enumerate() {
+        if w == 0.0 {
+            continue;
+        }
+        // SAFETY: row `j` holds `out.len()` values from its first.
+        let value = unsafe {
+            std::slice::from_raw_parts(values.ptr.offset(j as isize * values.row_stride), out.len())
+        };
+        add_scaled(w, value, out);
+    }
+}
+
+widest_fn! {
+    /// `a · b` in 32 lanes (four independent vectors of eight: the additions of one
+    /// lane wait for each other, not those of the others), summed pairwise.
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut lanes = [0.0f32; 32];
+        let (a32, b32) = (a.chunks_exact(32), b.chunks_exact(32));
+        let tail: f32 = a32
+            .remainder()
+            .iter()
+            .zip(b32.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
+        for (x, y) in a32.zip(b32) {
+            for i in 0..32 {
+                lanes[i] += x[i] * y[i];
+            }
+        }
+        crate::simd::pairwise_sum(lanes) + tail
+    }
+}
+
+widest_fn! {
+    /// `out += w · row`.
+    fn add_scaled(w: f32, row: &[f32], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += w * v;
         }
     }
 }
