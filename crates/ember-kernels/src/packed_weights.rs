@@ -91,58 +91,61 @@ impl PackedMatrix {
         Self::from_fn(format, rows, cols, |r, c| values[c * rows + r])
     }
 
-    /// The matrix of `value(r, c)` in `format`, written panel by panel in parallel, in
-    /// place (no per-thread pieces that the allocator would keep).
+    /// A `[rows, cols]` matrix in `format` whose rows are read part by part:
+    /// `read(first..end)` gives rows `first..end` (row-major f32), at most
+    /// `rows_per_part` of them at a time (rounded up to whole panels), so that a large
+    /// weight never exists whole in f32. Stops at the first error `read` returns.
+    ///
+    /// # Panics
+    /// As [`PackedMatrix::from_f32`]; if a part is not `cols` values per row.
+    pub fn from_row_parts<E>(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        rows_per_part: usize,
+        mut read: impl FnMut(std::ops::Range<usize>) -> Result<Vec<f32>, E>,
+    ) -> Result<Self, E> {
+        let mut matrix = Self::zeroed(format, rows, cols);
+        let step = rows_per_part.max(1).next_multiple_of(panel_dot::PANEL_ROWS);
+        let panel = panel_dot::panel_bytes(format, cols);
+        for first in (0..rows).step_by(step) {
+            let end = (first + step).min(rows);
+            let values = read(first..end)?;
+            assert_eq!(values.len(), (end - first) * cols, "rows {first}..{end}");
+            let panels = &mut matrix.panels[first / panel_dot::PANEL_ROWS * panel
+                ..end.div_ceil(panel_dot::PANEL_ROWS) * panel];
+            fill(format, cols, end - first, panels, |r, c| {
+                values[r * cols + c]
+            });
+        }
+        Ok(matrix)
+    }
+
+    /// A `[rows, cols]` matrix of zeros in `format`.
+    fn zeroed(format: WeightFormat, rows: usize, cols: usize) -> Self {
+        assert!(
+            format.holds_rows_of(cols),
+            "{format:?} rows of {cols} values are not whole blocks of {BLOCK_SIZE}"
+        );
+        let panel = panel_dot::panel_bytes(format, cols);
+        Self {
+            format,
+            rows,
+            cols,
+            panels: vec![0u8; rows.div_ceil(panel_dot::PANEL_ROWS) * panel],
+        }
+    }
+
+    /// The matrix of `value(r, c)` in `format`.
     fn from_fn(
         format: WeightFormat,
         rows: usize,
         cols: usize,
         value: impl Fn(usize, usize) -> f32 + Sync,
     ) -> Self {
-        assert!(
-            format.holds_rows_of(cols),
-            "{format:?} rows of {cols} values are not whole blocks of {BLOCK_SIZE}"
-        );
-        let panel = panel_dot::panel_bytes(format, cols);
-        let mut panels = vec![0u8; rows.div_ceil(panel_dot::PANEL_ROWS) * panel];
-        if panel > 0 {
-            panels
-                .par_chunks_mut(panel)
-                .enumerate()
-                .for_each(|(p, out)| {
-                    let first = p * panel_dot::PANEL_ROWS;
-                    for r in first..(first + panel_dot::PANEL_ROWS).min(rows) {
-                        let row = r - first;
-                        match format {
-                            WeightFormat::Bf16 | WeightFormat::F16 => {
-                                for c in 0..cols {
-                                    let bits = to_half_bits(format, value(r, c));
-                                    panel_dot::put_half(out, row, c, bits);
-                                }
-                            }
-                            WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
-                                for b in 0..cols / BLOCK_SIZE {
-                                    let values =
-                                        std::array::from_fn(|i| value(r, b * BLOCK_SIZE + i));
-                                    let (scale, ints) = match format {
-                                        WeightFormat::Q8_0 => {
-                                            BlockQ8_0::quantize_block(&values).scale_and_ints()
-                                        }
-                                        _ => BlockQ4_0::quantize_block(&values).scale_and_ints(),
-                                    };
-                                    panel_dot::put_block(format, out, row, b, scale, &ints);
-                                }
-                            }
-                        }
-                    }
-                });
-        }
-        Self {
-            format,
-            rows,
-            cols,
-            panels,
-        }
+        let mut matrix = Self::zeroed(format, rows, cols);
+        fill(format, cols, rows, &mut matrix.panels, value);
+        matrix
     }
 
     /// The format.
@@ -193,6 +196,51 @@ impl PackedMatrix {
         }
         out
     }
+}
+
+/// Writes `rows` rows of `value(r, c)` (`r` counted from the first row of `panels`)
+/// into `panels` in `format`, panel by panel in parallel, in place (no per-thread pieces
+/// that the allocator would keep).
+fn fill(
+    format: WeightFormat,
+    cols: usize,
+    rows: usize,
+    panels: &mut [u8],
+    value: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    let panel = panel_dot::panel_bytes(format, cols);
+    if panel == 0 {
+        return;
+    }
+    panels
+        .par_chunks_mut(panel)
+        .enumerate()
+        .for_each(|(p, out)| {
+            let first = p * panel_dot::PANEL_ROWS;
+            for r in first..(first + panel_dot::PANEL_ROWS).min(rows) {
+                let row = r - first;
+                match format {
+                    WeightFormat::Bf16 | WeightFormat::F16 => {
+                        for c in 0..cols {
+                            let bits = to_half_bits(format, value(r, c));
+                            panel_dot::put_half(out, row, c, bits);
+                        }
+                    }
+                    WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+                        for b in 0..cols / BLOCK_SIZE {
+                            let values = std::array::from_fn(|i| value(r, b * BLOCK_SIZE + i));
+                            let (scale, ints) = match format {
+                                WeightFormat::Q8_0 => {
+                                    BlockQ8_0::quantize_block(&values).scale_and_ints()
+                                }
+                                _ => BlockQ4_0::quantize_block(&values).scale_and_ints(),
+                            };
+                            panel_dot::put_block(format, out, row, b, scale, &ints);
+                        }
+                    }
+                }
+            }
+        });
 }
 
 /// `v` rounded to bf16 or f16 (to nearest even), as bits.
@@ -550,6 +598,38 @@ mod tests {
             // Whole panels of four rows (the last two rows padding).
             assert_eq!(m.size_bytes(), 8 * 3 * bits);
         }
+    }
+
+    /// Read part by part, the matrix is the one made at once, in every format; a
+    /// part's error stops the reading.
+    #[test]
+    fn a_matrix_read_in_parts_is_the_matrix_read_at_once() {
+        let (rows, cols) = (37, 2 * BLOCK_SIZE);
+        let values: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+        for format in [
+            WeightFormat::Bf16,
+            WeightFormat::F16,
+            WeightFormat::Q8_0,
+            WeightFormat::Q4_0,
+        ] {
+            let whole = PackedMatrix::from_f32(format, rows, cols, &values);
+            let mut parts = Vec::new();
+            let parted = PackedMatrix::from_row_parts(format, rows, cols, 10, |range| {
+                parts.push(range.clone());
+                Ok::<_, ()>(values[range.start * cols..range.end * cols].to_vec())
+            })
+            .unwrap();
+            assert_eq!(parted.panels, whole.panels, "{format:?}");
+            assert_eq!(parts, [0..12, 12..24, 24..36, 36..37]);
+        }
+        let failed = PackedMatrix::from_row_parts(WeightFormat::Q8_0, rows, cols, 8, |range| {
+            if range.start > 0 {
+                Err("bad part")
+            } else {
+                Ok(vec![0.0; 8 * cols])
+            }
+        });
+        assert_eq!(failed.unwrap_err(), "bad part");
     }
 
     #[test]

@@ -57,24 +57,53 @@ impl TensorSource for RandomTensors {
     }
 
     fn read(&self, name: &str) -> Result<Vec<f32>, WeightsError> {
+        let len = self.shapes.get(name).map_or(0, |s| s.iter().product());
+        self.read_part(name, 0..len)
+    }
+
+    fn read_part(
+        &self,
+        name: &str,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError> {
         let shape = self
             .shapes
             .get(name)
             .ok_or_else(|| WeightsError::format(&self.origin, format!("no tensor {name}")))?;
         let len: usize = shape.iter().product();
+        if range.start > range.end || range.end > len {
+            return Err(WeightsError::format(
+                &self.origin,
+                format!("tensor {name} has {len} values, not {range:?}"),
+            ));
+        }
         let name_seed = name.bytes().fold(self.seed, |h, b| {
             h.wrapping_mul(0x100_0000_01b3) ^ u64::from(b)
         });
-        let mut values = vec![0.0f32; len];
-        values
-            .par_chunks_mut(1 << 16)
-            .enumerate()
-            .for_each(|(i, chunk)| {
-                let mut rng = ChaCha8Rng::seed_from_u64(name_seed.wrapping_add(i as u64));
-                chunk
-                    .iter_mut()
-                    .for_each(|v| *v = rng.random_range(-0.02..0.02));
-            });
+        // Chunks of CHUNK values, each from its own seed: any part is the same values.
+        const CHUNK: usize = 1 << 16;
+        let mut values = vec![0.0f32; range.len()];
+        let mut pieces: Vec<(usize, &mut [f32])> = Vec::new();
+        let mut rest = values.as_mut_slice();
+        let mut at = range.start;
+        while !rest.is_empty() {
+            let n = (CHUNK - at % CHUNK).min(rest.len());
+            let (piece, tail) = rest.split_at_mut(n);
+            pieces.push((at, piece));
+            rest = tail;
+            at += n;
+        }
+        pieces.into_par_iter().for_each(|(at, piece)| {
+            let chunk = at / CHUNK;
+            let mut rng = ChaCha8Rng::seed_from_u64(name_seed.wrapping_add(chunk as u64));
+            // Values before `at` in the chunk are drawn and dropped.
+            for _ in chunk * CHUNK..at {
+                let _: f32 = rng.random_range(-0.02..0.02);
+            }
+            piece
+                .iter_mut()
+                .for_each(|v| *v = rng.random_range(-0.02..0.02));
+        });
         Ok(values)
     }
 
@@ -134,6 +163,17 @@ mod tests {
         let (a, b, c) = (logits(1), logits(1), logits(2));
         assert_eq!(a, b);
         assert_ne!(a, c);
+        // Any part of a tensor is those values of the whole, across the chunks the
+        // values are drawn in.
+        let source = RandomTensors {
+            shapes: [("w".to_string(), vec![3, 50_000])].into(),
+            seed: 7,
+            origin: PathBuf::from("<random>"),
+        };
+        let whole = source.read("w").unwrap();
+        for range in [0..10, 65_530..65_540, 70_000..150_000] {
+            assert_eq!(source.read_part("w", range.clone()).unwrap(), whole[range]);
+        }
         assert!(a.iter().all(|v| v.is_finite() && v.abs() < 10.0));
     }
 }

@@ -10,6 +10,7 @@
 //! once, and nothing is loaded half-way.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
@@ -141,36 +142,42 @@ impl ModuleMapper for Loader<'_> {
             // The load fails anyway: do not spend memory on more tensors.
             return param;
         }
-        let values = match self.source.read(&name) {
-            Ok(values) => values,
-            Err(e) => {
-                self.problems
-                    .push(format!("tensor {name}: {}", ember_data::error_chain(&e)));
-                return param;
+        let packed = match (self.format, self.containers.packed_role(), &expected[..]) {
+            (Some(format), Some(role), &[rows, cols]) if role.fits(format, [rows, cols]) => {
+                Some((format, role))
             }
+            _ => None,
         };
-        // A diverged or corrupt checkpoint computes NaN everywhere; say where it is.
-        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            self.problems
-                .push(format!("tensor {name} holds {bad} values"));
-            return param;
-        }
-        if let (Some(format), Some(role)) = (self.format, self.containers.packed_role())
-            && let [rows, cols] = expected[..]
-            && role.fits(format, [rows, cols])
-        {
-            // Straight from the file's values to the packed format: no f32 tensor is
-            // built. The packed matrix is `[out, in]`, a Linear weight's transpose and an
-            // Embedding's self.
+        if let Some((format, role)) = packed {
+            // Straight from the file's values to the packed format, part by part: no
+            // f32 tensor is built. The packed matrix is `[out, in]`, a Linear weight's
+            // transpose and an Embedding's self.
             let (a, b) = (hub_shape[0], hub_shape[1]);
             let transpose = (role == PackedRole::LinearWeight) == (layout == Layout::Same);
             let matrix = if transpose {
-                PackedMatrix::from_f32_transposed(format, b, a, &values)
+                self.read_checked(&name)
+                    .map(|values| PackedMatrix::from_f32_transposed(format, b, a, &values))
             } else {
-                PackedMatrix::from_f32(format, a, b, &values)
+                // The file's rows are the matrix's: read a few MB of them at a time.
+                PackedMatrix::from_row_parts(format, a, b, PART_VALUES / b.max(1), |rows| {
+                    self.read_part_checked(&name, rows.start * b..rows.end * b)
+                })
             };
-            return role.param(&param, matrix, &self.device);
+            return match matrix {
+                Ok(matrix) => role.param(&param, matrix, &self.device),
+                Err(problem) => {
+                    self.problems.push(problem);
+                    param
+                }
+            };
         }
+        let values = match self.read_checked(&name) {
+            Ok(values) => values,
+            Err(problem) => {
+                self.problems.push(problem);
+                return param;
+            }
+        };
         let tensor = Tensor::<D>::from_data(TensorData::new(values, hub_shape), &self.device);
         let tensor = match layout {
             Layout::Same => tensor,
@@ -179,6 +186,39 @@ impl ModuleMapper for Loader<'_> {
         };
         let id = param.id;
         param.transform_for_load(tensor, id)
+    }
+}
+
+/// Values read at a time when a weight is converted to a packed format part by part
+/// (16 MB of f32).
+const PART_VALUES: usize = 1 << 22;
+
+impl Loader<'_> {
+    /// The values of tensor `name`, or the problem with them.
+    fn read_checked(&self, name: &str) -> Result<Vec<f32>, String> {
+        let values = self
+            .source
+            .read(name)
+            .map_err(|e| format!("tensor {name}: {}", ember_data::error_chain(&e)))?;
+        finite(name, values)
+    }
+
+    /// Values `range` of tensor `name`, or the problem with them.
+    fn read_part_checked(&self, name: &str, range: Range<usize>) -> Result<Vec<f32>, String> {
+        let values = self
+            .source
+            .read_part(name, range)
+            .map_err(|e| format!("tensor {name}: {}", ember_data::error_chain(&e)))?;
+        finite(name, values)
+    }
+}
+
+/// `values` if all are finite: a diverged or corrupt checkpoint computes NaN
+/// everywhere, so say where it is.
+fn finite(name: &str, values: Vec<f32>) -> Result<Vec<f32>, String> {
+    match values.iter().find(|v| !v.is_finite()) {
+        Some(bad) => Err(format!("tensor {name} holds {bad} values")),
+        None => Ok(values),
     }
 }
 

@@ -23,6 +23,26 @@ pub trait TensorSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The values of tensor `name`, row-major, as f32.
     fn read(&self, name: &str) -> Result<Vec<f32>, WeightsError>;
+    /// Values `range` (row-major positions) of tensor `name`, as f32: a part of what
+    /// [`TensorSource::read`] gives, for converting a large tensor piece by piece. By
+    /// default the whole tensor is read and cut.
+    fn read_part(
+        &self,
+        name: &str,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError> {
+        let values = self.read(name)?;
+        let len = values.len();
+        values
+            .get(range.clone())
+            .map(<[f32]>::to_vec)
+            .ok_or_else(|| {
+                WeightsError::format(
+                    self.origin(),
+                    format!("tensor {name} has {len} values, not {range:?}"),
+                )
+            })
+    }
     /// Every tensor name.
     fn names(&self) -> Vec<String>;
     /// What to name in errors (a file or a directory).
@@ -225,15 +245,24 @@ impl TensorSource for SafetensorsFiles {
     }
 
     fn read(&self, name: &str) -> Result<Vec<f32>, WeightsError> {
+        let len = self
+            .entries
+            .get(name)
+            .map_or(0, |e| e.shape.iter().product());
+        self.read_part(name, 0..len)
+    }
+
+    fn read_part(
+        &self,
+        name: &str,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError> {
         let entry = self
             .entries
             .get(name)
             .ok_or_else(|| WeightsError::format(&self.origin, format!("no tensor {name}")))?;
         let file = &self.files[entry.file];
-        let start = file.data_start + entry.range.0;
-        let end = file.data_start + entry.range.1;
-        let bytes = &file.map[start..end];
-        let values = decode(bytes, entry.dtype).ok_or_else(|| {
+        let unsupported = || {
             WeightsError::format(
                 &file.path,
                 format!(
@@ -241,7 +270,20 @@ impl TensorSource for SafetensorsFiles {
                     entry.dtype
                 ),
             )
-        })?;
+        };
+        let size = value_bytes(entry.dtype).ok_or_else(unsupported)?;
+        let (first, last) = (
+            entry.range.0 + range.start * size,
+            entry.range.0 + range.end * size,
+        );
+        if range.start > range.end || last > entry.range.1 {
+            return Err(WeightsError::format(
+                &file.path,
+                format!("tensor {name} has no values {range:?}"),
+            ));
+        }
+        let (start, end) = (file.data_start + first, file.data_start + last);
+        let values = decode(&file.map[start..end], entry.dtype).ok_or_else(unsupported)?;
         // The decoded copy is what the model keeps: give the mapped pages back.
         // SAFETY: DONTNEED on a read-only file mapping only drops cached pages; a later
         // access reads them from the file again.
@@ -284,6 +326,16 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, RawTensor>, Weig
         );
     }
     Ok(out)
+}
+
+/// Bytes of one value of a float `dtype`; `None` for the others.
+fn value_bytes(dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F64 => Some(8),
+        Dtype::F32 => Some(4),
+        Dtype::F16 | Dtype::BF16 => Some(2),
+        _ => None,
+    }
 }
 
 /// Little-endian values of `dtype` as f32; `None` for non-float dtypes.
@@ -368,6 +420,9 @@ mod tests {
         let files = SafetensorsFiles::open(dir.path()).unwrap();
         assert_eq!(files.shape("a"), Some(vec![2, 2]));
         assert_eq!(files.read("a").unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(files.read_part("a", 1..3).unwrap(), vec![2.0, 3.0]);
+        let err = files.read_part("a", 3..5).unwrap_err().to_string();
+        assert!(err.contains("tensor a has no values 3..5"), "{err}");
         assert_eq!(files.names(), vec!["a".to_string()]);
         std::fs::write(&path, b"not a safetensors file").unwrap();
         let err = SafetensorsFiles::open(&path).err().unwrap();
