@@ -413,6 +413,9 @@ mod x86 {
         WeightFormat, block_group_bytes, panel_bytes,
     };
 
+    /// How far ahead of the block being multiplied the quantized kernel prefetches.
+    const PREFETCH_BYTES: usize = 1024;
+
     pub(super) fn available() -> bool {
         use std::sync::OnceLock;
         static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -558,6 +561,11 @@ mod x86 {
         for b in 0..blocks {
             // SAFETY: the panel holds `blocks` groups of `group_bytes`.
             let group = unsafe { panel.as_ptr().add(b * group_bytes) };
+            // The hardware prefetcher alone falls behind the integer products (measured:
+            // loads of the weights stalled decoding at 19 GB/s); ask for the lines
+            // PREFETCH_BYTES ahead (a hint: an address past the panel is harmless).
+            _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(PREFETCH_BYTES) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(PREFETCH_BYTES + 64) as *const i8);
             // SAFETY: each group begins with four f16 scales.
             let d_w = _mm_cvtph_ps(unsafe { _mm_loadl_epi64(group as *const __m128i) });
             // `d_w · d_x` of each row and token, read back one at a time as broadcasts.
