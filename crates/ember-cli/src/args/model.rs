@@ -44,7 +44,8 @@ pub struct ModelArgs {
     pub qkv_bias: bool,
     /// Precision of the weight matrices: f32; bf16 / f16 (half the memory and faster
     /// generation on a CPU); q8_0 / q4_0 (GGUF's blocks of 32 with one f16 scale: 8.5
-    /// and 4.5 bits per weight, faster again). Activations stay f32.
+    /// and 4.5 bits per weight, faster again; their products quantize the activations
+    /// to 8 bits, as llama.cpp does). Norms and the KV cache stay f32.
     #[arg(long, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
 }

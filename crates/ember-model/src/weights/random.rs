@@ -56,11 +56,6 @@ impl TensorSource for RandomTensors {
         self.shapes.get(name).cloned()
     }
 
-    fn read(&self, name: &str) -> Result<Vec<f32>, WeightsError> {
-        let len = self.shapes.get(name).map_or(0, |s| s.iter().product());
-        self.read_part(name, 0..len)
-    }
-
     fn read_part(
         &self,
         name: &str,

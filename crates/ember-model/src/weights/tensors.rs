@@ -22,27 +22,17 @@ pub trait TensorSource {
     /// The shape of tensor `name`, if there is one.
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The values of tensor `name`, row-major, as f32.
-    fn read(&self, name: &str) -> Result<Vec<f32>, WeightsError>;
+    fn read(&self, name: &str) -> Result<Vec<f32>, WeightsError> {
+        let len = self.shape(name).map_or(0, |shape| shape.iter().product());
+        self.read_part(name, 0..len)
+    }
     /// Values `range` (row-major positions) of tensor `name`, as f32: a part of what
-    /// [`TensorSource::read`] gives, for converting a large tensor piece by piece. By
-    /// default the whole tensor is read and cut.
+    /// [`TensorSource::read`] gives, for converting a large tensor piece by piece.
     fn read_part(
         &self,
         name: &str,
         range: std::ops::Range<usize>,
-    ) -> Result<Vec<f32>, WeightsError> {
-        let values = self.read(name)?;
-        let len = values.len();
-        values
-            .get(range.clone())
-            .map(<[f32]>::to_vec)
-            .ok_or_else(|| {
-                WeightsError::format(
-                    self.origin(),
-                    format!("tensor {name} has {len} values, not {range:?}"),
-                )
-            })
-    }
+    ) -> Result<Vec<f32>, WeightsError>;
     /// Every tensor name.
     fn names(&self) -> Vec<String>;
     /// What to name in errors (a file or a directory).
@@ -89,11 +79,26 @@ impl TensorSource for MemoryTensors {
         self.tensors.get(name).map(|t| t.shape.clone())
     }
 
-    fn read(&self, name: &str) -> Result<Vec<f32>, WeightsError> {
-        self.tensors
+    fn read_part(
+        &self,
+        name: &str,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>, WeightsError> {
+        let tensor = self
+            .tensors
             .get(name)
-            .map(|t| t.data.clone())
-            .ok_or_else(|| WeightsError::format(&self.origin, format!("no tensor {name}")))
+            .ok_or_else(|| WeightsError::format(&self.origin, format!("no tensor {name}")))?;
+        let len = tensor.data.len();
+        tensor
+            .data
+            .get(range.clone())
+            .map(<[f32]>::to_vec)
+            .ok_or_else(|| {
+                WeightsError::format(
+                    &self.origin,
+                    format!("tensor {name} has {len} values, not {range:?}"),
+                )
+            })
     }
 
     fn names(&self) -> Vec<String> {
@@ -242,14 +247,6 @@ impl SafetensorsFiles {
 impl TensorSource for SafetensorsFiles {
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.entries.get(name).map(|e| e.shape.clone())
-    }
-
-    fn read(&self, name: &str) -> Result<Vec<f32>, WeightsError> {
-        let len = self
-            .entries
-            .get(name)
-            .map_or(0, |e| e.shape.iter().product());
-        self.read_part(name, 0..len)
     }
 
     fn read_part(
