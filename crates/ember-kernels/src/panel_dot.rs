@@ -507,6 +507,11 @@ mod x86 {
         let mut acc = [[_mm256_setzero_ps(); PANEL_ROWS]; T];
         let (x, w) = (x.as_ptr(), panel.as_ptr());
         for v in 0..k / LANES {
+            // One 64-byte line per step: ask for the one PREFETCH_BYTES ahead (a hint:
+            // an address past the panel is harmless).
+            _mm_prefetch::<_MM_HINT_T0>(
+                w.wrapping_add(2 * v * PANEL_ROWS * LANES + PREFETCH_BYTES) as *const i8,
+            );
             let mut wv = [_mm256_setzero_ps(); PANEL_ROWS];
             for (r, vector) in wv.iter_mut().enumerate() {
                 // SAFETY: the panel holds `PANEL_ROWS` rows of `k.div_ceil(LANES)`
