@@ -8,7 +8,7 @@
 # build/bin (for instance the tree vendored in llama-cpp-python's sdist from PyPI:
 # cmake -B build -DLLAMA_CURL=OFF -DGGML_NATIVE=ON && cmake --build build --target
 # llama-bench llama-quantize); its convert_hf_to_gguf.py needs the `gguf`, `torch`,
-# `transformers` and `sentencepiece` packages of the python3 on PATH. HF_MODEL_DIR is
+# `transformers` and `sentencepiece` packages of $PYTHON (default python3). HF_MODEL_DIR is
 # a Hub-layout checkpoint, for instance the Qwen3-0.6B shape that
 # scripts/reference/make_bench_checkpoint.py writes. The checkpoint is converted to a
 # BF16 GGUF and quantized to Q8_0 and Q4_0 with --pure (every matrix in the format, as
@@ -22,11 +22,12 @@ model="${2:?usage: llama_cpp_compare.sh LLAMA_CPP_DIR HF_MODEL_DIR [ROUNDS]}"
 rounds="${3:-2}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 ember="${EMBER:-$root/target/release/ember}"
+python="${PYTHON:-python3}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 threads="$(nproc)"
 
-python3 "$llama/convert_hf_to_gguf.py" "$model" --outtype bf16 --outfile "$work/bf16.gguf" \
+"$python" "$llama/convert_hf_to_gguf.py" "$model" --outtype bf16 --outfile "$work/bf16.gguf" \
     > "$work/convert.log" 2>&1 || { cat "$work/convert.log" >&2; exit 1; }
 for format in Q8_0 Q4_0; do
     "$llama/build/bin/llama-quantize" --pure "$work/bf16.gguf" "$work/$format.gguf" "$format" \

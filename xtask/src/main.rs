@@ -8,6 +8,7 @@
 //! cargo xtask finetune-dpo      [--backend ...] [--base PATH|--from-scratch] [--judge-url URL [--judge-model M]] [ARGS...]
 //! cargo xtask build             [--backend ...] [--debug]
 //! cargo xtask bench    [--backend ...] [--python PYTHON] [--quick] [--peak-gflops G]
+//!                       [--llama-cpp LLAMA_CPP_DIR --checkpoint HF_DIR]
 //! ```
 //! `bench` runs `ember bench` and its reference on the same settings, one after the
 //! other for each measurement: `bench/torch_gpt_bench.py` (PyTorch) for GPT-2 training
@@ -19,7 +20,12 @@
 //! PyTorch's gpt2-small step also with SDPA attention in both. With `--peak-gflops` (the
 //! CPU's fp32 peak: cores x FLOPs per cycle x clock) training rows get an MFU column,
 //! against that fp32 peak also for bf16 rows (a CPU with AVX512_BF16 has twice it for
-//! bf16 products).
+//! bf16 products). With `--llama-cpp` (a llama.cpp tree with llama-bench and
+//! llama-quantize built) and `--checkpoint` (a Hub-layout model, e.g. the Qwen3-0.6B
+//! shape of scripts/reference/make_bench_checkpoint.py), a second table sets Ember's
+//! decoding and prompt speed beside llama.cpp's for BF16, Q8_0 and Q4_0 weights
+//! (`bench/llama_cpp_compare.sh`, whose converter needs `gguf` and `sentencepiece` in
+//! `--python` too).
 //! Every argument xtask does not know is passed on to the `ember` subcommand of the
 //! same name (`--config`, `--preset`, `--set key=value`, `--max-steps`, `--out`,
 //! `--resume`, ...). `finetune-instruct` with `--judge-url` then scores the responses
@@ -377,11 +383,14 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
     let mut python = "python3".to_string();
     let mut quick = false;
     let mut peak_gflops: Option<f64> = None;
+    let (mut llama_cpp, mut checkpoint): (Option<String>, Option<String>) = (None, None);
     let mut iter = rest.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--python" => python = iter.next().cloned().unwrap_or(python),
             "--quick" => quick = true,
+            "--llama-cpp" => llama_cpp = iter.next().cloned(),
+            "--checkpoint" => checkpoint = iter.next().cloned(),
             "--peak-gflops" => match iter.next().and_then(|v| v.parse().ok()) {
                 Some(g) => peak_gflops = Some(g),
                 None => return usage(),
@@ -391,6 +400,10 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
                 return usage();
             }
         }
+    }
+    if llama_cpp.is_some() != checkpoint.is_some() {
+        eprintln!("xtask bench: --llama-cpp and --checkpoint go together");
+        return usage();
     }
     let root = workspace_root();
     let mut rows = Vec::new();
@@ -484,10 +497,94 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
             fmt(*mt, 1)
         );
     }
+    if let (Some(llama_cpp), Some(checkpoint)) = (llama_cpp, checkpoint) {
+        records.extend(beside_llama_cpp(binary, &python, &llama_cpp, &checkpoint));
+    }
     let out = root.join("target/bench.json");
     let _ = std::fs::write(&out, format!("[\n{}\n]\n", records.join(",\n")));
     eprintln!("xtask: raw results in {}", out.display());
     ExitCode::SUCCESS
+}
+
+/// Ember beside llama.cpp per weight format (`bench/llama_cpp_compare.sh`, one round):
+/// prints the table, returns the JSON lines.
+fn beside_llama_cpp(
+    binary: &std::path::Path,
+    python: &str,
+    llama_cpp: &str,
+    checkpoint: &str,
+) -> Vec<String> {
+    eprintln!("xtask bench: Qwen3-0.6B shape beside llama.cpp");
+    let root = workspace_root();
+    let output = Command::new("bash")
+        .current_dir(&root)
+        .env("EMBER", binary)
+        .env("PYTHON", python)
+        .arg(root.join("bench/llama_cpp_compare.sh"))
+        .args([llama_cpp, checkpoint, "1"])
+        .output();
+    let lines: Vec<String> = match output {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(str::to_string)
+            .collect(),
+        Ok(o) => {
+            eprintln!(
+                "xtask bench: llama_cpp_compare.sh failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return Vec::new();
+        }
+        Err(e) => {
+            eprintln!("xtask bench: cannot run bash: {e}");
+            return Vec::new();
+        }
+    };
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |engine: &str, dtype: &str, key: &str, test: Option<&str>| {
+        parsed
+            .iter()
+            .find(|v| {
+                v["engine"] == engine && v["dtype"] == dtype && test.is_none_or(|t| v["test"] == t)
+            })
+            .and_then(|v| v[key].as_f64())
+    };
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    let ratio = |e: Option<f64>, l: Option<f64>| match (e, l) {
+        (Some(e), Some(l)) if l > 0.0 => format!("{:.2}x", e / l),
+        _ => "-".to_string(),
+    };
+    println!();
+    println!(
+        "| weights | decode tok/s Ember | llama.cpp | Ember / llama.cpp | prompt tok/s Ember | llama.cpp | Ember / llama.cpp | peak MB Ember |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for dtype in ["bf16", "q8_0", "q4_0"] {
+        let (decode, llama_decode) = (
+            find("ember", dtype, "tg63", None),
+            find("llama.cpp", dtype, "tokens_per_s", Some("tg64")),
+        );
+        let (prompt, llama_prompt) = (
+            find("ember", dtype, "pp16", None),
+            find("llama.cpp", dtype, "tokens_per_s", Some("pp16")),
+        );
+        println!(
+            "| {dtype} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt(decode),
+            fmt(llama_decode),
+            ratio(decode, llama_decode),
+            fmt(prompt),
+            fmt(llama_prompt),
+            ratio(prompt, llama_prompt),
+            find("ember", dtype, "peak_rss_mb", None)
+                .map_or("-".to_string(), |v| format!("{v:.0}")),
+        );
+    }
+    lines
 }
 
 /// The runtime backend name of a build feature.
