@@ -180,9 +180,23 @@ impl PackedMatrix {
     fn row_into(&self, r: usize, out: &mut [f32]) {
         let panel = panel_dot::panel_bytes(self.format, self.cols);
         let panel = &self.panels[r / panel_dot::PANEL_ROWS * panel..][..panel];
-        for (v, out) in out[..self.cols].chunks_mut(panel_dot::LANES).enumerate() {
-            let values = panel_dot::vector(self.format, panel, r % panel_dot::PANEL_ROWS, v);
-            out.copy_from_slice(&values[..out.len()]);
+        let row = r % panel_dot::PANEL_ROWS;
+        match self.format {
+            WeightFormat::Bf16 | WeightFormat::F16 => {
+                for (v, out) in out[..self.cols].chunks_mut(panel_dot::LANES).enumerate() {
+                    let values = panel_dot::half_vector(self.format, panel, row, v);
+                    out.copy_from_slice(&values[..out.len()]);
+                }
+            }
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+                for (b, out) in out[..self.cols].chunks_exact_mut(BLOCK_SIZE).enumerate() {
+                    let (scale, ints) = panel_dot::block(self.format, panel, row, b);
+                    let d = f16::from_bits(scale).to_f32();
+                    for (o, &q) in out.iter_mut().zip(&ints) {
+                        *o = f32::from(q) * d;
+                    }
+                }
+            }
         }
     }
 

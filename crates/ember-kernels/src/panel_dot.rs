@@ -148,25 +148,14 @@ pub(crate) fn block(
     (scale, values)
 }
 
-/// Vector `v` (values `8v..8v + 8`, zeros past the row's end) of the panel's row `r`,
-/// widened to f32 exactly.
-pub(crate) fn vector(format: WeightFormat, panel: &[u8], r: usize, v: usize) -> [f32; LANES] {
-    match format {
-        WeightFormat::Bf16 | WeightFormat::F16 => {
-            let at = half_offset(r, v * LANES);
-            std::array::from_fn(|i| {
-                let bits = u16::from_le_bytes([panel[at + 2 * i], panel[at + 2 * i + 1]]);
-                widen_half(format, bits)
-            })
-        }
-        WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
-            let per_block = BLOCK_SIZE / LANES;
-            let (scale, values) = block(format, panel, r, v / per_block);
-            let d = half::f16::from_bits(scale).to_f32();
-            let first = (v % per_block) * LANES;
-            std::array::from_fn(|i| f32::from(values[first + i]) * d)
-        }
-    }
+/// Vector `v` (values `8v..8v + 8`, zeros past the row's end) of row `r` of a bf16
+/// or f16 panel, widened to f32.
+pub(crate) fn half_vector(format: WeightFormat, panel: &[u8], r: usize, v: usize) -> [f32; LANES] {
+    let at = half_offset(r, v * LANES);
+    std::array::from_fn(|i| {
+        let bits = u16::from_le_bytes([panel[at + 2 * i], panel[at + 2 * i + 1]]);
+        widen_half(format, bits)
+    })
 }
 
 /// A bf16 or f16 value as f32.
@@ -338,7 +327,7 @@ fn add_tails(x: &Activations, w: &PanelRows, out: &mut [f32]) {
     }
     let panel = panel_bytes(format, k);
     for r in 0..rows {
-        let tail = vector(
+        let tail = half_vector(
             format,
             &panels[r / PANEL_ROWS * panel..][..panel],
             r % PANEL_ROWS,
@@ -379,7 +368,7 @@ fn portable(x: &Activations, w: &PanelRows, out: &mut [f32]) {
             match format {
                 WeightFormat::Bf16 | WeightFormat::F16 => {
                     for v in 0..k / LANES {
-                        let w = vector(format, panel, row, v);
+                        let w = half_vector(format, panel, row, v);
                         for i in 0..LANES {
                             acc[i] += w[i] * values[v * LANES + i];
                         }
