@@ -11,7 +11,7 @@
 # `transformers` and `sentencepiece` packages of $PYTHON (default python3). HF_MODEL_DIR is
 # a Hub-layout checkpoint, for instance the Qwen3-0.6B shape that
 # scripts/reference/make_bench_checkpoint.py writes. The checkpoint is converted to a
-# BF16 GGUF and quantized to Q8_0 and Q4_0 with --pure (every matrix in the format, as
+# BF16 GGUF and quantized to Q8_0, Q4_0 and Q4_K with --pure (every matrix in the format, as
 # Ember's --dtype does; llama.cpp's default keeps the output matrix in Q6_K). Then, for
 # each format, llama-bench and `ember bench` run one after the other ROUNDS times (2):
 # a 16-token prompt and 64 new tokens on every core, one JSON line each (llama-bench's
@@ -29,12 +29,12 @@ threads="$(nproc)"
 
 "$python" "$llama/convert_hf_to_gguf.py" "$model" --outtype bf16 --outfile "$work/bf16.gguf" \
     > "$work/convert.log" 2>&1 || { cat "$work/convert.log" >&2; exit 1; }
-for format in Q8_0 Q4_0; do
+for format in Q8_0 Q4_0 Q4_K; do
     "$llama/build/bin/llama-quantize" --pure "$work/bf16.gguf" "$work/$format.gguf" "$format" \
         > "$work/quantize.log" 2>&1 || { cat "$work/quantize.log" >&2; exit 1; }
 done
 for round in $(seq "$rounds"); do
-    for format in bf16 Q8_0 Q4_0; do
+    for format in bf16 Q8_0 Q4_0 Q4_K; do
         dtype="$(echo "$format" | tr '[:upper:]' '[:lower:]')"
         "$llama/build/bin/llama-bench" -m "$work/$format.gguf" -p 16 -n 64 -t "$threads" -r 3 \
             -o jsonl 2> /dev/null \

@@ -23,7 +23,7 @@
 //! bf16 products). With `--llama-cpp` (a llama.cpp tree with llama-bench and
 //! llama-quantize built) and `--checkpoint` (a Hub-layout model, e.g. the Qwen3-0.6B
 //! shape of scripts/reference/make_bench_checkpoint.py), a second table sets Ember's
-//! decoding and prompt speed beside llama.cpp's for BF16, Q8_0 and Q4_0 weights
+//! decoding and prompt speed beside llama.cpp's for BF16, Q8_0, Q4_0 and Q4_K weights
 //! (`bench/llama_cpp_compare.sh`, whose converter needs `gguf` and `sentencepiece` in
 //! `--python` too).
 //! Every argument xtask does not know is passed on to the `ember` subcommand of the
@@ -563,7 +563,7 @@ fn beside_llama_cpp(
         "| weights | decode tok/s Ember | llama.cpp | Ember / llama.cpp | prompt tok/s Ember | llama.cpp | Ember / llama.cpp | peak MB Ember |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for dtype in ["bf16", "q8_0", "q4_0"] {
+    for dtype in ["bf16", "q8_0", "q4_0", "q4_k"] {
         let (decode, llama_decode) = (
             find("ember", dtype, "tg63", None),
             find("llama.cpp", dtype, "tokens_per_s", Some("tg64")),

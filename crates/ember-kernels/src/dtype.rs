@@ -4,7 +4,7 @@
 //!
 //! Each use accepts what it can compute: every dtype holds weights; the float ones
 //! (f32, bf16, f16) are product precisions of the kernels, the block-quantized ones
-//! (q8_0, q4_0) weight formats only; training takes f32 or bf16 (f16 gradients
+//! (q8_0, q4_0, q4_k) weight formats only; training takes f32 or bf16 (f16 gradients
 //! underflow without the loss scaling Ember does not do), which the training
 //! configuration checks.
 
@@ -17,7 +17,8 @@ use crate::packed_weights::WeightFormat;
 
 /// A number format, named as PyTorch's `torch.float32`, `torch.bfloat16`,
 /// `torch.float16` are (`f32`, `bf16`, `f16`; the long names and `fp32`/`fp16` are
-/// accepted too), or a block-quantized weight format named as GGUF's (`q8_0`, `q4_0`).
+/// accepted too), or a block-quantized weight format named as GGUF's (`q8_0`, `q4_0`,
+/// `q4_k`).
 ///
 /// ```
 /// use ember_kernels::Dtype;
@@ -45,19 +46,26 @@ pub enum Dtype {
     /// GGUF's Q4_0, for weights only: blocks of 32 four-bit values with an f16 scale.
     #[serde(rename = "q4_0")]
     Q4_0,
+    /// GGUF's Q4_K, for weights only: super-blocks of 256 four-bit values whose eight
+    /// sub-blocks each have a 6-bit scale and minimum (rows that are not whole
+    /// super-blocks are held in Q8_0).
+    #[serde(rename = "q4_k")]
+    #[allow(non_camel_case_types)] // GGUF's name
+    Q4_K,
 }
 
 impl Dtype {
     /// Every dtype, in the order error messages list them.
-    pub const ALL: [Dtype; 5] = [
+    pub const ALL: [Dtype; 6] = [
         Dtype::F32,
         Dtype::Bf16,
         Dtype::F16,
         Dtype::Q8_0,
         Dtype::Q4_0,
+        Dtype::Q4_K,
     ];
 
-    /// The name Ember prints and writes (`f32`, `bf16`, `f16`, `q8_0`, `q4_0`).
+    /// The name Ember prints and writes (`f32`, `bf16`, `f16`, `q8_0`, `q4_0`, `q4_k`).
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
@@ -65,17 +73,18 @@ impl Dtype {
             Self::F16 => "f16",
             Self::Q8_0 => "q8_0",
             Self::Q4_0 => "q4_0",
+            Self::Q4_K => "q4_k",
         }
     }
 
     /// Bits per number (of the block-quantized formats, per value, not counting the
-    /// 16-bit scale each block of 32 shares: 8.5 and 4.5 bits per weight in all).
+    /// scales their blocks share: 8.5, 4.5 and 4.5 bits per weight in all).
     pub fn bits(self) -> u32 {
         match self {
             Self::F32 => 32,
             Self::Bf16 | Self::F16 => 16,
             Self::Q8_0 => 8,
-            Self::Q4_0 => 4,
+            Self::Q4_0 | Self::Q4_K => 4,
         }
     }
 
@@ -93,6 +102,7 @@ impl Dtype {
             Self::F16 => Some(WeightFormat::F16),
             Self::Q8_0 => Some(WeightFormat::Q8_0),
             Self::Q4_0 => Some(WeightFormat::Q4_0),
+            Self::Q4_K => Some(WeightFormat::Q4_K),
         }
     }
 
@@ -106,7 +116,9 @@ impl Dtype {
             Self::F32 => v,
             Self::Bf16 => f32::from_bits(u32::from(crate::bf16_gemm::to_bf16_bits(v)) << 16),
             Self::F16 => half::f16::from_f32(v).to_f32(),
-            Self::Q8_0 | Self::Q4_0 => panic!("{self} rounds blocks of 32 values, not one"),
+            Self::Q8_0 | Self::Q4_0 | Self::Q4_K => {
+                panic!("{self} rounds blocks of values, not one")
+            }
         }
     }
 }
@@ -140,6 +152,7 @@ impl FromStr for Dtype {
             "f16" | "fp16" | "float16" => Ok(Self::F16),
             "q8_0" => Ok(Self::Q8_0),
             "q4_0" => Ok(Self::Q4_0),
+            "q4_k" => Ok(Self::Q4_K),
             other => Err(UnknownDtype(other.to_string())),
         }
     }
@@ -164,7 +177,7 @@ mod tests {
         );
         assert_eq!(
             "int8".parse::<Dtype>().unwrap_err().to_string(),
-            "unknown dtype \"int8\" (f32, bf16, f16, q8_0, q4_0)"
+            "unknown dtype \"int8\" (f32, bf16, f16, q8_0, q4_0, q4_k)"
         );
     }
 

@@ -177,7 +177,9 @@ fn product<B: CpuBackend>(
         Dtype::F32 => gemm(a, b),
         Dtype::Bf16 => crate::bf16_gemm::product(a, b),
         Dtype::F16 => rounded_product(a, b, Dtype::F16),
-        Dtype::Q8_0 | Dtype::Q4_0 => unreachable!("autocast takes float formats only"),
+        Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4_K => {
+            unreachable!("autocast takes float formats only")
+        }
     };
     B::new_tensor(&[m, n], values)
 }

@@ -1,5 +1,5 @@
 //! Weights packed for inference, in 16 bits (bf16, f16) or block-quantized (GGUF's
-//! Q8_0, Q4_0), computed with in f32.
+//! Q8_0, Q4_0, Q4_K).
 //!
 //! Generating a token reads every weight once: on a CPU that is a memory-bound
 //! matrix-vector product, so weights held in 16 bits make it up to twice as fast and the
@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{CpuBackend, MatrixView, with_cpu_backend};
 use crate::panel_dot;
-use crate::quant::{BLOCK_SIZE, BlockQ4_0, BlockQ8_0, QuantBlock};
+use crate::quant::{BLOCK_SIZE, BlockQ4_0, BlockQ4_K, BlockQ8_0, QuantBlock, SUPER_BLOCK};
 
 /// A packed format for weight matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,15 +41,34 @@ pub enum WeightFormat {
     Q8_0,
     /// GGUF's Q4_0: blocks of 32 four-bit values and an f16 scale (4.5 bits per weight).
     Q4_0,
+    /// GGUF's Q4_K: super-blocks of 256 four-bit values in eight sub-blocks, each with a
+    /// 6-bit scale and minimum (4.5 bits per weight).
+    #[allow(non_camel_case_types)] // GGUF's name
+    Q4_K,
 }
 
 impl WeightFormat {
     /// Whether rows of `k` values can be held in this format: any for bf16 and f16,
-    /// whole blocks of [`BLOCK_SIZE`] for the quantized formats (as in GGUF).
+    /// whole blocks of [`BLOCK_SIZE`] (Q8_0, Q4_0) or [`SUPER_BLOCK`] (Q4_K) for the
+    /// quantized formats (as in GGUF).
     pub fn holds_rows_of(self, k: usize) -> bool {
         match self {
             Self::Bf16 | Self::F16 => true,
             Self::Q8_0 | Self::Q4_0 => k.is_multiple_of(BLOCK_SIZE),
+            Self::Q4_K => k.is_multiple_of(SUPER_BLOCK),
+        }
+    }
+
+    /// The format rows of `k` values are held in when this one is asked for: this one
+    /// if it holds them; for Q4_K rows that are not whole super-blocks, Q8_0 (llama.cpp
+    /// falls back to a format of 32-value blocks too, Q5_0, which Ember does not have:
+    /// the larger one keeps the quality asked for); `None` (stay f32) if no block format
+    /// holds them, as in GGUF.
+    pub fn for_rows_of(self, k: usize) -> Option<Self> {
+        match self {
+            _ if self.holds_rows_of(k) => Some(self),
+            Self::Q4_K => Self::Q8_0.for_rows_of(k),
+            _ => None,
         }
     }
 }
@@ -125,7 +144,7 @@ impl PackedMatrix {
     fn zeroed(format: WeightFormat, rows: usize, cols: usize) -> Self {
         assert!(
             format.holds_rows_of(cols),
-            "{format:?} rows of {cols} values are not whole blocks of {BLOCK_SIZE}"
+            "{format:?} rows of {cols} values are not whole blocks"
         );
         let panel = panel_dot::panel_bytes(format, cols);
         Self {
@@ -197,6 +216,12 @@ impl PackedMatrix {
                     }
                 }
             }
+            WeightFormat::Q4_K => {
+                for (s, out) in out[..self.cols].chunks_exact_mut(SUPER_BLOCK).enumerate() {
+                    panel_dot::super_block(panel, row, s)
+                        .dequantize(out.try_into().expect("a super-block"));
+                }
+            }
         }
     }
 
@@ -250,6 +275,13 @@ fn fill(
                                 _ => BlockQ4_0::quantize_block(&values).scale_and_ints(),
                             };
                             panel_dot::put_block(format, out, row, b, scale, &ints);
+                        }
+                    }
+                    WeightFormat::Q4_K => {
+                        for s in 0..cols / SUPER_BLOCK {
+                            let values = std::array::from_fn(|i| value(r, s * SUPER_BLOCK + i));
+                            let block = BlockQ4_K::quantize(&values);
+                            panel_dot::put_super_block(out, row, s, &block);
                         }
                     }
                 }
@@ -539,6 +571,14 @@ mod tests {
         );
     }
 
+    const FORMATS: [WeightFormat; 5] = [
+        WeightFormat::Bf16,
+        WeightFormat::F16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_K,
+    ];
+
     /// The product equals Burn's matmul with the packed weights as f32, for decoding
     /// (one token), short prompts and long ones (the gemm path on AVX-512 CPUs), odd
     /// sizes included, in every format.
@@ -546,18 +586,17 @@ mod tests {
     fn product_matches_the_matmul_of_the_packed_weights() {
         let _rng = crate::tests::device_rng();
         let device = Device::ndarray();
-        for kind in [
-            WeightFormat::Bf16,
-            WeightFormat::F16,
-            WeightFormat::Q8_0,
-            WeightFormat::Q4_0,
-        ] {
+        for kind in FORMATS {
             for tokens in [1, 3, GEMM_FROM_TOKENS + 5] {
-                let inp = if kind.holds_rows_of(29) {
-                    3 * crate::panel_dot::LANES + 5
-                } else {
-                    3 * BLOCK_SIZE
-                };
+                // The smallest of these the format holds.
+                let inp = [
+                    3 * crate::panel_dot::LANES + 5,
+                    3 * BLOCK_SIZE,
+                    2 * SUPER_BLOCK,
+                ]
+                .into_iter()
+                .find(|&k| kind.holds_rows_of(k))
+                .unwrap();
                 let out = ROWS_PER_TASK * 2 + 7;
                 let w = Tensor::<2>::random([out, inp], Distribution::Normal(0.0, 1.0), &device);
                 let x =
@@ -584,48 +623,75 @@ mod tests {
 
     /// A quantized matrix holds, row by row, GGUF's blocks of that row (llama.cpp's
     /// reference quantizer, checked against its bytes in `quant`): the same scales and
-    /// integers, so the same dequantized values, transposed or not.
+    /// integers, so the same dequantized values, transposed or not, and GGUF's size.
     #[test]
     fn quantized_rows_are_the_gguf_blocks_of_each_row() {
-        let (rows, cols) = (6, 3 * BLOCK_SIZE);
-        let values: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1 + i % 5) as f32)
-            .collect();
-        let transposed: Vec<f32> = (0..cols * rows)
-            .map(|i| values[(i % rows) * cols + i / rows])
-            .collect();
-        for format in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+        for (format, cols, block_bytes) in [
+            (WeightFormat::Q8_0, 3 * BLOCK_SIZE, BlockQ8_0::BYTES),
+            (WeightFormat::Q4_0, 3 * BLOCK_SIZE, BlockQ4_0::BYTES),
+            (WeightFormat::Q4_K, 2 * SUPER_BLOCK, BlockQ4_K::BYTES),
+        ] {
+            let rows = 6;
+            let values: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1 + i % 5) as f32)
+                .collect();
+            let transposed: Vec<f32> = (0..cols * rows)
+                .map(|i| values[(i % rows) * cols + i / rows])
+                .collect();
             let mut want = vec![0.0f32; rows * cols];
             for (row, out) in values.chunks(cols).zip(want.chunks_mut(cols)) {
                 match format {
                     WeightFormat::Q8_0 => {
                         BlockQ8_0::dequantize_row(&BlockQ8_0::quantize_row(row).unwrap(), out)
                     }
-                    _ => BlockQ4_0::dequantize_row(&BlockQ4_0::quantize_row(row).unwrap(), out),
+                    WeightFormat::Q4_0 => {
+                        BlockQ4_0::dequantize_row(&BlockQ4_0::quantize_row(row).unwrap(), out)
+                    }
+                    _ => {
+                        for (x, out) in row
+                            .chunks_exact(SUPER_BLOCK)
+                            .zip(out.chunks_exact_mut(SUPER_BLOCK))
+                        {
+                            BlockQ4_K::quantize(x.try_into().unwrap())
+                                .dequantize(out.try_into().unwrap());
+                        }
+                    }
                 }
             }
             let m = PackedMatrix::from_f32(format, rows, cols, &values);
             assert_eq!(m.to_f32(), want, "{format:?}");
             let t = PackedMatrix::from_f32_transposed(format, rows, cols, &transposed);
             assert_eq!(t.to_f32(), want, "{format:?} transposed");
-            let bits = if format == WeightFormat::Q8_0 { 34 } else { 18 };
             // Whole panels of four rows (the last two rows padding).
-            assert_eq!(m.size_bytes(), 8 * 3 * bits);
+            let blocks_per_row = cols
+                / if format == WeightFormat::Q4_K {
+                    256
+                } else {
+                    32
+                };
+            assert_eq!(m.size_bytes(), 8 * blocks_per_row * block_bytes);
         }
+    }
+
+    /// Q4_K holds rows of whole super-blocks, and asked for shorter rows gives Q8_0's
+    /// blocks of 32; rows that are not whole blocks of 32 stay f32.
+    #[test]
+    fn rows_not_of_whole_blocks_fall_back() {
+        let q4_k = WeightFormat::Q4_K;
+        assert_eq!(q4_k.for_rows_of(512), Some(WeightFormat::Q4_K));
+        assert_eq!(q4_k.for_rows_of(96), Some(WeightFormat::Q8_0));
+        assert_eq!(q4_k.for_rows_of(48), None);
+        assert_eq!(WeightFormat::Q4_0.for_rows_of(48), None);
+        assert_eq!(WeightFormat::Bf16.for_rows_of(5), Some(WeightFormat::Bf16));
     }
 
     /// Read part by part, the matrix is the one made at once, in every format; a
     /// part's error stops the reading.
     #[test]
     fn a_matrix_read_in_parts_is_the_matrix_read_at_once() {
-        let (rows, cols) = (37, 2 * BLOCK_SIZE);
+        let (rows, cols) = (37, SUPER_BLOCK);
         let values: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect();
-        for format in [
-            WeightFormat::Bf16,
-            WeightFormat::F16,
-            WeightFormat::Q8_0,
-            WeightFormat::Q4_0,
-        ] {
+        for format in FORMATS {
             let whole = PackedMatrix::from_f32(format, rows, cols, &values);
             let mut parts = Vec::new();
             let parted = PackedMatrix::from_row_parts(format, rows, cols, 10, |range| {

@@ -1,4 +1,5 @@
-//! Dot products of activations with rows of packed weights (bf16, f16, Q8_0 or Q4_0),
+//! Dot products of activations with rows of packed weights (bf16, f16, Q8_0, Q4_0 or
+//! Q4_K),
 //! a block of tokens against a block of rows at a time, each output the same arithmetic
 //! in every block; and the layouts of the weights that let decoding read them as one
 //! stream.
@@ -29,6 +30,13 @@
 //!   no faster than Q8_0); the integer products do 32 at a time. Q4_0's codes `c` are
 //!   multiplied as they are, unsigned, and `8 · Σ q_x` of each lane, computed once per
 //!   token, taken off: `Σ (c - 8) q_x` exactly, two instructions fewer per block.
+//! - **Q4_K**: as llama.cpp computes it, the activations quantized per 256 values (its
+//!   Q8_K: one f32 scale `d_x` per super-block), and in each lane the codes' products
+//!   with them, times each sub-block's 6-bit scale, summed over the super-block in 32
+//!   bits (exact); that sum times `d_w · d_x` added into the f32 lanes (fused); then the
+//!   minimums' part taken off the same lanes, lane `j` holding sub-block `j`'s
+//!   `m_j · Σ q_x` (exact; the sub-blocks' `Σ q_x` computed once per token) times
+//!   `dmin · d_x` (fused).
 //!
 //! **Panels.** A block reads [`PANEL_ROWS`] rows at once. Stored row after row, those
 //! would be four memory streams 2-6 KB long each, which the hardware prefetcher follows
@@ -42,13 +50,17 @@
 //!   Q4_0 two pairs of rows, 32 bytes each, byte `i` holding value `i` of the pair's
 //!   first row in its low nibble and of its second row in its high one, as 4-bit codes
 //!   `q + 8` (a mask, or a shift and a mask, of one load gives a row's 32 codes in
-//!   order).
+//!   order);
+//! - Q4_K (rows of whole 256-value super-blocks): per super-block, the four rows'
+//!   GGUF blocks one after the other (144 bytes each).
 //!
 //! Blocks are 2 tokens × 4 rows (8 accumulators: no spills in AVX2's 16 registers) and
 //! 1 token × 4 rows.
 
 use crate::packed_weights::WeightFormat;
-use crate::quant::{BLOCK_SIZE, BlockQ8_0, QuantBlock};
+use crate::quant::{
+    BLOCK_SIZE, BlockQ4_K, BlockQ8_0, QuantBlock, SUB_BLOCK, SUB_BLOCKS, SUPER_BLOCK,
+};
 
 /// Accumulator lanes of every dot product (one AVX2 vector of f32), and the values of a
 /// 16-bit row stored together in a panel.
@@ -75,7 +87,24 @@ pub(crate) fn panel_bytes(format: WeightFormat, k: usize) -> usize {
     match format {
         WeightFormat::Bf16 | WeightFormat::F16 => 2 * PANEL_ROWS * k.div_ceil(LANES) * LANES,
         WeightFormat::Q8_0 | WeightFormat::Q4_0 => k / BLOCK_SIZE * block_group_bytes(format),
+        WeightFormat::Q4_K => k / SUPER_BLOCK * PANEL_ROWS * BlockQ4_K::BYTES,
     }
+}
+
+/// Where row `r`'s super-block `s` is in a Q4_K panel.
+#[inline]
+fn super_block_offset(r: usize, s: usize) -> usize {
+    (s * PANEL_ROWS + r) * BlockQ4_K::BYTES
+}
+
+/// Writes super-block `s` of row `r` of a Q4_K panel.
+pub(crate) fn put_super_block(panel: &mut [u8], r: usize, s: usize, block: &BlockQ4_K) {
+    block.write_bytes(&mut panel[super_block_offset(r, s)..][..BlockQ4_K::BYTES]);
+}
+
+/// Super-block `s` of row `r` of a Q4_K panel.
+pub(crate) fn super_block(panel: &[u8], r: usize, s: usize) -> BlockQ4_K {
+    BlockQ4_K::read_bytes(&panel[super_block_offset(r, s)..][..BlockQ4_K::BYTES])
 }
 
 /// Where, in a half-precision panel, value `c` of the panel's row `r` is (in bytes).
@@ -180,7 +209,8 @@ pub(crate) struct PanelRows<'a> {
 }
 
 /// `tokens` rows of activations (`[tokens, k]`) as the products of a format take them:
-/// f32, and for the quantized formats each token's blocks quantized to Q8_0.
+/// f32, for Q8_0 and Q4_0 each token's blocks of 32 quantized to Q8_0, for Q4_K each
+/// token's blocks of 256 quantized to Q8_K.
 pub(crate) struct Activations<'a> {
     /// The values.
     pub values: &'a [f32],
@@ -190,35 +220,83 @@ pub(crate) struct Activations<'a> {
     pub k: usize,
     /// For quantized weights: the integers of every block, `[tokens, k]`.
     ints: Vec<i8>,
-    /// ... each block's scale (as f32), `[tokens, k / BLOCK_SIZE]`,
+    /// ... each block's scale (as f32), `[tokens, k / block]`,
     scales: Vec<f32>,
-    /// ... and `8 · Σ q` over each of its eight lanes (values `4i..4i + 4`), what Q4_0's
-    /// offset of 8 takes off a product of codes, `[tokens, k / BLOCK_SIZE, LANES]`.
-    offsets: Vec<i32>,
+    /// ... and sums of the integers: for Q4_0 `8 · Σ q` over each of a block's eight
+    /// lanes (values `4i..4i + 4`), what Q4_0's offset of 8 takes off a product of codes,
+    /// `[tokens, k / 32, LANES]`; for Q4_K `Σ q` over each sub-block of 32, what the
+    /// minimums multiply, `[tokens, k / 32]`.
+    sums: Vec<i32>,
+}
+
+/// Values per quantized block of activations for weights in `format` (0: f32).
+fn activation_block(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Bf16 | WeightFormat::F16 => 0,
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 => BLOCK_SIZE,
+        WeightFormat::Q4_K => SUPER_BLOCK,
+    }
+}
+
+/// ggml's `quantize_row_q8_K_ref` for one super-block: the scale and the integers
+/// (`iscale = -127 / max` of the value of largest magnitude, signed; `q = min(127,
+/// nearest(iscale · x))`, ties to even; the scale `1 / iscale`).
+fn quantize_q8_k(values: &[f32], ints: &mut Vec<i8>) -> f32 {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in values {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        ints.extend(std::iter::repeat_n(0, values.len()));
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    ints.extend(
+        values
+            .iter()
+            .map(|&v| ((iscale * v).round_ties_even() as i32).min(127) as i8),
+    );
+    1.0 / iscale
 }
 
 impl<'a> Activations<'a> {
     /// `values` (`[tokens, k]`) for products with weights in `format`.
     pub(crate) fn new(format: WeightFormat, values: &'a [f32], tokens: usize, k: usize) -> Self {
         assert_eq!(values.len(), tokens * k, "activations are [{tokens}, {k}]");
-        let (mut ints, mut scales, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
-        if matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) && k > 0 {
+        let (mut ints, mut scales, mut sums) = (Vec::new(), Vec::new(), Vec::new());
+        let block = activation_block(format);
+        if block > 0 && k > 0 {
             assert!(
-                k.is_multiple_of(BLOCK_SIZE),
-                "rows of {k} are not whole blocks"
+                format.holds_rows_of(k),
+                "rows of {k} are not whole {format:?} blocks"
             );
             ints.reserve(values.len());
-            scales.reserve(values.len() / BLOCK_SIZE);
-            offsets.reserve(values.len() / 4);
-            for chunk in values.chunks_exact(BLOCK_SIZE) {
-                let block = BlockQ8_0::quantize_block(chunk.try_into().expect("a block"));
-                let (d, q) = block.scale_and_ints();
-                scales.push(half::f16::from_bits(d).to_f32());
-                ints.extend_from_slice(&q);
-                offsets.extend(
-                    q.chunks_exact(4)
-                        .map(|lane| 8 * lane.iter().map(|&v| i32::from(v)).sum::<i32>()),
-                );
+            scales.reserve(values.len() / block);
+            for chunk in values.chunks_exact(block) {
+                let first = ints.len();
+                if format == WeightFormat::Q4_K {
+                    scales.push(quantize_q8_k(chunk, &mut ints));
+                } else {
+                    let quantized = BlockQ8_0::quantize_block(chunk.try_into().expect("a block"));
+                    let (d, q) = quantized.scale_and_ints();
+                    scales.push(half::f16::from_bits(d).to_f32());
+                    ints.extend_from_slice(&q);
+                }
+                let q = &ints[first..];
+                match format {
+                    WeightFormat::Q4_0 => sums.extend(
+                        q.chunks_exact(4)
+                            .map(|lane| 8 * lane.iter().map(|&v| i32::from(v)).sum::<i32>()),
+                    ),
+                    WeightFormat::Q4_K => sums.extend(
+                        q.chunks_exact(SUB_BLOCK)
+                            .map(|sub| sub.iter().map(|&v| i32::from(v)).sum::<i32>()),
+                    ),
+                    _ => {}
+                }
             }
         }
         Self {
@@ -227,7 +305,7 @@ impl<'a> Activations<'a> {
             k,
             ints,
             scales,
-            offsets,
+            sums,
         }
     }
 
@@ -238,29 +316,26 @@ impl<'a> Activations<'a> {
         if self.ints.is_empty() {
             return self.values.to_vec();
         }
+        let block = self.k * self.tokens / self.scales.len();
         self.ints
             .iter()
             .enumerate()
-            .map(|(i, &q)| f32::from(q) * self.scales[i / BLOCK_SIZE])
+            .map(|(i, &q)| f32::from(q) * self.scales[i / block])
             .collect()
     }
 
     /// The activations of tokens `t0..t0 + n`.
     fn tokens(&self, t0: usize, n: usize) -> TokenRows<'_> {
-        let (k, blocks) = (self.k, self.k / BLOCK_SIZE);
-        let quantized = !self.ints.is_empty();
-        let part = |len: usize| {
-            if quantized {
-                t0 * len..(t0 + n) * len
-            } else {
-                0..0
-            }
+        let k = self.k;
+        let per_token = |len: usize| {
+            let each = len / self.tokens.max(1);
+            t0 * each..(t0 + n) * each
         };
         TokenRows {
             values: &self.values[t0 * k..(t0 + n) * k],
-            ints: &self.ints[part(k)],
-            scales: &self.scales[part(blocks)],
-            offsets: &self.offsets[part(blocks * LANES)],
+            ints: &self.ints[per_token(self.ints.len())],
+            scales: &self.scales[per_token(self.scales.len())],
+            sums: &self.sums[per_token(self.sums.len())],
         }
     }
 }
@@ -270,7 +345,7 @@ struct TokenRows<'a> {
     values: &'a [f32],
     ints: &'a [i8],
     scales: &'a [f32],
-    offsets: &'a [i32],
+    sums: &'a [i32],
 }
 
 /// `out[r * tokens + t] = x[t] · w[r]` for the rows of `x` and of `w`, as the module
@@ -288,7 +363,7 @@ pub(crate) fn panel_dots(x: &Activations, w: &PanelRows, out: &mut [f32]) {
         format.holds_rows_of(k),
         "{format:?} rows of {k} values are not whole blocks"
     );
-    let quantized = matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0);
+    let quantized = activation_block(format) > 0;
     assert_eq!(
         x.ints.len(),
         if quantized { tokens * k } else { 0 },
@@ -362,7 +437,7 @@ fn portable(x: &Activations, w: &PanelRows, out: &mut [f32]) {
                 values,
                 ints,
                 scales,
-                ..
+                sums,
             } = x.tokens(t, 1);
             let mut acc = [0.0f32; LANES];
             match format {
@@ -387,6 +462,32 @@ fn portable(x: &Activations, w: &PanelRows, out: &mut [f32]) {
                         }
                     }
                 }
+                WeightFormat::Q4_K => {
+                    for (s, &d_x) in scales.iter().enumerate() {
+                        let block = super_block(panel, row, s);
+                        let (sc, m) = block.scales_and_mins();
+                        let q_x = &ints[s * SUPER_BLOCK..(s + 1) * SUPER_BLOCK];
+                        let mut lanes = [0i32; LANES];
+                        for (i, lane) in lanes.iter_mut().enumerate() {
+                            for (j, &sc) in sc.iter().enumerate() {
+                                let products: i32 = (4 * i..4 * i + 4)
+                                    .map(|l| j * SUB_BLOCK + l)
+                                    .map(|v| i32::from(block.code(v)) * i32::from(q_x[v]))
+                                    .sum();
+                                *lane += i32::from(sc) * products;
+                            }
+                        }
+                        let d = half::f16::from_bits(block.d).to_f32() * d_x;
+                        for (acc, &lane) in acc.iter_mut().zip(&lanes) {
+                            *acc += lane as f32 * d;
+                        }
+                        let dmin = half::f16::from_bits(block.dmin).to_f32() * d_x;
+                        let sub_sums = &sums[s * SUB_BLOCKS..(s + 1) * SUB_BLOCKS];
+                        for ((acc, &m), &sum) in acc.iter_mut().zip(&m).zip(sub_sums) {
+                            *acc -= (i32::from(m) * sum) as f32 * dmin;
+                        }
+                    }
+                }
             }
             out[r * tokens + t] = crate::simd::pairwise_sum(acc);
         }
@@ -398,8 +499,24 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{
-        Activations, BLOCK_SIZE, LANES, PANEL_ROWS, PanelRows, SCALE_BYTES, TokenRows,
-        WeightFormat, block_group_bytes, panel_bytes,
+        Activations, BLOCK_SIZE, BlockQ4_K, LANES, PANEL_ROWS, PanelRows, SCALE_BYTES, SUB_BLOCK,
+        SUB_BLOCKS, SUPER_BLOCK, TokenRows, WeightFormat, block_group_bytes, panel_bytes,
+    };
+    use crate::quant::unpack_scale_and_min_words;
+
+    /// `shuffle_epi8` masks that fill a vector with 16-bit word `j` of each half.
+    const SCALE_WORDS: [[u8; 32]; SUB_BLOCKS] = {
+        let mut masks = [[0u8; 32]; SUB_BLOCKS];
+        let mut j = 0;
+        while j < SUB_BLOCKS {
+            let mut i = 0;
+            while i < 32 {
+                masks[j][i] = (2 * j + i % 2) as u8;
+                i += 1;
+            }
+            j += 1;
+        }
+        masks
     };
 
     /// How far ahead of the block being multiplied the quantized kernel prefetches.
@@ -458,6 +575,8 @@ mod x86 {
                             int_dots::<1, false>(&rows_of_x, panel, k, block)
                         }
                         (_, WeightFormat::Q4_0) => int_dots::<1, true>(&rows_of_x, panel, k, block),
+                        (2, WeightFormat::Q4_K) => q4_k_dots::<2>(&rows_of_x, panel, k, block),
+                        (_, WeightFormat::Q4_K) => q4_k_dots::<1>(&rows_of_x, panel, k, block),
                     }
                 }
                 for (i, sums) in block.iter().take(t).enumerate() {
@@ -582,7 +701,7 @@ mod x86 {
                     );
                     if Q4 {
                         offsets[t] = _mm256_loadu_si256(
-                            x.offsets.as_ptr().add((t * blocks + b) * LANES) as *const __m256i,
+                            x.sums.as_ptr().add((t * blocks + b) * LANES) as *const __m256i,
                         );
                     }
                 }
@@ -632,6 +751,115 @@ mod x86 {
             }
         }
     }
+
+    /// `T` tokens of Q8_K activations × one panel's rows of Q4_K weights.
+    ///
+    /// # Safety
+    /// As [`panel_dots`]; `x` holds `T` tokens of `k`, `panel` one panel.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // `r` picks a row's block and accumulators
+    unsafe fn q4_k_dots<const T: usize>(
+        x: &TokenRows,
+        panel: &[u8],
+        k: usize,
+        out: &mut [[f32; PANEL_ROWS]; 2],
+    ) {
+        let super_blocks = k / SUPER_BLOCK;
+        let group_bytes = PANEL_ROWS * BlockQ4_K::BYTES;
+        let mut acc = [[_mm256_setzero_ps(); PANEL_ROWS]; T];
+        let low_nibbles = _mm256_set1_epi8(0x0F);
+        for s in 0..super_blocks {
+            // SAFETY: the panel holds `super_blocks` groups of four rows' blocks.
+            let group = unsafe { panel.as_ptr().add(s * group_bytes) };
+            for line in (0..group_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(PREFETCH_BYTES + line) as *const i8);
+            }
+            for r in 0..PANEL_ROWS {
+                // SAFETY: row `r`'s block is 144 bytes from `r * 144`: d, dmin, the
+                // packed scales, the codes.
+                let (d_w, dmin, packed) = unsafe {
+                    let block = group.add(r * BlockQ4_K::BYTES);
+                    let halves = (block as *const i32).read_unaligned();
+                    let both = _mm_cvtph_ps(_mm_cvtsi32_si128(halves));
+                    (
+                        _mm_cvtss_f32(both),
+                        _mm_cvtss_f32(_mm_shuffle_ps::<1>(both, both)),
+                        (block.add(4) as *const [u8; 12]).read_unaligned(),
+                    )
+                };
+                let (sc, m) = unpack_scale_and_min_words(&packed);
+                let m = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(m as i64));
+                // The eight scales as 16-bit words, in both halves.
+                let sc =
+                    _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+                let mut sums = [_mm256_setzero_si256(); T];
+                for c in 0..SUB_BLOCKS / 2 {
+                    // SAFETY: chunk `c` of the codes is 32 bytes from byte 16 + 32c.
+                    let codes = unsafe {
+                        _mm256_loadu_si256(
+                            group.add(r * BlockQ4_K::BYTES + 16 + c * SUB_BLOCK) as *const __m256i
+                        )
+                    };
+                    let low = _mm256_and_si256(codes, low_nibbles);
+                    let high = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), low_nibbles);
+                    // SAFETY: `SCALE_WORDS` holds a mask per sub-block.
+                    let (sc_low, sc_high) = unsafe {
+                        (
+                            _mm256_shuffle_epi8(
+                                sc,
+                                _mm256_loadu_si256(SCALE_WORDS[2 * c].as_ptr() as *const __m256i),
+                            ),
+                            _mm256_shuffle_epi8(
+                                sc,
+                                _mm256_loadu_si256(
+                                    SCALE_WORDS[2 * c + 1].as_ptr() as *const __m256i
+                                ),
+                            ),
+                        )
+                    };
+                    for (t, sum) in sums.iter_mut().enumerate() {
+                        let at = t * k + s * SUPER_BLOCK + 2 * c * SUB_BLOCK;
+                        // SAFETY: token `t`'s sub-blocks 2c and 2c + 1 are 64 bytes at `at`.
+                        let (x_low, x_high) = unsafe {
+                            let q = x.ints.as_ptr().add(at);
+                            (
+                                _mm256_loadu_si256(q as *const __m256i),
+                                _mm256_loadu_si256(q.add(SUB_BLOCK) as *const __m256i),
+                            )
+                        };
+                        // Codes times q_x in pairs (at most 2 · 15 · 128: no saturation),
+                        // pairs of those times the sub-block's scale into 32 bits.
+                        let low = _mm256_madd_epi16(_mm256_maddubs_epi16(low, x_low), sc_low);
+                        let high = _mm256_madd_epi16(_mm256_maddubs_epi16(high, x_high), sc_high);
+                        *sum = _mm256_add_epi32(*sum, _mm256_add_epi32(low, high));
+                    }
+                }
+                for t in 0..T {
+                    // SAFETY: token `t` has `super_blocks` scales, and `super_blocks`
+                    // super-blocks of eight sums.
+                    let (d_x, sub_sums) = unsafe {
+                        let at = t * super_blocks + s;
+                        (
+                            *x.scales.get_unchecked(at),
+                            _mm256_loadu_si256(
+                                x.sums.as_ptr().add(at * SUB_BLOCKS) as *const __m256i
+                            ),
+                        )
+                    };
+                    let d = _mm256_set1_ps(d_w * d_x);
+                    acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), d, acc[t][r]);
+                    let mins = _mm256_cvtepi32_ps(_mm256_mullo_epi32(m, sub_sums));
+                    acc[t][r] = _mm256_fnmadd_ps(mins, _mm256_set1_ps(dmin * d_x), acc[t][r]);
+                }
+            }
+        }
+        for (acc_t, out_t) in acc.iter().zip(out.iter_mut()) {
+            for (&a, o) in acc_t.iter().zip(out_t.iter_mut()) {
+                *o = pairwise(a);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -639,11 +867,12 @@ mod tests {
     use super::*;
     use crate::packed_weights::PackedMatrix;
 
-    const FORMATS: [WeightFormat; 4] = [
+    const FORMATS: [WeightFormat; 5] = [
         WeightFormat::Bf16,
         WeightFormat::F16,
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
+        WeightFormat::Q4_K,
     ];
 
     /// Deterministic values in [-1, 1).
@@ -670,11 +899,8 @@ mod tests {
     /// Inner sizes with and without a tail for the 16-bit formats, whole blocks for the
     /// quantized ones.
     fn inner(format: WeightFormat, k: usize) -> usize {
-        if format.holds_rows_of(k) {
-            k
-        } else {
-            k.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
-        }
+        let block = activation_block(format).max(1);
+        k.div_ceil(block) * block
     }
 
     /// Every output equals the exact product of the packed (rounded or quantized)
@@ -722,10 +948,11 @@ mod tests {
                             let unquantized = dot(&x);
                             // Half a step of |x|'s largest in each block (1/127 of it).
                             let quantized = x_computed != x;
+                            let n = activation_block(format);
                             let moved: f64 = (0..k)
                                 .filter(|_| quantized)
                                 .map(|c| {
-                                    let block = &x[t * k + c / 32 * 32..][..32];
+                                    let block = &x[t * k + c / n * n..][..n];
                                     let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                                     (packed[r * k + c] as f64).abs() * amax as f64 / 254.0
                                 })
@@ -745,12 +972,15 @@ mod tests {
                         .fold(0.0f32, f32::max);
                     // Half a unit in the last place; half a step of the largest scale
                     // (plus what f16's rounding of the scale moves the largest value);
-                    // for Q4_0 a whole step: its codes reach 8 steps below zero, 7 above.
+                    // for Q4_0 a whole step: its codes reach 8 steps below zero, 7 above;
+                    // for Q4_K a step of a sub-block's range (2 / 15), which the fit
+                    // may trade for a smaller error elsewhere.
                     let bound = match format {
                         WeightFormat::Bf16 => 2f32.powi(-9),
                         WeightFormat::F16 => 2f32.powi(-12),
                         WeightFormat::Q8_0 => (0.5 + 127.0 / 2048.0) / 127.0,
                         WeightFormat::Q4_0 => (1.0 + 8.0 / 2048.0) / 8.0,
+                        WeightFormat::Q4_K => 2.0 / 15.0,
                     };
                     assert!(worst <= bound, "{format:?}: off by {worst}");
                 }

@@ -5,10 +5,12 @@
 //! matrices of linear layers and embeddings in 16 bits, `q8_0` and `q4_0` in GGUF's
 //! blocks of 32 values with one f16 scale ([`ember_kernels::packed_weights`]): half the
 //! memory or less, and generation on a CPU, which reads every weight once per token,
-//! faster by as much. Norms, biases, activations and the KV cache stay f32.
+//! faster by as much; `q4_k` in GGUF's super-blocks of 256 with a 6-bit scale and
+//! minimum per 32 values. Norms, biases, activations and the KV cache stay f32.
 //!
 //! A quantized format holds rows of whole blocks only (GGUF's rule): a matrix whose rows
-//! are not a multiple of 32 long stays f32, as it would in a GGUF file.
+//! are not a multiple of 32 long stays f32, as it would in a GGUF file; in q4_k, rows
+//! that are not a multiple of 256 long are held in q8_0.
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
@@ -35,14 +37,15 @@ impl PackedRole {
         }
     }
 
-    /// Whether a Burn parameter of `dims` in this role can be held in `format`: its
-    /// packed rows (`[out, in]`) must be whole blocks.
-    pub(crate) fn fits(self, format: WeightFormat, dims: [usize; 2]) -> bool {
+    /// The format a Burn parameter of `dims` in this role is held in when `format` is
+    /// asked for ([`WeightFormat::for_rows_of`] its packed rows, `[out, in]`; `None`:
+    /// it stays f32).
+    pub(crate) fn format_for(self, format: WeightFormat, dims: [usize; 2]) -> Option<WeightFormat> {
         let row_len = match self {
             Self::LinearWeight => dims[0],
             Self::EmbeddingWeight => dims[1],
         };
-        format.holds_rows_of(row_len)
+        format.for_rows_of(row_len)
     }
 
     /// The packed parameter standing for `param`, from `matrix` (`[out, in]`).
@@ -104,9 +107,9 @@ impl ModuleMapper for ToPacked {
         let [rows, cols] = value.dims()[..] else {
             return param;
         };
-        if !role.fits(self.format, [rows, cols]) {
+        let Some(format) = role.format_for(self.format, [rows, cols]) else {
             return param;
-        }
+        };
         let values = value
             .into_data()
             .convert::<f32>()
@@ -114,9 +117,9 @@ impl ModuleMapper for ToPacked {
             .expect("f32 values");
         let matrix = match role {
             PackedRole::LinearWeight => {
-                PackedMatrix::from_f32_transposed(self.format, cols, rows, &values)
+                PackedMatrix::from_f32_transposed(format, cols, rows, &values)
             }
-            PackedRole::EmbeddingWeight => PackedMatrix::from_f32(self.format, rows, cols, &values),
+            PackedRole::EmbeddingWeight => PackedMatrix::from_f32(format, rows, cols, &values),
         };
         role.param(&param, matrix, &device)
     }

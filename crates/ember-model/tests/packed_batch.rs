@@ -1,21 +1,18 @@
 //! Packed batches (a server's continuous batching): sequences of different lengths in
 //! one forward pass, some decoding one token and some reading a chunk of their prompt,
 //! get bit for bit the logits each gets in a packed pass of its own, on the four fixture
-//! architectures in f32 and with bf16, q8_0 and q4_0 weights, step after step (so the caches they
-//! leave are the same too); and within 1e-4 of `next_token_logits`.
+//! architectures in f32 and with bf16, q8_0, q4_0 and q4_k weights, step after step (so
+//! the caches they leave are the same too); and within 1e-4 of `next_token_logits`.
 #![allow(deprecated)]
-
-use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::Tolerance;
+use ember_model::weights::random_model;
 use ember_model::{CausalLm, Dtype, KvCache, LanguageModel, PackedCaches, load_model_as};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
+mod common;
+
+use common::fixture;
 
 fn ids(tokens: &[u32], device: &Device) -> Tensor<2, Int> {
     let data: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
@@ -98,10 +95,21 @@ fn step(model: &LanguageModel, sequences: &mut [Sequence], take: &[usize], devic
 fn packed_sequences_get_the_logits_they_get_alone() {
     let device = Device::ndarray();
     for name in ["tiny-gpt2-a", "tiny-llama3", "tiny-qwen3", "tiny-gemma3"] {
-        for dtype in [Dtype::F32, Dtype::Bf16, Dtype::Q8_0, Dtype::Q4_0] {
-            let model = load_model_as(&fixture(name), None, dtype, &device)
-                .unwrap()
-                .model;
+        for dtype in [
+            Dtype::F32,
+            Dtype::Bf16,
+            Dtype::Q8_0,
+            Dtype::Q4_0,
+            Dtype::Q4_K,
+        ] {
+            let model = if dtype == Dtype::Q4_K {
+                // Rows of whole super-blocks: the architecture 256 wide, random weights.
+                random_model(&common::wide_config(name), dtype, 3, &device).unwrap()
+            } else {
+                load_model_as(&fixture(name), None, dtype, &device)
+                    .unwrap()
+                    .model
+            };
             let prompt = |seed: u32, len: u32| (0..len).map(|i| (seed * 31 + i * 7) % 97).collect();
             // a: 5 of 6 prompt tokens cached, decodes; b: a fresh 9-token prompt read in
             // chunks of 4; c: 3 cached, reads the remaining 2 then decodes.

@@ -171,7 +171,7 @@ fn check_trainable(precision: Dtype) -> Result<(), InvalidSetting> {
             "train.precision",
             "f16 needs loss scaling to train, which Ember does not do; use bf16 (or f32)",
         )),
-        Dtype::Q8_0 | Dtype::Q4_0 => Err(InvalidSetting::new(
+        Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4_K => Err(InvalidSetting::new(
             "train.precision",
             format!("{precision} is a weight format for inference; use bf16 (or f32)"),
         )),

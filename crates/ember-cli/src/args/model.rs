@@ -44,8 +44,10 @@ pub struct ModelArgs {
     pub qkv_bias: bool,
     /// Precision of the weight matrices: f32; bf16 / f16 (half the memory and faster
     /// generation on a CPU); q8_0 / q4_0 (GGUF's blocks of 32 with one f16 scale: 8.5
-    /// and 4.5 bits per weight, faster again; their products quantize the activations
-    /// to 8 bits, as llama.cpp does). Norms and the KV cache stay f32.
+    /// and 4.5 bits per weight, faster again); q4_k (GGUF's super-blocks of 256 with a
+    /// scale and a minimum per 32: 4.5 bits per weight, closer to q8_0's quality; rows
+    /// that are not whole super-blocks in q8_0). Quantized products quantize the
+    /// activations to 8 bits, as llama.cpp does. Norms and the KV cache stay f32.
     #[arg(long, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
 }

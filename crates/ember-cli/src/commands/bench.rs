@@ -56,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// `generate` and `load`: precision of the weight matrices (f32, bf16, f16, q8_0,
-    /// q4_0).
+    /// q4_0, q4_k).
     #[arg(long, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
     /// `train`: arithmetic of the matrix products, `f32` or `bf16` (mixed precision, as

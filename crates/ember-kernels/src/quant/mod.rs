@@ -1,23 +1,26 @@
 //! Block-quantized weights in GGUF's formats, for inference on the CPU: a weight row is
 //! cut into blocks of 32 values that share one f16 scale, and each value is kept in 8
 //! bits ([`BlockQ8_0`], 34 bytes per block, 8.5 bits per weight) or 4 bits
-//! ([`BlockQ4_0`], 18 bytes, 4.5 bits per weight).
+//! ([`BlockQ4_0`], 18 bytes, 4.5 bits per weight); or into super-blocks of 256 whose
+//! eight sub-blocks of 32 each have a 6-bit scale and a 6-bit minimum ([`BlockQ4_K`],
+//! 144 bytes, 4.5 bits per weight, and much of Q4_0's error gone).
 //!
-//! Quantizing gives exactly the bytes llama.cpp's reference quantizer
-//! (`ggml-quants.c`, mirrored by the `gguf` Python package) gives, so the blocks are
-//! GGUF's own, written and read without conversion. For products, a matrix keeps its
-//! blocks' scales and integers rearranged in panels of rows
-//! ([`PackedMatrix`](crate::packed_weights::PackedMatrix)); the products take f32
-//! activations and multiply them with the dequantized weights (`d · q`, exact in f32),
-//! summed in f32: the result is that of the dequantized matrix, for every batch size,
-//! rather than of activations quantized too (what llama.cpp's integer dot products
-//! compute). Decoding reads the weights once per token, so 8.5 or 4.5 bits per weight
-//! instead of 16 is where the speed comes from.
+//! Quantizing gives exactly the bytes llama.cpp's reference quantizers
+//! (`ggml-quants.c`; for Q8_0 and Q4_0 mirrored by the `gguf` Python package) give, so
+//! the blocks are GGUF's own, written and read without conversion. For products, a
+//! matrix keeps its blocks' scales and integers rearranged in panels of rows
+//! ([`PackedMatrix`](crate::packed_weights::PackedMatrix)), and the products quantize
+//! the activations too and multiply integers, as llama.cpp does
+//! ([`crate::panel_dot`]). Decoding reads the weights once per token, so 8.5 or 4.5 bits
+//! per weight instead of 16 is where the speed comes from.
 
 mod q4_0;
+mod q4_k;
 mod q8_0;
 
 pub use q4_0::BlockQ4_0;
+pub(crate) use q4_k::unpack_scale_and_min_words;
+pub use q4_k::{BlockQ4_K, SUB_BLOCK, SUB_BLOCKS, SUPER_BLOCK};
 pub use q8_0::BlockQ8_0;
 
 /// Values per block in GGUF's Q8_0 and Q4_0 formats.

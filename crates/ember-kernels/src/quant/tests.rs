@@ -98,3 +98,75 @@ fn rows_must_be_whole_blocks() {
     assert_eq!(err.to_string(), "33 values are not whole blocks of 32");
     assert!(BlockQ4_0::quantize_row(&[]).unwrap().is_empty());
 }
+
+/// Q4_K: llama.cpp's bytes (scripts/reference/q4_k_reference.py ran its
+/// `quantize_row_q4_K_ref`), super-block by super-block; read back, the same blocks.
+#[test]
+fn q4_k_quantizes_as_ggml() {
+    let values = values();
+    let want = fixture("q4_k.bin");
+    assert_eq!(want.len(), values.len() / SUPER_BLOCK * BlockQ4_K::BYTES);
+    for (i, (x, w)) in values
+        .chunks_exact(SUPER_BLOCK)
+        .zip(want.chunks_exact(BlockQ4_K::BYTES))
+        .enumerate()
+    {
+        let block = BlockQ4_K::quantize(x.try_into().unwrap());
+        let mut got = [0u8; BlockQ4_K::BYTES];
+        block.write_bytes(&mut got);
+        assert_eq!(got[..], w[..], "super-block {i}");
+        assert_eq!(BlockQ4_K::read_bytes(w), block);
+    }
+}
+
+/// Q4_K's dequantized values are `d · sc · q - dmin · m`, and on ordinary values (the
+/// fixture's first four super-blocks: magnitudes 1, 0.02, 3000 and 0.001) within one
+/// step of the originals, where a step is the sub-block's scale `d · sc` (the fit trades
+/// a little of the largest value's error for the rest's).
+#[test]
+fn q4_k_keeps_values_within_a_step_of_their_sub_block() {
+    let values = values();
+    for x in values.chunks_exact(SUPER_BLOCK).take(4) {
+        let block = BlockQ4_K::quantize(x.try_into().unwrap());
+        let mut back = [0.0f32; SUPER_BLOCK];
+        block.dequantize(&mut back);
+        let (sc, m) = block.scales_and_mins();
+        for (i, (&v, &b)) in x.iter().zip(&back).enumerate() {
+            let j = i / SUB_BLOCK;
+            let step = f16_value(block.d) * f32::from(sc[j]);
+            let by_hand = step * f32::from(block.code(i)) - f16_value(block.dmin) * f32::from(m[j]);
+            assert_eq!(b, by_hand, "value {i}");
+            assert!((v - b).abs() <= step, "value {i}: {v} -> {b} (step {step})");
+        }
+    }
+}
+
+/// The word-at-a-time unpacking of Q4_K's scales and minimums is ggml's
+/// `get_scale_min_k4`, for every bit pattern of each byte.
+#[test]
+fn q4_k_scales_unpack_as_get_scale_min_k4() {
+    fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+        if j < 4 {
+            (q[j] & 63, q[j + 4] & 63)
+        } else {
+            (
+                (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+                (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+            )
+        }
+    }
+    for seed in 0..4096u32 {
+        let q: [u8; 12] = std::array::from_fn(|i| {
+            (seed.wrapping_mul(2_654_435_761).rotate_left(i as u32 * 3) >> 8) as u8
+                ^ (i as u8).wrapping_mul(37)
+        });
+        let (sc, m) = q4_k::unpack_scales_and_mins(&q);
+        for j in 0..SUB_BLOCKS {
+            assert_eq!(
+                (sc[j], m[j]),
+                get_scale_min_k4(j, &q),
+                "{q:?} sub-block {j}"
+            );
+        }
+    }
+}

@@ -143,9 +143,9 @@ impl ModuleMapper for Loader<'_> {
             return param;
         }
         let packed = match (self.format, self.containers.packed_role(), &expected[..]) {
-            (Some(format), Some(role), &[rows, cols]) if role.fits(format, [rows, cols]) => {
-                Some((format, role))
-            }
+            (Some(format), Some(role), &[rows, cols]) => role
+                .format_for(format, [rows, cols])
+                .map(|format| (format, role)),
             _ => None,
         };
         if let Some((format, role)) = packed {

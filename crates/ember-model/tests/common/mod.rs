@@ -113,3 +113,24 @@ pub fn assert_matches_transformers(dir: &Path, reference: &Value, expected: &Pat
         "{name}"
     );
 }
+
+/// The fixture `name`'s configuration, 256 wide (MLP 512, heads 64 wide, a vocabulary of
+/// 600), so that every matrix's rows are whole Q4_K super-blocks.
+pub fn wide_config(name: &str) -> ember_model::ModelConfig {
+    let path = fixture(name).join("config.json");
+    let mut json = json_file(&path);
+    let config = json.as_object_mut().unwrap();
+    for (key, value) in [
+        ("hidden_size", 256),
+        ("n_embd", 256),
+        ("intermediate_size", 512),
+        ("head_dim", 64),
+        ("query_pre_attn_scalar", 64),
+        ("vocab_size", 600),
+    ] {
+        if config.contains_key(key) || key == "vocab_size" {
+            config.insert(key.to_string(), value.into());
+        }
+    }
+    ember_model::ModelConfig::from_json(&json, &path).unwrap()
+}
