@@ -537,3 +537,53 @@ fn quantized_dtypes_change_the_loss_a_little() {
         stderr(&o)
     );
 }
+
+/// `ember export --gguf` writes the file and says what it wrote; a directory given as
+/// the file, or a model it cannot export, is a one-line error and writes nothing.
+#[test]
+fn export_writes_a_gguf_file_or_says_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("qwen3.gguf");
+    let model = fixture("tiny-qwen3");
+    let summary = run_json(&[
+        "export",
+        "--model",
+        model.to_str().unwrap(),
+        "--gguf",
+        out.to_str().unwrap(),
+        "--dtype",
+        "q8_0",
+        "--json",
+    ]);
+    assert_eq!(summary["architecture"], "qwen3");
+    assert_eq!(summary["tensors"]["Q8_0"], 15);
+    assert_eq!(summary["tensors"]["F32"], 9);
+    let bytes = std::fs::metadata(&out).unwrap().len();
+    assert_eq!(summary["bytes"], bytes);
+    assert_eq!(&std::fs::read(&out).unwrap()[..4], b"GGUF");
+    for (args, message) in [
+        (
+            vec![
+                "--model",
+                model.to_str().unwrap(),
+                "--gguf",
+                dir.path().to_str().unwrap(),
+            ],
+            "is a directory; name the file to write",
+        ),
+        (
+            vec![
+                "--model",
+                fixture("tiny-gemma3").to_str().unwrap(),
+                "--gguf",
+                dir.path().join("g.gguf").to_str().unwrap(),
+            ],
+            "GGUF export takes GPT-2, Llama and Qwen3 models; this is gemma3",
+        ),
+    ] {
+        let o = ember().arg("export").args(&args).output().unwrap();
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(message), "{}", stderr(&o));
+    }
+    assert!(!dir.path().join("g.gguf").exists());
+}

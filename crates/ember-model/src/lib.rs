@@ -50,6 +50,7 @@
 
 pub mod gemma3;
 pub mod generate;
+pub mod gguf;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod classify;
 pub mod detokenize;
 pub mod download;
+pub mod export;
 pub mod finetune_dpo;
 pub mod finetune_instruct;
 pub mod finetune_spam;
@@ -54,6 +55,9 @@ pub enum Command {
     /// Download a model from the Hugging Face Hub (or a server laid out like it):
     /// resumable, checksum- and size-verified.
     Download(download::DownloadArgs),
+    /// Write a model as one GGUF file (f32, f16, bf16, q8_0, q4_0, q4_k) for llama.cpp,
+    /// Ollama and LM Studio.
+    Export(export::ExportArgs),
     /// Score model responses 0-100 with an LLM judge (Ollama or OpenAI-compatible).
     Judge(judge::JudgeArgs),
     /// Talk to a model: the conversation is rendered with its chat template (the book's
@@ -79,6 +83,7 @@ impl Command {
             Self::Detokenize(args) => detokenize::run(&args),
             Self::Prepare(args) => prepare::run(&args),
             Self::Info(args) => info::run(&args),
+            Self::Export(args) => export::run(&args),
             Self::Generate(args) => generate::run(&args, &device()?),
             Self::Perplexity(args) => perplexity::run(&args, &device()?),
             Self::Pretrain(args) => pretrain::run(args, &device()?),

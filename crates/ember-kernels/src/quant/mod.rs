@@ -11,7 +11,7 @@
 //! matrix keeps its blocks' scales and integers rearranged in panels of rows
 //! ([`PackedMatrix`](crate::packed_weights::PackedMatrix)), and the products quantize
 //! the activations too and multiply integers, as llama.cpp does
-//! ([`crate::panel_dot`]). Decoding reads the weights once per token, so 8.5 or 4.5 bits
+//! (`panel_dot.rs`). Decoding reads the weights once per token, so 8.5 or 4.5 bits
 //! per weight instead of 16 is where the speed comes from.
 
 mod q4_0;
