@@ -1,11 +1,14 @@
-"""Golden bytes for Ember's Q4_K quantizer (crates/ember-kernels/src/quant/q4_k.rs).
+"""Golden bytes for Ember's Q4_K quantizer (crates/ember-kernels/src/quant/q4_k.rs) and
+Q6_K reader (q6_k.rs).
 
 The `gguf` Python package dequantizes Q4_K but does not quantize it, so the bytes come
 from llama.cpp's own reference quantizer, `quantize_row_q4_K_ref` in libggml-base (what
 `llama-quantize` runs without an importance matrix), called through ctypes on the same
 values as quant_reference.py's (values.f32, 1,280 values: five super-blocks of 256).
 Writes crates/ember-kernels/tests/fixtures/quant/q4_k.bin, and checks that the `gguf`
-package dequantizes those bytes as libggml does.
+package dequantizes those bytes as libggml does; and q6_k.bin (`quantize_row_q6_K_ref`'s
+bytes of the same values) with q6_k.f32 (libggml's `dequantize_row_q6_K` of them), which
+Ember's Q6_K reader must reproduce.
 
     python scripts/reference/q4_k_reference.py PATH/TO/libggml-base.so
     # e.g. llama.cpp's build/bin/libggml-base.so, or llama_cpp/lib/ in the
@@ -36,3 +39,13 @@ ggml.dequantize_row_q4_K(blocks.ctypes.data_as(ctypes.c_void_p), dequantized.cty
 by_gguf = quants.dequantize(blocks.reshape(1, -1), GGMLQuantizationType.Q4_K).reshape(-1)
 assert np.array_equal(by_gguf, dequantized), "gguf and libggml dequantize alike"
 print(f"{values.size} values -> {out / 'q4_k.bin'} ({blocks.size} bytes)")
+
+q6 = np.zeros(values.size // SUPER_BLOCK * 210, dtype=np.uint8)
+ggml.quantize_row_q6_K_ref(values.ctypes.data_as(f32p), q6.ctypes.data_as(ctypes.c_void_p),
+                           ctypes.c_int64(values.size))
+q6.tofile(out / "q6_k.bin")
+back = np.zeros_like(values)
+ggml.dequantize_row_q6_K(q6.ctypes.data_as(ctypes.c_void_p), back.ctypes.data_as(f32p),
+                         ctypes.c_int64(values.size))
+back.tofile(out / "q6_k.f32")
+print(f"{values.size} values -> {out / 'q6_k.bin'} and q6_k.f32")

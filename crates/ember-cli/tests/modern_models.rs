@@ -587,3 +587,57 @@ fn export_writes_a_gguf_file_or_says_why_not() {
     }
     assert!(!dir.path().join("g.gguf").exists());
 }
+
+/// `--model FILE.gguf`: an exported model runs from its GGUF file as from its
+/// directory (the same loss as the directory in the file's dtype, the same chat ids),
+/// and `info` describes it.
+#[test]
+fn a_gguf_file_runs_as_its_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("llama3.gguf");
+    let model = fixture("tiny-llama3");
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "Every effort moves you, and then some more text.").unwrap();
+    let (model, gguf_path, text) = (
+        model.to_str().unwrap(),
+        gguf.to_str().unwrap(),
+        text.to_str().unwrap(),
+    );
+    run_json(&[
+        "export", "--model", model, "--gguf", gguf_path, "--dtype", "q4_0", "--json",
+    ]);
+    let loss = |m: &str, dtype: &str| {
+        run_json(&[
+            "perplexity",
+            "--model",
+            m,
+            "--text-file",
+            text,
+            "--dtype",
+            dtype,
+            "--json",
+        ])["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    // The file's Q4_0 matrices as they are, whatever --dtype says.
+    assert_eq!(loss(gguf_path, "f32"), loss(model, "q4_0"));
+    let chat = |m: &str| {
+        let r = run_json(&[
+            "chat",
+            "--model",
+            m,
+            "--dtype",
+            "q4_0",
+            "--message",
+            "Hi",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ]);
+        (r["prompt_ids"].clone(), r["generated_ids"].clone())
+    };
+    assert_eq!(chat(gguf_path), chat(model));
+    let info = run_json(&["info", "--model", gguf_path, "--json"]);
+    assert_eq!(info["model_type"], "llama");
+}

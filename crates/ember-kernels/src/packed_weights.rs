@@ -140,6 +140,77 @@ impl PackedMatrix {
         Ok(matrix)
     }
 
+    /// A `[rows, cols]` matrix from rows already in `format` as GGUF stores them
+    /// (`row(r)`: row `r`'s bf16 or f16 values, or its Q8_0, Q4_0 or Q4_K blocks,
+    /// little-endian): a GGUF file's tensor taken as it is, neither rounded nor
+    /// quantized again.
+    ///
+    /// # Panics
+    /// As [`PackedMatrix::from_f32`]; if a row is not `cols` values of `format`.
+    pub fn from_gguf_rows<'a>(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        row: impl Fn(usize) -> &'a [u8] + Sync,
+    ) -> Self {
+        let mut matrix = Self::zeroed(format, rows, cols);
+        let panel = panel_dot::panel_bytes(format, cols);
+        if panel == 0 {
+            return matrix;
+        }
+        matrix
+            .panels
+            .par_chunks_mut(panel)
+            .enumerate()
+            .for_each(|(p, out)| {
+                let first = p * panel_dot::PANEL_ROWS;
+                for r in first..(first + panel_dot::PANEL_ROWS).min(rows) {
+                    let (bytes, at) = (row(r), r - first);
+                    match format {
+                        WeightFormat::Bf16 | WeightFormat::F16 => {
+                            assert_eq!(bytes.len(), 2 * cols, "row {r}: {cols} 16-bit values");
+                            for (c, v) in bytes.chunks_exact(2).enumerate() {
+                                panel_dot::put_half(out, at, c, u16::from_le_bytes([v[0], v[1]]));
+                            }
+                        }
+                        WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+                            let q8 = format == WeightFormat::Q8_0;
+                            let each = if q8 {
+                                BlockQ8_0::BYTES
+                            } else {
+                                BlockQ4_0::BYTES
+                            };
+                            assert_eq!(bytes.len(), cols / BLOCK_SIZE * each, "row {r}: blocks");
+                            for (b, block) in bytes.chunks_exact(each).enumerate() {
+                                let (scale, ints) = if q8 {
+                                    BlockQ8_0::read_bytes(block).scale_and_ints()
+                                } else {
+                                    BlockQ4_0::read_bytes(block).scale_and_ints()
+                                };
+                                panel_dot::put_block(format, out, at, b, scale, &ints);
+                            }
+                        }
+                        WeightFormat::Q4_K => {
+                            assert_eq!(
+                                bytes.len(),
+                                cols / SUPER_BLOCK * BlockQ4_K::BYTES,
+                                "row {r}: Q4_K blocks"
+                            );
+                            for (s, block) in bytes.chunks_exact(BlockQ4_K::BYTES).enumerate() {
+                                panel_dot::put_super_block(
+                                    out,
+                                    at,
+                                    s,
+                                    &BlockQ4_K::read_bytes(block),
+                                );
+                            }
+                        }
+                    }
+                }
+            });
+        matrix
+    }
+
     /// A `[rows, cols]` matrix of zeros in `format`.
     fn zeroed(format: WeightFormat, rows: usize, cols: usize) -> Self {
         assert!(
@@ -670,6 +741,43 @@ mod tests {
                     32
                 };
             assert_eq!(m.size_bytes(), 8 * blocks_per_row * block_bytes);
+        }
+    }
+
+    /// A matrix made from GGUF's rows in each format is the matrix made from the
+    /// values those rows hold.
+    #[test]
+    fn gguf_rows_are_taken_as_they_are() {
+        let (rows, cols) = (6, SUPER_BLOCK);
+        let values: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.61).sin()).collect();
+        for format in FORMATS {
+            let made = PackedMatrix::from_f32(format, rows, cols, &values);
+            let gguf_rows: Vec<Vec<u8>> = values
+                .chunks(cols)
+                .map(|row| match format {
+                    WeightFormat::Bf16 => row
+                        .iter()
+                        .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                        .collect(),
+                    WeightFormat::F16 => row
+                        .iter()
+                        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                        .collect(),
+                    WeightFormat::Q8_0 => {
+                        BlockQ8_0::to_bytes(&BlockQ8_0::quantize_row(row).unwrap())
+                    }
+                    WeightFormat::Q4_0 => {
+                        BlockQ4_0::to_bytes(&BlockQ4_0::quantize_row(row).unwrap())
+                    }
+                    WeightFormat::Q4_K => {
+                        let mut out = vec![0u8; BlockQ4_K::BYTES];
+                        BlockQ4_K::quantize(row.try_into().unwrap()).write_bytes(&mut out);
+                        out
+                    }
+                })
+                .collect();
+            let taken = PackedMatrix::from_gguf_rows(format, rows, cols, |r| &gguf_rows[r]);
+            assert_eq!(taken.panels, made.panels, "{format:?}");
         }
     }
 

@@ -58,6 +58,13 @@ impl HubTokenizer {
         Ok(Self::from_hf(inner))
     }
 
+    /// Loads a `tokenizer.json` document held in memory (`what` names it in errors).
+    pub fn from_json_bytes(what: &str, bytes: &[u8]) -> Result<Self, TokenizerError> {
+        let inner = HfTokenizer::from_bytes(bytes)
+            .map_err(|e| TokenizerError::parse(what.to_string(), e.to_string()))?;
+        Ok(Self::from_hf(inner))
+    }
+
     /// Builds a GPT-2 style tokenizer from OpenAI's `encoder.json` and `vocab.bpe` files:
     /// byte-level pre-tokenizer without prefix space, byte-level decoder, and `<|endoftext|>` as a
     /// special token.

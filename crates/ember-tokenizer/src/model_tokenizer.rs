@@ -89,6 +89,19 @@ impl ModelTokenizer {
         };
         let tokenizer_config = read_json(&dir.join("tokenizer_config.json"))?;
         let generation_config = read_json(&dir.join("generation_config.json"))?;
+        Self::from_parts(tokenizer, tokenizer_config, generation_config, config, gpt2)
+    }
+
+    /// The tokenizer of a model from its parts, as a model directory holds them:
+    /// `tokenizer.json`'s tokenizer, `tokenizer_config.json` (special tokens' names, the
+    /// chat template), `generation_config.json` (end ids), and `config.json`'s values.
+    pub fn from_parts(
+        tokenizer: HubTokenizer,
+        tokenizer_config: Option<Value>,
+        generation_config: Option<Value>,
+        config: &Value,
+        gpt2: bool,
+    ) -> Result<Self, TokenizerError> {
         let named = |key: &str| token_content(tokenizer_config.as_ref().and_then(|c| c.get(key)));
         let id_of =
             |token: &Option<String>| token.as_deref().and_then(|t| tokenizer.token_to_id(t));

@@ -26,8 +26,9 @@ pub fn resolve_model(model: &Path) -> Result<PathBuf> {
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A model directory as the Hub ships it (GPT-2, Llama 3.x, Qwen3), a model Ember
-    /// saved or its run directory, a book `.pth` state dict (which needs --preset or
-    /// --config), or a Hub repository id OWNER/NAME[@REVISION] that is no path here,
+    /// saved or its run directory, a GGUF file (GPT-2, Llama, Qwen3: llama.cpp's or
+    /// `ember export`'s; its quantized matrices run as they are), a book `.pth` state
+    /// dict (which needs --preset or --config), or a Hub repository id OWNER/NAME[@REVISION] that is no path here,
     /// found in (or downloaded into) the Hugging Face cache ($HF_HUB_CACHE,
     /// $HF_HOME/hub; HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE apply).
     #[arg(long)]

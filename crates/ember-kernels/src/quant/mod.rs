@@ -16,11 +16,13 @@
 
 mod q4_0;
 mod q4_k;
+mod q6_k;
 mod q8_0;
 
 pub use q4_0::BlockQ4_0;
 pub(crate) use q4_k::unpack_scale_and_min_words;
 pub use q4_k::{BlockQ4_K, SUB_BLOCK, SUB_BLOCKS, SUPER_BLOCK};
+pub use q6_k::BlockQ6_K;
 pub use q8_0::BlockQ8_0;
 
 /// Values per block in GGUF's Q8_0 and Q4_0 formats.

@@ -170,3 +170,28 @@ fn q4_k_scales_unpack_as_get_scale_min_k4() {
         }
     }
 }
+
+/// Q6_K's values are libggml's `dequantize_row_q6_K` of its blocks, bit for bit (the
+/// blocks and values from scripts/reference/q4_k_reference.py).
+#[test]
+fn q6_k_dequantizes_as_ggml() {
+    let bytes = fixture("q6_k.bin");
+    let want: Vec<f32> = fixture("q6_k.f32")
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(bytes.len() / BlockQ6_K::BYTES * SUPER_BLOCK, want.len());
+    for (i, (block, want)) in bytes
+        .chunks_exact(BlockQ6_K::BYTES)
+        .zip(want.chunks_exact(SUPER_BLOCK))
+        .enumerate()
+    {
+        let mut got = [0.0f32; SUPER_BLOCK];
+        BlockQ6_K::new(block).dequantize(&mut got);
+        let same = got
+            .iter()
+            .zip(want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "super-block {i}");
+    }
+}

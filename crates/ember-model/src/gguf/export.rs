@@ -13,9 +13,10 @@ use ember_kernels::packed_weights::WeightFormat;
 use ember_kernels::quant::{BlockQ4_0, BlockQ4_K, BlockQ8_0, QuantBlock, SUPER_BLOCK};
 
 use super::file::{GgmlType, TensorInfo, TensorOut, Value, write_gguf};
-use super::names::{Rearrange, gguf_architecture, mappings, rearrange};
+use super::names::{Rearrange, gguf_architecture, gpt2_prefix, mappings, rearrange};
 use super::vocab::{SpecialIds, vocab_metadata};
 use crate::gpt2::GptConfig;
+use crate::layers::Llama3Scaling;
 use crate::llama::LlamaConfig;
 use crate::model::ModelConfig;
 use crate::weights::{SafetensorsFiles, TensorSource, WeightsError, read_config_value};
@@ -88,6 +89,7 @@ pub(crate) fn encode(values: &[f32], cols: usize, ggml_type: GgmlType) -> Vec<u8
             GgmlType::Q4_0 => {
                 out.copy_from_slice(&BlockQ4_0::to_bytes(&BlockQ4_0::quantize_row(row).unwrap()))
             }
+            GgmlType::Q6_K => unreachable!("Ember writes no Q6_K"),
             GgmlType::Q4_K => {
                 for (o, x) in out
                     .chunks_exact_mut(BlockQ4_K::BYTES)
@@ -160,33 +162,35 @@ fn hyperparameters(
 }
 
 /// Llama 3's rope scaling as llama.cpp takes it: a `rope_freqs.weight` tensor of one
-/// factor per frequency (the converter's `generate_extra_tensors`, in f32 as torch
-/// computes it there).
+/// factor per frequency.
 fn rope_factors(c: &LlamaConfig) -> Option<Vec<f32>> {
-    let s = c.rope.llama3.as_ref()?;
-    let dim = c.head_dim;
+    let scaling = c.rope.llama3.as_ref()?;
+    Some(llama3_factors(c.rope.theta, c.head_dim, scaling))
+}
+
+/// The factors of Llama 3's rope scaling, one per frequency of a head `dim` wide (the
+/// converter's `generate_extra_tensors`, in f32 as torch computes it there).
+pub(crate) fn llama3_factors(theta: f64, dim: usize, s: &Llama3Scaling) -> Vec<f32> {
     let old = s.original_max_position_embeddings as f32;
     let (low, high) = (
         old / s.low_freq_factor as f32,
         old / s.high_freq_factor as f32,
     );
-    Some(
-        (0..dim / 2)
-            .map(|i| {
-                let freq = 1.0 / (c.rope.theta as f32).powf((2 * i) as f32 / dim as f32);
-                let wavelen = 2.0 * std::f32::consts::PI / freq;
-                if wavelen < high {
-                    1.0
-                } else if wavelen > low {
-                    s.factor as f32
-                } else {
-                    let smooth = (old / wavelen - s.low_freq_factor as f32)
-                        / (s.high_freq_factor - s.low_freq_factor) as f32;
-                    1.0 / ((1.0 - smooth) / s.factor as f32 + smooth)
-                }
-            })
-            .collect(),
-    )
+    (0..dim / 2)
+        .map(|i| {
+            let freq = 1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high {
+                1.0
+            } else if wavelen > low {
+                s.factor as f32
+            } else {
+                let smooth = (old / wavelen - s.low_freq_factor as f32)
+                    / (s.high_freq_factor - s.low_freq_factor) as f32;
+                1.0 / ((1.0 - smooth) / s.factor as f32 + smooth)
+            }
+        })
+        .collect()
 }
 
 /// Writes the model at `model` (a Hub-layout directory) to `out` as GGUF, its
@@ -207,7 +211,10 @@ pub fn export_gguf(model: &Path, out: &Path, dtype: Dtype) -> Result<ExportSumma
         )
     })?;
     let source = SafetensorsFiles::open(&dir)?;
-    let maps = mappings(&config, &source).expect("a mapped architecture");
+    let maps = mappings(&config, gpt2_prefix(&source), &|m| {
+        source.shape(&m.hub).is_some()
+    })
+    .expect("a mapped architecture");
 
     let gpt2 = matches!(config, ModelConfig::Gpt2(_));
     let tokenizer =
@@ -242,6 +249,7 @@ pub fn export_gguf(model: &Path, out: &Path, dtype: Dtype) -> Result<ExportSumma
             .first()
             .copied()
             .or_else(|| config_id("eos_token_id")),
+        eot: tokenizer.eos_ids().get(1).copied(),
         add_bos,
     };
     let vocab = vocab_metadata(&tokenizer_json, config.vocab_size(), &special)

@@ -132,6 +132,9 @@ pub enum GgmlType {
     Q8_0,
     #[allow(non_camel_case_types)] // ggml's name
     Q4_K,
+    /// Read only (llama.cpp's Q4_K_M files hold some matrices in it).
+    #[allow(non_camel_case_types)] // ggml's name
+    Q6_K,
     Bf16,
 }
 
@@ -144,6 +147,7 @@ impl GgmlType {
             Self::Q4_0 => 2,
             Self::Q8_0 => 8,
             Self::Q4_K => 12,
+            Self::Q6_K => 14,
             Self::Bf16 => 30,
         }
     }
@@ -156,6 +160,7 @@ impl GgmlType {
             Self::Q4_0,
             Self::Q8_0,
             Self::Q4_K,
+            Self::Q6_K,
             Self::Bf16,
         ]
         .into_iter()
@@ -170,6 +175,7 @@ impl GgmlType {
             Self::Q4_0 => (32, 18),
             Self::Q8_0 => (32, 34),
             Self::Q4_K => (256, 144),
+            Self::Q6_K => (256, 210),
         }
     }
 
@@ -352,7 +358,7 @@ impl GgufFile {
             let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
                 format!(
                     "tensor {name} is of ggml type {type_id}, which Ember does not read \
-                     (F32, F16, BF16, Q8_0, Q4_0, Q4_K)"
+                     (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)"
                 )
             })?;
             let offset = c.u64()?;

@@ -65,23 +65,33 @@ pub fn gguf_architecture(config: &ModelConfig) -> Option<&'static str> {
     }
 }
 
-/// Every GGUF tensor of a model of `config` whose Hub tensors `source` holds, in the
-/// order llama.cpp's converter writes them.
-pub fn mappings(config: &ModelConfig, source: &dyn TensorSource) -> Option<Vec<Mapping>> {
-    match config {
-        ModelConfig::Gpt2(c) => Some(gpt2(c, source)),
-        ModelConfig::Llama(c) => Some(llama(c, source)),
-        _ => None,
-    }
+/// The tensors of a model of `config` that `keep` keeps (those the source has), in
+/// the order llama.cpp's converter writes them; GPT-2's Hub names begin with
+/// `gpt2_prefix` (Ember writes `transformer.`, the Hub's GPT-2 has none).
+pub fn mappings(
+    config: &ModelConfig,
+    gpt2_prefix: &str,
+    keep: &dyn Fn(&Mapping) -> bool,
+) -> Option<Vec<Mapping>> {
+    let mut all = match config {
+        ModelConfig::Gpt2(c) => gpt2(c, gpt2_prefix),
+        ModelConfig::Llama(c) => llama(c),
+        _ => return None,
+    };
+    all.retain(|m| keep(m));
+    Some(all)
 }
 
-fn gpt2(config: &GptConfig, source: &dyn TensorSource) -> Vec<Mapping> {
-    // Ember writes `transformer.`-prefixed names, the Hub's GPT-2 has none.
-    let p = if source.shape("transformer.wte.weight").is_some() {
+/// The Hub names' prefix of the GPT-2 checkpoint `source`.
+pub fn gpt2_prefix(source: &dyn TensorSource) -> &'static str {
+    if source.shape("transformer.wte.weight").is_some() {
         "transformer."
     } else {
         ""
-    };
+    }
+}
+
+fn gpt2(config: &GptConfig, p: &str) -> Vec<Mapping> {
     let mut out = vec![
         Mapping::new("token_embd.weight", format!("{p}wte.weight")),
         Mapping {
@@ -117,14 +127,13 @@ fn gpt2(config: &GptConfig, source: &dyn TensorSource) -> Vec<Mapping> {
         format!("{p}ln_f.weight"),
     ));
     out.push(Mapping::new("output_norm.bias", format!("{p}ln_f.bias")));
-    if !config.tie_embeddings && source.shape("lm_head.weight").is_some() {
+    if !config.tie_embeddings {
         out.push(Mapping::new("output.weight", "lm_head.weight"));
     }
-    out.retain(|m| source.shape(&m.hub).is_some());
     out
 }
 
-fn llama(config: &LlamaConfig, source: &dyn TensorSource) -> Vec<Mapping> {
+fn llama(config: &LlamaConfig) -> Vec<Mapping> {
     let mut out = vec![Mapping::new(
         "token_embd.weight",
         "model.embed_tokens.weight",
@@ -183,7 +192,6 @@ fn llama(config: &LlamaConfig, source: &dyn TensorSource) -> Vec<Mapping> {
     if !config.tie_word_embeddings {
         out.push(Mapping::new("output.weight", "lm_head.weight"));
     }
-    out.retain(|m| source.shape(&m.hub).is_some());
     out
 }
 

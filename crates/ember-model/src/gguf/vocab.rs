@@ -4,9 +4,9 @@
 //! kinds, the merges in rank order, and the name of the pre-tokenizer's regular
 //! expression (llama.cpp keeps the expressions themselves, by name).
 
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
-use super::file::Value;
+use super::file::{GgufFile, Value};
 
 /// llama.cpp's token kinds (`llama_token_type`).
 const NORMAL: i32 = 1;
@@ -65,6 +65,8 @@ pub struct SpecialIds {
     pub bos: Option<u32>,
     /// End of text (the first of the model's end ids).
     pub eos: Option<u32>,
+    /// The model's second end id, llama.cpp's end of turn (Llama 3's `<|eot_id|>`).
+    pub eot: Option<u32>,
     /// Whether encoding a text adds the beginning-of-text token (Llama 3's does).
     pub add_bos: bool,
 }
@@ -167,11 +169,118 @@ pub fn vocab_metadata(
     if let Some(eos) = special.eos {
         out.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
     }
+    if let Some(eot) = special.eot {
+        out.push(("tokenizer.ggml.eot_token_id".into(), Value::U32(eot)));
+    }
     out.push((
         "tokenizer.ggml.add_bos_token".into(),
         Value::Bool(special.add_bos),
     ));
     Ok(out)
+}
+
+/// A `tokenizer.json` document and a `tokenizer_config.json` (special tokens' names,
+/// the chat template) from a GGUF file's `tokenizer.ggml.*` metadata.
+pub fn tokenizer_parts(file: &GgufFile) -> Result<(Json, Json), String> {
+    let text = |key: &str| file.get(key).and_then(Value::as_str);
+    match text("tokenizer.ggml.model") {
+        Some("gpt2") => {}
+        Some(other) => {
+            return Err(format!(
+                "tokenizer.ggml.model \"{other}\": Ember reads byte-level BPE (\"gpt2\") vocabularies"
+            ));
+        }
+        None => return Err("no tokenizer.ggml.model".into()),
+    }
+    let pre_name = text("tokenizer.ggml.pre").unwrap_or("default");
+    let pre = pre_tokenizer_json(pre_name).ok_or_else(|| {
+        format!("tokenizer.ggml.pre \"{pre_name}\": Ember reads gpt-2, llama-bpe and qwen2")
+    })?;
+    let array = |key: &str| match file.get(key) {
+        Some(Value::Array(values)) => Ok(values),
+        _ => Err(format!("no {key}")),
+    };
+    let tokens = array("tokenizer.ggml.tokens")?;
+    let kinds = array("tokenizer.ggml.token_type").ok();
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (id, token) in tokens.iter().enumerate() {
+        let token = token.as_str().ok_or("a token is not a string")?;
+        let kind = kinds
+            .and_then(|k| k.get(id))
+            .and_then(|k| match k {
+                Value::I32(v) => Some(*v),
+                other => other.as_u64().map(|v| v as i32),
+            })
+            .unwrap_or(NORMAL);
+        if kind == UNUSED {
+            continue;
+        }
+        // Added tokens are in the model's vocabulary too: `tokenizers` gives an added
+        // token missing from it the next free id, not its own.
+        vocab.insert(token.to_string(), id.into());
+        if matches!(kind, CONTROL | USER_DEFINED) {
+            added.push(json!({
+                "id": id, "content": token, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": kind == CONTROL,
+            }));
+        }
+    }
+    let merges: Vec<Json> = array("tokenizer.ggml.merges")?
+        .iter()
+        .map(|m| m.as_str().map(Json::from))
+        .collect::<Option<_>>()
+        .ok_or("a merge is not a string")?;
+    let id = |key: &str| file.get(key).and_then(Value::as_u64);
+    let token_text = |id: Option<u64>| {
+        id.and_then(|i| tokens.get(i as usize))
+            .and_then(Value::as_str)
+    };
+    let bos = token_text(id("tokenizer.ggml.bos_token_id"));
+    let add_bos = file.get("tokenizer.ggml.add_bos_token") == Some(&Value::Bool(true));
+    let post_processor = match bos {
+        Some(bos) if add_bos => {
+            let bos_id = id("tokenizer.ggml.bos_token_id");
+            json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
+            })
+        }
+        _ => {
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
+        }
+    };
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre,
+        "post_processor": post_processor,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            // llama.cpp's llama-bpe vocabulary takes whole words found in it as they are.
+            "ignore_merges": pre_name == "llama-bpe" || pre_name == "llama3",
+            "vocab": vocab, "merges": merges,
+        },
+    });
+    let mut config = json!({});
+    if let Some(bos) = bos {
+        config["bos_token"] = bos.into();
+    }
+    if let Some(eos) = token_text(id("tokenizer.ggml.eos_token_id")) {
+        config["eos_token"] = eos.into();
+    }
+    if let Some(template) = text("tokenizer.chat_template") {
+        config["chat_template"] = template.into();
+    }
+    Ok((tokenizer, config))
 }
 
 #[cfg(test)]
@@ -198,6 +307,7 @@ mod tests {
         let special = SpecialIds {
             bos: None,
             eos: Some(3),
+            eot: None,
             add_bos: false,
         };
         let meta = vocab_metadata(&json, 5, &special).unwrap();

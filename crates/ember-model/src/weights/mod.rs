@@ -122,6 +122,8 @@ pub enum ModelSource {
     Ember,
     /// The book's `.pth` state dict.
     BookPth,
+    /// A GGUF file (llama.cpp's, or Ember's export).
+    Gguf,
 }
 
 /// A model and what it was loaded from.
@@ -133,8 +135,8 @@ pub struct LoadedModel {
     pub config: ModelConfig,
     /// The kind of source.
     pub source: ModelSource,
-    /// The directory it came from (its tokenizer files are there), or `None` for a
-    /// `.pth` file.
+    /// The directory it came from (its tokenizer files are there), the GGUF file (its
+    /// tokenizer is in it), or `None` for a `.pth` file.
     pub dir: Option<PathBuf>,
 }
 
@@ -153,6 +155,14 @@ impl LoadedModel {
             }),
         }
     }
+}
+
+/// Whether `path` names a GGUF file (by its extension).
+pub fn is_gguf(path: &Path) -> bool {
+    !path.is_dir()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Whether `path` names a book state dict (by its extension).
@@ -224,6 +234,11 @@ pub fn describe_model(path: &Path) -> Result<(ModelConfig, ModelSource), Weights
             path: dir,
             message: "a .pth state dict holds no configuration".into(),
         });
+    }
+    if is_gguf(&dir) {
+        let gguf = crate::gguf::GgufModel::open(&dir)?;
+        check_size(&gguf.config, &gguf)?;
+        return Ok((gguf.config, ModelSource::Gguf));
     }
     let (config, source) = read_model_config(&dir)?;
     let weights_dir = if dir.is_dir() {
@@ -379,11 +394,22 @@ pub fn load_model_as(
             message: "no such file or directory".into(),
         });
     }
+    if is_gguf(&path) {
+        let gguf = crate::gguf::GgufModel::open(&path)?;
+        let config = gguf.config.clone();
+        let model = model_from_tensors(&config, &gguf, dtype, device)?;
+        return Ok(LoadedModel {
+            model,
+            config,
+            source: ModelSource::Gguf,
+            dir: Some(path),
+        });
+    }
     let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
     if !path.is_dir() && !is_safetensors {
         return Err(WeightsError::NotAModel {
             path,
-            message: "expected a model directory (config.json + model.safetensors), a .safetensors file or a .pth file".into(),
+            message: "expected a model directory (config.json + model.safetensors), a .safetensors, .gguf or .pth file".into(),
         });
     }
     let dir = if path.is_dir() {
@@ -487,6 +513,9 @@ pub fn model_tokenizer(
     loaded: &LoadedModel,
 ) -> Result<ember_tokenizer::ModelTokenizer, WeightsError> {
     let gpt2 = matches!(loaded.config, ModelConfig::Gpt2(_));
+    if let (ModelSource::Gguf, Some(file)) = (loaded.source, &loaded.dir) {
+        return crate::gguf::GgufModel::open(file)?.tokenizer();
+    }
     let Some(dir) = &loaded.dir else {
         return ember_tokenizer::ModelTokenizer::gpt2()
             .map_err(|e| WeightsError::format(Path::new("gpt2"), e.to_string()));

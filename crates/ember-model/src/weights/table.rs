@@ -142,6 +142,19 @@ impl ModuleMapper for Loader<'_> {
             // The load fails anyway: do not spend memory on more tensors.
             return param;
         }
+        if let (Some(role), Some(matrix)) =
+            (self.containers.packed_role(), self.source.packed(&name))
+        {
+            // Already packed in the source (a GGUF file's quantized matrix): as it is.
+            return match matrix {
+                Ok(matrix) => role.param(&param, matrix, &self.device),
+                Err(e) => {
+                    let chain = ember_data::error_chain(&e);
+                    self.problems.push(format!("tensor {name}: {chain}"));
+                    param
+                }
+            };
+        }
         let packed = match (self.format, self.containers.packed_role(), &expected[..]) {
             (Some(format), Some(role), &[rows, cols]) => role
                 .format_for(format, [rows, cols])

@@ -37,6 +37,16 @@ pub trait TensorSource {
     fn names(&self) -> Vec<String>;
     /// What to name in errors (a file or a directory).
     fn origin(&self) -> &Path;
+    /// Matrix `name` as the source already holds it packed, `[out, in]` (a GGUF file's
+    /// bf16, f16 or quantized tensors): taken as it is for a linear layer's or an
+    /// embedding's weight, whatever dtype was asked for, never rounded or quantized
+    /// again. `None` (the default): the source holds values, converted as asked.
+    fn packed(
+        &self,
+        _name: &str,
+    ) -> Option<Result<ember_kernels::packed_weights::PackedMatrix, WeightsError>> {
+        None
+    }
 }
 
 /// One tensor held in memory: row-major f32 values and a shape.
