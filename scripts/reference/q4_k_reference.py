@@ -27,25 +27,28 @@ ggml = ctypes.CDLL(sys.argv[1])
 out = pathlib.Path(__file__).resolve().parents[2] / "crates/ember-kernels/tests/fixtures/quant"
 values = np.fromfile(out / "values.f32", dtype=np.float32)
 assert values.size % SUPER_BLOCK == 0
-blocks = np.zeros(values.size // SUPER_BLOCK * BLOCK_BYTES, dtype=np.uint8)
 f32p = ctypes.POINTER(ctypes.c_float)
-ggml.quantize_row_q4_K_ref(values.ctypes.data_as(f32p), blocks.ctypes.data_as(ctypes.c_void_p),
-                           ctypes.c_int64(values.size))
-blocks.tofile(out / "q4_k.bin")
 
-dequantized = np.zeros_like(values)
-ggml.dequantize_row_q4_K(blocks.ctypes.data_as(ctypes.c_void_p), dequantized.ctypes.data_as(f32p),
-                         ctypes.c_int64(values.size))
+
+def quantize(name, block_bytes):
+    """libggml's `quantize_row_<name>_ref` of the values, and its `dequantize_row_<name>`
+    of those blocks."""
+    blocks = np.zeros(values.size // SUPER_BLOCK * block_bytes, dtype=np.uint8)
+    getattr(ggml, f"quantize_row_{name}_ref")(values.ctypes.data_as(f32p), blocks.ctypes.data_as(ctypes.c_void_p),
+                                              ctypes.c_int64(values.size))
+    back = np.zeros_like(values)
+    getattr(ggml, f"dequantize_row_{name}")(blocks.ctypes.data_as(ctypes.c_void_p), back.ctypes.data_as(f32p),
+                                            ctypes.c_int64(values.size))
+    return blocks, back
+
+
+blocks, dequantized = quantize("q4_K", BLOCK_BYTES)
+blocks.tofile(out / "q4_k.bin")
 by_gguf = quants.dequantize(blocks.reshape(1, -1), GGMLQuantizationType.Q4_K).reshape(-1)
 assert np.array_equal(by_gguf, dequantized), "gguf and libggml dequantize alike"
 print(f"{values.size} values -> {out / 'q4_k.bin'} ({blocks.size} bytes)")
 
-q6 = np.zeros(values.size // SUPER_BLOCK * 210, dtype=np.uint8)
-ggml.quantize_row_q6_K_ref(values.ctypes.data_as(f32p), q6.ctypes.data_as(ctypes.c_void_p),
-                           ctypes.c_int64(values.size))
+q6, back = quantize("q6_K", 210)
 q6.tofile(out / "q6_k.bin")
-back = np.zeros_like(values)
-ggml.dequantize_row_q6_K(q6.ctypes.data_as(ctypes.c_void_p), back.ctypes.data_as(f32p),
-                         ctypes.c_int64(values.size))
 back.tofile(out / "q6_k.f32")
 print(f"{values.size} values -> {out / 'q6_k.bin'} and q6_k.f32")

@@ -49,6 +49,21 @@ fn run_json(args: &[&str]) -> Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// `ember perplexity`'s loss of `text` under `model` in `dtype`.
+fn perplexity_loss(model: &str, text: &str, dtype: &str) -> f64 {
+    let args = [
+        "perplexity",
+        "--model",
+        model,
+        "--text-file",
+        text,
+        "--dtype",
+        dtype,
+        "--json",
+    ];
+    run_json(&args)["loss"].as_f64().unwrap()
+}
+
 /// A copy of a fixture model whose `config.json` is replaced by `config`.
 fn with_config(name: &str, config: &Value) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -496,18 +511,7 @@ fn quantized_dtypes_change_the_loss_a_little() {
         let cases = json_file(&dir.join("cases.json"));
         std::fs::write(text.path(), cases["loss"]["text"].as_str().unwrap()).unwrap();
         let loss = |dtype: &str| {
-            run_json(&[
-                "perplexity",
-                "--model",
-                dir.to_str().unwrap(),
-                "--text-file",
-                text.path().to_str().unwrap(),
-                "--dtype",
-                dtype,
-                "--json",
-            ])["loss"]
-                .as_f64()
-                .unwrap()
+            perplexity_loss(dir.to_str().unwrap(), text.path().to_str().unwrap(), dtype)
         };
         let f32_loss = loss("f32");
         for (dtype, bound) in [("q8_0", 0.002), ("q4_0", 0.02)] {
@@ -606,20 +610,7 @@ fn a_gguf_file_runs_as_its_model() {
     run_json(&[
         "export", "--model", model, "--gguf", gguf_path, "--dtype", "q4_0", "--json",
     ]);
-    let loss = |m: &str, dtype: &str| {
-        run_json(&[
-            "perplexity",
-            "--model",
-            m,
-            "--text-file",
-            text,
-            "--dtype",
-            dtype,
-            "--json",
-        ])["loss"]
-            .as_f64()
-            .unwrap()
-    };
+    let loss = |m: &str, dtype: &str| perplexity_loss(m, text, dtype);
     // The file's Q4_0 matrices as they are, whatever --dtype says.
     assert_eq!(loss(gguf_path, "f32"), loss(model, "q4_0"));
     let chat = |m: &str| {

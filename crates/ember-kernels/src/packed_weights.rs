@@ -48,6 +48,15 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    /// Every format.
+    pub const ALL: [WeightFormat; 5] = [
+        WeightFormat::Bf16,
+        WeightFormat::F16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_K,
+    ];
+
     /// Whether rows of `k` values can be held in this format: any for bf16 and f16,
     /// whole blocks of [`BLOCK_SIZE`] (Q8_0, Q4_0) or [`SUPER_BLOCK`] (Q4_K) for the
     /// quantized formats (as in GGUF).
@@ -642,13 +651,7 @@ mod tests {
         );
     }
 
-    const FORMATS: [WeightFormat; 5] = [
-        WeightFormat::Bf16,
-        WeightFormat::F16,
-        WeightFormat::Q8_0,
-        WeightFormat::Q4_0,
-        WeightFormat::Q4_K,
-    ];
+    const FORMATS: [WeightFormat; 5] = WeightFormat::ALL;
 
     /// The product equals Burn's matmul with the packed weights as f32, for decoding
     /// (one token), short prompts and long ones (the gemm path on AVX-512 CPUs), odd

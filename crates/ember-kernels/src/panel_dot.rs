@@ -867,13 +867,7 @@ mod tests {
     use super::*;
     use crate::packed_weights::PackedMatrix;
 
-    const FORMATS: [WeightFormat; 5] = [
-        WeightFormat::Bf16,
-        WeightFormat::F16,
-        WeightFormat::Q8_0,
-        WeightFormat::Q4_0,
-        WeightFormat::Q4_K,
-    ];
+    const FORMATS: [WeightFormat; 5] = WeightFormat::ALL;
 
     /// Deterministic values in [-1, 1).
     fn values(n: usize, seed: u64) -> Vec<f32> {

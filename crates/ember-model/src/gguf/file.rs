@@ -602,7 +602,7 @@ mod tests {
         std::fs::write(&cut, b"PK\x03\x04 not gguf").unwrap();
         let err = GgufFile::open(&cut).unwrap_err().to_string();
         assert!(err.ends_with("not a GGUF file (no GGUF magic)"), "{err}");
-        // ggml type 14 (Q6_K) in the second descriptor.
+        // ggml type 11 (Q3_K) in the second descriptor.
         let mut odd = bytes.clone();
         let name_at = bytes
             .windows(1 + 8)
@@ -610,9 +610,9 @@ mod tests {
             .unwrap()
             + 9;
         let type_at = name_at + 4 + 16;
-        odd[type_at..type_at + 4].copy_from_slice(&14u32.to_le_bytes());
+        odd[type_at..type_at + 4].copy_from_slice(&11u32.to_le_bytes());
         std::fs::write(&cut, &odd).unwrap();
         let err = GgufFile::open(&cut).unwrap_err().to_string();
-        assert!(err.contains("tensor w is of ggml type 14"), "{err}");
+        assert!(err.contains("tensor w is of ggml type 11"), "{err}");
     }
 }

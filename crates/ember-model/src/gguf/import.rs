@@ -254,27 +254,29 @@ fn dequantize_bytes(ggml_type: GgmlType, bytes: &[u8]) -> Vec<f32> {
             .collect(),
         GgmlType::Q8_0 => dequantize_blocks::<BlockQ8_0>(bytes),
         GgmlType::Q4_0 => dequantize_blocks::<BlockQ4_0>(bytes),
-        GgmlType::Q4_K => {
-            let mut out = vec![0.0f32; bytes.len() / BlockQ4_K::BYTES * SUPER_BLOCK];
-            for (block, out) in bytes
-                .chunks_exact(BlockQ4_K::BYTES)
-                .zip(out.chunks_exact_mut(SUPER_BLOCK))
-            {
-                BlockQ4_K::read_bytes(block).dequantize(out.try_into().expect("a super-block"));
-            }
-            out
-        }
-        GgmlType::Q6_K => {
-            let mut out = vec![0.0f32; bytes.len() / BlockQ6_K::BYTES * SUPER_BLOCK];
-            for (block, out) in bytes
-                .chunks_exact(BlockQ6_K::BYTES)
-                .zip(out.chunks_exact_mut(SUPER_BLOCK))
-            {
-                BlockQ6_K::new(block).dequantize(out.try_into().expect("a super-block"));
-            }
-            out
-        }
+        GgmlType::Q4_K => dequantize_super_blocks(bytes, BlockQ4_K::BYTES, |block, out| {
+            BlockQ4_K::read_bytes(block).dequantize(out)
+        }),
+        GgmlType::Q6_K => dequantize_super_blocks(bytes, BlockQ6_K::BYTES, |block, out| {
+            BlockQ6_K::new(block).dequantize(out)
+        }),
     }
+}
+
+/// Super-blocks of 256 values, `block_bytes` each, dequantized one by one.
+fn dequantize_super_blocks(
+    bytes: &[u8],
+    block_bytes: usize,
+    dequantize: impl Fn(&[u8], &mut [f32; SUPER_BLOCK]),
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; bytes.len() / block_bytes * SUPER_BLOCK];
+    for (block, out) in bytes
+        .chunks_exact(block_bytes)
+        .zip(out.chunks_exact_mut(SUPER_BLOCK))
+    {
+        dequantize(block, out.try_into().expect("a super-block"));
+    }
+    out
 }
 
 fn dequantize_blocks<B: QuantBlock>(bytes: &[u8]) -> Vec<f32> {
