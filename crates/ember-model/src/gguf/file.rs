@@ -418,6 +418,22 @@ impl GgufFile {
         let start = self.data_start + info.offset as usize;
         &self.map[start..start + info.bytes() as usize]
     }
+
+    /// Gives back the mapped pages of `info`'s bytes `range` once they are copied (what
+    /// the model keeps is its own copy): a load's peak memory is then the model and a
+    /// tensor, not the model and the file.
+    pub fn release(&self, info: &TensorInfo, range: std::ops::Range<usize>) {
+        let start = self.data_start + info.offset as usize + range.start;
+        // SAFETY: DONTNEED on a read-only file mapping only drops this process's pages;
+        // a later access reads them from the file again.
+        unsafe {
+            let _ = self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start,
+                range.len(),
+            );
+        }
+    }
 }
 
 /// A tensor to write: its descriptor (offset ignored) and its bytes, made when asked.

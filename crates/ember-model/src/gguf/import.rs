@@ -397,21 +397,21 @@ impl TensorSource for GgufModel {
             let g = gguf_row(r);
             &bytes[g * row_bytes..(g + 1) * row_bytes]
         };
-        if info.ggml_type == GgmlType::Q6_K {
+        let matrix = if info.ggml_type == GgmlType::Q6_K {
             // No Q6_K kernel: its values (6.6 bits) quantized again to Q8_0 (8.5), row
             // by row as they are read.
-            return Some(PackedMatrix::from_row_parts(
-                format,
-                rows,
-                cols,
-                256,
-                |range| {
-                    Ok(range
+            PackedMatrix::from_row_parts(format, rows, cols, 256, |range| {
+                Ok::<_, std::convert::Infallible>(
+                    range
                         .flat_map(|r| dequantize_bytes(GgmlType::Q6_K, row(r)))
-                        .collect())
-                },
-            ));
-        }
-        Some(Ok(PackedMatrix::from_gguf_rows(format, rows, cols, row)))
+                        .collect(),
+                )
+            })
+            .unwrap_or_else(|never| match never {})
+        } else {
+            PackedMatrix::from_gguf_rows(format, rows, cols, row)
+        };
+        self.file.release(info, 0..bytes.len());
+        Some(Ok(matrix))
     }
 }
