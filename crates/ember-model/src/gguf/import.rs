@@ -19,6 +19,7 @@ use super::names::{Rearrange, mappings, rearrange};
 use super::vocab::tokenizer_parts;
 use crate::layers::Llama3Scaling;
 use crate::model::ModelConfig;
+use crate::weights::tensors::decode_floats;
 use crate::weights::{TensorSource, WeightsError};
 
 /// A GGUF file read as a model: its configuration and its tensors by Hub name.
@@ -240,18 +241,10 @@ fn dequantize(file: &GgufFile, info: &TensorInfo) -> Vec<f32> {
 /// Whole rows' bytes of `ggml_type` as f32.
 fn dequantize_bytes(ggml_type: GgmlType, bytes: &[u8]) -> Vec<f32> {
     match ggml_type {
-        GgmlType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        GgmlType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        GgmlType::Bf16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        // Floats decode as safetensors' do.
+        GgmlType::F32 => decode_floats(bytes, safetensors::Dtype::F32),
+        GgmlType::F16 => decode_floats(bytes, safetensors::Dtype::F16),
+        GgmlType::Bf16 => decode_floats(bytes, safetensors::Dtype::BF16),
         GgmlType::Q8_0 => dequantize_blocks::<BlockQ8_0>(bytes),
         GgmlType::Q4_0 => dequantize_blocks::<BlockQ4_0>(bytes),
         GgmlType::Q4_K => dequantize_super_blocks(bytes, BlockQ4_K::BYTES, |block, out| {

@@ -345,6 +345,14 @@ fn value_bytes(dtype: Dtype) -> Option<usize> {
     }
 }
 
+/// Little-endian values of float `dtype` as f32 (what GGUF's float tensors hold too).
+///
+/// # Panics
+/// For a dtype that is not a float.
+pub(crate) fn decode_floats(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
+    decode(bytes, dtype).expect("a float dtype")
+}
+
 /// Little-endian values of `dtype` as f32; `None` for non-float dtypes.
 fn decode(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     const CHUNK: usize = 1 << 16;
