@@ -56,18 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// its checkpoint, so `ember pretrain ... && next-step` does not go on; 2 for every
 /// other error.
 fn exit_code(error: &anyhow::Error) -> u8 {
-    use ember_finetune::FinetuneError;
-    use ember_train::TrainError;
-    let interrupted = error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<TrainError>(),
-            Some(TrainError::Interrupted { .. })
-        ) || matches!(
-            cause.downcast_ref::<FinetuneError>(),
-            Some(FinetuneError::Train(TrainError::Interrupted { .. }))
-        )
-    });
-    if interrupted {
+    if ember_cli::args::run::is_interrupt(error) {
         ember_cli::args::run::interrupted_exit_code()
     } else {
         2
@@ -107,7 +96,9 @@ fn main() -> ExitCode {
     // EMBER_LOG, else RUST_LOG, else info; colours only on a terminal.
     let filter = tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(
+            |_| tracing_subscriber::EnvFilter::new(ember_cli::job::default_log_level()),
+        );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

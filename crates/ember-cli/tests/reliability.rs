@@ -540,3 +540,21 @@ fn devices_replicate_the_model_or_refuse_clearly() {
         assert!(!refused.join("metrics.jsonl").exists());
     }
 }
+
+/// An `ember` built without MPI that a launcher starts as one of several ranks would
+/// train N unconnected copies into one directory: it refuses, naming the feature, and
+/// writes nothing.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_to_be_one_of_several_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = small_pretrain(&out, &[])
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "rank 0 of 2 processes");
+    assert!(stderr(&o).contains("--features mpi"), "{}", stderr(&o));
+    assert!(!out.exists());
+}

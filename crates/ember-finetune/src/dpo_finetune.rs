@@ -489,7 +489,11 @@ pub fn finetune_dpo(
             test: stats(&test_pairs)?,
         })
     };
-    let count = config.responses.unwrap_or(test.len()).min(test.len());
+    // The other ranks of a data-parallel job answer nothing: rank 0 writes the answers.
+    let count = match run.writes() {
+        true => config.responses.unwrap_or(test.len()).min(test.len()),
+        false => 0,
+    };
     let test_entries: Vec<InstructionEntry> = test[..count]
         .iter()
         .map(PreferenceEntry::instruction_entry)
@@ -513,7 +517,9 @@ pub fn finetune_dpo(
     let outcome = run.fit(&task, policy)?;
     let train_seconds = started.elapsed().as_secs_f64();
     let model = outcome.model.valid().materialize();
-    save_model(&model, &tokenizer, &run.dir().model())?;
+    if run.writes() {
+        save_model(&model, &tokenizer, &run.dir().model())?;
+    }
 
     let after = held_out(Some(&model))?;
     let (answered, failures_after) = answer_entries(

@@ -393,10 +393,16 @@ pub fn finetune_instruct(
     let train_seconds = started.elapsed().as_secs_f64();
     // Adapters are folded into the weights: the saved model is an ordinary one.
     let model = outcome.model.valid().materialize();
-    save_model(&model, &tokenizer, &run.dir().model())?;
+    if run.writes() {
+        save_model(&model, &tokenizer, &run.dir().model())?;
+    }
 
     let started = Instant::now();
-    let count = config.responses.unwrap_or(test.len()).min(test.len());
+    // The other ranks of a data-parallel job answer nothing: rank 0 writes the answers.
+    let count = match run.writes() {
+        true => config.responses.unwrap_or(test.len()).min(test.len()),
+        false => 0,
+    };
     let (answered, failures) = answer_entries(
         &model,
         &tokenizer,

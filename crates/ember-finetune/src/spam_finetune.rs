@@ -377,12 +377,18 @@ pub fn finetune_spam(
 
     let trained = outcome.model.valid();
     let model = if config.lora_rank.is_some() {
-        save_adapters(&trained, &run.dir().output("adapters.bpk"))?;
+        if run.writes() {
+            save_adapters(&trained, &run.dir().output("adapters.bpk"))?;
+        }
         trained.merge_lora()
     } else {
         trained
     };
     let accuracy_of = |part: &LabeledTexts| {
+        // The other ranks of a data-parallel job measure nothing: rank 0 reports.
+        if !run.writes() {
+            return 0.0;
+        }
         part.evaluate(&model, config.train.batch_size, None, run.device())
             .map_or(0.0, |(_, acc)| acc)
     };
@@ -396,6 +402,9 @@ pub fn finetune_spam(
         steps: outcome.state.step,
         seconds: started.elapsed().as_secs_f64(),
     };
+    if !run.writes() {
+        return Ok(results);
+    }
     save_classifier(
         &model,
         &ClassifierInfo {

@@ -279,6 +279,7 @@ fn a_short_dpo_run_raises_held_out_preference_accuracy_and_resumes_exactly() {
             progress: false,
             interrupt: &interrupt,
             devices: &[],
+            collective: None,
         };
         finetune_dpo(config, dir, &device, options).unwrap()
     };
@@ -391,6 +392,7 @@ fn dpo_tunes_lora_adapters_of_a_qwen3_model_through_its_chat_template() {
         progress: false,
         interrupt: &interrupt,
         devices: &[],
+        collective: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let results = finetune_dpo(&config, dir.path(), &device, options).unwrap();

@@ -25,6 +25,7 @@ fn options(interrupt: &AtomicBool) -> RunOptions<'_> {
         progress: false,
         interrupt,
         devices: &[],
+        collective: None,
     }
 }
 
@@ -358,6 +359,7 @@ fn instruction_tuning_on_two_replicas_equals_one_device() {
     finetune_instruct(&config, &one, &device, options(&interrupt)).unwrap();
     let replicated = RunOptions {
         devices: &devices,
+        collective: None,
         ..options(&interrupt)
     };
     finetune_instruct(&config, &two, &device, replicated).unwrap();

@@ -25,7 +25,7 @@ use burn::prelude::*;
 use rayon::prelude::*;
 
 use crate::cpu::{CpuBackend, MatrixView, Strided, with_cpu_backend};
-use crate::dropout::{MaskStream, seed_from};
+use crate::dropout::{MaskStream, RowMask, next_seed};
 use crate::exp::exp;
 use crate::matmul::gemm_on_this_thread;
 use crate::simd::widest_fn;
@@ -69,7 +69,7 @@ fn attention_on<B: CpuBackend>(
     let shape = q.dims().to_vec();
     if let (Some(q), Some(k), Some(v)) = (B::tracked(q), B::tracked(k), B::tracked(v)) {
         // Drawn where the plain formulation draws its dropout seed.
-        let mask = dropout.map(|d| MaskStream::new(1.0 - d.prob, seed_from(device)));
+        let mask = dropout.map(|d| MaskStream::new(1.0 - d.prob, next_seed(device)));
         let (qp, kp, vp) = (q.primitive(), k.primitive(), v.primitive());
         let heads = [B::strided(qp), B::strided(kp), B::strided(vp)];
         let node = AttentionBackward { mask };
@@ -150,7 +150,7 @@ fn attend(
     }
     let scores = gemm_on_this_thread(q.matrix_at(head), k.matrix_at(head).t());
     causal_softmax(&scores, weights, seq, (head_dim as f32).sqrt());
-    let dropped = dropped(weights, mask, head);
+    let dropped = dropped(weights, head_mask(q, mask, head), seq);
     let context = gemm_on_this_thread(square(&dropped, seq), v.matrix_at(head));
     out.copy_from_slice(&context);
 }
@@ -182,18 +182,48 @@ widest_fn! {
     }
 }
 
+/// The dropout mask of one head's `seq × seq` weights: keyed by the head's batch row,
+/// then by (head in the row, query, key), so that it depends neither on the sequence
+/// length (padding) nor on the batch's other rows (see `dropout::with_first_row`).
+#[derive(Clone, Copy)]
+struct HeadMask {
+    row: RowMask,
+    head: u64,
+}
+
+impl HeadMask {
+    #[inline]
+    fn factor(&self, query: usize, key: usize) -> f32 {
+        self.row
+            .factor(self.head << 42 | (query as u64) << 21 | key as u64)
+    }
+}
+
+/// Head `head`'s mask (of the `batch × heads` heads of `q`).
+fn head_mask(q: &Strided<'_>, mask: Option<MaskStream>, head: usize) -> Option<HeadMask> {
+    let heads = q.dims[1].max(1);
+    mask.map(|mask| HeadMask {
+        row: mask.row(head / heads),
+        head: (head % heads) as u64,
+    })
+}
+
 /// A head's weights after dropout (the weights themselves without it).
-fn dropped(weights: &[f32], mask: Option<MaskStream>, head: usize) -> Cow<'_, [f32]> {
+fn dropped(weights: &[f32], mask: Option<HeadMask>, seq: usize) -> Cow<'_, [f32]> {
     match mask {
         Some(mask) => {
-            let first = head * weights.len();
-            Cow::Owned(
-                weights
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &w)| w * mask.factor(first + j))
-                    .collect(),
-            )
+            let mut dropped = vec![0.0f32; weights.len()];
+            for (i, (out, row)) in dropped
+                .chunks_exact_mut(seq)
+                .zip(weights.chunks_exact(seq))
+                .enumerate()
+            {
+                // Past the diagonal the weights are 0: nothing to drop.
+                for (j, (out, &w)) in out.iter_mut().zip(row).take(i + 1).enumerate() {
+                    *out = w * mask.factor(i, j);
+                }
+            }
+            Cow::Owned(dropped)
         }
         None => Cow::Borrowed(weights),
     }
@@ -266,7 +296,7 @@ fn backward(
             let p = &weights[head * seq * seq..(head + 1) * seq * seq];
             let g = grad.matrix_at(head);
             dv.copy_from_slice(&gemm_on_this_thread(
-                square(&dropped(p, mask, head), seq).t(),
+                square(&dropped(p, head_mask(q, mask, head), seq), seq).t(),
                 g,
             ));
             let mut ds = gemm_on_this_thread(g, v.matrix_at(head).t());
@@ -275,10 +305,9 @@ fn backward(
                 .zip(p.chunks_exact(seq))
                 .enumerate()
             {
-                if let Some(mask) = mask {
-                    let first = (head * seq + i) * seq;
+                if let Some(mask) = head_mask(q, mask, head) {
                     for (j, d) in ds[..=i].iter_mut().enumerate() {
-                        *d *= mask.factor(first + j);
+                        *d *= mask.factor(i, j);
                     }
                 }
                 let (visible, hidden) = ds.split_at_mut(i + 1);

@@ -2,9 +2,18 @@
 //!
 //! Burn draws a dropout mask one element at a time through a ChaCha generator and a
 //! Bernoulli sampler (a tenth of a gpt2-small step on the CPU). Here each element's bit
-//! comes from a hash of (seed, index), so the mask is filled in parallel and is the same
-//! whatever the thread count; the seed itself is drawn from the device's generator, so
-//! `seed` and resumed runs stay reproducible.
+//! comes from a hash of (seed, batch row, index in the row), so the mask is filled in
+//! parallel and is the same whatever the thread count; the seed itself is drawn from the
+//! device's generator, so `seed` and resumed runs stay reproducible.
+//!
+//! Keyed by the batch row, a row's mask does not depend on the other rows of its batch:
+//! a part of a batch computed apart (on another device or process) inside
+//! [`with_dropout_keys`] draws the masks the whole batch draws for those rows, so data
+//! parallelism with dropout on trains exactly like one device. The index within a row
+//! does not depend on the lengths of its dimensions either, so a batch padded to
+//! another length keeps its masks.
+
+use std::cell::Cell;
 
 use burn::nn::Dropout;
 use burn::prelude::*;
@@ -13,6 +22,58 @@ use rayon::prelude::*;
 
 use crate::ELEMENTS_PER_TASK;
 use crate::cpu::is_on_cpu_backend;
+
+/// How the dropouts on this thread draw their masks (see [`with_dropout_keys`]).
+#[derive(Clone, Copy, Default)]
+struct Keys {
+    /// The seed of the pass's sequence of mask seeds (none: the device's generator).
+    seed: Option<u64>,
+    /// Masks drawn so far in the pass.
+    drawn: u64,
+    /// Where the rows being computed start in the whole batch.
+    first_row: u64,
+}
+
+thread_local! {
+    static KEYS: Cell<Keys> = Cell::new(Keys::default());
+}
+
+/// Runs `f`, a forward pass over rows `first_row..` of a batch, with its dropout masks
+/// keyed by `seed` and the rows' places in the whole batch: the k-th dropout inside
+/// takes the k-th seed of `seed`'s sequence (instead of one from the device's
+/// generator), and its rows are keyed as rows `first_row..`. The parts of a batch
+/// computed apart with the same `seed` (on other devices, in other processes) so draw
+/// exactly the masks of the whole batch computed at once.
+pub fn with_dropout_keys<R>(seed: u64, first_row: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(Keys);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KEYS.set(self.0);
+        }
+    }
+    let _restore = Restore(KEYS.replace(Keys {
+        seed: Some(seed),
+        drawn: 0,
+        first_row: first_row as u64,
+    }));
+    f()
+}
+
+/// The seed of the next dropout mask: the next of [`with_dropout_keys`]'s sequence, or
+/// 64 bits from the device's generator outside it.
+pub(crate) fn next_seed(device: &Device) -> u64 {
+    let keys = KEYS.get();
+    match keys.seed {
+        Some(seed) => {
+            KEYS.set(Keys {
+                drawn: keys.drawn + 1,
+                ..keys
+            });
+            split_mix64(seed ^ keys.drawn.wrapping_mul(INDEX_STRIDE))
+        }
+        None => seed_from(device),
+    }
+}
 
 /// `layer`'s dropout applied to `x`: identity unless the layer is training, `x` is on an
 /// autodiff device and the probability is above 0 (the rules of Burn's `Dropout`).
@@ -29,12 +90,13 @@ pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
     }
     let device = x.device();
     let shape = x.shape();
-    let mask = mask(shape.num_elements(), 1.0 - layer.prob, seed_from(&device));
+    let stream = MaskStream::new(1.0 - layer.prob, next_seed(&device));
+    let mask = mask(&x.dims(), stream);
     x * Tensor::<D>::from_data(TensorData::new(mask, shape), &device)
 }
 
-/// 64 random bits from the device's generator (which the trainer seeds every step).
-pub(crate) fn seed_from(device: &Device) -> u64 {
+/// 64 random bits from the device's generator.
+fn seed_from(device: &Device) -> u64 {
     // Int tensors are i64 on ndarray and i32 on flex: draw words that fit (two of 32
     // bits on ndarray, as before flex was supported, so runs keep their masks).
     let wide = Tensor::<1, Int>::zeros([1], device).dtype() == burn::tensor::DType::I64;
@@ -52,23 +114,61 @@ pub(crate) fn seed_from(device: &Device) -> u64 {
         .fold(0u64, |seed, word| (seed << bits) ^ word as u64)
 }
 
-/// `len` values, each `1 / keep` with probability `keep`, else 0.
-pub(crate) fn mask(len: usize, keep: f64, seed: u64) -> Vec<f32> {
-    let stream = MaskStream::new(keep, seed);
-    let mut mask = Vec::with_capacity(len);
-    (0..len)
-        .into_par_iter()
-        .with_min_len(ELEMENTS_PER_TASK)
-        .map(|i| stream.factor(i))
-        .collect_into_vec(&mut mask);
+/// The mask of a tensor of shape `dims` (`[batch, ...]`): each value `1 / keep` with
+/// probability `keep`, else 0. Within a batch row, an element's index packs its
+/// coordinates 21 bits apart (`[batch, seq, width]`: `t << 21 | c`; `[batch, heads,
+/// seq, seq]`: `h << 42 | i << 21 | j`, as the attention kernel keys its weights), so
+/// that it does not depend on the lengths of the dimensions; rows of more than three
+/// dimensions, or of dimensions of 2²¹ or more, number their elements in order.
+fn mask(dims: &[usize], stream: MaskStream) -> Vec<f32> {
+    let len: usize = dims.iter().product();
+    let mut mask = vec![0.0f32; len];
+    if len == 0 {
+        return mask;
+    }
+    let rest = dims.get(1..).unwrap_or(&[]);
+    let line = rest.last().copied().unwrap_or(1);
+    let packed = rest.len() <= 3 && rest.iter().all(|&d| d < 1 << 21);
+    mask.par_chunks_mut(len / dims.first().copied().unwrap_or(1))
+        .enumerate()
+        .for_each(|(row, values)| {
+            let row = stream.row(row);
+            values
+                .par_chunks_mut(line)
+                .with_min_len((ELEMENTS_PER_TASK / line).max(1))
+                .enumerate()
+                .for_each(|(index, values)| {
+                    let first = match packed {
+                        true => packed_line(index, &rest[..rest.len() - 1]),
+                        false => (index * line) as u64,
+                    };
+                    for (c, value) in values.iter_mut().enumerate() {
+                        *value = row.factor(first + c as u64);
+                    }
+                });
+        });
     mask
 }
 
-/// The elements of one dropout mask, each a function of (seed, index): kernels that
-/// fuse dropout into a larger pass draw the same mask as [`dropout`] with the same seed.
+/// The packed index of the first element of line `index` of a row whose leading
+/// dimensions (all but the last) are `leading`.
+fn packed_line(mut index: usize, leading: &[usize]) -> u64 {
+    let mut packed = 0;
+    for (k, &d) in leading.iter().rev().enumerate() {
+        packed |= ((index % d) as u64) << (21 * (k + 1));
+        index /= d;
+    }
+    packed
+}
+
+/// One dropout mask, each element a function of (seed, batch row, index in the row):
+/// kernels that fuse dropout into a larger pass draw the same mask as [`dropout`] with
+/// the same seed. The rows are numbered from [`with_dropout_keys`]'s first row, read
+/// when the stream is made.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MaskStream {
     seed: u64,
+    first_row: u64,
     threshold: u32,
     scale: f32,
 }
@@ -77,17 +177,40 @@ impl MaskStream {
     pub fn new(keep: f64, seed: u64) -> Self {
         Self {
             seed,
+            first_row: KEYS.get().first_row,
             // An element is kept when its 32 random bits fall below keep · 2³².
             threshold: (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32,
             scale: (1.0 / keep) as f32,
         }
     }
 
-    /// Element `index` of the mask: `1 / keep` or 0.
+    /// The mask of row `row` of this tensor's batch.
+    pub fn row(&self, row: usize) -> RowMask {
+        RowMask {
+            key: split_mix64(self.seed ^ (self.first_row + row as u64).wrapping_mul(ROW_STRIDE)),
+            threshold: self.threshold,
+            scale: self.scale,
+        }
+    }
+}
+
+/// Odd constants that spread rows and indices over the 64-bit key space.
+const ROW_STRIDE: u64 = 0xD6E8_FEB8_6659_FD93;
+const INDEX_STRIDE: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The mask of one batch row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowMask {
+    key: u64,
+    threshold: u32,
+    scale: f32,
+}
+
+impl RowMask {
+    /// Element `index` of the row's mask: `1 / keep` or 0.
     #[inline]
-    pub fn factor(&self, index: usize) -> f32 {
-        let bits = (split_mix64(self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            >> 32) as u32;
+    pub fn factor(&self, index: u64) -> f32 {
+        let bits = (split_mix64(self.key ^ index.wrapping_mul(INDEX_STRIDE)) >> 32) as u32;
         if bits < self.threshold {
             self.scale
         } else {
@@ -115,13 +238,15 @@ mod tests {
     #[test]
     fn keeps_the_expected_share_scaled_and_is_reproducible() {
         let _rng = crate::tests::device_rng();
-        let m = mask(1_000_000, 0.9, 42);
+        let m = mask(&[4, 250_000], MaskStream::new(0.9, 42));
         let kept = m.iter().filter(|&&v| v != 0.0).count();
         // 900,000 expected, standard deviation 300.
         assert!((kept as i64 - 900_000).abs() < 1_500, "{kept}");
         assert!(m.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
-        assert_eq!(m, mask(1_000_000, 0.9, 42));
-        assert_ne!(m, mask(1_000_000, 0.9, 43));
+        assert_eq!(m, mask(&[4, 250_000], MaskStream::new(0.9, 42)));
+        assert_ne!(m, mask(&[4, 250_000], MaskStream::new(0.9, 43)));
+        // Rows do not repeat each other.
+        assert_ne!(m[..250_000], m[250_000..500_000]);
 
         let device = Device::ndarray().autodiff();
         let layer = DropoutConfig::new(0.25).init();
@@ -139,5 +264,38 @@ mod tests {
         dropout(&layer, plain.clone())
             .into_data()
             .assert_eq(&plain.into_data(), true);
+    }
+
+    /// Rows 2 and 3 of a batch of 4, computed as a batch of their own starting at row 2,
+    /// get the whole batch's masks for those rows, whatever the device's generator
+    /// holds; a row padded longer keeps its mask on its first positions; the second
+    /// dropout of a pass draws another mask.
+    #[test]
+    fn a_rows_mask_depends_on_its_place_in_the_whole_batch_only() {
+        let _rng = crate::tests::device_rng();
+        let device = Device::ndarray().autodiff();
+        let layer = DropoutConfig::new(0.5).init();
+        let drop = |rows: usize, seq: usize, first_row: usize| {
+            let x = Tensor::<3>::ones([rows, seq, 8], &device).require_grad();
+            device.seed(first_row as u64);
+            let [a, b] = with_dropout_keys(11, first_row, || {
+                [dropout(&layer, x.clone()), dropout(&layer, x)]
+            })
+            .map(|y| y.inner().into_data().to_vec::<f32>().unwrap());
+            assert_ne!(a, b);
+            a
+        };
+        let whole = drop(4, 5, 0);
+        assert_eq!(drop(2, 5, 2), whole[2 * 40..]);
+        assert_eq!(drop(2, 5, 0), whole[..2 * 40]);
+        let padded = drop(4, 7, 0);
+        for row in 0..4 {
+            assert_eq!(
+                padded[row * 56..row * 56 + 40],
+                whole[row * 40..(row + 1) * 40]
+            );
+        }
+        // Outside, the masks come from the device's generator again.
+        assert!(KEYS.get().seed.is_none());
     }
 }

@@ -68,7 +68,7 @@ pub const IGNORE_INDEX: i64 = -100;
 pub use attention::causal_attention;
 pub use autocast::autocast;
 pub use cross_entropy::{cross_entropy, cross_entropy_reference};
-pub use dropout::dropout;
+pub use dropout::{dropout, with_dropout_keys};
 pub use dtype::{Dtype, UnknownDtype};
 pub use embedding::{embedding, unembed};
 pub use gelu::{gelu_tanh, gelu_tanh_reference};

@@ -77,6 +77,21 @@ impl Checkpoints {
         optimizer: &ModuleOptimizer,
         state: &TrainState,
     ) -> Result<(), TrainError> {
+        let optim_bytes = optimizer.into_bytes().map_err(|e| TrainError::Corrupt {
+            path: self.step_dir(state.step),
+            message: format!("cannot serialise the checkpoint: {e}"),
+        })?;
+        self.save_serialized(model, &optim_bytes, state)
+    }
+
+    /// [`Checkpoints::save`] with the optimizer's state already serialised (the state of
+    /// a sharded optimizer, gathered from the ranks).
+    pub fn save_serialized<M: Module>(
+        &self,
+        model: &M,
+        optim_bytes: &[u8],
+        state: &TrainState,
+    ) -> Result<(), TrainError> {
         let dir = self.step_dir(state.step);
         write_dir_whole(&dir, |partial| {
             let write = |name: &str, bytes: &[u8]| {
@@ -93,8 +108,7 @@ impl Checkpoints {
                 .into_bytes()
                 .map_err(|e| corrupt(&e))?;
             write("model.bpk", &model_bytes)?;
-            let optim_bytes = optimizer.into_bytes().map_err(|e| corrupt(&e))?;
-            write("optimizer.bpk", &optim_bytes)?;
+            write("optimizer.bpk", optim_bytes)?;
             write(
                 "state.json",
                 serde_json::to_string_pretty(state)

@@ -130,6 +130,11 @@ pub struct TrainConfig {
     /// as `f32`.
     #[serde(default)]
     pub precision: Dtype,
+    /// Under several ranks, each keeps the optimizer's state of its share of the
+    /// parameters only (ZeRO stage 1: the same steps, less memory per rank; see
+    /// [`crate::shard`]). Nothing changes in one process.
+    #[serde(default)]
+    pub shard_optimizer: bool,
 }
 
 /// Checks that a run on `device` can compute its products in `precision`
@@ -232,6 +237,7 @@ impl PretrainConfig {
                 // PyTorch's fp32 matmul on this class of 2-core machine (docs/benchmarks.md).
                 peak_flops: 3.2e11,
                 precision: Dtype::F32,
+                shard_optimizer: false,
             },
         }
     }
@@ -321,7 +327,8 @@ impl TrainConfig {
 
     /// The settings a resumed run may change: they decide how long the run goes, how
     /// often it reports, not what it computes.
-    pub const RESUMABLE: [&'static str; 8] = [
+    pub const RESUMABLE: [&'static str; 9] = [
+        "train.shard_optimizer",
         "train.epochs",
         "train.max_steps",
         "train.eval_freq",

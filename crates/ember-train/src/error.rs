@@ -53,6 +53,9 @@ pub enum TrainError {
         #[source]
         source: DataError,
     },
+    /// An exchange between the processes of a data-parallel job failed.
+    #[error(transparent)]
+    Collective(#[from] crate::collective::CollectiveError),
     /// Too little data for one optimizer step.
     #[error("{0}")]
     TooLittleData(String),

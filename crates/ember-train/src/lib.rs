@@ -37,22 +37,27 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod error;
 pub mod eval;
 pub mod loss;
 pub mod metrics;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod optim;
 pub mod pipeline;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod pretrain;
 pub mod run_dir;
+pub mod shard;
 pub mod simple;
 pub mod task;
 pub mod trainer;
 
 pub use checkpoint::TrainState;
+pub use collective::{Collective, CollectiveError};
 pub use config::{
     DataConfig, InvalidSetting, PretrainConfig, RunConfig, RunConfigError, TrainConfig,
     check_precision,
@@ -67,4 +72,4 @@ pub use pretrain::{PretrainOutcome, evaluate_loss, flops_per_token, pretrain, sa
 pub use run_dir::{Report, RunDir, RunMode};
 pub use simple::{SimpleTrainingLog, evaluate_model, train_model_simple};
 pub use task::{Evaluation, TrainTask};
-pub use trainer::{FitOutcome, RunOptions, StepOutcome, StopReason, fit, train_step};
+pub use trainer::{FitOutcome, Parallel, RunOptions, StepOutcome, StopReason, fit, train_step};

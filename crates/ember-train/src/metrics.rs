@@ -31,6 +31,10 @@ pub struct MetricsLine {
     pub tokens_per_sec: f64,
     /// Model FLOP utilisation: achieved FLOP/s over `train.peak_flops`.
     pub mfu: f64,
+    /// Seconds of the step spent in the exchange between the ranks of a data-parallel
+    /// job (summing the gradients, and waiting for the slowest rank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_s: Option<f64>,
     /// Mean loss over `eval_iter` training batches (evaluation steps only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_train_loss: Option<f64>,
@@ -127,6 +131,7 @@ mod tests {
             grad_norm: 1.0,
             tokens_per_sec: 1.0,
             mfu: 0.0,
+            exchange_s: None,
             eval_train_loss: None,
             val_loss: None,
             train_accuracy: None,

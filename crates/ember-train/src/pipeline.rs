@@ -32,23 +32,37 @@ impl<'a> Run<'a> {
         options: RunOptions<'a>,
     ) -> Result<Self, TrainError> {
         config.check()?;
-        let replicas = options.devices.len();
-        if replicas > 1 && !config.train().batch_size.is_multiple_of(replicas) {
+        let replicas = options.devices.len().max(1);
+        let ranks = options.collective.map_or(1, |c| c.size());
+        let batch_size = config.train().batch_size;
+        if !batch_size.is_multiple_of(replicas * ranks) {
+            let across = match (ranks, replicas) {
+                (1, _) => format!("{replicas} devices"),
+                (_, 1) => format!("{ranks} processes"),
+                _ => format!("{ranks} processes x {replicas} devices"),
+            };
             return Err(InvalidSetting::new(
                 "train.batch_size",
-                format!(
-                    "{} does not split evenly across {replicas} devices",
-                    config.train().batch_size
-                ),
+                format!("{batch_size} does not split evenly across {across}"),
             )
             .into());
         }
         crate::config::check_precision(config.train().precision, device)?;
-        let dir = RunDir::open(run_dir, options.mode, C::OUTPUT_FILES)?;
-        if options.mode == RunMode::Resume {
-            dir.check_resumable(config)?;
+        let dir = if options.writes() {
+            let dir = RunDir::open(run_dir, options.mode, C::OUTPUT_FILES)?;
+            if options.mode == RunMode::Resume {
+                dir.check_resumable(config)?;
+            }
+            dir.write_config(config)?;
+            dir
+        } else {
+            RunDir::follow(run_dir, C::OUTPUT_FILES)
+        };
+        if let Some(collective) = options.collective {
+            // The other ranks read the directory only once rank 0 has set it up (an
+            // overwritten run's files removed, the configuration checked).
+            collective.barrier("the start of the run")?;
         }
-        dir.write_config(config)?;
         let train_device = device.clone().autodiff();
         // New models draw their weights from this seed.
         train_device.seed(config.train().seed);
@@ -79,6 +93,12 @@ impl<'a> Run<'a> {
     /// The run's options.
     pub fn options(&self) -> &RunOptions<'a> {
         &self.options
+    }
+
+    /// Whether this process writes the run's outputs: one process, or rank 0 of a
+    /// data-parallel job (the other ranks train and leave the rest to it).
+    pub fn writes(&self) -> bool {
+        self.dir.writes()
     }
 
     /// Trains `model` on `task`. An interruption is an error

@@ -218,11 +218,13 @@ pub fn pretrain(
         tokenizer,
     };
     let outcome = run.fit(&task, model)?;
-    save_model(
-        &LanguageModel::Gpt2(outcome.model.valid()),
-        &ModelTokenizer::gpt2()?,
-        &run.dir().model(),
-    )?;
+    if run.writes() {
+        save_model(
+            &LanguageModel::Gpt2(outcome.model.valid()),
+            &ModelTokenizer::gpt2()?,
+            &run.dir().model(),
+        )?;
+    }
     let last = outcome.last_evaluation();
     Ok(PretrainOutcome {
         state: outcome.state,

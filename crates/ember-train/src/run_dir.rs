@@ -90,7 +90,8 @@ pub struct RunDir {
     root: PathBuf,
     /// What this run writes: the run layer's files and the pipeline's outputs.
     files: Vec<String>,
-    _lock: File,
+    /// Held while the run writes here; none for a rank that only follows the run.
+    _lock: Option<File>,
 }
 
 impl RunDir {
@@ -136,7 +137,7 @@ impl RunDir {
         let dir = Self {
             root: root.to_path_buf(),
             files,
-            _lock: lock,
+            _lock: Some(lock),
         };
         let holds_run = dir.metrics().exists() || dir.checkpoints().exists();
         match mode {
@@ -160,6 +161,27 @@ impl RunDir {
         let listing = serde_json::to_string(&dir.files).expect("names serialise");
         dir.write(&dir.root.join(OUTPUTS_FILE), listing.as_bytes())?;
         Ok(dir)
+    }
+
+    /// The directory of a run that another process opened and writes (rank 0 of a
+    /// data-parallel job): its paths, to read the checkpoints from on resume; nothing
+    /// is locked, created or written ([`RunDir::write`] and every write through it do
+    /// nothing).
+    pub fn follow(root: &Path, outputs: &[&str]) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            files: RUN_LAYER_FILES
+                .iter()
+                .chain(outputs)
+                .map(|name| name.to_string())
+                .collect(),
+            _lock: None,
+        }
+    }
+
+    /// Whether this process writes the directory (it opened it; see [`RunDir::follow`]).
+    pub fn writes(&self) -> bool {
+        self._lock.is_some()
     }
 
     /// The files the run in this directory listed when it started (none for a run of an
@@ -290,8 +312,12 @@ impl RunDir {
         Ok(path)
     }
 
-    /// Writes `bytes` to `path` atomically.
+    /// Writes `bytes` to `path` atomically (nothing for a directory this process only
+    /// follows).
     pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+        if !self.writes() {
+            return Ok(());
+        }
         write_atomic(path, bytes).map_err(|e| TrainError::io(path, e))
     }
 

@@ -13,8 +13,10 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use ember_data::EpochPlan;
+use ember_kernels::with_dropout_keys;
 
 use crate::checkpoint::{Checkpoints, TrainState};
+use crate::collective::{Collective, any_rank, rank_rows, reduce_gradients};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::{MetricsLine, MetricsLog};
@@ -22,6 +24,7 @@ use crate::optim::{clip_grad_norm, grad_norm};
 #[cfg(feature = "plot")]
 use crate::plot::write_plots;
 use crate::run_dir::{Report, RunDir, RunMode};
+use crate::shard::{Owners, merge_states, state_by_position};
 use crate::task::{Evaluation, TrainTask};
 
 /// Options of a run that are not part of its configuration.
@@ -36,6 +39,29 @@ pub struct RunOptions<'a> {
     /// Devices for data-parallel training, the run's own device first: each batch is
     /// split across them (empty or one: the run's device alone).
     pub devices: &'a [Device],
+    /// The processes of a data-parallel job, when there are several: each batch is
+    /// split across them too (see [`train_step`]), and rank 0 alone writes the run.
+    pub collective: Option<&'a dyn Collective>,
+}
+
+impl RunOptions<'_> {
+    /// Whether this process writes the run directory: a run of one process, or rank 0
+    /// of several.
+    pub fn writes(&self) -> bool {
+        self.collective.is_none_or(|c| c.rank() == 0)
+    }
+}
+
+/// How a step is spread beyond one device: over devices of this process, over the ranks
+/// of a job, with the optimizer's state sharded over the ranks.
+#[derive(Clone, Copy, Default)]
+pub struct Parallel<'a> {
+    /// Autodiff devices, the step's own first (none or one: that device alone).
+    pub replicas: &'a [Device],
+    /// The ranks of a data-parallel job.
+    pub collective: Option<&'a dyn Collective>,
+    /// Each rank keeps the optimizer's state of its parameters only.
+    pub shard_optimizer: bool,
 }
 
 /// Why a run stopped.
@@ -89,6 +115,8 @@ pub struct StepOutcome {
     pub grad_norm: f64,
     /// Tokens the step consumed.
     pub tokens: u64,
+    /// Seconds spent summing the gradients over the ranks (none without ranks).
+    pub exchange_seconds: Option<f64>,
 }
 
 /// One optimizer step: the loss of each micro-batch (`rows` of the task's examples),
@@ -102,7 +130,21 @@ pub struct StepOutcome {
 /// multi-device strategy does); the one optimizer step then updates the model, whose
 /// next copies carry the new weights to every device.
 ///
-/// `step` (1-based) only names the step when the loss is not finite.
+/// With a `collective` of several processes, this process takes its rank's part of
+/// each micro-batch first ([`rank_rows`]; its replicas then split that part), weighted
+/// by its share of the whole micro-batch, and the gradients and the loss are summed
+/// over the ranks ([`reduce_gradients`]) before clipping and the optimizer, so every
+/// rank takes the same step.
+///
+/// Dropout masks come from `seed`, one sequence per micro-batch, keyed by each
+/// example's row in its micro-batch ([`ember_kernels::with_dropout_keys`]): a
+/// micro-batch split across devices or ranks draws the masks of the whole, so data
+/// parallelism with dropout on is one device's training too.
+///
+/// With `parallel.shard_optimizer` and several ranks, each rank steps the optimizer on
+/// the parameters it owns and the new weights are shared ([`crate::shard`]).
+///
+/// `step` (1-based) names the step in errors and exchanges.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step<T: TrainTask>(
     task: &T,
@@ -112,38 +154,50 @@ pub fn train_step<T: TrainTask>(
     lr: f64,
     grad_clip: Option<f64>,
     device: &Device,
-    replicas: &[Device],
+    parallel: &Parallel<'_>,
+    seed: u64,
     step: usize,
 ) -> Result<(T::Model, StepOutcome), TrainError> {
+    let replicas = parallel.replicas;
+    let collective = parallel.collective.filter(|c| c.size() > 1);
     let mut accumulator = GradientsAccumulator::<T::Model>::new();
     let mut tokens = 0;
     // Read once every backward pass is queued: reading a loss waits for its device.
     let mut losses = Vec::new();
-    for rows in micro_batches {
+    for (index, rows) in micro_batches.iter().enumerate() {
         tokens += task.batch_tokens(rows);
-        if replicas.len() <= 1 {
-            let loss = task.batch_loss(&model, rows, device)? / micro_batches.len() as f64;
+        let masks = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // The loss of `part`, rows `first..` of the micro-batch, on `device`.
+        let part_loss = |model: &T::Model, part: &[usize], first: usize, device: &Device| {
+            with_dropout_keys(masks, first, || task.batch_loss(model, part, device))
+        };
+        if replicas.len() <= 1 && collective.is_none() {
+            let loss = part_loss(&model, rows, 0, device)? / micro_batches.len() as f64;
             losses.push(loss.clone());
             accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
             continue;
         }
         let whole = task.loss_weight(rows);
-        let parts = rows.chunks(rows.len().div_ceil(replicas.len()));
-        for (i, (part, replica)) in parts.zip(replicas).enumerate() {
+        let (mine, mut first) = rank_rows(rows, collective);
+        let parts = mine.chunks(mine.len().div_ceil(replicas.len().max(1)).max(1));
+        for (i, part) in parts.enumerate() {
             let share = task.loss_weight(part) / whole / micro_batches.len() as f64;
+            let at = first;
+            first += part.len();
             if i == 0 {
                 // The first device holds the model itself. Its forward pass also
                 // draws a new model's lazily initialised weights, in the order and
                 // from the random state of a one-device run; the copies then take
                 // them as drawn.
-                let loss = task.batch_loss(&model, part, device)? * share;
+                let loss = part_loss(&model, part, at, device)? * share;
                 losses.push(loss.clone());
                 accumulator
                     .accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
                 continue;
             }
+            let replica = &replicas[i];
             let copy = model.clone().fork(replica);
-            let loss = task.batch_loss(&copy, part, replica)? * share;
+            let loss = part_loss(&copy, part, at, replica)? * share;
             losses.push(loss.clone());
             let grads =
                 GradientsParams::from_grads(loss.backward(), &copy).to_device(device, &model);
@@ -153,23 +207,46 @@ pub fn train_step<T: TrainTask>(
     let mut loss_sum = 0.0;
     for loss in losses {
         let value: f32 = loss.into_scalar();
-        if !value.is_finite() {
-            return Err(TrainError::Diverged { step, loss: value });
-        }
         loss_sum += value as f64;
     }
     let mut grads = accumulator.grads();
+    let mut exchange_seconds = None;
+    if let Some(collective) = collective {
+        let started = Instant::now();
+        let mut loss = [loss_sum as f32];
+        let what = format!("the gradients of step {step}");
+        reduce_gradients(&model, &mut grads, &mut loss, collective, &what)?;
+        loss_sum = loss[0] as f64;
+        exchange_seconds = Some(started.elapsed().as_secs_f64());
+    }
+    if !loss_sum.is_finite() {
+        return Err(TrainError::Diverged {
+            step,
+            loss: loss_sum as f32,
+        });
+    }
     let norm = match grad_clip {
         Some(max_norm) => clip_grad_norm(&model, &mut grads, max_norm),
         None => grad_norm(&model, &mut grads),
     };
-    let model = optimizer.step(lr, model, grads);
+    let owners = collective
+        .filter(|_| parallel.shard_optimizer)
+        .map(|c| (Owners::new(&model, c), c));
+    if let Some((owners, _)) = &owners {
+        owners.keep_own(&model, &mut grads);
+    }
+    let mut model = optimizer.step(lr, model, grads);
+    if let Some((owners, collective)) = &owners {
+        let what = format!("the weights of step {step}");
+        model = owners.share_weights(model, *collective, &what)?;
+    }
     Ok((
         model,
         StepOutcome {
             loss: loss_sum,
             grad_norm: norm,
             tokens,
+            exchange_seconds,
         },
     ))
 }
@@ -213,24 +290,46 @@ pub fn fit<T: TrainTask>(
     let schedule = train.schedule(steps_per_epoch * train.epochs);
     let mut optimizer = train.optimizer.init();
     let checkpoints = Checkpoints::new(dir.checkpoints());
+    // Every rank of a data-parallel job trains; rank 0 alone evaluates and writes.
+    let collective = options.collective.filter(|c| c.size() > 1);
+    let writes = options.writes();
+    let parallel = Parallel {
+        replicas: &replicas,
+        collective,
+        shard_optimizer: train.shard_optimizer,
+    };
+    let sharded = collective.filter(|_| train.shard_optimizer);
     let (mut state, mut metrics, mut log) = if options.mode == RunMode::Resume {
+        // Every rank reads the same newest good checkpoint; none is written before
+        // every rank has read it (the first one comes after a step's exchange).
         let restored = checkpoints.load(model, optimizer, dir.root())?;
         (model, optimizer) = (restored.model, restored.optimizer);
-        let (log, metrics) = MetricsLog::resume(&dir.metrics(), restored.state.step)?;
-        dir.rewind_reports(restored.state.step)?;
+        if let Some(collective) = sharded {
+            // The checkpoint holds every parameter's state; this rank keeps its own.
+            optimizer = Owners::new(&model, collective).retain_own(optimizer)?;
+        }
+        let (log, metrics) = if writes {
+            let (log, metrics) = MetricsLog::resume(&dir.metrics(), restored.state.step)?;
+            dir.rewind_reports(restored.state.step)?;
+            (Some(log), metrics)
+        } else {
+            (None, Vec::new())
+        };
         tracing::info!(
             step = restored.state.step,
             epoch = restored.state.epoch,
             "resuming"
         );
         (restored.state, metrics, log)
-    } else {
+    } else if writes {
         dir.write_reports(&[])?;
         (
             TrainState::default(),
             Vec::new(),
-            MetricsLog::create(&dir.metrics())?,
+            Some(MetricsLog::create(&dir.metrics())?),
         )
+    } else {
+        (TrainState::default(), Vec::new(), None)
     };
 
     let flops = task.flops_per_token();
@@ -250,13 +349,14 @@ pub fn fit<T: TrainTask>(
                 stop = StopReason::MaxSteps;
                 break 'epochs;
             }
-            // Dropout masks depend only on the step, so a resumed run draws the same ones.
-            train_device.seed(
-                train
-                    .seed
-                    .wrapping_mul(1_000_003)
-                    .wrapping_add(state.step as u64),
-            );
+            // Random draws depend only on the step, so a resumed run draws the same ones
+            // (a new model's lazily drawn weights from the device's generator, the
+            // dropout masks from the step's seed).
+            let step_seed = train
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(state.step as u64);
+            train_device.seed(step_seed);
             let lr = schedule.lr(state.step);
             let micro =
                 &batches[state.batch_in_epoch..state.batch_in_epoch + train.grad_accum_steps];
@@ -270,7 +370,8 @@ pub fn fit<T: TrainTask>(
                 lr,
                 train.grad_clip,
                 train_device,
-                &replicas,
+                &parallel,
+                step_seed,
                 state.step + 1,
             )?;
             drop(autocast);
@@ -291,6 +392,7 @@ pub fn fit<T: TrainTask>(
                 grad_norm: outcome.grad_norm,
                 tokens_per_sec,
                 mfu: tokens_per_sec * flops / train.peak_flops,
+                exchange_s: outcome.exchange_seconds,
                 eval_train_loss: None,
                 val_loss: None,
                 train_accuracy: None,
@@ -298,7 +400,7 @@ pub fn fit<T: TrainTask>(
                 extra: Default::default(),
             };
             // The book evaluates after its first step and then every eval_freq steps.
-            if (state.step - 1).is_multiple_of(train.eval_freq) {
+            if writes && (state.step - 1).is_multiple_of(train.eval_freq) {
                 let eval = {
                     let _autocast = ember_kernels::autocast(train.precision);
                     task.evaluate(&model.valid(), &eval_device)?
@@ -323,12 +425,20 @@ pub fn fit<T: TrainTask>(
                 outcome.loss
             ));
             bar.inc(1);
-            log.append(&line)?;
-            metrics.push(line);
-            if train.checkpoint_every > 0 && state.step.is_multiple_of(train.checkpoint_every) {
-                checkpoints.save(&model, &optimizer, &state)?;
+            if let Some(log) = &mut log {
+                log.append(&line)?;
+                metrics.push(line);
             }
-            if options.interrupt.load(Ordering::SeqCst) {
+            if train.checkpoint_every > 0 && state.step.is_multiple_of(train.checkpoint_every) {
+                save(&checkpoints, &model, &optimizer, &state, writes, sharded)?;
+            }
+            let mut interrupted = options.interrupt.load(Ordering::SeqCst);
+            if let Some(collective) = collective {
+                // Ranks see a signal at different moments; all stop after the same step.
+                let what = format!("the interrupt check of step {}", state.step);
+                interrupted = any_rank(interrupted, collective, &what)?;
+            }
+            if interrupted {
                 stop = StopReason::Interrupted;
                 break 'epochs;
             }
@@ -336,19 +446,31 @@ pub fn fit<T: TrainTask>(
             last_tick = Instant::now();
         }
         bar.finish_and_clear();
-        report(task, &model, dir, &state, &eval_device, false)?;
+        if writes {
+            report(task, &model, dir, &state, &eval_device, false)?;
+            #[cfg(feature = "plot")]
+            write_plots(dir, &metrics);
+        }
         state.epoch += 1;
         state.batch_in_epoch = 0;
-        #[cfg(feature = "plot")]
-        write_plots(dir, &metrics);
     }
     // A run that ends mid-epoch shows where it got to (unless it stopped right after
     // an epoch's report).
-    if stop == StopReason::Interrupted || (stop == StopReason::MaxSteps && state.batch_in_epoch > 0)
+    if writes
+        && (stop == StopReason::Interrupted
+            || (stop == StopReason::MaxSteps && state.batch_in_epoch > 0))
     {
         report(task, &model, dir, &state, &eval_device, true)?;
     }
-    checkpoints.save(&model, &optimizer, &state)?;
+    save(&checkpoints, &model, &optimizer, &state, writes, sharded)?;
+    if !writes {
+        return Ok(FitOutcome {
+            model,
+            state,
+            stop,
+            metrics,
+        });
+    }
     #[cfg(feature = "plot")]
     write_plots(dir, &metrics);
     Ok(FitOutcome {
@@ -357,6 +479,31 @@ pub fn fit<T: TrainTask>(
         stop,
         metrics,
     })
+}
+
+/// Writes a checkpoint (if this process `writes`); with the optimizer `sharded` over
+/// ranks, every rank sends its state to rank 0 first, which writes the whole.
+fn save<M: Module>(
+    checkpoints: &Checkpoints,
+    model: &M,
+    optimizer: &ModuleOptimizer,
+    state: &TrainState,
+    writes: bool,
+    sharded: Option<&dyn Collective>,
+) -> Result<(), TrainError> {
+    let Some(collective) = sharded else {
+        return match writes {
+            true => checkpoints.save(model, optimizer, state),
+            false => Ok(()),
+        };
+    };
+    let mine = state_by_position(model, optimizer)?;
+    let what = format!("the optimizer state of step {}", state.step);
+    let parts = collective.gather_to_root(&mine, &what)?;
+    if writes {
+        checkpoints.save_serialized(model, &merge_states(model, parts)?, state)?;
+    }
+    Ok(())
 }
 
 /// Adds the task's report for the current position to the run's reports.

@@ -122,6 +122,7 @@ fn fit_reproduces_the_books_training_run() {
         progress: false,
         interrupt: &interrupt,
         devices: &[],
+        collective: None,
     };
     pretrain(&config, dir.path(), &Device::ndarray(), options).unwrap();
     let metrics: Vec<MetricsLine> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))

@@ -5,10 +5,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::Device;
 use ember_train::{RunConfig, RunMode, RunOptions};
+
+use crate::job::Job;
 
 /// Options of every training run.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -38,6 +41,11 @@ pub struct RunArgs {
     /// across them: `cpu,cpu`, `cuda:0,cuda:1` (they also choose the backend).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub devices: Vec<String>,
+    /// Under `mpirun`: the longest a rank waits for the others at an exchange (a step's
+    /// gradients, rank 0's evaluations and checkpoints included) before the job ends
+    /// naming the ranks that did not arrive.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub rank_timeout: u64,
 }
 
 impl RunArgs {
@@ -46,9 +54,20 @@ impl RunArgs {
         crate::backend::devices(&self.devices)
     }
 
-    /// The run's options: resume, start over or new; progress bars unless `--quiet`;
-    /// data-parallel on `devices` (from [`RunArgs::devices`]).
-    pub fn options<'a>(&self, interrupt: &'a AtomicBool, devices: &'a [Device]) -> RunOptions<'a> {
+    /// The job of this run's processes (one, or the ranks `mpirun` started).
+    pub fn job(&self) -> Result<Job> {
+        Job::start(Duration::from_secs(self.rank_timeout))
+    }
+
+    /// The run's options: resume, start over or new; progress bars unless `--quiet`
+    /// (on rank 0 only); data-parallel on `devices` (from [`RunArgs::devices`]) and
+    /// across the ranks of `job`.
+    pub fn options<'a>(
+        &self,
+        interrupt: &'a AtomicBool,
+        devices: &'a [Device],
+        job: &'a Job,
+    ) -> RunOptions<'a> {
         let mode = if self.resume.is_some() {
             RunMode::Resume
         } else if self.overwrite {
@@ -58,9 +77,10 @@ impl RunArgs {
         };
         RunOptions {
             mode,
-            progress: !self.quiet,
+            progress: !self.quiet && job.reports(),
             interrupt,
             devices,
+            collective: job.collective(),
         }
     }
 
@@ -143,6 +163,21 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
         }
     }
     interrupt
+}
+
+/// Whether `error` is a run stopped by a signal after its checkpoint.
+pub fn is_interrupt(error: &anyhow::Error) -> bool {
+    use ember_finetune::FinetuneError;
+    use ember_train::TrainError;
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<TrainError>(),
+            Some(TrainError::Interrupted { .. })
+        ) || matches!(
+            cause.downcast_ref::<FinetuneError>(),
+            Some(FinetuneError::Train(TrainError::Interrupted { .. }))
+        )
+    })
 }
 
 /// The exit code of a run that stopped on a signal: 128 + the signal (130 for Ctrl-C).

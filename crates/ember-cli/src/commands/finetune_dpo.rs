@@ -59,12 +59,20 @@ pub fn run(args: DpoArgs, device: &Device) -> Result<()> {
     let interrupt = interrupt_flag();
     let devices = args.run.devices()?;
     let device = devices.first().unwrap_or(device);
-    let results = finetune_dpo(
-        &config,
-        &run_dir,
-        device,
-        args.run.options(&interrupt, &devices),
+    let job = args.run.job()?;
+    let results = job.finish(
+        finetune_dpo(
+            &config,
+            &run_dir,
+            device,
+            args.run.options(&interrupt, &devices, &job),
+        )
+        .map_err(anyhow::Error::from),
     )?;
+    // Rank 0 of a data-parallel job reports for all.
+    if !job.reports() {
+        return Ok(());
+    }
     let line = |name: &str, before: &PreferenceStats, after: &PreferenceStats| {
         println!(
             "{name}: preference accuracy {:.1}% -> {:.1}%, reward accuracy {:.1}%, reward margin {:.4}, DPO loss {:.4} -> {:.4}",

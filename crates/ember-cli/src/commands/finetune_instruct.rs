@@ -61,12 +61,20 @@ pub fn run(args: InstructArgs, device: &Device) -> Result<()> {
     let interrupt = interrupt_flag();
     let devices = args.run.devices()?;
     let device = devices.first().unwrap_or(device);
-    let results = finetune_instruct(
-        &config,
-        &run_dir,
-        device,
-        args.run.options(&interrupt, &devices),
+    let job = args.run.job()?;
+    let results = job.finish(
+        finetune_instruct(
+            &config,
+            &run_dir,
+            device,
+            args.run.options(&interrupt, &devices, &job),
+        )
+        .map_err(anyhow::Error::from),
     )?;
+    // Rank 0 of a data-parallel job reports for all.
+    if !job.reports() {
+        return Ok(());
+    }
     println!(
         "after {} steps ({:.0} s): train loss {}, val loss {}; {} responses in {:.0} s",
         results.steps,

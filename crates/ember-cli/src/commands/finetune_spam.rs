@@ -50,12 +50,20 @@ pub fn run(args: SpamArgs, device: &Device) -> Result<()> {
     let interrupt = interrupt_flag();
     let devices = args.run.devices()?;
     let device = devices.first().unwrap_or(device);
-    let results = finetune_spam(
-        &config,
-        &run_dir,
-        device,
-        args.run.options(&interrupt, &devices),
+    let job = args.run.job()?;
+    let results = job.finish(
+        finetune_spam(
+            &config,
+            &run_dir,
+            device,
+            args.run.options(&interrupt, &devices, &job),
+        )
+        .map_err(anyhow::Error::from),
     )?;
+    // Rank 0 of a data-parallel job reports for all.
+    if !job.reports() {
+        return Ok(());
+    }
     println!(
         "accuracy after {} steps ({:.0} s): train {:.2}%, validation {:.2}%, test {:.2}% ({} trainable parameters)",
         results.steps,

@@ -56,12 +56,20 @@ pub fn run(args: PretrainArgs, device: &Device) -> Result<()> {
     );
     let devices = args.run.devices()?;
     let device = devices.first().unwrap_or(device);
-    let outcome = ember_train::pretrain(
-        &config,
-        &run_dir,
-        device,
-        args.run.options(&interrupt, &devices),
+    let job = args.run.job()?;
+    let outcome = job.finish(
+        ember_train::pretrain(
+            &config,
+            &run_dir,
+            device,
+            args.run.options(&interrupt, &devices, &job),
+        )
+        .map_err(anyhow::Error::from),
     )?;
+    // Rank 0 of a data-parallel job reports for all.
+    if !job.reports() {
+        return Ok(());
+    }
     println!(
         "{} after {} steps ({} tokens): train loss {}, val loss {}",
         match outcome.stop {
