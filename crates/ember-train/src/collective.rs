@@ -150,8 +150,7 @@ pub fn reduce_gradients<M: Module>(
         let extra = if index == 0 { scalars.len() } else { 0 };
         let mut gather = Gather {
             grads: &mut *grads,
-            bucket: bucket.clone(),
-            index: 0,
+            cursor: BucketCursor::new(bucket.clone()),
             buffer: Vec::with_capacity(extra + values + bucket.len()),
             flags: Vec::with_capacity(bucket.len()),
         };
@@ -168,8 +167,7 @@ pub fn reduce_gradients<M: Module>(
         let (values, flags) = buffer[extra..].split_at(values);
         module.visit(&mut Scatter {
             grads: &mut *grads,
-            bucket,
-            index: 0,
+            cursor: BucketCursor::new(bucket),
             flags,
             values,
             offset: 0,
@@ -222,24 +220,44 @@ pub(crate) fn buckets(params: &[(ParamId, usize)]) -> Vec<std::ops::Range<usize>
     buckets
 }
 
-/// Takes the gradients of one bucket's trainable parameters out of `grads`.
-struct Gather<'a> {
-    grads: &'a mut GradientsParams,
+/// Follows a pass over a module's parameters to pick out one bucket's.
+pub(crate) struct BucketCursor {
     /// The bucket, by index among the trainable parameters.
     bucket: std::ops::Range<usize>,
     /// The index of the next trainable parameter.
-    index: usize,
+    next: usize,
+}
+
+impl BucketCursor {
+    pub(crate) fn new(bucket: std::ops::Range<usize>) -> Self {
+        Self { bucket, next: 0 }
+    }
+
+    /// The place in the bucket of `param`, the pass's next parameter, if it is a
+    /// trainable one of the bucket.
+    pub(crate) fn place<const D: usize>(&mut self, param: &Param<Tensor<D>>) -> Option<usize> {
+        if !param.val().is_require_grad() {
+            return None;
+        }
+        let index = self.next;
+        self.next += 1;
+        self.bucket
+            .contains(&index)
+            .then(|| index - self.bucket.start)
+    }
+}
+
+/// Takes the gradients of one bucket's trainable parameters out of `grads`.
+struct Gather<'a> {
+    grads: &'a mut GradientsParams,
+    cursor: BucketCursor,
     buffer: Vec<f32>,
     flags: Vec<f32>,
 }
 
 impl ModuleVisitor for Gather<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if !param.val().is_require_grad() {
-            return;
-        }
-        self.index += 1;
-        if !self.bucket.contains(&(self.index - 1)) {
+        if self.cursor.place(param).is_none() {
             return;
         }
         match self.grads.remove::<D>(param.id) {
@@ -263,8 +281,7 @@ impl ModuleVisitor for Gather<'_> {
 /// Puts one bucket's summed gradients back, in the order [`Gather`] took them.
 struct Scatter<'a> {
     grads: &'a mut GradientsParams,
-    bucket: std::ops::Range<usize>,
-    index: usize,
+    cursor: BucketCursor,
     flags: &'a [f32],
     values: &'a [f32],
     offset: usize,
@@ -273,19 +290,14 @@ struct Scatter<'a> {
 
 impl ModuleVisitor for Scatter<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if !param.val().is_require_grad() {
+        let Some(place) = self.cursor.place(param) else {
             return;
-        }
-        self.index += 1;
-        if !self.bucket.contains(&(self.index - 1)) {
-            return;
-        }
+        };
         let shape = param.lazy_shape();
         let len = shape.num_elements();
         let values = &self.values[self.offset..self.offset + len];
         self.offset += len;
-        let present = self.flags[self.index - 1 - self.bucket.start] > 0.0;
-        if present {
+        if self.flags[place] > 0.0 {
             let data = TensorData::new(values.to_vec(), shape);
             self.grads
                 .register(param.id, Tensor::<D>::from_data(data, &self.device));

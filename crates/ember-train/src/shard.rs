@@ -19,14 +19,13 @@
 //! in buckets of parameters, as the gradients are.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ops::Range;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::{Bytes, TensorData};
 
-use crate::collective::{Collective, CollectiveError, buckets, trainable};
+use crate::collective::{BucketCursor, Collective, CollectiveError, buckets, trainable};
 use crate::error::TrainError;
 
 /// Which trainable parameters this rank owns.
@@ -84,8 +83,7 @@ impl Owners {
             let values = params[bucket.clone()].iter().map(|(_, len)| len).sum();
             let mut gather = OwnValues {
                 owners: self,
-                bucket: bucket.clone(),
-                index: 0,
+                cursor: BucketCursor::new(bucket.clone()),
                 values: Vec::with_capacity(values),
             };
             module = module.map(&mut gather);
@@ -93,8 +91,7 @@ impl Owners {
             collective.all_reduce_sum(&mut values, what)?;
             module = module.map(&mut SetValues {
                 owners: self,
-                bucket,
-                index: 0,
+                cursor: BucketCursor::new(bucket),
                 values: &values,
                 offset: 0,
             });
@@ -259,20 +256,13 @@ impl ModuleVisitor for DropOthers<'_> {
 /// parameter is read whole, and put back.
 struct OwnValues<'a> {
     owners: &'a Owners,
-    /// The bucket, by index among the trainable parameters.
-    bucket: Range<usize>,
-    /// The index of the next trainable parameter.
-    index: usize,
+    cursor: BucketCursor,
     values: Vec<f32>,
 }
 
 impl ModuleMapper for OwnValues<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if !param.val().is_require_grad() {
-            return param;
-        }
-        self.index += 1;
-        if !self.bucket.contains(&(self.index - 1)) {
+        if self.cursor.place(&param).is_none() {
             return param;
         }
         if !self.owners.owns(param.id) {
@@ -298,19 +288,14 @@ impl ModuleMapper for OwnValues<'_> {
 /// [`OwnValues`]' order.
 struct SetValues<'a> {
     owners: &'a Owners,
-    bucket: Range<usize>,
-    index: usize,
+    cursor: BucketCursor,
     values: &'a [f32],
     offset: usize,
 }
 
 impl ModuleMapper for SetValues<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if !param.val().is_require_grad() {
-            return param;
-        }
-        self.index += 1;
-        if !self.bucket.contains(&(self.index - 1)) {
+        if self.cursor.place(&param).is_none() {
             return param;
         }
         let shape = param.lazy_shape();
