@@ -3,11 +3,12 @@
 //!
 //! Each exchange first checks that every rank arrived at the same one (a small message
 //! to every other rank carrying the exchange's number and a hash of its name), then
-//! sums with MPI's non-blocking all-reduce in 16 MB buckets. Both wait at most the
+//! sums with MPI's non-blocking all-reduce in pieces of 16 MB. Both wait at most the
 //! job's time limit: a rank that does not arrive (hung, stopped, or at another
 //! exchange because its configuration differs) is named in a one-line error and the
 //! whole job ends through `MPI_Abort`, since MPI cannot take back an exchange that is
-//! under way. A rank that dies is seen by the launcher, which ends the others.
+//! under way. (Gathering to rank 0, once every rank has arrived, waits without a
+//! limit.) A rank that dies is seen by the launcher, which ends the others.
 //!
 //! MPI is called from the thread that created the [`MpiCollective`] only
 //! (`MPI_THREAD_FUNNELED`); the kernels' own threads never call it.
@@ -24,7 +25,7 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 
 use crate::collective::{Collective, CollectiveError, launched};
 
-/// Floats summed per all-reduce call: a bounded send buffer beside the gradients.
+/// Floats summed per all-reduce call: a bounded send buffer beside the values.
 const BUCKET: usize = 4 << 20;
 
 /// Tag of the arrival messages.
