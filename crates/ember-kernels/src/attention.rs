@@ -294,9 +294,10 @@ fn backward(
                 return;
             }
             let p = &weights[head * seq * seq..(head + 1) * seq * seq];
+            let mask = head_mask(q, mask, head);
             let g = grad.matrix_at(head);
             dv.copy_from_slice(&gemm_on_this_thread(
-                square(&dropped(p, head_mask(q, mask, head), seq), seq).t(),
+                square(&dropped(p, mask, seq), seq).t(),
                 g,
             ));
             let mut ds = gemm_on_this_thread(g, v.matrix_at(head).t());
@@ -305,7 +306,7 @@ fn backward(
                 .zip(p.chunks_exact(seq))
                 .enumerate()
             {
-                if let Some(mask) = head_mask(q, mask, head) {
+                if let Some(mask) = mask {
                     for (j, d) in ds[..=i].iter_mut().enumerate() {
                         *d *= mask.factor(i, j);
                     }

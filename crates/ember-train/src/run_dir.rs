@@ -91,7 +91,7 @@ pub struct RunDir {
     /// What this run writes: the run layer's files and the pipeline's outputs.
     files: Vec<String>,
     /// Held while the run writes here; none for a rank that only follows the run.
-    _lock: Option<File>,
+    lock: Option<File>,
 }
 
 impl RunDir {
@@ -137,7 +137,7 @@ impl RunDir {
         let dir = Self {
             root: root.to_path_buf(),
             files,
-            _lock: Some(lock),
+            lock: Some(lock),
         };
         let holds_run = dir.metrics().exists() || dir.checkpoints().exists();
         match mode {
@@ -175,13 +175,13 @@ impl RunDir {
                 .chain(outputs)
                 .map(|name| name.to_string())
                 .collect(),
-            _lock: None,
+            lock: None,
         }
     }
 
     /// Whether this process writes the directory (it opened it; see [`RunDir::follow`]).
     pub fn writes(&self) -> bool {
-        self._lock.is_some()
+        self.lock.is_some()
     }
 
     /// The files the run in this directory listed when it started (none for a run of an

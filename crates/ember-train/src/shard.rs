@@ -271,15 +271,14 @@ impl ModuleMapper for OwnValues<'_> {
             return param;
         }
         let (id, tensor, mapper) = param.consume();
-        let (device, dtype) = (tensor.device(), tensor.dtype());
+        let device = tensor.device();
         let data = tensor.into_data();
-        let values = data.clone().convert::<f32>();
-        self.values.extend_from_slice(
-            values
-                .as_slice::<f32>()
-                .expect("a parameter converted to f32 reads as f32"),
-        );
-        let tensor = Tensor::<D>::from_data(data.convert_dtype(dtype), &device).require_grad();
+        match data.as_slice::<f32>() {
+            Ok(values) => self.values.extend_from_slice(values),
+            // Weights are f32 (mixed precision keeps f32 masters); any other is widened.
+            Err(_) => self.values.extend(data.iter::<f32>()),
+        }
+        let tensor = Tensor::<D>::from_data(data, &device).require_grad();
         Param::from_mapped_value(id, tensor, mapper)
     }
 }

@@ -48,7 +48,13 @@ pub fn assert_one_line_error(o: &Output, needle: &str) {
 /// milliseconds, into `out`, plus `extra` arguments.
 pub fn small_pretrain(out: &Path, extra: &[&str]) -> Command {
     let mut cmd = ember();
-    cmd.args([
+    cmd.args(small_pretrain_args(out, extra));
+    cmd
+}
+
+/// The arguments of [`small_pretrain`] (later `--set`s in `extra` win).
+pub fn small_pretrain_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "pretrain",
         "--preset",
         "tiny",
@@ -60,7 +66,9 @@ pub fn small_pretrain(out: &Path, extra: &[&str]) -> Command {
             .join("datasets/the-verdict.txt")
             .to_str()
             .unwrap(),
-    ]);
+    ]
+    .map(String::from)
+    .to_vec();
     for setting in [
         "model.context_length=16",
         "model.emb_dim=16",
@@ -71,10 +79,10 @@ pub fn small_pretrain(out: &Path, extra: &[&str]) -> Command {
         "train.eval_iter=1",
         "train.sample_tokens=2",
     ] {
-        cmd.args(["--set", setting]);
+        args.extend(["--set".to_string(), setting.to_string()]);
     }
-    cmd.args(extra);
-    cmd
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// Waits (up to a minute) until `ready` holds.
