@@ -3,13 +3,17 @@
 //!
 //! Under `autocast(Dtype::Bf16)` the matrix products of the CPU kernels round their
 //! operands to bf16 and sum in f32 (`vdpbf16ps` where the CPU has AVX512_BF16), in the
-//! forward pass and in the backward pass of every product made inside the scope (the backward node
-//! keeps the precision it was made with). Everything else stays f32: weights, gradients,
-//! optimizer state, normalisations, softmax and the loss ("mixed precision"). The setting
-//! belongs to the calling thread and is restored when the guard drops; outside any scope
-//! products are f32, computed exactly as without this module. `autocast(Dtype::F16)`
-//! rounds the operands to f16 the same way (computed in f32, for measuring what f16
-//! arithmetic does to a result; no faster).
+//! forward pass and in the backward pass of every product made inside the scope (the
+//! backward node keeps the precision it was made with). On the other backends (GPUs) a
+//! product inside the scope is the backend's own on operands cast to bf16, its result
+//! cast back to f32, as PyTorch's autocast does on CUDA; the casts' backward passes make
+//! the gradients' products bf16 too and hand f32 gradients to the f32 weights (on a
+//! device without bf16, see [`supports`], products stay f32). Everything else stays
+//! f32: weights, gradients, optimizer state, normalisations, softmax and the loss
+//! ("mixed precision"). The setting belongs to the calling thread and is restored when
+//! the guard drops; outside any scope products are f32, computed exactly as without
+//! this module. `autocast(Dtype::F16)` rounds the operands to f16 the same way
+//! (computed in f32, for measuring what f16 arithmetic does to a result; no faster).
 
 use std::cell::Cell;
 
@@ -51,6 +55,18 @@ pub fn has_bf16_instructions() -> bool {
 pub fn covers(device: &burn::prelude::Device) -> bool {
     let probe = burn::prelude::Tensor::<1>::zeros([1], device);
     crate::cpu::is_on_cpu_backend(&probe)
+}
+
+/// Whether products on `device` can compute in `precision`: f32 everywhere; bf16 and
+/// f16 on the CPU backends the kernels know, and on a device whose backend computes in
+/// that format itself (Burn's `supports_dtype`: CUDA, and wgpu where the GPU and its
+/// driver have the type).
+pub fn supports(device: &burn::prelude::Device, precision: Dtype) -> bool {
+    precision == Dtype::F32
+        || (precision.is_float() && covers(device))
+        || precision
+            .float_dtype()
+            .is_some_and(|format| device.supports_dtype(format))
 }
 
 /// Restores the previous precision when dropped.

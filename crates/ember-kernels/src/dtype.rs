@@ -94,6 +94,18 @@ impl Dtype {
         matches!(self, Self::F32 | Self::Bf16 | Self::F16)
     }
 
+    /// Burn's float format of this dtype (`None` for the block-quantized ones), for the
+    /// backends that compute in it themselves.
+    pub fn float_dtype(self) -> Option<burn::tensor::FloatDType> {
+        use burn::tensor::FloatDType;
+        match self {
+            Self::F32 => Some(FloatDType::F32),
+            Self::Bf16 => Some(FloatDType::BF16),
+            Self::F16 => Some(FloatDType::F16),
+            Self::Q8_0 | Self::Q4_0 | Self::Q4_K => None,
+        }
+    }
+
     /// The packed layout a weight matrix of this dtype is stored in (`None` for f32).
     pub fn weight_format(self) -> Option<WeightFormat> {
         match self {

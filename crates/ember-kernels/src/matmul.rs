@@ -28,7 +28,21 @@ use crate::dtype::Dtype;
 pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     match with_cpu_backend!(&a, B => matmul_on::<B>(&a, &b)).flatten() {
         Some(product) => product,
-        None => a.matmul(b),
+        None => backend_product(a, b, current_precision()),
+    }
+}
+
+/// A product the CPU kernels do not take (another backend): the backend's own, in
+/// `precision` by casting the operands to it and the result back to f32 (autocast as
+/// PyTorch does it on CUDA; autodiff casts the gradients back the same way), where the
+/// backend computes in that format; f32 otherwise.
+fn backend_product(a: Tensor<2>, b: Tensor<2>, precision: Dtype) -> Tensor<2> {
+    match precision.float_dtype() {
+        Some(format) if precision != Dtype::F32 && a.device().supports_dtype(format) => a
+            .cast(format)
+            .matmul(b.cast(format))
+            .cast(burn::tensor::FloatDType::F32),
+        _ => a.matmul(b),
     }
 }
 
@@ -387,6 +401,44 @@ mod tests {
             matmul(a.detach(), b.detach().transpose())
         };
         let gap: f32 = (plain - bf16).abs().max().into_scalar();
+        assert!(gap > 1e-2, "bf16 and f32 products differ by {gap}");
+    }
+
+    /// Outside the CPU kernels (a GPU backend), a bf16 product is the backend's own on
+    /// bf16 operands, its result and both gradients cast back to f32: checked on flex's
+    /// bf16 tensors against the f32 product of rounded operands (the result itself is
+    /// rounded to bf16, hence the relative tolerance of a few bf16 steps).
+    #[cfg(feature = "flex")]
+    #[test]
+    fn backend_products_cast_to_bf16_and_back() {
+        let _rng = crate::tests::device_rng();
+        let device = Device::flex().autodiff();
+        assert!(device.supports_dtype(burn::tensor::FloatDType::BF16));
+        let a = Tensor::<2>::random([13, 200], Distribution::Normal(0.0, 1.0), &device);
+        let b = Tensor::<2>::random([200, 17], Distribution::Normal(0.0, 1.0), &device);
+        let weights = Tensor::<2>::random([13, 17], Distribution::Normal(0.0, 1.0), &device);
+        let (a, b) = (a.require_grad(), b.require_grad());
+        let product = super::backend_product(a.clone(), b.clone(), Dtype::Bf16);
+        assert_eq!(product.dtype(), burn::tensor::DType::F32);
+        let near = |got: Tensor<2>, want: Tensor<2>| {
+            let tolerance = burn::tensor::Tolerance::<f32>::relative(2e-2).set_absolute(5e-2);
+            got.into_data()
+                .assert_approx_eq::<f32>(&want.into_data(), tolerance);
+        };
+        let (ra, rb, rw) = (
+            rounded(a.clone().detach()),
+            rounded(b.clone().detach()),
+            rounded(weights.clone()),
+        );
+        near(product.clone(), ra.clone().matmul(rb.clone()));
+        let grads = (product.clone() * weights).sum().backward();
+        let (ga, gb) = (a.grad(&grads).unwrap(), b.grad(&grads).unwrap());
+        assert_eq!(ga.dtype(), burn::tensor::DType::F32);
+        near(ga, rw.clone().matmul(rb.transpose()));
+        near(gb, ra.transpose().matmul(rw));
+        // The f32 product differs: bf16 is what was computed.
+        let plain = a.detach().matmul(b.detach());
+        let gap: f32 = (plain - product.detach()).abs().max().into_scalar();
         assert!(gap > 1e-2, "bf16 and f32 products differ by {gap}");
     }
 

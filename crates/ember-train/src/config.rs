@@ -138,9 +138,11 @@ pub struct TrainConfig {
 }
 
 /// Checks that a run on `device` can compute its products in `precision`
-/// (`train.precision`): f32 anywhere; bf16 needs Ember's CPU kernels (on other backends
-/// the products would silently stay f32), and warns when the CPU has no bf16
-/// instructions, where bf16 is rounded alike but no faster.
+/// (`train.precision`): f32 anywhere; bf16 on Ember's CPU kernels, or on a device whose
+/// backend computes in bf16 (a GPU: the products' operands are cast,
+/// [`ember_kernels::autocast::supports`]), and refused elsewhere rather than silently
+/// left f32; warns when the CPU kernels run on a CPU without bf16 instructions, where
+/// bf16 is rounded alike but no faster.
 pub fn check_precision(
     precision: Dtype,
     device: &burn::prelude::Device,
@@ -149,15 +151,17 @@ pub fn check_precision(
     if precision == Dtype::F32 {
         return Ok(());
     }
-    if !ember_kernels::autocast::covers(device) {
+    if !ember_kernels::autocast::supports(device, precision) {
         return Err(InvalidSetting::new(
             "train.precision",
             format!(
-                "bf16 needs a CPU backend with Ember's kernels (ndarray or flex), not {device:?}"
+                "{precision} needs a CPU backend with Ember's kernels (ndarray or flex) or a \
+                 device that computes in {precision}, and {device:?} does not"
             ),
         ));
     }
-    if !ember_kernels::autocast::has_bf16_instructions() {
+    if ember_kernels::autocast::covers(device) && !ember_kernels::autocast::has_bf16_instructions()
+    {
         tracing::warn!(
             "this CPU has no bf16 instructions (AVX512_BF16): bf16 products are rounded as \
              on one that has, but computed no faster than f32"
