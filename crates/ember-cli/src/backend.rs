@@ -64,9 +64,9 @@ pub fn device(name: Option<&str>) -> Result<Device> {
         #[cfg(feature = "tch")]
         "tch" => Device::libtorch(),
         #[cfg(feature = "tch")]
-        "tch-cuda" => Device::libtorch_cuda(0usize),
+        "tch-cuda" => Device::libtorch_cuda(ember_train::collective::local_gpu()),
         #[cfg(feature = "cuda")]
-        "cuda" => Device::cuda(0usize),
+        "cuda" => Device::cuda(ember_train::collective::local_gpu()),
         other => bail!(
             "backend \"{other}\" is not compiled into this ember (available: {}); rebuild with --features {other}",
             available().join(", ")

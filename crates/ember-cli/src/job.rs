@@ -1,5 +1,6 @@
 //! The processes of a training job: one, or the ranks an MPI launcher started
-//! (`mpirun -np N ember pretrain ...`; the `mpi` feature).
+//! (`mpirun -np N ember pretrain ...`; the `mpi` feature), their gradients summed by MPI
+//! or, between GPUs, by NCCL (`--all-reduce nccl`; the `nccl` feature).
 
 use std::time::Duration;
 
@@ -7,24 +8,97 @@ use anyhow::Result;
 use ember_train::Collective;
 use ember_train::collective::launched;
 
+/// What sums the ranks' gradients (`--all-reduce`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AllReduce {
+    /// MPI, through host memory (CPU or GPU training).
+    #[default]
+    Mpi,
+    /// NCCL, on each rank's GPU; MPI starts the ranks and hands over NCCL's id.
+    Nccl,
+}
+
+/// The ranks' exchanges.
+#[cfg(feature = "mpi")]
+enum Transport {
+    Mpi(ember_train::mpi::MpiCollective),
+    #[cfg(feature = "nccl")]
+    Nccl(ember_train::nccl::NcclCollective),
+}
+
+#[cfg(feature = "mpi")]
+impl Transport {
+    fn collective(&self) -> &dyn Collective {
+        match self {
+            Self::Mpi(mpi) => mpi,
+            #[cfg(feature = "nccl")]
+            Self::Nccl(nccl) => nccl,
+        }
+    }
+
+    /// The MPI job underneath, which ends every rank.
+    fn mpi(&self) -> &ember_train::mpi::MpiCollective {
+        match self {
+            Self::Mpi(mpi) => mpi,
+            #[cfg(feature = "nccl")]
+            Self::Nccl(nccl) => nccl.mpi(),
+        }
+    }
+
+    /// Sums on NCCL between the GPUs, each rank on its node-local GPU; a rank that
+    /// cannot open NCCL ends the job naming the cause.
+    fn nccl(mpi: ember_train::mpi::MpiCollective) -> Result<Self> {
+        #[cfg(feature = "nccl")]
+        {
+            let gpu = ember_train::collective::local_gpu();
+            match ember_train::nccl::NcclComm::open(&mpi, gpu) {
+                Ok(comm) => {
+                    tracing::info!(rank = mpi.rank(), gpu, "the gradients are summed on NCCL");
+                    Ok(Self::Nccl(ember_train::nccl::NcclCollective::new(
+                        mpi, comm,
+                    )))
+                }
+                // The other ranks wait for this one: end them all.
+                Err(error) => mpi.abort(&error, 2),
+            }
+        }
+        #[cfg(not(feature = "nccl"))]
+        {
+            let _ = mpi;
+            anyhow::bail!(
+                "--all-reduce nccl: this ember was built without NCCL; build it with \
+                 `cargo build --release -p ember-cli --features nccl`"
+            )
+        }
+    }
+}
+
 /// This process's place in the job.
 pub struct Job {
     #[cfg(feature = "mpi")]
-    mpi: Option<ember_train::mpi::MpiCollective>,
+    transport: Option<Transport>,
 }
 
 impl Job {
     /// Joins the job the launcher started (MPI is initialised here, on the thread that
     /// trains), or is a job of one process. `timeout`: the longest a rank waits for the
-    /// others at an exchange before the job ends naming the late ranks.
-    pub fn start(timeout: Duration) -> Result<Self> {
+    /// others at an exchange before the job ends naming the late ranks; `all_reduce`:
+    /// what sums the gradients.
+    pub fn start(timeout: Duration, all_reduce: AllReduce) -> Result<Self> {
         #[cfg(feature = "mpi")]
         {
-            let mpi = ember_train::mpi::MpiCollective::from_launcher(timeout)?;
-            if let Some(mpi) = &mpi {
-                tracing::info!(rank = mpi.rank(), ranks = mpi.size(), "joined the MPI job");
-            }
-            Ok(Self { mpi })
+            let Some(mpi) = ember_train::mpi::MpiCollective::from_launcher(timeout)? else {
+                return Ok(Self { transport: None });
+            };
+            tracing::info!(rank = mpi.rank(), ranks = mpi.size(), "joined the MPI job");
+            let transport = match all_reduce {
+                AllReduce::Mpi => Transport::Mpi(mpi),
+                AllReduce::Nccl if mpi.size() == 1 => Transport::Mpi(mpi),
+                AllReduce::Nccl => Transport::nccl(mpi)?,
+            };
+            Ok(Self {
+                transport: Some(transport),
+            })
         }
         #[cfg(not(feature = "mpi"))]
         {
@@ -32,9 +106,14 @@ impl Job {
             match launched() {
                 Some(launch) if launch.size > 1 => anyhow::bail!(
                     "started as rank {} of {} processes by an MPI launcher, but this ember was built \
-                     without MPI: build it with `cargo build --release -p ember-cli --features mpi`",
+                     without MPI: build it with `cargo build --release -p ember-cli --features {}`",
                     launch.rank,
-                    launch.size
+                    launch.size,
+                    if all_reduce == AllReduce::Nccl {
+                        "nccl"
+                    } else {
+                        "mpi"
+                    }
                 ),
                 _ => Ok(Self {}),
             }
@@ -45,10 +124,10 @@ impl Job {
     pub fn collective(&self) -> Option<&dyn Collective> {
         #[cfg(feature = "mpi")]
         {
-            self.mpi
+            self.transport
                 .as_ref()
-                .filter(|m| m.size() > 1)
-                .map(|m| m as &dyn Collective)
+                .map(Transport::collective)
+                .filter(|c| c.size() > 1)
         }
         #[cfg(not(feature = "mpi"))]
         None
@@ -64,13 +143,15 @@ impl Job {
     /// otherwise wait for it at the next exchange until the time limit.
     pub fn finish<T>(&self, result: Result<T>) -> Result<T> {
         #[cfg(feature = "mpi")]
-        if let (Err(error), Some(mpi)) = (&result, &self.mpi)
-            && mpi.size() > 1
+        if let (Err(error), Some(transport)) = (&result, &self.transport)
+            && transport.collective().size() > 1
             && !crate::args::run::is_interrupt(error)
         {
             let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
-            let message = format!("rank {}: {}", mpi.rank(), chain.join(": "));
-            mpi.abort(&message, 2);
+            let rank = transport.collective().rank();
+            transport
+                .mpi()
+                .abort(&format!("rank {rank}: {}", chain.join(": ")), 2);
         }
         result
     }

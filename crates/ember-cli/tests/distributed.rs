@@ -4,7 +4,8 @@
 //! every training command runs under it, and a rank that stops or dies ends the job
 //! with the last checkpoint intact.
 //!
-//! `cargo test -p ember-cli --features mpi --test distributed`
+//! `cargo test -p ember-cli --features mpi --test distributed` (CI: `--features nccl`,
+//! which includes `mpi`)
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -252,6 +253,43 @@ fn two_ranks_train_as_one_process_with_the_whole_batch() {
         "{}",
         stderr(&o)
     );
+}
+
+/// `--all-reduce nccl` where it cannot run ends the job at once with a line naming what
+/// is missing: the CUDA driver and NCCL on a machine without them (CI; the `nccl`
+/// feature), the feature itself in a build without it.
+#[test]
+fn nccl_is_refused_where_it_cannot_run() {
+    #[cfg(feature = "nccl")]
+    if ember_train::nccl::libraries_present().is_ok() {
+        eprintln!("skipped: this machine has the CUDA driver and NCCL");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let args = pretrain_args(&root.path().join("nccl"), &["--all-reduce", "nccl"]);
+    let started = Instant::now();
+    let o = output(launch(
+        2,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert!(!o.status.success());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let err = stderr(&o);
+    if cfg!(feature = "nccl") {
+        assert!(
+            // Every rank fails alike; whichever aborts first ends the others.
+            err.contains("error: rank ")
+                && err.contains(": NCCL initialisation: cannot load the CUDA driver (libcuda.so.1")
+                && err.contains("libnccl.so.2"),
+            "{err}"
+        );
+    } else {
+        assert!(
+            err.contains("--all-reduce nccl: this ember was built without NCCL")
+                && err.contains("--features nccl"),
+            "{err}"
+        );
+    }
 }
 
 /// The three fine-tunings under two ranks, dropout on: the one-process run's losses,

@@ -91,6 +91,9 @@ pub struct Launch {
     pub rank: usize,
     /// The number of processes (1 when the launcher does not say).
     pub size: usize,
+    /// This process's rank among those on its machine, when the launcher says (each
+    /// rank's GPU).
+    pub local_rank: Option<usize>,
 }
 
 /// The launch this process belongs to, if a launcher started it.
@@ -107,7 +110,23 @@ pub fn launched() -> Option<Launch> {
         "SLURM_PROCID",
     ])?;
     let size = first(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"]).unwrap_or(1);
-    Some(Launch { rank, size })
+    let local_rank = first(&[
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "PMIX_LOCAL_RANK",
+        "SLURM_LOCALID",
+    ]);
+    Some(Launch {
+        rank,
+        size,
+        local_rank,
+    })
+}
+
+/// The GPU of this process: its rank among those of its machine when a launcher
+/// started it (one GPU per rank), the first otherwise.
+pub fn local_gpu() -> usize {
+    launched().and_then(|launch| launch.local_rank).unwrap_or(0)
 }
 
 /// Whether any rank raised its `flag` (an interrupt: every rank then stops after the

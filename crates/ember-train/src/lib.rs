@@ -45,6 +45,8 @@ pub mod loss;
 pub mod metrics;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod optim;
 pub mod pipeline;
 #[cfg(feature = "plot")]

@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use mpi::Threading;
-use mpi::collective::{CommunicatorCollectives, SystemOperation};
+use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::environment::Universe;
 use mpi::point_to_point::{Destination, Source};
 use mpi::request::{Request, Scope};
@@ -133,6 +133,13 @@ impl MpiCollective {
                 self.abort(&error, 3);
             }
         }
+    }
+
+    /// Rank 0's `bytes` on every rank (NCCL's unique id), after every rank arrived.
+    pub fn broadcast_from_root(&self, bytes: &mut [u8], what: &str) -> Result<(), CollectiveError> {
+        self.arrive(what);
+        self.world.process_at_rank(0).broadcast_into(bytes);
+        Ok(())
     }
 
     /// The error of an all-reduce that every rank entered and that did not complete:

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::Device;
 use ember_train::{RunConfig, RunMode, RunOptions};
 
-use crate::job::Job;
+use crate::job::{AllReduce, Job};
 
 /// Options of every training run.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// naming the ranks that did not arrive.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub rank_timeout: u64,
+    /// Under `mpirun`: what sums the ranks' gradients, `mpi` (through host memory) or
+    /// `nccl` (on each rank's GPU, the node-local rank's; built with `--features nccl`).
+    #[arg(long, value_enum, default_value_t = AllReduce::Mpi)]
+    pub all_reduce: AllReduce,
 }
 
 impl RunArgs {
@@ -56,7 +60,7 @@ impl RunArgs {
 
     /// The job of this run's processes (one, or the ranks `mpirun` started).
     pub fn job(&self) -> Result<Job> {
-        Job::start(Duration::from_secs(self.rank_timeout))
+        Job::start(Duration::from_secs(self.rank_timeout), self.all_reduce)
     }
 
     /// The run's options: resume, start over or new; progress bars unless `--quiet`
