@@ -19,8 +19,13 @@ use ember_model::{GenerationConfig, GptModel, generate, load_model};
 use ember_train::{AdamWSettings, clip_grad_norm, cross_entropy, grad_norm};
 use serde_json::Value;
 
+/// The fixtures of this checkout, or of the working tree `EMBER_REPO_ROOT` names: the
+/// test binary built on one machine runs on another (scripts/gpu-check.sh).
 fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-gpt2-a")
+    let root = std::env::var_os("EMBER_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    root.join("tests/fixtures/tiny-gpt2-a")
 }
 
 fn device() -> Device {
