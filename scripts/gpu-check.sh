@@ -7,6 +7,7 @@
 #     generation, Ember beside PyTorch CUDA (bench/torch_gpt_bench.py);
 #   - generation of a model of Qwen3-0.6B's shape, Ember beside transformers on CUDA
 #     (bench/hf_generate_bench.py);
+#   - on a GPU, CubeCL's profile of two training steps (OUT/cubecl-profile.log.xz);
 #   - OUT/summary.md: the table with Ember / PyTorch ratios; OUT/bench.jsonl the raw lines,
 #     OUT/env.txt the machine, OUT/*.log each step's whole output.
 # Every step has its own time limit and a failing step does not stop the others.
@@ -143,6 +144,15 @@ for dtype in f32 bf16; do
         --config bench/configs/qwen3-0.6b.json --dtype $hf_dtype --new-tokens $qwen_tokens \
         --repeats 3 --device $torch_device
 done
+
+# 5. On a GPU, the profile to read: CubeCL's kernel timings (and autotune decisions)
+#    over two training steps, compressed (the compilation log inside is large).
+if [ $mode = gpu ]; then
+    step profile-train-f32 $limit_bench env CUBECL_DEBUG_LOG="$out/cubecl-profile.log" \
+        CUBECL_DEBUG_OPTION=profile-medium "$ember" --backend "$first" bench --mode train \
+        --preset gpt2-small --context 256 --batch 2 --steps 2 --warmup 1
+    [ -f "$out/cubecl-profile.log" ] && xz -6 -T2 "$out/cubecl-profile.log"
+fi
 
 $python scripts/gpu_check_summary.py "$out" | tee "$out/summary.md"
 say "done in $(($(date +%s) - started)) s; results in $out"
