@@ -7,11 +7,14 @@
 //! cargo xtask finetune-instruct [--backend ...] [--base PATH|--from-scratch] [--judge-url URL [--judge-model M]] [ARGS...]
 //! cargo xtask finetune-dpo      [--backend ...] [--base PATH|--from-scratch] [--judge-url URL [--judge-model M]] [ARGS...]
 //! cargo xtask build             [--backend ...] [--debug]
-//! cargo xtask bench    [--backend ...] [--python PYTHON] [--quick] [--peak-gflops G]
+//! cargo xtask bench    [--backend ...] [--python PYTHON] [--quick] [--rounds N] [--peak-gflops G]
 //!                       [--llama-cpp LLAMA_CPP_DIR --checkpoint HF_DIR]
 //! ```
-//! `bench` runs `ember bench` and its reference on the same settings, one after the
-//! other for each measurement: `bench/torch_gpt_bench.py` (PyTorch) for GPT-2 training
+//! `bench` runs `ember bench` and its reference on the same settings, alternating
+//! (Ember, reference, Ember, reference, ...) for `--rounds` rounds (3; 1 with
+//! `--quick`) so that a slow minute of the machine falls on both sides, and reports each
+//! side's median and the median of the rounds' ratios with their spread (lowest and
+//! highest), for each measurement: `bench/torch_gpt_bench.py` (PyTorch) for GPT-2 training
 //! and generation, `bench/hf_generate_bench.py` (transformers) for generation with
 //! Qwen3-0.6B's shape in fp32 and bf16. `--python` (default `python3`) must have torch
 //! and transformers. It prints the side-by-side table, with each side's peak memory,
@@ -379,9 +382,43 @@ fn last_json_line(output: &std::process::Output) -> Option<String> {
         .map(str::to_string)
 }
 
+/// One line of `bench`'s table: each side's median over the rounds, the median and
+/// spread of the rounds' ratios, the highest peak memory, model FLOP utilisation.
+struct Row {
+    name: &'static str,
+    ember: Option<f64>,
+    reference: Option<f64>,
+    ratio: Option<f64>,
+    spread: Option<(f64, f64)>,
+    peak_ember: Option<f64>,
+    peak_reference: Option<f64>,
+    mfu_ember: Option<f64>,
+    mfu_reference: Option<f64>,
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// The lowest and highest of `values`.
+fn spread(values: &[f64]) -> Option<(f64, f64)> {
+    let lowest = values.iter().copied().reduce(f64::min)?;
+    let highest = values.iter().copied().reduce(f64::max)?;
+    Some((lowest, highest))
+}
+
 fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
     let mut python = "python3".to_string();
     let mut quick = false;
+    let mut rounds: Option<usize> = None;
     let mut peak_gflops: Option<f64> = None;
     let (mut llama_cpp, mut checkpoint): (Option<String>, Option<String>) = (None, None);
     let mut iter = rest.iter();
@@ -389,6 +426,10 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
         match arg.as_str() {
             "--python" => python = iter.next().cloned().unwrap_or(python),
             "--quick" => quick = true,
+            "--rounds" => match iter.next().and_then(|v| v.parse().ok()) {
+                Some(n) if n > 0 => rounds = Some(n),
+                _ => return usage(),
+            },
             "--llama-cpp" => llama_cpp = iter.next().cloned(),
             "--checkpoint" => checkpoint = iter.next().cloned(),
             "--peak-gflops" => match iter.next().and_then(|v| v.parse().ok()) {
@@ -405,96 +446,110 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
         eprintln!("xtask bench: --llama-cpp and --checkpoint go together");
         return usage();
     }
+    let rounds = rounds.unwrap_or(if quick { 1 } else { 3 });
     let root = workspace_root();
     let mut rows = Vec::new();
     let mut records = Vec::new();
-    // Each distinct command runs once: rows that share one side reuse its line.
+    // Each distinct command runs once per round: rows that share one side reuse its line.
     type Args = (&'static [&'static str], &'static [&'static str]);
     type ReferenceArgs = (&'static [&'static str], Reference);
-    let mut ember_runs: Vec<(Args, Option<String>)> = Vec::new();
-    let mut reference_runs: Vec<(ReferenceArgs, Option<String>)> = Vec::new();
+    let mut ember_runs: Vec<((Args, usize), Option<String>)> = Vec::new();
+    let mut reference_runs: Vec<((ReferenceArgs, usize), Option<String>)> = Vec::new();
     for m in MEASUREMENTS
         .iter()
         .take(if quick { 1 } else { MEASUREMENTS.len() })
     {
-        eprintln!("xtask bench: {}", m.name);
-        let ember_args = (m.shared, m.ember);
-        let ember_line = match ember_runs.iter().find(|(args, _)| *args == ember_args) {
-            Some((_, line)) => line.clone(),
-            None => {
-                let output = Command::new(binary)
-                    .current_dir(&root)
-                    .env("EMBER_LOG", "warn")
-                    .args(["--backend", backend_name(backend), "bench"])
-                    .args(m.shared)
-                    .args(m.ember)
-                    .output();
-                let line = output.ok().as_ref().and_then(last_json_line);
-                records.extend(line.clone());
-                ember_runs.push((ember_args, line.clone()));
-                line
-            }
-        };
-        let reference_args = (m.shared, m.reference);
-        let reference_line = match reference_runs.iter().find(|(r, _)| *r == reference_args) {
-            Some((_, line)) => line.clone(),
-            None => {
-                let (script, args) = m.reference;
-                let output = Command::new(&python)
-                    .current_dir(&root)
-                    .arg(root.join("bench").join(script))
-                    .args(m.shared)
-                    .args(args)
-                    .output();
-                let line = output.ok().as_ref().and_then(last_json_line);
-                records.extend(line.clone());
-                reference_runs.push((reference_args, line.clone()));
-                line
-            }
-        };
-        let cached = (ember_line, reference_line);
+        eprintln!("xtask bench: {} ({rounds} rounds)", m.name);
+        let mut lines = Vec::new();
+        for round in 0..rounds {
+            let ember_key = ((m.shared, m.ember), round);
+            let ember_line = match ember_runs.iter().find(|(key, _)| *key == ember_key) {
+                Some((_, line)) => line.clone(),
+                None => {
+                    let output = Command::new(binary)
+                        .current_dir(&root)
+                        .env("EMBER_LOG", "warn")
+                        .args(["--backend", backend_name(backend), "bench"])
+                        .args(m.shared)
+                        .args(m.ember)
+                        .output();
+                    let line = output.ok().as_ref().and_then(last_json_line);
+                    records.extend(line.clone());
+                    ember_runs.push((ember_key, line.clone()));
+                    line
+                }
+            };
+            let reference_key = ((m.shared, m.reference), round);
+            let reference_line = match reference_runs.iter().find(|(key, _)| *key == reference_key)
+            {
+                Some((_, line)) => line.clone(),
+                None => {
+                    let (script, args) = m.reference;
+                    let output = Command::new(&python)
+                        .current_dir(&root)
+                        .arg(root.join("bench").join(script))
+                        .args(m.shared)
+                        .args(args)
+                        .output();
+                    let line = output.ok().as_ref().and_then(last_json_line);
+                    records.extend(line.clone());
+                    reference_runs.push((reference_key, line.clone()));
+                    line
+                }
+            };
+            lines.push((ember_line, reference_line));
+        }
         let value = |line: &Option<String>| line.as_deref().and_then(|l| metric(l, m.key));
         let peak = |line: &Option<String>| line.as_deref().and_then(peak_mb);
+        let ember: Vec<f64> = lines.iter().filter_map(|(e, _)| value(e)).collect();
+        let reference: Vec<f64> = lines.iter().filter_map(|(_, t)| value(t)).collect();
+        let ratios: Vec<f64> = lines
+            .iter()
+            .filter_map(|(e, t)| Some(value(e)? / value(t).filter(|t| *t > 0.0)?))
+            .collect();
         // Model FLOP utilisation of training rows: both sides train the same model, whose
         // FLOPs per token Ember's line states.
-        let flops = cached
-            .0
-            .as_deref()
-            .and_then(|l| metric(l, "flops_per_token"));
+        let flops = lines
+            .iter()
+            .find_map(|(e, _)| e.as_deref().and_then(|l| metric(l, "flops_per_token")));
         let mfu = |tokens_per_s: Option<f64>| match (m.key, tokens_per_s, flops, peak_gflops) {
             ("tokens_per_s", Some(t), Some(f), Some(p)) => Some(100.0 * t * f / (p * 1e9)),
             _ => None,
         };
-        let (e, t) = (value(&cached.0), value(&cached.1));
-        rows.push((
-            m.name,
-            e,
-            t,
-            peak(&cached.0),
-            peak(&cached.1),
-            mfu(e),
-            mfu(t),
-        ));
+        let (e, t) = (median(&ember), median(&reference));
+        let highest = |values: Vec<f64>| values.into_iter().reduce(f64::max);
+        rows.push(Row {
+            name: m.name,
+            ember: e,
+            reference: t,
+            ratio: median(&ratios),
+            spread: spread(&ratios),
+            peak_ember: highest(lines.iter().filter_map(|(e, _)| peak(e)).collect()),
+            peak_reference: highest(lines.iter().filter_map(|(_, t)| peak(t)).collect()),
+            mfu_ember: mfu(e),
+            mfu_reference: mfu(t),
+        });
     }
     let fmt =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     println!(
-        "| measurement | Ember ({backend}) | PyTorch | Ember / PyTorch | peak MB Ember | peak MB PyTorch | MFU % Ember | MFU % PyTorch |"
+        "| measurement | Ember ({backend}) | PyTorch | Ember / PyTorch (median of {rounds}) | lowest - highest | peak MB Ember | peak MB PyTorch | MFU % Ember | MFU % PyTorch |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, e, t, pe, pt, me, mt) in &rows {
-        let ratio = match (e, t) {
-            (Some(e), Some(t)) if *t > 0.0 => format!("{:.2}x", e / t),
-            _ => "-".to_string(),
-        };
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let ratio = row.ratio.map_or("-".to_string(), |r| format!("{r:.2}x"));
+        let spread = row
+            .spread
+            .map_or("-".to_string(), |(lo, hi)| format!("{lo:.2}x - {hi:.2}x"));
         println!(
-            "| {name} | {} | {} | {ratio} | {} | {} | {} | {} |",
-            fmt(*e, 1),
-            fmt(*t, 1),
-            fmt(*pe, 0),
-            fmt(*pt, 0),
-            fmt(*me, 1),
-            fmt(*mt, 1)
+            "| {} | {} | {} | {ratio} | {spread} | {} | {} | {} | {} |",
+            row.name,
+            fmt(row.ember, 1),
+            fmt(row.reference, 1),
+            fmt(row.peak_ember, 0),
+            fmt(row.peak_reference, 0),
+            fmt(row.mfu_ember, 1),
+            fmt(row.mfu_reference, 1)
         );
     }
     if let (Some(llama_cpp), Some(checkpoint)) = (llama_cpp, checkpoint) {
@@ -592,5 +647,19 @@ fn backend_name(feature: &str) -> &str {
     match feature {
         "openblas" => "ndarray",
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread_of_rounds() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[1.3, 0.9, 1.1]), Some(1.1));
+        assert_eq!(median(&[2.0, 1.0, 4.0, 3.0]), Some(2.5));
+        assert_eq!(spread(&[1.3, 0.9, 1.1]), Some((0.9, 1.3)));
+        assert_eq!(spread(&[]), None);
     }
 }
