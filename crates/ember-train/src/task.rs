@@ -12,8 +12,9 @@ use burn::prelude::*;
 
 use crate::error::TrainError;
 
-/// One training problem for the trainer.
-pub trait TrainTask {
+/// One training problem for the trainer. `Sync`: the replicas of a data-parallel step
+/// compute their parts' losses on threads of their own.
+pub trait TrainTask: Sync {
     /// The model being trained.
     type Model: Module;
 

@@ -128,7 +128,10 @@ pub struct StepOutcome {
 /// their part's loss, weighted by its share of [`TrainTask::loss_weight`], and its
 /// gradients, which are moved to `device` and summed there (as burn-train's
 /// multi-device strategy does); the one optimizer step then updates the model, whose
-/// next copies carry the new weights to every device.
+/// next copies carry the new weights to every device. The copies' forward and backward
+/// passes run on threads of their own, beside the first device's backward pass, in the
+/// caller's product precision; their gradients are summed in device order, so the
+/// result does not depend on which thread finishes first.
 ///
 /// With a `collective` of several processes, this process takes its rank's part of
 /// each micro-batch first ([`rank_rows`]; its replicas then split that part), weighted
@@ -178,30 +181,62 @@ pub fn train_step<T: TrainTask>(
             continue;
         }
         let whole = task.loss_weight(rows);
-        let (mine, mut first) = rank_rows(rows, collective);
-        let parts = mine.chunks(mine.len().div_ceil(replicas.len().max(1)).max(1));
-        for (i, part) in parts.enumerate() {
-            let share = task.loss_weight(part) / whole / micro_batches.len() as f64;
-            let at = first;
-            first += part.len();
-            if i == 0 {
-                // The first device holds the model itself. Its forward pass also
-                // draws a new model's lazily initialised weights, in the order and
-                // from the random state of a one-device run; the copies then take
-                // them as drawn.
-                let loss = part_loss(&model, part, at, device)? * share;
-                losses.push(loss.clone());
-                accumulator
-                    .accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-                continue;
-            }
-            let replica = &replicas[i];
-            let copy = model.clone().fork(replica);
-            let loss = part_loss(&copy, part, at, replica)? * share;
-            losses.push(loss.clone());
-            let grads =
-                GradientsParams::from_grads(loss.backward(), &copy).to_device(device, &model);
-            accumulator.accumulate(&model, grads);
+        let (mine, first) = rank_rows(rows, collective);
+        let size = mine.len().div_ceil(replicas.len().max(1)).max(1);
+        // Each part with its first row in the whole micro-batch and its loss's share.
+        let parts: Vec<(&[usize], usize, f64)> = mine
+            .chunks(size)
+            .enumerate()
+            .map(|(i, part)| {
+                let share = task.loss_weight(part) / whole / micro_batches.len() as f64;
+                (part, first + i * size, share)
+            })
+            .collect();
+        // The first device holds the model itself. Its forward pass also draws a new
+        // model's lazily initialised weights, in the order and from the random state
+        // of a one-device run; the copies, made after it, take them as drawn.
+        let (part, at, share) = parts[0];
+        let loss = part_loss(&model, part, at, device)? * share;
+        losses.push(loss.clone());
+        // (Under ranks without `--devices` there is one part and no replica list.)
+        let others_at = replicas.iter().skip(1).take(parts.len() - 1);
+        let copies: Vec<(T::Model, &Device)> = others_at
+            .map(|replica| (model.clone().fork(replica), replica))
+            .collect();
+        // The other replicas' forward and backward passes run on threads of their
+        // own while this one runs the first device's backward pass; the thread-local
+        // precision of the products goes with them (dropout keys are set inside
+        // `part_loss`). Their gradients are then moved and summed in device order, so
+        // the sums are those of one replica after another.
+        let precision = ember_kernels::autocast::current_precision();
+        let others = std::thread::scope(|scope| {
+            let workers: Vec<_> = copies
+                .into_iter()
+                .zip(&parts[1..])
+                .map(|((copy, replica), &(part, at, share))| {
+                    let part_loss = &part_loss;
+                    scope.spawn(move || {
+                        let _precision = ember_kernels::autocast(precision);
+                        let loss = part_loss(&copy, part, at, replica)? * share;
+                        let grads = GradientsParams::from_grads(loss.backward(), &copy);
+                        Ok::<_, TrainError>((loss, grads))
+                    })
+                })
+                .collect();
+            accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            workers
+                .into_iter()
+                .map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect::<Vec<_>>()
+        });
+        for other in others {
+            let (loss, grads) = other?;
+            losses.push(loss);
+            accumulator.accumulate(&model, grads.to_device(device, &model));
         }
     }
     let mut loss_sum = 0.0;

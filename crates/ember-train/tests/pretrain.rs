@@ -321,6 +321,26 @@ fn two_replicas_train_as_one_device_with_the_whole_batch() {
     // (Different from the run without dropout: the masks did something.)
     assert!((a[2].train_loss - metrics(&root.path().join("one"))[2].train_loss).abs() > 1e-4);
 
+    // Under bf16 mixed precision: the replicas run on threads of their own, which
+    // compute their products in the run's precision too (one device's bf16 run, which
+    // differs from the f32 one above).
+    config.train.precision = ember_kernels::Dtype::Bf16;
+    let (one, two) = (root.path().join("one-bf16"), root.path().join("two-bf16"));
+    try_run_on(&[], &config, &one, false, false).unwrap();
+    try_run_on(&devices, &config, &two, false, false).unwrap();
+    let (c, d) = (metrics(&one), metrics(&two));
+    for (c, d) in c.iter().zip(&d) {
+        assert!(close(c.train_loss, d.train_loss), "{c:?} {d:?}");
+        assert!(close(c.grad_norm, d.grad_norm), "{c:?} {d:?}");
+    }
+    assert!(
+        (c[2].grad_norm - a[2].grad_norm).abs() > 1e-4,
+        "{:?} {:?}",
+        c[2],
+        a[2]
+    );
+    config.train.precision = ember_kernels::Dtype::F32;
+
     // A batch that does not split evenly is refused before the run starts.
     config.train.batch_size = 3;
     let three = [Device::ndarray(), Device::ndarray()];
