@@ -517,7 +517,7 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
             _ => None,
         };
         let (e, t) = (median(&ember), median(&reference));
-        let highest = |values: Vec<f64>| values.into_iter().reduce(f64::max);
+        let highest = |values: Vec<f64>| spread(&values).map(|(_, highest)| highest);
         rows.push(Row {
             name: m.name,
             ember: e,

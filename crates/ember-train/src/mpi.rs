@@ -25,8 +25,9 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 
 use crate::collective::{Collective, CollectiveError, launched};
 
-/// Floats summed per all-reduce call: a bounded send buffer beside the values.
-const BUCKET: usize = 4 << 20;
+/// Floats summed per all-reduce call: a bounded send buffer beside the values (and
+/// NCCL's device buffer, `nccl.rs`).
+pub(crate) const BUCKET: usize = 4 << 20;
 
 /// Tag of the arrival messages.
 const ARRIVAL_TAG: i32 = 7;

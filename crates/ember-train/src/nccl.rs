@@ -19,10 +19,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id, ReduceOp};
 
 use crate::collective::{Collective, CollectiveError};
-use crate::mpi::MpiCollective;
-
-/// Floats summed per NCCL call: the size of the one device buffer each rank keeps.
-const BUCKET: usize = 4 << 20;
+use crate::mpi::{BUCKET, MpiCollective};
 
 /// NCCL's sums over the ranks of an MPI job: [`NcclComm::open`], then
 /// [`NcclCollective::new`].
@@ -113,15 +110,20 @@ impl NcclCollective {
     }
 }
 
-/// Whether the CUDA driver and NCCL can be loaded; the error names what is missing.
-pub fn libraries_present() -> Result<(), String> {
+/// Whether the CUDA driver and NCCL (in that order) can be loaded.
+fn loadable() -> (bool, bool) {
     // SAFETY: these only try to open the shared libraries (dlopen).
-    let (driver, nccl) = unsafe {
+    unsafe {
         (
             cudarc::driver::sys::is_culib_present(),
             cudarc::nccl::sys::is_culib_present(),
         )
-    };
+    }
+}
+
+/// Whether the CUDA driver and NCCL can be loaded; the error names what is missing.
+pub fn libraries_present() -> Result<(), String> {
+    let (driver, nccl) = loadable();
     let mut missing = Vec::new();
     if !driver {
         missing.push("the CUDA driver (libcuda.so.1: an NVIDIA GPU's driver)");
@@ -176,13 +178,7 @@ mod tests {
     /// what is missing instead of cudarc's panic at first use.
     #[test]
     fn missing_libraries_are_named() {
-        // SAFETY: as in `libraries_present`.
-        let (driver, nccl) = unsafe {
-            (
-                cudarc::driver::sys::is_culib_present(),
-                cudarc::nccl::sys::is_culib_present(),
-            )
-        };
+        let (driver, nccl) = loadable();
         match libraries_present() {
             Ok(()) => assert!(driver && nccl),
             Err(message) => {
