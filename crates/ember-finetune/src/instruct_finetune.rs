@@ -21,7 +21,7 @@ use ember_model::{CausalLm, GenerationConfig, GptConfig, LanguageModel, generate
 use ember_tokenizer::ModelTokenizer;
 use ember_train::{
     Evaluation, InvalidSetting, Run, RunConfig, RunOptions, TrainConfig, TrainError, TrainTask,
-    cross_entropy, mean_loss, token_tensors,
+    mean_loss, token_tensors,
 };
 use serde::{Deserialize, Serialize};
 
@@ -167,7 +167,7 @@ impl Examples {
     /// The next-token loss of `rows`: the mean over their counted targets.
     fn loss(&self, model: &LanguageModel, rows: &[usize], device: &Device) -> Tensor<1> {
         let (inputs, targets) = token_tensors(&self.batch(rows), device);
-        cross_entropy(model.forward(inputs), targets)
+        model.next_token_loss(inputs, targets)
     }
 
     /// How many targets of `rows` the loss counts.

@@ -1,7 +1,8 @@
 //! Criterion micro-benchmarks of the kernels a gpt2-small training step spends its time
 //! in, at the book's shapes (batch 2 × context 256 = 512 rows, width 768, 12 heads):
 //! the matrix products of the projections and the output head, fused attention,
-//! LayerNorm, tanh-GELU, and softmax + cross-entropy over the vocabulary.
+//! LayerNorm, tanh-GELU, softmax + cross-entropy over the vocabulary, and the output
+//! head with the loss, fused or not.
 //!
 //! Where ember-kernels replaces a Burn operation, both are measured: `burn` is the plain
 //! tensor operation, `ember` the kernel the model uses on the CPU backend, `ember bf16`
@@ -142,5 +143,49 @@ fn layers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmuls, layers);
+/// The output head and the loss, forward and backward (the gradients of the hidden
+/// states and of the head's weight), at the tiny preset's width (64) and gpt2-small's
+/// (768): the product followed by the cross-entropy, against `linear_cross_entropy`.
+fn head_and_loss(c: &mut Criterion) {
+    let device = Device::ndarray().autodiff();
+    let mut group = c.benchmark_group("head + loss, forward and backward");
+    group.sample_size(10);
+    let targets =
+        Tensor::<1, Int>::random([ROWS], Distribution::Uniform(0.0, VOCAB as f64), &device);
+    for width in [64, WIDTH] {
+        let hidden = random([ROWS, width], &device).require_grad();
+        let weight = (random([width, VOCAB], &device) * 0.02)
+            .detach()
+            .require_grad();
+        for precision in [ember_kernels::Dtype::F32, ember_kernels::Dtype::Bf16] {
+            let step = |fused: bool| {
+                let _precision = ember_kernels::autocast(precision);
+                let loss = if fused {
+                    ember_kernels::linear_cross_entropy(
+                        hidden.clone(),
+                        weight.clone(),
+                        targets.clone(),
+                    )
+                } else {
+                    ember_kernels::cross_entropy(
+                        ember_kernels::matmul(hidden.clone(), weight.clone()),
+                        targets.clone(),
+                    )
+                };
+                let grads = loss.backward();
+                settle(weight.grad(&grads).expect("a weight gradient"));
+            };
+            let shape = format!("{ROWS}x{width}x{VOCAB} {precision}");
+            group.bench_function(format!("product then loss {shape}"), |bench| {
+                bench.iter(|| step(false))
+            });
+            group.bench_function(format!("linear_cross_entropy {shape}"), |bench| {
+                bench.iter(|| step(true))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matmuls, layers, head_and_loss);
 criterion_main!(benches);

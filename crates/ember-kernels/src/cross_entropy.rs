@@ -44,7 +44,7 @@ pub fn cross_entropy_reference(logits: Tensor<2>, targets: Tensor<1, Int>) -> Te
     -(picked * mask).sum() / count
 }
 
-fn host_targets(targets: Tensor<1, Int>) -> Arc<[i64]> {
+pub(crate) fn host_targets(targets: Tensor<1, Int>) -> Arc<[i64]> {
     let data = targets.into_data().convert::<i64>();
     data.try_into_vec::<i64>().expect("i64 targets").into()
 }
@@ -129,7 +129,7 @@ fn row_losses(xs: &[f32], classes: usize, targets: &[i64]) -> RowLosses {
 
 /// Lanes of the row reductions: running maxima and partial sums the compiler keeps in
 /// vector registers (a sequential f32 reduction would not vectorise).
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 widest_fn! {
     /// `ln Σ exp(x)` over a row, shifted by its largest value.
@@ -141,7 +141,7 @@ widest_fn! {
 
 /// The largest of `xs` (−∞ for none).
 #[inline(always)]
-fn max_of(xs: &[f32]) -> f32 {
+pub(crate) fn max_of(xs: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -159,7 +159,7 @@ fn max_of(xs: &[f32]) -> f32 {
 /// `Σ exp(x − shift)`: f32 partial sums within blocks of 1,024 elements, f64 across
 /// them, so that 50,257 terms keep f32's precision.
 #[inline(always)]
-fn sum_exp(xs: &[f32], shift: f32) -> f64 {
+pub(crate) fn sum_exp(xs: &[f32], shift: f32) -> f64 {
     // Plain loops: iterator adaptors with closures would be compiled apart from the
     // vectorised copy of the caller (`widest_fn!`).
     let mut total = 0.0f64;

@@ -25,7 +25,8 @@
 //!
 //! One kernel per file: [`gelu_tanh`], [`matmul()`] (and [`linear`], in f32 or, under
 //! [`autocast()`], with bf16 operands), [`causal_attention`] (with dropout), [`dropout`],
-//! [`cross_entropy`], [`rms_norm`], [`layer_norm`], the optimizer [`FusedAdamW`], and
+//! [`cross_entropy`] (and [`linear_cross_entropy`], the output head and the loss in one,
+//! never holding the logits), [`rms_norm`], [`layer_norm`], the optimizer [`FusedAdamW`], and
 //! for inference the [`packed_weights`] (bf16/f16 weights computed with in f32) that
 //! [`linear`], [`embedding`] and [`unembed`] use when a model has them.
 //!
@@ -50,6 +51,7 @@ mod embedding;
 mod exp;
 mod gelu;
 mod layer_norm;
+mod linear_cross_entropy;
 mod matmul;
 pub mod packed_weights;
 mod panel_dot;
@@ -73,6 +75,7 @@ pub use dtype::{Dtype, UnknownDtype};
 pub use embedding::{embedding, unembed};
 pub use gelu::{gelu_tanh, gelu_tanh_reference};
 pub use layer_norm::{layer_norm, layer_norm_reference};
+pub use linear_cross_entropy::{LOGITS_BLOCK_ELEMENTS, linear_cross_entropy};
 pub use matmul::{linear, matmul};
 pub use rms_norm::{rms_norm, rms_norm_reference};
 pub use rows::{RowLayout, with_row_layout};

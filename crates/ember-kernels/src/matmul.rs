@@ -187,15 +187,20 @@ fn product<B: CpuBackend>(
     precision: Dtype,
 ) -> FloatTensor<B> {
     let (m, n) = (a.dims.0, b.dims.1);
-    let values = match precision {
+    B::new_tensor(&[m, n], product_values(a, b, precision))
+}
+
+/// `a · b` in `precision` (f32, or operands rounded to bf16 or f16 with f32 sums), row
+/// major, on every core.
+pub(crate) fn product_values(a: MatrixView<'_>, b: MatrixView<'_>, precision: Dtype) -> Vec<f32> {
+    match precision {
         Dtype::F32 => gemm(a, b),
         Dtype::Bf16 => crate::bf16_gemm::product(a, b),
         Dtype::F16 => rounded_product(a, b, Dtype::F16),
         Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4_K => {
             unreachable!("autocast takes float formats only")
         }
-    };
-    B::new_tensor(&[m, n], values)
+    }
 }
 
 /// `a · b` of copies of the operands rounded to `dtype`, through the f32 [`gemm`]: the

@@ -110,6 +110,39 @@ pub trait Architecture: Module + Sized {
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     fn head(&self, hidden: Tensor<3>) -> Tensor<3>;
 
+    /// The head as one `[hidden, vocab]` matrix, when it is no more than that product
+    /// (no bias, no soft-capping, f32 weights rather than packed inference ones): the
+    /// loss then takes it without computing the logits
+    /// ([`ember_kernels::linear_cross_entropy`]).
+    fn head_matrix(&self) -> Option<Tensor<2>> {
+        None
+    }
+
+    /// Mean next-token cross-entropy of the logits of `ids` against `targets`, over the
+    /// targets that are not [`ember_kernels::IGNORE_INDEX`] (the book's
+    /// `calc_loss_batch`); the head and the loss in one where [`Architecture::head_matrix`]
+    /// allows, so that the `[batch · seq, vocab]` logits are never held whole.
+    ///
+    /// # Shapes
+    /// - ids, targets: `[batch, seq]` → `[1]`
+    fn next_token_loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        let hidden = self.forward_hidden(ids);
+        let [batch, seq, width] = hidden.dims();
+        let targets = targets.reshape([batch * seq]);
+        match self.head_matrix() {
+            Some(weight) => ember_kernels::linear_cross_entropy(
+                hidden.reshape([batch * seq, width]),
+                weight,
+                targets,
+            ),
+            None => {
+                let logits = self.head(hidden);
+                let vocab = logits.dims()[2];
+                ember_kernels::cross_entropy(logits.reshape([batch * seq, vocab]), targets)
+            }
+        }
+    }
+
     /// A cache sized for this model.
     fn new_cache(&self) -> KvCache;
 
@@ -142,6 +175,23 @@ pub trait Architecture: Module + Sized {
     /// model holds them.
     fn hub_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         collect_parameters(self, &self.config().name_table(None))
+    }
+}
+
+/// A head's `[hidden, vocab]` matrix for [`Architecture::head_matrix`]: the linear
+/// head's weight, or the tied embedding's matrix transposed; `None` for a head with a
+/// bias or with packed (inference) weights.
+pub(crate) fn plain_head_matrix(
+    lm_head: Option<&burn::nn::Linear>,
+    embedding: &burn::nn::Embedding,
+) -> Option<Tensor<2>> {
+    use ember_kernels::packed_weights::packed_matrix;
+    match lm_head {
+        Some(head) => (head.bias.is_none() && packed_matrix(&head.weight).is_none())
+            .then(|| head.weight.val()),
+        None => packed_matrix(&embedding.weight)
+            .is_none()
+            .then(|| embedding.weight.val().transpose()),
     }
 }
 
@@ -450,6 +500,14 @@ impl LanguageModel {
     /// - ids: `[batch, seq]` → `[batch, seq, vocab]`
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         self.logits(ids)
+    }
+
+    /// Mean next-token cross-entropy ([`Architecture::next_token_loss`]).
+    ///
+    /// # Shapes
+    /// - ids, targets: `[batch, seq]` → `[1]`
+    pub fn next_token_loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        each_architecture!(self, LanguageModel, m => Architecture::next_token_loss(m, ids, targets))
     }
 
     /// The configuration, read back from the model.

@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use ember_data::{ShardDataset, SlidingWindowDataset, WindowSource, collate_windows, split_text};
-use ember_model::{GenerationConfig, GptModel, LanguageModel, generate, load_model, save_model};
+use ember_model::{
+    Architecture, GenerationConfig, GptModel, LanguageModel, generate, load_model, save_model,
+};
 use ember_tokenizer::{Gpt2Tokenizer, ModelTokenizer, Tokenizer};
 
 use crate::checkpoint::TrainState;
 use crate::config::PretrainConfig;
 use crate::error::TrainError;
 use crate::eval::{mean_loss, token_tensors};
-use crate::loss::cross_entropy;
 use crate::pipeline::Run;
 use crate::task::{Evaluation, TrainTask};
 use crate::trainer::{RunOptions, StopReason};
@@ -125,7 +126,7 @@ fn window_loss(
 ) -> Result<Tensor<1>, TrainError> {
     let batch = collate_windows(source, rows).map_err(|e| TrainError::data("windows", e))?;
     let (inputs, targets) = token_tensors(&batch, device);
-    Ok(cross_entropy(model.forward(inputs), targets))
+    Ok(model.next_token_loss(inputs, targets))
 }
 
 /// Next-token prediction on sliding windows (chapter 5).

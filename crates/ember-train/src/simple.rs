@@ -8,12 +8,11 @@
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use ember_data::{Batcher, WindowSource};
-use ember_model::GptModel;
+use ember_model::{Architecture, GptModel};
 use ember_tokenizer::Gpt2Tokenizer;
 
 use crate::error::TrainError;
 use crate::eval::token_tensors;
-use crate::loss::cross_entropy;
 use crate::pretrain::{evaluate_loss, sample_text};
 
 /// What `train_model_simple` returns (`train_losses`, `val_losses`,
@@ -77,7 +76,7 @@ pub fn train_model_simple(
         for batch in train_loader.epoch(epoch as u64, 0) {
             // Gradients are new every step: PyTorch's `optimizer.zero_grad()`.
             let (inputs, targets) = token_tensors(&batch, device);
-            let loss = cross_entropy(model.forward(inputs), targets); // calc_loss_batch
+            let loss = model.next_token_loss(inputs, targets); // calc_loss_batch
             log.step_losses
                 .push(loss.clone().into_scalar::<f32>() as f64);
             let grads = GradientsParams::from_grads(loss.backward(), &model);

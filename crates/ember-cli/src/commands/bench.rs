@@ -22,10 +22,10 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use ember_model::{
-    Dtype, GenerationConfig, GptConfig, LanguageModel, ModelConfig, generate, read_model_config,
-    with_weight_dtype,
+    Architecture, Dtype, GenerationConfig, GptConfig, LanguageModel, ModelConfig, generate,
+    read_model_config, with_weight_dtype,
 };
-use ember_train::{AdamWSettings, check_precision, cross_entropy};
+use ember_train::{AdamWSettings, check_precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -201,7 +201,7 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
             let mut last_loss = 0.0f32;
             for step in 0..args.warmup + args.steps {
                 let start = Instant::now();
-                let loss = cross_entropy(model.forward(inputs.clone()), targets.clone());
+                let loss = model.next_token_loss(inputs.clone(), targets.clone());
                 let forward_done = Instant::now();
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 let backward_done = Instant::now();

@@ -173,6 +173,16 @@ impl Architecture for Gemma3Model {
         }
     }
 
+    /// The plain product only without soft-capping (Gemma 3's checkpoints have none).
+    fn head_matrix(&self) -> Option<Tensor<2>> {
+        match self.config.final_logit_softcapping {
+            Some(_) => None,
+            None => {
+                crate::model::plain_head_matrix(self.lm_head.as_ref(), &self.model.embed_tokens)
+            }
+        }
+    }
+
     /// Sliding layers keep only their window of it ([`KvCache::extend_window`]).
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.model.layers.len(), self.config.max_position_embeddings)

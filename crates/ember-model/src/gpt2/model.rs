@@ -319,6 +319,10 @@ impl Architecture for GptModel {
         GptModel::head(self, hidden)
     }
 
+    fn head_matrix(&self) -> Option<Tensor<2>> {
+        crate::model::plain_head_matrix(self.lm_head.as_ref(), &self.wte)
+    }
+
     fn new_cache(&self) -> KvCache {
         GptModel::new_cache(self)
     }

@@ -162,6 +162,10 @@ impl Architecture for LlamaModel {
         }
     }
 
+    fn head_matrix(&self) -> Option<Tensor<2>> {
+        crate::model::plain_head_matrix(self.lm_head.as_ref(), &self.model.embed_tokens)
+    }
+
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.model.layers.len(), self.config.max_position_embeddings)
     }
