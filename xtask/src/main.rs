@@ -100,7 +100,7 @@ fn main() -> ExitCode {
         return usage();
     }
     let task = args.remove(0);
-    let mut backend = "ndarray".to_string();
+    let mut backend = "flex".to_string();
     let mut release = true;
     let mut rest = Vec::new();
     let mut judge_url = None;

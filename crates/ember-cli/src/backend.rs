@@ -10,11 +10,13 @@ use burn::prelude::Device;
 /// Backend names compiled in, the default first.
 pub fn available() -> Vec<&'static str> {
     let mut names = Vec::new();
-    if cfg!(feature = "ndarray") {
-        names.push("ndarray");
-    }
+    // flex before ndarray: Burn 0.22 deprecates ndarray (0.23 removes it), and with
+    // Ember's kernels flex trains and generates as fast (docs/benchmarks.md).
     if cfg!(feature = "flex") {
         names.push("flex");
+    }
+    if cfg!(feature = "ndarray") {
+        names.push("ndarray");
     }
     if cfg!(feature = "wgpu") {
         names.push("wgpu");

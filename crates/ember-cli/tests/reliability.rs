@@ -527,7 +527,7 @@ fn devices_replicate_the_model_or_refuse_clearly() {
             "cpu:1",
             "device \"cpu:1\": only cuda and tch-cuda devices are numbered",
         ),
-        ("cpu,cuda:0", "--devices mixes backends (ndarray, cuda)"),
+        ("cpu,cuda:0", "--devices mixes backends (flex, cuda)"),
         (
             "cpu,cpu,cpu",
             "train.batch_size 4 does not split evenly across 3 devices",

@@ -340,6 +340,15 @@ mod tests {
         Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
     }
 
+    /// Equal losses, and equal gradients of each of `inputs`.
+    fn assert_same_loss_and_gradients(got: Tensor<1>, want: Tensor<1>, inputs: [&Tensor<2>; 2]) {
+        assert_close(got.clone(), want.clone(), 1e-6);
+        let (got, want) = (got.backward(), want.backward());
+        for input in inputs {
+            assert_close(input.grad(&got).unwrap(), input.grad(&want).unwrap(), 1e-6);
+        }
+    }
+
     /// The fused loss through `fused_on` with blocks of `block_rows` rows.
     fn fused(
         hidden: Tensor<2>,
@@ -387,19 +396,7 @@ mod tests {
                     h.clone().matmul(w.clone()),
                     targets(&labels, &device),
                 );
-                assert_close(got.clone(), want.clone(), 1e-6);
-                let got_grads = (got * 0.25).backward();
-                let want_grads = (want * 0.25).backward();
-                assert_close(
-                    h.grad(&got_grads).unwrap(),
-                    h.grad(&want_grads).unwrap(),
-                    1e-6,
-                );
-                assert_close(
-                    w.grad(&got_grads).unwrap(),
-                    w.grad(&want_grads).unwrap(),
-                    1e-6,
-                );
+                assert_same_loss_and_gradients(got * 0.25, want * 0.25, [&h, &w]);
             }
         }
     }
@@ -461,18 +458,7 @@ mod tests {
                 crate::matmul(h.clone(), w.clone()),
                 targets(&labels, &device),
             );
-            assert_close(got.clone(), want.clone(), 1e-6);
-            let (got_grads, want_grads) = (got.backward(), want.backward());
-            assert_close(
-                h.grad(&got_grads).unwrap(),
-                h.grad(&want_grads).unwrap(),
-                1e-6,
-            );
-            assert_close(
-                w.grad(&got_grads).unwrap(),
-                w.grad(&want_grads).unwrap(),
-                1e-6,
-            );
+            assert_same_loss_and_gradients(got, want, [&h, &w]);
             // And not the f32 product's: bf16 rounding moves the loss.
             let f32_loss: f32 = crate::cross_entropy_reference(
                 hidden.clone().matmul(weight.clone()),

@@ -113,6 +113,16 @@ fn greedy_ids(model: &ember_model::GptModel, device: &Device) -> Vec<u32> {
 
 #[test]
 fn fit_reproduces_the_books_training_run() {
+    fit_reproduces_the_books_training_run_on(Device::ndarray());
+}
+
+/// Flex, Burn's successor to ndarray and `ember`'s default CPU backend.
+#[test]
+fn fit_reproduces_the_books_training_run_on_flex() {
+    fit_reproduces_the_books_training_run_on(Device::flex());
+}
+
+fn fit_reproduces_the_books_training_run_on(device: Device) {
     let trace = trace();
     let config = trace_config(&trace);
     let dir = tempfile::tempdir().unwrap();
@@ -124,7 +134,7 @@ fn fit_reproduces_the_books_training_run() {
         devices: &[],
         collective: None,
     };
-    pretrain(&config, dir.path(), &Device::ndarray(), options).unwrap();
+    pretrain(&config, dir.path(), &device, options).unwrap();
     let metrics: Vec<MetricsLine> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -136,7 +146,6 @@ fn fit_reproduces_the_books_training_run() {
         .filter_map(|m| Some((m.step, m.eval_train_loss?, m.val_loss?)))
         .collect();
     assert_matches_trace(&trace, &steps, &evals);
-    let device = Device::ndarray();
     let trained = load_model(&dir.path().join("model"), None, &device)
         .unwrap()
         .into_gpt2()
