@@ -86,14 +86,23 @@ pub fn assert_matches_transformers(dir: &Path, reference: &Value, expected: &Pat
     let targets: Vec<i64> = text_ids[1..].iter().map(|&i| i64::from(i)).collect();
     let loss: f32 = ember_kernels::cross_entropy(
         logits.reshape([n - 1, model.vocab_size()]),
-        Tensor::<1, Int>::from_data(TensorData::new(targets, [n - 1]), &device),
+        Tensor::<1, Int>::from_data(TensorData::new(targets.clone(), [n - 1]), &device),
     )
     .into_scalar();
+    // The same loss with the head fused in, as training computes it.
+    let fused: f32 = model
+        .next_token_loss(
+            tensor(&text_ids[..n - 1], &device),
+            Tensor::<2, Int>::from_data(TensorData::new(targets, [1, n - 1]), &device),
+        )
+        .into_scalar();
     let want = reference["loss"]["mean_next_token_loss"].as_f64().unwrap();
-    assert!(
-        ((loss as f64) - want).abs() / want < 1e-5,
-        "{name}: loss {loss} vs {want}"
-    );
+    for (how, loss) in [("from the logits", loss), ("fused with the head", fused)] {
+        assert!(
+            ((loss as f64) - want).abs() / want < 1e-5,
+            "{name}: loss {how} {loss} vs {want}"
+        );
+    }
     // The chat prompt, rendered by the model's template, and its greedy reply.
     let chat = &cases["chat"];
     let messages: Vec<ChatMessage> = serde_json::from_value(chat["messages"].clone()).unwrap();
