@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The PyTorch parity tests (logits, losses, greedy ids, KV cache, AdamW steps) on the
-# backends beside the default one: flex (Burn's successor CPU backend, with Ember's
-# kernels), wgpu (through Mesa's software Vulkan driver, lavapipe, where there is no
+# backends one by one: flex (the default CPU backend since 2026-12-06, with Ember's
+# kernels; .ci/run tests it too), wgpu (through Mesa's software Vulkan driver, lavapipe, where there is no
 # GPU) and tch (libtorch 2.9.0 on the CPU, set up from PyPI by
 # scripts/setup-libtorch.sh). One build with all the features serves every run; flex
 # also runs the kernels' own tests on flex tensors.
