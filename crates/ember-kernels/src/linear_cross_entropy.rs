@@ -75,8 +75,8 @@ fn fused_on<B: CpuBackend>(
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::ops::{Backward, OpsKind};
     let precision = current_precision();
+    let targets = host_targets(targets.clone());
     if let (Some(h), Some(w)) = (B::tracked(hidden), B::tracked(weight)) {
-        let targets = host_targets(targets.clone());
         let (h_tracked, w_tracked) = (h.is_tracked(), w.is_tracked());
         let prepared =
             Backward::<B, 2>::prepare::<NoCheckpointing>(HeadLossBackward, [h.node(), w.node()])
@@ -117,7 +117,7 @@ fn fused_on<B: CpuBackend>(
     let head = HeadLoss::compute(
         B::matrix(&h),
         B::matrix(&w),
-        &host_targets(targets.clone()),
+        &targets,
         precision,
         Wanted::NONE,
         block_elements,
