@@ -16,14 +16,16 @@ const UNDERFLOW: f32 = -87.336_55;
 /// Above this `exp` overflows: infinity.
 const OVERFLOW: f32 = 88.722_84;
 /// Adding and subtracting 1.5·2²³ rounds an f32 of magnitude below 2²² to an integer
-/// (ties to even), without a rounding instruction the baseline x86-64 lacks.
+/// (ties to even), without a rounding instruction the baseline x86-64 lacks; the sum
+/// holds that integer in its low mantissa bits.
 const ROUND: f32 = 12_582_912.0;
 
 /// `eˣ`: 0 below -87.34, infinity above 88.72, NaN for NaN.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     let clamped = x.clamp(UNDERFLOW, 88.0);
-    let n = (clamped * LOG2_E + ROUND) - ROUND;
+    let shifted = clamped * LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_2e-4;
     p = p * r + 1.398_199_9e-3;
@@ -32,8 +34,12 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    // n lies in -126..=127 after the clamp: a normal power of two.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n lies in -126..=127 after the clamp: a normal power of two, whose exponent
+    // field is n + 127. n is read from `shifted`'s bits (`shifted = 1.5·2²³ + n`), not
+    // converted with `as i32`: that conversion saturates and maps NaN to 0, which LLVM
+    // compiles lane by lane, and the loops calling `exp` ran scalar (perf, Zen 3).
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     let value = y * scale;
     if x < UNDERFLOW {
         0.0
