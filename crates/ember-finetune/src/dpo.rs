@@ -3,7 +3,7 @@
 //! a model gives each response, and the DPO loss with the rewards it implies.
 
 use burn::prelude::*;
-use burn::tensor::activation::{log_sigmoid, log_softmax};
+use burn::tensor::activation::log_sigmoid;
 use ember_data::IGNORE_INDEX;
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +20,8 @@ pub enum LogProbReduction {
 
 /// The log-probability the model gives each row's counted targets.
 ///
-/// `log_softmax(logits)` taken at each target that is not [`IGNORE_INDEX`], summed over
-/// the row, and divided by the number of counted targets for [`LogProbReduction::Mean`]
+/// `log_softmax(logits)` taken at each target that is not [`IGNORE_INDEX`]
+/// ([`ember_kernels::token_log_probs`]), summed over the row, and divided by the number of counted targets for [`LogProbReduction::Mean`]
 /// (a row without any counts 0).
 ///
 /// # Shapes
@@ -33,16 +33,16 @@ pub fn sequence_log_probs(
     targets: Tensor<2, Int>,
     reduction: LogProbReduction,
 ) -> Tensor<1> {
+    let [rows, seq_len, vocab] = logits.dims();
     let counted = targets.clone().not_equal_elem(IGNORE_INDEX);
-    // Ignored targets gather some valid class; their values are masked out below.
-    let labels = targets.mask_fill(counted.clone().bool_not(), 0);
-    let token_log_probs = log_softmax(logits, 2)
-        .gather(2, labels.unsqueeze_dim(2))
-        .squeeze_dim::<2>(2);
+    // One pass over each row of logits (0 at ignored targets).
+    let token_log_probs = ember_kernels::token_log_probs(
+        logits.reshape([rows * seq_len, vocab]),
+        targets.reshape([rows * seq_len]),
+    )
+    .reshape([rows, seq_len]);
     let weights = counted.float();
-    let sums = (token_log_probs * weights.clone())
-        .sum_dim(1)
-        .squeeze_dim::<1>(1);
+    let sums = token_log_probs.sum_dim(1).squeeze_dim::<1>(1);
     match reduction {
         LogProbReduction::Sum => sums,
         LogProbReduction::Mean => sums / weights.sum_dim(1).squeeze_dim::<1>(1).clamp_min(1.0),

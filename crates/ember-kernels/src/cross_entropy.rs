@@ -133,7 +133,7 @@ pub(crate) const LANES: usize = 16;
 
 widest_fn! {
     /// `ln Σ exp(x)` over a row, shifted by its largest value.
-    fn log_sum_exp(row: &[f32]) -> f32 {
+    pub(crate) fn log_sum_exp(row: &[f32]) -> f32 {
         let max = max_of(row);
         max + sum_exp(row, max).ln() as f32
     }
@@ -235,13 +235,26 @@ fn gradient(
     } else {
         grad / counted as f32
     };
+    row_gradients(xs, classes, targets, log_sum_exp, |_| scale)
+}
+
+/// `scale(row) · (softmax(x) − onehot(target))` for each counted row, zero for ignored
+/// ones; one pass that writes every element once.
+pub(crate) fn row_gradients(
+    xs: &[f32],
+    classes: usize,
+    targets: &[i64],
+    log_sum_exp: &[f32],
+    scale: impl Fn(usize) -> f32 + Sync,
+) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(xs.len());
     out.spare_capacity_mut()[..xs.len()]
         .par_chunks_mut(classes)
         .zip(xs.par_chunks(classes))
         .zip(targets.par_iter().zip(log_sum_exp.par_iter()))
-        .for_each(|((out, row), (&target, &log_sum_exp))| {
-            write_row_gradient(out, row, target, log_sum_exp, scale)
+        .enumerate()
+        .for_each(|(r, ((out, row), (&target, &log_sum_exp)))| {
+            write_row_gradient(out, row, target, log_sum_exp, scale(r))
         });
     // SAFETY: every row of the first `xs.len()` elements was written above.
     unsafe { out.set_len(xs.len()) };

@@ -26,7 +26,7 @@
 //! One kernel per file: [`gelu_tanh`], [`matmul()`] (and [`linear`], in f32 or, under
 //! [`autocast()`], with bf16 operands), [`causal_attention`] (with dropout), [`dropout`],
 //! [`cross_entropy`] (and [`linear_cross_entropy`], the output head and the loss in one,
-//! never holding the logits), [`rms_norm`], [`layer_norm`], the optimizer [`FusedAdamW`], and
+//! never holding the logits), [`token_log_probs`] (each row's, for DPO), [`rms_norm`], [`layer_norm`], the optimizer [`FusedAdamW`], and
 //! for inference the [`packed_weights`] (bf16/f16 weights computed with in f32) that
 //! [`linear`], [`embedding`] and [`unembed`] use when a model has them.
 //!
@@ -61,6 +61,7 @@ mod row_norm;
 pub mod rows;
 mod simd;
 mod tiled_attention;
+mod token_log_probs;
 
 pub use adamw::{AdamWHyper, FusedAdamW};
 /// Targets with this value are left out of [`cross_entropy`] (PyTorch's default
@@ -80,6 +81,7 @@ pub use matmul::{linear, matmul};
 pub use rms_norm::{rms_norm, rms_norm_reference};
 pub use rows::{RowLayout, with_row_layout};
 pub use tiled_attention::{tiled_attention, tiled_attention_over};
+pub use token_log_probs::{token_log_probs, token_log_probs_reference};
 
 /// Elements per rayon task for the element-wise kernels: large enough that scheduling
 /// is noise, small enough to share a 1.5M-element GELU input between the cores.
