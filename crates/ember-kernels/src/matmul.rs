@@ -203,27 +203,70 @@ pub(crate) fn product_values(a: MatrixView<'_>, b: MatrixView<'_>, precision: Dt
     }
 }
 
+/// `a · b` in `precision` as [`product_values`] computes it, on the calling thread
+/// (inside a task that is already one of many: attention's heads). A bf16 product on
+/// AVX512_BF16 is the only exception: its kernel splits into tasks of its own, which
+/// rayon runs beside the caller's.
+pub(crate) fn product_values_on_this_thread(
+    a: MatrixView<'_>,
+    b: MatrixView<'_>,
+    precision: Dtype,
+) -> Vec<f32> {
+    match precision {
+        Dtype::F32 => gemm_on_this_thread(a, b),
+        Dtype::Bf16 if crate::bf16_gemm::has_bf16_instructions() => crate::bf16_gemm::product(a, b),
+        Dtype::Bf16 | Dtype::F16 => rounded_product_with(a, b, precision, Threads::One),
+        Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4_K => {
+            unreachable!("autocast takes float formats only")
+        }
+    }
+}
+
+/// Whether a product runs on every core or on the calling thread.
+#[derive(Clone, Copy, PartialEq)]
+enum Threads {
+    All,
+    One,
+}
+
 /// `a · b` of copies of the operands rounded to `dtype`, through the f32 [`gemm`]: the
 /// result of `dtype` operands with f32 sums.
 pub(crate) fn rounded_product(a: MatrixView<'_>, b: MatrixView<'_>, dtype: Dtype) -> Vec<f32> {
+    rounded_product_with(a, b, dtype, Threads::All)
+}
+
+fn rounded_product_with(
+    a: MatrixView<'_>,
+    b: MatrixView<'_>,
+    dtype: Dtype,
+    threads: Threads,
+) -> Vec<f32> {
     let rounded = |m: MatrixView<'_>| -> Vec<f32> {
         let (rows, cols) = m.dims;
         let mut out = vec![0.0f32; rows * cols];
+        let round_row = |(r, row): (usize, &mut [f32])| {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = dtype.round(m.at(r, c));
+            }
+        };
         if cols > 0 {
-            out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = dtype.round(m.at(r, c));
-                }
-            });
+            match threads {
+                Threads::All => out.par_chunks_mut(cols).enumerate().for_each(round_row),
+                Threads::One => out.chunks_mut(cols).enumerate().for_each(round_row),
+            }
         }
         out
     };
     let (a_rounded, b_rounded) = (rounded(a), rounded(b));
     let ((m, k), (_, n)) = (a.dims, b.dims);
-    gemm(
+    let (a, b) = (
         MatrixView::new(a_rounded.as_ptr(), (m, k), k as isize, 1),
         MatrixView::new(b_rounded.as_ptr(), (k, n), n as isize, 1),
-    )
+    );
+    match threads {
+        Threads::All => gemm(a, b),
+        Threads::One => gemm_on_this_thread(a, b),
+    }
 }
 
 /// `a · b` into a new row-major vector, on every core.
