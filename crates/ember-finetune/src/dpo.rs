@@ -21,8 +21,8 @@ pub enum LogProbReduction {
 /// The log-probability the model gives each row's counted targets.
 ///
 /// `log_softmax(logits)` taken at each target that is not [`IGNORE_INDEX`]
-/// ([`ember_kernels::token_log_probs`]), summed over the row, and divided by the number of counted targets for [`LogProbReduction::Mean`]
-/// (a row without any counts 0).
+/// ([`ember_kernels::token_log_probs`]), summed over the row, and divided by the number
+/// of counted targets for [`LogProbReduction::Mean`] (a row without any counts 0).
 ///
 /// # Shapes
 /// - logits: `[rows, seq_len, vocab]`

@@ -15,11 +15,12 @@
 //!
 //! Under [`autocast`](crate::autocast) the four products of each pass take operands
 //! rounded to the scope's precision with f32 sums, as every other product of a
-//! mixed-precision step does (PyTorch's bf16 autocast computes `scaled_dot_product_attention`
-//! on bf16 queries, keys and values, its softmax in f32 and the weights rounded to bf16
-//! for their product with the values); the softmax, its backward and the dropout stay
-//! f32. At the book's context of 256 the products (whole `seq × seq` blocks, the masked half
-//! included) are about 4% of gpt2-small's FLOPs; at GPT-2's 1024, 13%.
+//! mixed-precision step does (PyTorch's bf16 autocast computes
+//! `scaled_dot_product_attention` on bf16 queries, keys and values, its softmax in f32
+//! and the weights rounded to bf16 for their product with the values); the softmax, its
+//! backward and the dropout stay f32. At the book's context of 256 the products (whole
+//! `seq × seq` blocks, the masked half included) are about 4% of gpt2-small's FLOPs; at
+//! GPT-2's 1024, 13%.
 
 use std::borrow::Cow;
 use std::sync::Arc;
