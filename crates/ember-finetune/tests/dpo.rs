@@ -301,7 +301,8 @@ fn a_short_dpo_run_raises_held_out_preference_accuracy_and_resumes_exactly() {
     assert_eq!(before.test.reward_accuracy, 0.0);
     assert!((before.test.loss - std::f64::consts::LN_2).abs() < 1e-6);
     // 16 steps move the held-out pairs the right way (36.7% -> 80.0% of validation
-    // pairs and 38.3% -> 56.7% of test pairs preferred as labelled, when written).
+    // pairs and 38.3% -> 56.7% of test pairs preferred as labelled; reward accuracy
+    // 80% and 60%, 36 of 60 test pairs where 34 pass, when written).
     let after = results.after;
     for (name, b, a) in [
         ("validation", before.validation, after.validation),

@@ -459,8 +459,11 @@ mod tests {
         );
         let upstream = random(4);
         let run = |precision| {
-            let _scope = crate::autocast(precision);
-            let out = causal_attention(&q, &k, &v, None).expect("the kernel runs on ndarray");
+            let out = {
+                let _scope = crate::autocast(precision);
+                causal_attention(&q, &k, &v, None).expect("the kernel runs on ndarray")
+            };
+            // Outside the scope: the backward pass keeps the forward pass's precision.
             let grads = (out.clone() * upstream.clone()).sum().backward();
             let [dq, dk, dv] = [&q, &k, &v].map(|x| x.grad(&grads).unwrap());
             (out.inner(), dq, dk, dv)
@@ -483,18 +486,30 @@ mod tests {
         let ds = p * (dp - dot) / scale;
         let want_dq = bf16(ds.clone()).matmul(bf16(k));
         let want_dk = bf16(ds).swap_dims(2, 3).matmul(bf16(q));
-        for (got, want) in [
-            (&out, want_out),
-            (&dq, want_dq),
-            (&dk, want_dk),
-            (&dv, want_dv),
+        // The kernel's softmax weights and `dS` may differ from these by an ulp of f32
+        // (another exp, another order of sums), which now and then lands on the other
+        // side of a bf16 rounding: a few elements may be off by one bf16 ulp of a term,
+        // the rest agree to f32's precision. The f32 kernel is off everywhere.
+        let gaps = |a: Tensor<4>, b: Tensor<4>| -> (f32, f32) {
+            let gap = (a - b).abs();
+            (gap.clone().mean().into_scalar(), gap.max().into_scalar())
+        };
+        for (got, want, full) in [
+            (out, want_out, out32),
+            (dq, want_dq, dq32),
+            (dk, want_dk, dk32),
+            (dv, want_dv, dv32),
         ] {
-            assert_close(got.clone(), want, 1e-5);
-        }
-
-        for (rounded, full) in [(out, out32), (dq, dq32), (dk, dk32), (dv, dv32)] {
-            let differs: f32 = (rounded - full).abs().max().into_scalar();
-            assert!((1e-3..5e-2).contains(&differs), "{differs}");
+            let (mean, max) = gaps(got.clone(), want);
+            assert!(
+                mean < 2e-5 && max < 2e-3,
+                "from the rounded products: {mean}, {max}"
+            );
+            let (mean_f32, max_f32) = gaps(got, full);
+            assert!(
+                mean_f32 > 10.0 * mean && (1e-3..5e-2).contains(&max_f32),
+                "from the f32 kernel: {mean_f32}, {max_f32}"
+            );
         }
     }
 }

@@ -247,6 +247,12 @@ pub(crate) fn row_gradients(
     log_sum_exp: &[f32],
     scale: impl Fn(usize) -> f32 + Sync,
 ) -> Vec<f32> {
+    // Every row must be written before `set_len` below: the zips stop at the shortest.
+    assert_eq!(xs.len(), classes * targets.len(), "logits rows and targets");
+    assert_eq!(targets.len(), log_sum_exp.len(), "targets and log-sum-exps");
+    if xs.is_empty() {
+        return Vec::new();
+    }
     let mut out: Vec<f32> = Vec::with_capacity(xs.len());
     out.spare_capacity_mut()[..xs.len()]
         .par_chunks_mut(classes)

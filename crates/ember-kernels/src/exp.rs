@@ -20,7 +20,9 @@ const OVERFLOW: f32 = 88.722_84;
 /// holds that integer in its low mantissa bits.
 const ROUND: f32 = 12_582_912.0;
 
-/// `eˣ`: 0 below -87.34, infinity above 88.72, NaN for NaN.
+/// `eˣ`: 0 below -87.34, infinity above 88.72, NaN for NaN. Between 88 and 88.72 it
+/// returns e⁸⁸ (the kernels take it of `x ≤ 0`, and GELU's `tanh`, which reads a result
+/// that large as -1 either way).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     let clamped = x.clamp(UNDERFLOW, 88.0);
@@ -37,7 +39,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     // n lies in -126..=127 after the clamp: a normal power of two, whose exponent
     // field is n + 127. n is read from `shifted`'s bits (`shifted = 1.5·2²³ + n`), not
     // converted with `as i32`: that conversion saturates and maps NaN to 0, which LLVM
-    // compiles lane by lane, and the loops calling `exp` ran scalar (perf, Zen 3).
+    // compiles lane by lane, and the loops calling `exp` ran scalar (perf, 2026-12-07).
     let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     let value = y * scale;

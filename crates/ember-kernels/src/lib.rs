@@ -26,8 +26,9 @@
 //! One kernel per file: [`gelu_tanh`], [`matmul()`] (and [`linear`], in f32 or, under
 //! [`autocast()`], with bf16 operands), [`causal_attention`] (with dropout), [`dropout`],
 //! [`cross_entropy`] (and [`linear_cross_entropy`], the output head and the loss in one,
-//! never holding the logits), [`token_log_probs`] (each row's, for DPO), [`rms_norm`], [`layer_norm`], the optimizer [`FusedAdamW`], and
-//! for inference the [`packed_weights`] (bf16/f16 weights computed with in f32) that
+//! never holding the logits), [`token_log_probs`] (each row's, for DPO), [`rms_norm`],
+//! [`layer_norm`], the optimizer [`FusedAdamW`], and for inference the
+//! [`packed_weights`] (bf16/f16 weights computed with in f32) that
 //! [`linear`], [`embedding`] and [`unembed`] use when a model has them.
 //!
 //! Library crates call these functions and never choose a backend; the `ember` binary

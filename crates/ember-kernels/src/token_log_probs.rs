@@ -80,6 +80,10 @@ fn log_probs_on<B: CpuBackend>(logits: &Tensor<2>, targets: Arc<[i64]>) -> Tenso
 
 /// Each row's target log-probability (0 where ignored) and its log-sum-exp.
 fn log_probs(xs: &[f32], classes: usize, targets: &[i64]) -> (Vec<f32>, Arc<[f32]>) {
+    assert!(
+        classes > 0 || targets.is_empty(),
+        "logits without classes have no log-probabilities"
+    );
     assert_eq!(
         xs.len(),
         classes * targets.len(),
