@@ -18,7 +18,28 @@ fn workspace_root() -> PathBuf {
 /// Runs the example and returns (all of stdout, its `KEY NUMBERS:` line).
 fn run_example(name: &str) -> (String, String) {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let output = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    // What cargo sets for this test's process (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...)
+    // is not passed on: build scripts that watch those variables (ring's does) would see
+    // another environment, rebuild ring and all above it here, and again in the next
+    // `cargo` run from a shell (90 s each in a cold CI run).
+    for (key, _) in std::env::vars_os() {
+        let set_by_cargo = key.to_str().is_some_and(|k| {
+            [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|prefix| k.starts_with(prefix))
+                || ["CARGO_TARGET_TMPDIR", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&k)
+        });
+        if set_by_cargo {
+            cargo.env_remove(key);
+        }
+    }
+    let output = cargo
         .args(["run", "-q", "-p", "ember-cli", "--example", name])
         .current_dir(workspace_root())
         .env("EMBER_LOG", "warn")
