@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use burn::backend::tensor::FloatTensor;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use rayon::prelude::*;
 
 use crate::IGNORE_INDEX;
@@ -33,15 +32,13 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
 
 /// [`cross_entropy`] as plain tensor operations: log-softmax, gather, masked mean.
 pub fn cross_entropy_reference(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
-    let [rows, _] = logits.dims();
-    let log_probs = log_softmax(logits, 1);
-    let counted = targets.clone().not_equal_elem(IGNORE_INDEX);
-    // Ignored positions gather index 0 and are then zeroed by the mask.
-    let safe = targets.mask_fill(counted.clone().bool_not(), 0);
-    let picked = log_probs.gather(1, safe.reshape([rows, 1])).reshape([rows]);
-    let mask = counted.float();
-    let count = mask.clone().sum().clamp_min(1.0);
-    -(picked * mask).sum() / count
+    let count = targets
+        .clone()
+        .not_equal_elem(IGNORE_INDEX)
+        .float()
+        .sum()
+        .clamp_min(1.0);
+    -crate::token_log_probs_reference(logits, targets).sum() / count
 }
 
 pub(crate) fn host_targets(targets: Tensor<1, Int>) -> Arc<[i64]> {
