@@ -569,7 +569,7 @@ fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> V
             });
         return out;
     }
-    // Each task's block, stored `[its rows, tokens]`.
+    // Each task's block, stored `[tokens, its rows]`.
     let blocks: Vec<(usize, Vec<f32>)> = (0..out_features.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
         .map(|task| {
@@ -581,16 +581,14 @@ fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> V
     let mut out = vec![0.0f32; tokens * out_features];
     for (first, block) in blocks {
         let n = block.len() / tokens.max(1);
-        for r in 0..n {
-            for t in 0..tokens {
-                out[t * out_features + first + r] = block[r * tokens + t];
-            }
+        for (t, row) in block.chunks_exact(n.max(1)).enumerate() {
+            out[t * out_features + first..][..n].copy_from_slice(row);
         }
     }
     out
 }
 
-/// `x · M[rows]ᵀ`, stored `[rows, tokens]`: blocked dot products, or `gemm` for many
+/// `x · M[rows]ᵀ`, stored `[tokens, rows]`: blocked dot products, or `gemm` for many
 /// tokens of 16-bit weights on AVX-512 ([`through_gemm`]); with `row_invariant`, the dot
 /// products for any number (each token's result the bits it has alone:
 /// [`crate::panel_dot`]).
@@ -607,10 +605,10 @@ fn block_product(
         for (i, r) in rows.enumerate() {
             m.row_into(r, &mut weights[i * k..(i + 1) * k]);
         }
-        // [n, k] · [k, tokens] with x read transposed through its strides.
-        let w = MatrixView::new(weights.as_ptr(), (n, k), k as isize, 1);
-        let xt = MatrixView::new(x.values.as_ptr(), (k, tokens), 1, k as isize);
-        return crate::matmul::gemm_on_this_thread(w, xt);
+        // [tokens, k] · [k, n] with the weights read transposed through their strides.
+        let x = MatrixView::new(x.values.as_ptr(), (tokens, k), k as isize, 1);
+        let wt = MatrixView::new(weights.as_ptr(), (k, n), 1, k as isize);
+        return crate::matmul::gemm_on_this_thread(x, wt);
     }
     let mut out = vec![0.0f32; n * tokens];
     // Tasks start at multiples of ROWS_PER_TASK, so at a panel's first row.
