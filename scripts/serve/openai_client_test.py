@@ -285,6 +285,19 @@ def main():
         too_long_message = e.body["message"]
     done.append("too_long")
 
+    # A short prompt asking for a reply longer than the context holds: refused up front,
+    # naming max_tokens, rather than cut off.
+    try:
+        client.completions.create(model=model, prompt=comp["prompt"], max_tokens=10_000_000,
+                                  temperature=0)
+        fail("max_tokens beyond the context was accepted")
+    except openai.BadRequestError as e:
+        check(isinstance(e.body, dict) and e.body.get("param") == "max_tokens",
+              f"max_tokens too large: error body {e.body!r}")
+        check(e.body.get("code") == "context_length_exceeded",
+              f"max_tokens too large: error code {e.body.get('code')!r}")
+    done.append("max_tokens_too_large")
+
     print(json.dumps({
         "ok": True,
         "model": model,

@@ -177,7 +177,7 @@ impl<'a> Batcher<'a> {
             self.drop_departed(waiting);
             self.admit(waiting);
             if !self.running.is_empty() {
-                self.step(waiting, stop);
+                self.step(waiting);
             }
             self.publish();
         }
@@ -220,8 +220,8 @@ impl<'a> Batcher<'a> {
         });
     }
 
-    /// Refuses the queued requests and stops the running ones (their clients see the
-    /// stream end).
+    /// Refuses the queued requests and stops the running ones, telling each client why
+    /// (a 503, or an error event ending the stream).
     fn shut_down(&mut self, waiting: &AtomicUsize) {
         for sequence in self.waiting.drain(..) {
             waiting.fetch_sub(1, Ordering::SeqCst);
@@ -231,7 +231,11 @@ impl<'a> Batcher<'a> {
                 .send(Event::Failed("the server is shutting down".into()));
         }
         for sequence in self.running.drain(..) {
-            tracing::info!(request = %sequence.job.id, "stopped: the server is shutting down");
+            let generated = sequence.generated();
+            tracing::info!(request = %sequence.job.id, "stopped after {generated} tokens: the server is shutting down");
+            let _ = sequence.job.events.send(Event::Failed(format!(
+                "the server is shutting down; the generation was stopped after {generated} tokens"
+            )));
         }
     }
 
@@ -353,7 +357,7 @@ impl<'a> Batcher<'a> {
 
     /// One forward pass for the batch, and a token for each sequence that has read
     /// all of its own.
-    fn step(&mut self, waiting: &AtomicUsize, stop: &AtomicBool) {
+    fn step(&mut self, waiting: &AtomicUsize) {
         self.preempt_over_budget(waiting);
         let plan = self.plan();
         let mut ids = Vec::new();
@@ -413,7 +417,7 @@ impl<'a> Batcher<'a> {
                 let logprob = token_logprob(logits, id, top, self.tokenizer);
                 sequence.logprobs.push(logprob);
             }
-            match take_token(sequence, id, self.metrics, stop) {
+            match take_token(sequence, id, self.metrics) {
                 Outcome::Continue => {}
                 Outcome::Finished(reason) => ended.push((i, Some(reason))),
                 Outcome::Cancelled => ended.push((i, None)),
@@ -460,7 +464,7 @@ impl<'a> Batcher<'a> {
 }
 
 /// `id` is `sequence`'s next token: it is counted, decoded and sent.
-fn take_token(sequence: &mut Sequence, id: u32, metrics: &Metrics, stop: &AtomicBool) -> Outcome {
+fn take_token(sequence: &mut Sequence, id: u32, metrics: &Metrics) -> Outcome {
     let now = Instant::now();
     metrics.token(
         sequence.last_token.is_none(),
@@ -491,7 +495,7 @@ fn take_token(sequence: &mut Sequence, id: u32, metrics: &Metrics, stop: &Atomic
     if sequence.generated() >= max_new_tokens {
         return Outcome::Finished(FinishReason::Length);
     }
-    if sequence.job.events.is_closed() || stop.load(Ordering::SeqCst) {
+    if sequence.job.events.is_closed() {
         return Outcome::Cancelled;
     }
     Outcome::Continue
@@ -536,59 +540,138 @@ mod tests {
     #![allow(deprecated)]
     use super::*;
     use ember_model::GenerationConfig;
-    use tokio::sync::mpsc::unbounded_channel;
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-    /// Queues every prompt before the loop starts (so they run together, whatever the
-    /// machine's timing), runs the loop to the end, and returns each request's events
-    /// and the metrics.
-    fn run_together(
-        prompts: &[Vec<u32>],
-        limits: BatchLimits,
-        kv_positions: usize,
-    ) -> (Vec<Vec<Event>>, String) {
+    /// The tiny Qwen3 fixture, its tokenizer and the device.
+    struct Fixture {
+        model: LanguageModel,
+        tokenizer: ModelTokenizer,
+        device: Device,
+    }
+
+    fn fixture() -> Fixture {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures/tiny-qwen3");
         let device = Device::ndarray();
         let loaded = ember_model::load_model(&dir, None, &device).unwrap();
         let tokenizer = ember_model::model_tokenizer(&loaded).unwrap();
-        let model = loaded.model;
-        let budget = KvBudget {
-            bytes: kv_positions * model.cache_floats_per_position() * 4,
-            bytes_per_position: model.cache_floats_per_position() * 4,
+        Fixture {
+            model: loaded.model,
+            tokenizer,
+            device,
+        }
+    }
+
+    impl Fixture {
+        fn batcher<'a>(
+            &'a self,
+            limits: BatchLimits,
+            kv_positions: usize,
+            metrics: &'a Metrics,
+        ) -> Batcher<'a> {
+            let per_position = self.model.cache_floats_per_position() * 4;
+            let budget = KvBudget {
+                bytes: kv_positions * per_position,
+                bytes_per_position: per_position,
+            };
+            Batcher::new(
+                &self.model,
+                &self.tokenizer,
+                &self.device,
+                limits,
+                budget,
+                metrics,
+            )
+        }
+    }
+
+    /// One request of a test: its prompt, settings and stop strings.
+    #[derive(Clone)]
+    struct Request {
+        prompt: Vec<u32>,
+        config: GenerationConfig,
+        stops: Vec<String>,
+    }
+
+    /// Greedy, 12 new tokens.
+    fn greedy(prompt: &[u32]) -> Request {
+        Request {
+            prompt: prompt.to_vec(),
+            config: GenerationConfig {
+                max_new_tokens: 12,
+                ..GenerationConfig::default()
+            },
+            stops: Vec::new(),
+        }
+    }
+
+    /// A job for `request` and the receiver of its events.
+    fn job(id: usize, request: &Request) -> (Job, UnboundedReceiver<Event>) {
+        let (events, receiver) = unbounded_channel();
+        let job = Job {
+            id: format!("r{id}"),
+            prompt_ids: request.prompt.clone(),
+            config: request.config.clone(),
+            stop_strings: request.stops.clone(),
+            events,
+            arrived: Instant::now(),
+            logprobs: None,
         };
+        (job, receiver)
+    }
+
+    fn received(receiver: &mut UnboundedReceiver<Event>) -> Vec<Event> {
+        std::iter::from_fn(|| receiver.try_recv().ok()).collect()
+    }
+
+    /// Queues every request before the loop starts (so they run together, whatever the
+    /// machine's timing), runs the loop to the end, and returns each request's events
+    /// and the metrics.
+    fn run_requests(
+        fixture: &Fixture,
+        requests: &[Request],
+        limits: BatchLimits,
+        kv_positions: usize,
+    ) -> (Vec<Vec<Event>>, String) {
         let metrics = Metrics::new();
         let (jobs, queue) = std::sync::mpsc::channel();
         let mut receivers = Vec::new();
-        for (i, prompt) in prompts.iter().enumerate() {
-            let (events, receiver) = unbounded_channel();
+        for (i, request) in requests.iter().enumerate() {
+            let (job, receiver) = job(i, request);
             receivers.push(receiver);
-            jobs.send(Job {
-                id: format!("r{i}"),
-                prompt_ids: prompt.clone(),
-                config: GenerationConfig {
-                    max_new_tokens: 12,
-                    ..GenerationConfig::default()
-                },
-                stop_strings: Vec::new(),
-                events,
-                arrived: Instant::now(),
-                logprobs: None,
-            })
-            .unwrap();
+            jobs.send(job).unwrap();
         }
         drop(jobs);
-        let waiting = AtomicUsize::new(prompts.len());
-        Batcher::new(&model, &tokenizer, &device, limits, budget, &metrics).run(
+        let waiting = AtomicUsize::new(requests.len());
+        fixture.batcher(limits, kv_positions, &metrics).run(
             queue,
             &waiting,
             &AtomicBool::new(false),
         );
         assert_eq!(waiting.load(Ordering::SeqCst), 0);
-        let events = receivers
-            .into_iter()
-            .map(|mut r| std::iter::from_fn(|| r.try_recv().ok()).collect())
-            .collect();
+        let events = receivers.iter_mut().map(received).collect();
         (events, metrics.render("tiny", 0))
+    }
+
+    /// [`run_requests`] with greedy requests for `prompts`.
+    fn run_together(
+        prompts: &[Vec<u32>],
+        limits: BatchLimits,
+        kv_positions: usize,
+    ) -> (Vec<Vec<Event>>, String) {
+        let requests: Vec<Request> = prompts.iter().map(|p| greedy(p)).collect();
+        run_requests(&fixture(), &requests, limits, kv_positions)
+    }
+
+    /// The text of a request's events.
+    fn text(events: &[Event]) -> String {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Text(piece, _) => Some(piece.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn metric(text: &str, series: &str) -> f64 {
@@ -687,9 +770,9 @@ mod tests {
             Some(Event::Done { cached_tokens, .. }) => *cached_tokens,
             other => panic!("{other:?}"),
         };
-        let text = |events: &[Event]| -> Vec<Event> { events[..events.len() - 1].to_vec() };
+        let pieces = |events: &[Event]| -> Vec<Event> { events[..events.len() - 1].to_vec() };
         for i in 0..3 {
-            assert_eq!(text(&cached[i]), text(&uncached[i]), "request {i}");
+            assert_eq!(pieces(&cached[i]), pieces(&uncached[i]), "request {i}");
             assert_eq!(found(&uncached[i]), 0);
         }
         assert_eq!(
@@ -705,9 +788,158 @@ mod tests {
         // more), so its 8-position entry is evicted as it decodes, before anything
         // would be preempted; the second finds nothing and reads its whole prompt.
         let (tight, tight_metrics) = run_together(&prompts[..2], limits, 26);
-        assert_eq!(text(&tight[1]), text(&uncached[1]));
+        assert_eq!(pieces(&tight[1]), pieces(&uncached[1]));
         assert_eq!(found(&tight[1]), 0);
         assert_eq!(metric(&tight_metrics, "ember_prefix_cache_hits_total"), 0.0);
         assert_eq!(metric(&tight_metrics, "ember_preemptions_total"), 0.0);
+    }
+
+    /// Sampled requests, each with its own seed, temperature, top-k or top-p, one with a
+    /// stop string its reply meets, get exactly the same events (text, finish reason,
+    /// token counts) run together as run alone.
+    #[test]
+    fn seeded_sampled_requests_get_the_same_text_batched_as_alone() {
+        let fixture = fixture();
+        let limits = BatchLimits {
+            max_batch: 4,
+            kv_cache_bytes: None,
+            prefill_chunk: 4,
+            prefix_cache: false,
+        };
+        let sampled = |prompt: &[u32], seed: u64, top_k: Option<usize>, top_p: Option<f64>| {
+            let mut request = greedy(prompt);
+            request.config = GenerationConfig {
+                max_new_tokens: 16,
+                temperature: 0.9,
+                top_k,
+                top_p,
+                seed,
+                ..GenerationConfig::default()
+            };
+            request
+        };
+        let prompts = prompts();
+        let mut requests = vec![
+            sampled(&prompts[0], 1, None, None),
+            sampled(&prompts[1], 2, Some(5), None),
+            sampled(&prompts[2], 3, None, Some(0.8)),
+            sampled(&prompts[3], 4, Some(20), Some(0.95)),
+        ];
+        // A stop string from the middle of the fourth reply, so that it must stop there.
+        let (alone, _) = run_requests(&fixture, &requests[3..], limits, 1000);
+        let reply = text(&alone[0]);
+        let chars: Vec<char> = reply.chars().collect();
+        assert!(chars.len() >= 6, "{reply:?}");
+        requests[3].stops = vec![chars[3..5].iter().collect()];
+
+        let (together, metrics) = run_requests(&fixture, &requests, limits, 1000);
+        assert!(
+            metric(&metrics, "ember_batch_size_bucket{le=\"1\"}")
+                < metric(&metrics, "ember_batch_size_count"),
+            "{metrics}"
+        );
+        for (i, request) in requests.iter().enumerate() {
+            let (alone, _) = run_requests(&fixture, std::slice::from_ref(request), limits, 1000);
+            assert_eq!(together[i], alone[0], "request {i}");
+        }
+        assert!(
+            matches!(
+                together[3].last(),
+                Some(Event::Done {
+                    finish_reason: FinishReason::Stop,
+                    ..
+                })
+            ),
+            "{:?}",
+            together[3]
+        );
+        assert!(text(&together[3]).len() < reply.len());
+        // Different seeds and settings gave different replies: each used its own.
+        assert_ne!(text(&together[0]), text(&together[1]));
+    }
+
+    /// While a 40-token prompt is read in chunks of 4, the sequence already decoding
+    /// gets a token at every step: the prompt takes ten steps, and each of them also
+    /// decodes the running stream.
+    #[test]
+    fn a_long_prompt_is_read_in_chunks_while_running_streams_go_on() {
+        let fixture = fixture();
+        let metrics = Metrics::new();
+        let limits = BatchLimits {
+            max_batch: 2,
+            kv_cache_bytes: None,
+            prefill_chunk: 4,
+            prefix_cache: false,
+        };
+        let mut batcher = fixture.batcher(limits, 1000, &metrics);
+        let waiting = AtomicUsize::new(2);
+        let mut running = greedy(&[5, 6, 7]);
+        running.config.max_new_tokens = 30;
+        let (first, _running_events) = job(0, &running);
+        batcher.arrive(first, &waiting);
+        batcher.admit(&waiting);
+        batcher.step(&waiting);
+        assert_eq!(batcher.running[0].generated(), 1);
+
+        let long: Vec<u32> = (0..40).map(|i| (i * 11 + 3) % 97).collect();
+        let (second, _long_events) = job(1, &greedy(&long));
+        batcher.arrive(second, &waiting);
+        batcher.admit(&waiting);
+        assert_eq!(batcher.running.len(), 2);
+        let mut steps = 0;
+        while batcher.running[1].generated() == 0 {
+            let decoded = batcher.running[0].generated();
+            assert_eq!(batcher.plan(), vec![(0, 1), (1, 4)], "step {steps}");
+            batcher.step(&waiting);
+            steps += 1;
+            assert_eq!(batcher.running[0].generated(), decoded + 1, "step {steps}");
+        }
+        assert_eq!(steps, 10);
+        assert_eq!(batcher.running[1].read(), 40);
+    }
+
+    /// Shutting down tells every client why: the running sequence, stopped after the
+    /// tokens it had, and the queued one, refused; none is left to end without an
+    /// answer.
+    #[test]
+    fn shutting_down_tells_running_and_queued_requests_why() {
+        let fixture = fixture();
+        let metrics = Metrics::new();
+        let limits = BatchLimits {
+            max_batch: 1,
+            kv_cache_bytes: None,
+            prefill_chunk: 4,
+            prefix_cache: false,
+        };
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let waiting = AtomicUsize::new(2);
+        let (running, mut running_events) = job(0, &greedy(&[5, 6, 7]));
+        let (queued, mut queued_events) = job(1, &greedy(&[8, 9]));
+        let mut batcher = fixture.batcher(limits, 1000, &metrics);
+        batcher.arrive(running, &waiting);
+        batcher.arrive(queued, &waiting);
+        batcher.admit(&waiting);
+        batcher.step(&waiting);
+        batcher.step(&waiting);
+        assert_eq!(
+            (batcher.running.len(), batcher.waiting.len()),
+            (1, 1),
+            "one running, one queued"
+        );
+        drop(jobs);
+        batcher.run(queue, &waiting, &AtomicBool::new(true));
+        assert_eq!(waiting.load(Ordering::SeqCst), 0);
+        let running_events = received(&mut running_events);
+        match running_events.last() {
+            Some(Event::Failed(why)) => assert_eq!(
+                why,
+                "the server is shutting down; the generation was stopped after 2 tokens"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            received(&mut queued_events),
+            vec![Event::Failed("the server is shutting down".into())]
+        );
     }
 }

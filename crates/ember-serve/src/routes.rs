@@ -132,11 +132,13 @@ impl AppState {
         (format!("{prefix}-{:x}{n:06x}", self.created), n)
     }
 
-    /// The generation settings of a request of `prompt_tokens` tokens, every field
-    /// checked; `default_max` new tokens when it gives none.
+    /// The generation settings of a request of `prompt_tokens` tokens (from the field
+    /// `prompt_field`), every field checked; `default_max` new tokens when it gives
+    /// none.
     fn settings(
         &self,
         sampling: &Sampling,
+        prompt_field: &'static str,
         prompt_tokens: usize,
         default_max: usize,
         request: u64,
@@ -145,14 +147,14 @@ impl AppState {
             return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
         }
         let context = self.context.tokens;
+        let limit = if self.context.by_budget {
+            "the server's KV cache budget holds"
+        } else {
+            "the model's context is"
+        };
         if prompt_tokens >= context {
-            let limit = if self.context.by_budget {
-                "the server's KV cache budget holds"
-            } else {
-                "the model's context is"
-            };
             return Err(ApiError::invalid(
-                Some("messages"),
+                Some(prompt_field),
                 format!(
                     "the prompt has {prompt_tokens} tokens; {limit} {context} tokens, which must also hold the reply"
                 ),
@@ -162,12 +164,27 @@ impl AppState {
         if sampling.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(Some("n"), "only n = 1 is supported"));
         }
-        let requested = sampling.max_completion_tokens.or(sampling.max_tokens);
+        let (requested, max_field) = match sampling.max_completion_tokens {
+            Some(n) => (Some(n), "max_completion_tokens"),
+            None => (sampling.max_tokens, "max_tokens"),
+        };
         if requested == Some(0) {
             return Err(ApiError::invalid(
-                Some("max_tokens"),
-                "max_tokens must be at least 1",
+                Some(max_field),
+                format!("{max_field} must be at least 1"),
             ));
+        }
+        // A reply asked for that cannot fit is refused up front, as OpenAI's API does:
+        // started, it would be cut off where the client did not ask it to end.
+        let room = context - prompt_tokens;
+        if let Some(n) = requested.filter(|&n| n > room) {
+            return Err(ApiError::invalid(
+                Some(max_field),
+                format!(
+                    "the prompt has {prompt_tokens} tokens and {max_field} is {n}; {limit} {context} tokens in all"
+                ),
+            )
+            .with_code("context_length_exceeded"));
         }
         let temperature = sampling.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
@@ -194,9 +211,8 @@ impl AppState {
                 format!("at most {MAX_STOP_STRINGS} stop strings"),
             ));
         }
-        // The reply must fit in the context: `max_tokens` is capped, and a reply that
-        // reaches the end of the context finishes with "length".
-        let room = context - prompt_tokens;
+        // Without `max_tokens`, the reply may take what is left of the context, and one
+        // that reaches its end finishes with "length".
         let config = GenerationConfig {
             max_new_tokens: requested.unwrap_or(default_max).min(room),
             temperature,
@@ -398,7 +414,13 @@ fn prepare_chat(state: &AppState, raw: &[u8]) -> Result<Prepared, ApiError> {
         .encode_rendered(&prompt)
         .map_err(|e| ApiError::internal(format!("cannot tokenize the conversation: {e}")))?;
     let (id, n) = state.next_id("chatcmpl");
-    let (config, stops) = state.settings(&request.sampling, prompt_ids.len(), usize::MAX, n)?;
+    let (config, stops) = state.settings(
+        &request.sampling,
+        "messages",
+        prompt_ids.len(),
+        usize::MAX,
+        n,
+    )?;
     Ok(Prepared::new(
         id,
         prompt_ids,
@@ -428,7 +450,7 @@ fn prepare_completion(state: &AppState, raw: &[u8]) -> Result<Prepared, ApiError
         .map_err(|e| ApiError::internal(format!("cannot tokenize the prompt: {e}")))?;
     let (id, n) = state.next_id("cmpl");
     // OpenAI's default for completions.
-    let (config, stops) = state.settings(&request.sampling, prompt_ids.len(), 16, n)?;
+    let (config, stops) = state.settings(&request.sampling, "prompt", prompt_ids.len(), 16, n)?;
     Ok(Prepared::new(
         id,
         prompt_ids,

@@ -152,22 +152,48 @@ async fn the_kv_cache_budget_is_the_context_when_it_is_smaller() {
         post("/v1/completions", &completion(json!({"prompt": long}))),
     )
     .await;
-    assert_error(&answer, StatusCode::BAD_REQUEST, Some("messages"));
+    assert_error(&answer, StatusCode::BAD_REQUEST, Some("prompt"));
+    assert_eq!(answer.2["error"]["code"], "context_length_exceeded");
     let message = answer.2["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("KV cache budget holds 20 tokens"),
         "{message}"
     );
-    // A larger max_tokens is capped at what is left of the 20 positions.
-    let (status, _, reply) = send(
-        &router,
-        post("/v1/completions", &completion(json!({"max_tokens": 100}))),
-    )
-    .await;
+    // A short prompt asking for more than the rest of the 20 positions is refused up
+    // front, naming the field it asked with; nothing was generated for it.
+    for field in ["max_tokens", "max_completion_tokens"] {
+        let mut body = completion(json!({ field: 100 }));
+        if field != "max_tokens" {
+            body.as_object_mut().unwrap().remove("max_tokens");
+        }
+        let answer = send(&router, post("/v1/completions", &body)).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, Some(field));
+        assert_eq!(answer.2["error"]["code"], "context_length_exceeded");
+        let message = answer.2["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("{field} is 100")) && message.contains("20 tokens in all"),
+            "{message}"
+        );
+    }
+    let (status, _, metrics) = send(&router, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    let generated = metrics["raw"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("ember_generated_tokens_total"))
+        .map(str::to_string);
+    assert_eq!(generated.as_deref(), Some("ember_generated_tokens_total 0"));
+    // Without max_tokens (completions' default: 16), the reply takes at most what is
+    // left of the 20 positions.
+    let mut body = completion(json!({"prompt": "one two three"}));
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let (status, _, reply) = send(&router, post("/v1/completions", &body)).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     let usage = &reply["usage"];
-    let total =
-        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap();
+    let prompt = usage["prompt_tokens"].as_u64().unwrap();
+    let total = prompt + usage["completion_tokens"].as_u64().unwrap();
+    assert!(prompt > 4, "{reply}");
     assert!(total <= 20, "{reply}");
     if reply["choices"][0]["finish_reason"] == "length" {
         assert_eq!(total, 20, "{reply}");
@@ -178,10 +204,11 @@ async fn the_kv_cache_budget_is_the_context_when_it_is_smaller() {
 async fn sequences_that_outgrow_the_budget_are_preempted_and_still_finish() {
     let probe = batching(1, None, 256);
     let per_position = probe.engine().kv_budget().bytes_per_position;
-    // Each request alone needs about 45 positions: any two together outgrow 48.
+    // Each request alone needs 30 positions and its prompt's (at most 48, or it would
+    // be refused): any two together outgrow 48.
     let server = batching(4, Some(48 * per_position), 4);
     let router = server.router();
-    let body = |prompt: &str| completion(json!({"prompt": prompt, "max_tokens": 40}));
+    let body = |prompt: &str| completion(json!({"prompt": prompt, "max_tokens": 30}));
     let prompts = [
         "Every effort moves you",
         "The quick brown fox",
@@ -190,8 +217,12 @@ async fn sequences_that_outgrow_the_budget_are_preempted_and_still_finish() {
     ];
     let answers = join_all(prompts.iter().map(|p| complete(&router, body(p)))).await;
     for (prompt, (text, finish, tokens, prompt_tokens)) in prompts.iter().zip(&answers) {
-        // max_tokens, or what the 48 positions leave after the prompt.
-        let most = 40.min(48 - prompt_tokens);
+        // Each fits alone (a prompt and max_tokens over 48 would be refused).
+        assert!(
+            prompt_tokens + 30 <= 48,
+            "{prompt}: {prompt_tokens} prompt tokens"
+        );
+        let most = 30;
         assert!(
             (finish == "length" && *tokens == most) || (finish == "stop" && *tokens <= most),
             "{prompt}: {finish} after {tokens} tokens: {text:?}"
