@@ -8,11 +8,13 @@
 //! cargo xtask finetune-dpo      [--backend ...] [--base PATH|--from-scratch] [--judge-url URL [--judge-model M]] [ARGS...]
 //! cargo xtask build             [--backend ...] [--debug]
 //! cargo xtask bench    [--backend ...] [--python PYTHON] [--quick] [--rounds N] [--peak-gflops G]
-//!                       [--llama-cpp LLAMA_CPP_DIR --checkpoint HF_DIR]
+//!                       [--without TEXT]... [--llama-cpp LLAMA_CPP_DIR --checkpoint HF_DIR]
 //! ```
 //! `bench` runs `ember bench` and its reference on the same settings, alternating
 //! (Ember, reference, Ember, reference, ...) for `--rounds` rounds (3; 1 with
-//! `--quick`) so that a slow minute of the machine falls on both sides, and reports each
+//! `--quick`) so that a slow minute of the machine falls on both sides (`--without TEXT`
+//! leaves out the rows whose name has TEXT, e.g. `bf16` on a CPU without bf16
+//! instructions, where PyTorch's bf16 step takes ten minutes), and reports each
 //! side's median and the median of the rounds' ratios with their spread (lowest and
 //! highest), for each measurement: `bench/torch_gpt_bench.py` (PyTorch) for GPT-2 training
 //! and generation, `bench/hf_generate_bench.py` (transformers) for generation with
@@ -448,6 +450,7 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
     let mut quick = false;
     let mut rounds: Option<usize> = None;
     let mut peak_gflops: Option<f64> = None;
+    let mut without: Vec<String> = Vec::new();
     let (mut llama_cpp, mut checkpoint): (Option<String>, Option<String>) = (None, None);
     let mut iter = rest.iter();
     while let Some(arg) = iter.next() {
@@ -457,6 +460,10 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
             "--rounds" => match iter.next().and_then(|v| v.parse().ok()) {
                 Some(n) if n > 0 => rounds = Some(n),
                 _ => return usage(),
+            },
+            "--without" => match iter.next() {
+                Some(text) => without.push(text.clone()),
+                None => return usage(),
             },
             "--llama-cpp" => llama_cpp = iter.next().cloned(),
             "--checkpoint" => checkpoint = iter.next().cloned(),
@@ -486,6 +493,7 @@ fn bench(binary: &std::path::Path, backend: &str, rest: &[String]) -> ExitCode {
     for m in MEASUREMENTS
         .iter()
         .take(if quick { 1 } else { MEASUREMENTS.len() })
+        .filter(|m| !without.iter().any(|text| m.name.contains(text.as_str())))
     {
         eprintln!("xtask bench: {} ({rounds} rounds)", m.name);
         let mut lines = Vec::new();
