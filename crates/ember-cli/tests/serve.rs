@@ -645,3 +645,95 @@ fn the_http_side_is_hardened() {
     assert_eq!(error["error"]["param"], "tools");
     assert_eq!(error["error"]["type"], "invalid_request_error");
 }
+
+/// A copy of the tiny Qwen3 whose chat template loops ten billion times (issue 26: it
+/// hung `chat --message`, and two such requests blocked every endpoint of `serve` and
+/// its SIGTERM).
+#[cfg(unix)]
+fn model_with_an_endless_template(parent: &std::path::Path) -> String {
+    let source = workspace().join("tests/fixtures/tiny-qwen3");
+    // The same directory name: the server's model id.
+    let dir = parent.join("tiny-qwen3");
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let config_path = dir.join("tokenizer_config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["chat_template"] = json!(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}"
+    );
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+/// An endless chat template is cut off by its step budget: `chat --message` ends with a
+/// one-line error, and `serve` answers two such requests with a 400 naming the
+/// template while `/health` keeps answering, then shuts down on SIGTERM at once.
+#[cfg(unix)]
+#[test]
+fn an_endless_chat_template_is_refused_and_blocks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_with_an_endless_template(dir.path());
+    let started = Instant::now();
+    let chat = ember()
+        .args(["chat", "--model", &model, "--message", "Hi"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&chat, "chat template did not finish within");
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    let mut server = Server::start(&model, &["--api-key", KEY]);
+    let url = server.url.clone();
+    let requests: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut response = Server::agent()
+                    .post(format!("{url}/v1/chat/completions"))
+                    .header("Authorization", &format!("Bearer {KEY}"))
+                    .header("Content-Type", "application/json")
+                    .send(
+                        json!({"model": "tiny-qwen3", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+                            .to_string()
+                            .as_bytes(),
+                    )
+                    .unwrap();
+                let status = response.status().as_u16();
+                (status, response.body_mut().read_to_string().unwrap())
+            })
+        })
+        .collect();
+    let (status, _) = server.get("/health", None);
+    assert_eq!(status, 200);
+    for request in requests {
+        let (status, body) = request.join().unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.contains("chat template did not finish within"),
+            "{body}"
+        );
+    }
+    let (status, _) = server.get("/health", None);
+    assert_eq!(status, 200);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(15),
+            "still running after SIGTERM: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}: {}", server.log());
+}
