@@ -146,6 +146,30 @@ impl Server {
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Sends SIGTERM and waits for the process to end, at most `limit`: its status and
+    /// how long it took.
+    #[cfg(unix)]
+    fn terminate_within(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < limit,
+                "still running {:?} after SIGTERM: {}",
+                started.elapsed(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
@@ -454,30 +478,9 @@ fn sigterm_shuts_the_server_down_within_the_grace_period() {
     let (status, _) = server.get("/health", None);
     assert_eq!(status, 200);
     std::thread::sleep(Duration::from_millis(100));
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(6),
-            "still running {:?} after SIGTERM: {}",
-            started.elapsed(),
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, took) = server.terminate_within(Duration::from_secs(6));
     assert!(status.success(), "{status:?}: {}", server.log());
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(took >= Duration::from_millis(900), "{took:?}");
     let log = server.log();
     assert!(log.contains("shutting down"), "{log}");
     assert!(
@@ -718,22 +721,6 @@ fn an_endless_chat_template_is_refused_and_blocks_nothing() {
     }
     let (status, _) = server.get("/health", None);
     assert_eq!(status, 200);
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let stopping = Instant::now();
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            stopping.elapsed() < Duration::from_secs(15),
-            "still running after SIGTERM: {}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, _) = server.terminate_within(Duration::from_secs(15));
     assert!(status.success(), "{status:?}: {}", server.log());
 }
