@@ -51,6 +51,16 @@ fn spam_config() -> SpamConfig {
     config
 }
 
+/// Burn's ndarray device has one random generator for the process, which seeding and
+/// initialising models draw from: the tests that train hold this lock, so that one does
+/// not reseed or draw from it while another initialises its model (a run then starts from
+/// other weights than the same run alone).
+fn device_rng() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn metrics(dir: &Path) -> Vec<MetricsLine> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
@@ -61,6 +71,7 @@ fn metrics(dir: &Path) -> Vec<MetricsLine> {
 
 #[test]
 fn spam_classifier_learns_saves_and_reloads() {
+    let _rng = device_rng();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("spam");
     let device = Device::ndarray();
@@ -113,6 +124,7 @@ fn spam_classifier_learns_saves_and_reloads() {
 
 #[test]
 fn lora_trains_adapters_that_can_be_saved_alone() {
+    let _rng = device_rng();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base");
     let device = Device::ndarray();
@@ -152,6 +164,7 @@ fn lora_trains_adapters_that_can_be_saved_alone() {
 
 #[test]
 fn bad_spam_settings_are_named() {
+    let _rng = device_rng();
     let device = Device::ndarray();
     let interrupt = AtomicBool::new(false);
     let dir = tempfile::tempdir().unwrap();
@@ -180,6 +193,7 @@ fn bad_spam_settings_are_named() {
 
 #[test]
 fn instruction_run_trains_and_answers_the_test_entries() {
+    let _rng = device_rng();
     let dir = tempfile::tempdir().unwrap();
     let device = Device::ndarray();
     // The first 100 entries: 85 train, 10 test, 5 validation.
@@ -235,6 +249,7 @@ fn instruction_run_trains_and_answers_the_test_entries() {
 
 #[test]
 fn a_corrupt_classifier_json_is_refused_by_name() {
+    let _rng = device_rng();
     use ember_finetune::spam_finetune::{ClassifierInfo, save_classifier};
     let dir = tempfile::tempdir().unwrap();
     let device = Device::ndarray();
@@ -273,6 +288,7 @@ fn a_corrupt_classifier_json_is_refused_by_name() {
 /// files beside it) reloads and answers as it did in the run.
 #[test]
 fn lora_instruction_tuning_of_modern_models_lowers_their_loss_and_reloads() {
+    let _rng = device_rng();
     for (fixture, model_type) in [("tiny-qwen3", "qwen3"), ("tiny-gemma3", "gemma3_text")] {
         lora_instruction_tuning_lowers_the_loss_and_reloads(fixture, model_type);
     }
@@ -331,6 +347,7 @@ fn lora_instruction_tuning_lowers_the_loss_and_reloads(fixture: &str, model_type
 /// targets; then two replicas train as one device with the whole batch.
 #[test]
 fn instruction_tuning_on_two_replicas_equals_one_device() {
+    let _rng = device_rng();
     let dir = tempfile::tempdir().unwrap();
     let device = Device::ndarray();
     let data: Vec<serde_json::Value> = serde_json::from_str(
