@@ -585,6 +585,17 @@ mod tests {
         }
     }
 
+    /// Prompts read 4 tokens per step, at most `max_batch` sequences, no prefix cache,
+    /// the budget given to [`Fixture::batcher`].
+    fn limits(max_batch: usize) -> BatchLimits {
+        BatchLimits {
+            max_batch,
+            kv_cache_bytes: None,
+            prefill_chunk: 4,
+            prefix_cache: false,
+        }
+    }
+
     /// One request of a test: its prompt, settings and stop strings.
     #[derive(Clone)]
     struct Request {
@@ -689,12 +700,7 @@ mod tests {
     /// Four queued requests share forward passes and each gets what it gets alone.
     #[test]
     fn queued_requests_run_together_and_get_what_they_get_alone() {
-        let limits = BatchLimits {
-            max_batch: 4,
-            kv_cache_bytes: None,
-            prefill_chunk: 4,
-            prefix_cache: false,
-        };
+        let limits = limits(4);
         let (together, metrics) = run_together(&prompts(), limits, 1000);
         assert!(
             metric(&metrics, "ember_batch_size_bucket{le=\"1\"}")
@@ -716,12 +722,7 @@ mod tests {
     /// ends with all its tokens.
     #[test]
     fn requests_outgrowing_the_budget_are_preempted_and_finish() {
-        let limits = BatchLimits {
-            max_batch: 4,
-            kv_cache_bytes: None,
-            prefill_chunk: 4,
-            prefix_cache: false,
-        };
+        let limits = limits(4);
         let (events, metrics) = run_together(&prompts(), limits, 20);
         assert!(
             metric(&metrics, "ember_preemptions_total") > 0.0,
@@ -755,10 +756,8 @@ mod tests {
         let with = |tail: &[u32]| [shared.as_slice(), tail].concat();
         let prompts = vec![with(&[40, 41]), with(&[60]), vec![shared[0], 90, 91]];
         let limits = BatchLimits {
-            max_batch: 1,
-            kv_cache_bytes: None,
-            prefill_chunk: 4,
             prefix_cache: true,
+            ..limits(1)
         };
         let (cached, metrics) = run_together(&prompts, limits, 1000);
         let uncached_limits = BatchLimits {
@@ -800,12 +799,7 @@ mod tests {
     #[test]
     fn seeded_sampled_requests_get_the_same_text_batched_as_alone() {
         let fixture = fixture();
-        let limits = BatchLimits {
-            max_batch: 4,
-            kv_cache_bytes: None,
-            prefill_chunk: 4,
-            prefix_cache: false,
-        };
+        let limits = limits(4);
         let sampled = |prompt: &[u32], seed: u64, top_k: Option<usize>, top_p: Option<f64>| {
             let mut request = greedy(prompt);
             request.config = GenerationConfig {
@@ -865,12 +859,7 @@ mod tests {
     fn a_long_prompt_is_read_in_chunks_while_running_streams_go_on() {
         let fixture = fixture();
         let metrics = Metrics::new();
-        let limits = BatchLimits {
-            max_batch: 2,
-            kv_cache_bytes: None,
-            prefill_chunk: 4,
-            prefix_cache: false,
-        };
+        let limits = limits(2);
         let mut batcher = fixture.batcher(limits, 1000, &metrics);
         let waiting = AtomicUsize::new(2);
         let mut running = greedy(&[5, 6, 7]);
@@ -905,12 +894,7 @@ mod tests {
     fn shutting_down_tells_running_and_queued_requests_why() {
         let fixture = fixture();
         let metrics = Metrics::new();
-        let limits = BatchLimits {
-            max_batch: 1,
-            kv_cache_bytes: None,
-            prefill_chunk: 4,
-            prefix_cache: false,
-        };
+        let limits = limits(1);
         let (jobs, queue) = std::sync::mpsc::channel();
         let waiting = AtomicUsize::new(2);
         let (running, mut running_events) = job(0, &greedy(&[5, 6, 7]));
