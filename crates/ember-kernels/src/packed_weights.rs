@@ -26,7 +26,7 @@ use burn::prelude::*;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::cpu::{CpuBackend, MatrixView, with_cpu_backend};
+use crate::cpu::{CpuBackend, with_cpu_backend};
 use crate::panel_dot;
 use crate::quant::{BLOCK_SIZE, BlockQ4_0, BlockQ4_K, BlockQ8_0, QuantBlock, SUPER_BLOCK};
 
@@ -459,19 +459,20 @@ pub fn linear_packed<const D: usize>(
     );
     let rows: usize = dims[..D - 1].iter().product();
     let x = x.reshape([rows, in_features]);
-    let mut y = match crate::rows::layout_for(rows) {
-        Some(layout) => crate::rows::by_layout(
-            x,
-            &layout,
-            |single| match with_cpu_backend!(&single, B => product_on::<B>(&single, m, true))
-                .flatten()
-            {
-                Some(y) => y,
-                None => crate::rows::each_row(single, |row| product_2d(row, m)),
-            },
-            |chunk| product_2d(chunk, m),
-        ),
-        None => product_2d(x, m),
+    // On the CPU backends every row's result is the bits it has alone (the dot products
+    // of `crate::panel_dot`), so a server's whole step, prompt chunks and decoding
+    // tokens together, reads the weights once.
+    let mut y = match with_cpu_backend!(&x, B => product_on::<B>(&x, m)).flatten() {
+        Some(y) => y,
+        None => match crate::rows::layout_for(rows) {
+            Some(layout) => crate::rows::by_layout(
+                x,
+                &layout,
+                |single| crate::rows::each_row(single, |row| product_in_f32(row, m)),
+                |chunk| product_in_f32(chunk, m),
+            ),
+            None => product_in_f32(x, m),
+        },
     };
     if let Some(bias) = bias {
         y = y + bias.unsqueeze::<2>();
@@ -480,16 +481,11 @@ pub fn linear_packed<const D: usize>(
     y.reshape(dims)
 }
 
-/// `x · Mᵀ` (`[rows, in]` → `[rows, out]`).
-fn product_2d(x: Tensor<2>, m: &PackedMatrix) -> Tensor<2> {
+/// `x · Mᵀ` (`[rows, in]` → `[rows, out]`) on backends other than the CPU ones (and
+/// for tensors that track gradients): with the weights as f32.
+fn product_in_f32(x: Tensor<2>, m: &PackedMatrix) -> Tensor<2> {
     let device = x.device();
-    match with_cpu_backend!(&x, B => product_on::<B>(&x, m, false)).flatten() {
-        Some(y) => y,
-        // Other backends compute with the weights in f32.
-        None => x.matmul(
-            Tensor::<2>::from_data(TensorData::new(m.to_f32(), m.dims()), &device).transpose(),
-        ),
-    }
+    x.matmul(Tensor::<2>::from_data(TensorData::new(m.to_f32(), m.dims()), &device).transpose())
 }
 
 /// Rows `ids` of `m`: an embedding lookup.
@@ -518,42 +514,21 @@ pub fn embedding_packed(ids: Tensor<2, Int>, m: &PackedMatrix) -> Tensor<3> {
 }
 
 /// Plain (untracked) `x` on CPU backend `B`: the product through the slice kernel.
-fn product_on<B: CpuBackend>(
-    x: &Tensor<2>,
-    m: &PackedMatrix,
-    row_invariant: bool,
-) -> Option<Tensor<2>> {
+fn product_on<B: CpuBackend>(x: &Tensor<2>, m: &PackedMatrix) -> Option<Tensor<2>> {
     let x = B::plain(x)?;
     let [tokens, _] = B::shape(&x)[..] else {
         return None;
     };
-    let values = product(&B::values(&x), tokens, m, row_invariant);
+    let values = product(&B::values(&x), tokens, m);
     Some(B::from_plain(B::new_tensor(&[tokens, m.dims()[0]], values)))
 }
 
 /// Output rows per task: one task converts and reads 64 weight rows (whole panels).
 const ROWS_PER_TASK: usize = 64;
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(panel_dot::PANEL_ROWS));
-/// From this many tokens on, on a CPU with AVX-512, a task converts its rows of bf16 or
-/// f16 to f32 once and multiplies them with `gemm` (compute-bound prompts, at AVX-512's
-/// width); below, and on every other CPU, it takes the blocked dot products, which on
-/// AVX2 read prompts faster than `gemm` does (Zen 3, Qwen3-0.6B's shape in bf16: a
-/// 36-token prompt 0.50 s against 0.69-0.91 s, 256 tokens 3.4-3.9 s against 4.1-4.8 s).
-/// Quantized weights always take their integer dot products, so that a prompt's
-/// activations are quantized as a decoded token's are.
-const GEMM_FROM_TOKENS: usize = 16;
-
-/// Whether `tokens` rows go through `gemm` (see [`GEMM_FROM_TOKENS`]).
-fn through_gemm(format: WeightFormat, tokens: usize, row_invariant: bool) -> bool {
-    matches!(format, WeightFormat::Bf16 | WeightFormat::F16)
-        && tokens >= GEMM_FROM_TOKENS
-        && !row_invariant
-        && crate::simd::level() >= 2
-}
-
-/// `x · Mᵀ`, row-major `[tokens, out]`, on every core. With `row_invariant`, each row's
-/// result does not depend on the others ([`crate::rows`]).
-fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> Vec<f32> {
+/// `x · Mᵀ`, row-major `[tokens, out]`, on every core; each row's result the bits it has
+/// alone ([`crate::panel_dot`]).
+fn product(x: &[f32], tokens: usize, m: &PackedMatrix) -> Vec<f32> {
     let [out_features, in_features] = m.dims();
     // Quantized once for every task.
     let x = panel_dot::Activations::new(m.format, x, tokens, in_features);
@@ -564,7 +539,7 @@ fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> V
             .enumerate()
             .for_each(|(task, chunk)| {
                 let first = task * ROWS_PER_TASK;
-                let block = block_product(&x, m, first..first + chunk.len(), row_invariant);
+                let block = block_product(&x, m, first..first + chunk.len());
                 chunk.copy_from_slice(&block);
             });
         return out;
@@ -575,7 +550,7 @@ fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> V
         .map(|task| {
             let first = task * ROWS_PER_TASK;
             let last = (first + ROWS_PER_TASK).min(out_features);
-            (first, block_product(&x, m, first..last, row_invariant))
+            (first, block_product(&x, m, first..last))
         })
         .collect();
     let mut out = vec![0.0f32; tokens * out_features];
@@ -588,29 +563,14 @@ fn product(x: &[f32], tokens: usize, m: &PackedMatrix, row_invariant: bool) -> V
     out
 }
 
-/// `x · M[rows]ᵀ`, stored `[tokens, rows]`: blocked dot products, or `gemm` for many
-/// tokens of 16-bit weights on AVX-512 ([`through_gemm`]); with `row_invariant`, the dot
-/// products for any number (each token's result the bits it has alone:
-/// [`crate::panel_dot`]).
+/// `x · M[rows]ᵀ`, stored `[tokens, rows]`.
 fn block_product(
     x: &panel_dot::Activations,
     m: &PackedMatrix,
     rows: std::ops::Range<usize>,
-    row_invariant: bool,
 ) -> Vec<f32> {
-    let (k, tokens) = (m.dims()[1], x.tokens);
     let n = rows.len();
-    if through_gemm(m.format, tokens, row_invariant) {
-        let mut weights = vec![0.0f32; n * k];
-        for (i, r) in rows.enumerate() {
-            m.row_into(r, &mut weights[i * k..(i + 1) * k]);
-        }
-        // [tokens, k] · [k, n] with the weights read transposed through their strides.
-        let x = MatrixView::new(x.values.as_ptr(), (tokens, k), k as isize, 1);
-        let wt = MatrixView::new(weights.as_ptr(), (k, n), 1, k as isize);
-        return crate::matmul::gemm_on_this_thread(x, wt);
-    }
-    let mut out = vec![0.0f32; n * tokens];
+    let mut out = vec![0.0f32; n * x.tokens];
     // Tasks start at multiples of ROWS_PER_TASK, so at a panel's first row.
     panel_dot::panel_dots(x, &m.panel_rows(rows), &mut out);
     out
@@ -652,14 +612,14 @@ mod tests {
     const FORMATS: [WeightFormat; 5] = WeightFormat::ALL;
 
     /// The product equals Burn's matmul with the packed weights as f32, for decoding
-    /// (one token), short prompts and long ones (the gemm path on AVX-512 CPUs), odd
+    /// (one token), short prompts and long ones (the widened products), odd
     /// sizes included, in every format.
     #[test]
     fn product_matches_the_matmul_of_the_packed_weights() {
         let _rng = crate::tests::device_rng();
         let device = Device::ndarray();
         for kind in FORMATS {
-            for tokens in [1, 3, GEMM_FROM_TOKENS + 5] {
+            for tokens in [1, 3, panel_dot::WIDEN_FROM_TOKENS + 5] {
                 // The smallest of these the format holds.
                 let inp = [
                     3 * crate::panel_dot::LANES + 5,

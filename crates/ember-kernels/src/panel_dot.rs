@@ -60,7 +60,12 @@
 //! widened to f32 once (not once per block of tokens), then 3 tokens × 4 rows of f32
 //! products at a time, each output's lanes carried from chunk to chunk, the chunks of
 //! the activations and of the panel staying in cache (the same values, the same
-//! arithmetic per output, so the same bits).
+//! arithmetic per output, so the same bits). On AVX-512, 16-bit weights take
+//! [`avx512`]'s blocks of 8 tokens × 4 rows, the same arithmetic at twice the width.
+//!
+//! Every product of packed weights takes these dot products, prompts too: measured on
+//! a Xeon with AVX-512, the widened products read a Qwen3-0.6B-shape prompt 1.3x (1,024
+//! tokens) to 4.5x (16 tokens) faster than converting the weights to f32 for `gemm`.
 
 use crate::packed_weights::WeightFormat;
 use crate::quant::{
@@ -390,8 +395,19 @@ pub(crate) fn panel_dots(x: &Activations, w: &PanelRows, out: &mut [f32]) {
     assert_eq!(out.len(), rows * tokens, "the output is [{tokens}, {rows}]");
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
-        // SAFETY: the CPU has AVX2, FMA and F16C; the slices' lengths were checked.
-        unsafe { x86::panel_dots(x, w, out) };
+        // SAFETY: the CPU has the instructions of each kernel; the slices' lengths were
+        // checked.
+        unsafe {
+            match format {
+                WeightFormat::Bf16 if avx512::available() => {
+                    avx512::half_dots::<true>(x.values, tokens, w, out)
+                }
+                WeightFormat::F16 if avx512::available() => {
+                    avx512::half_dots::<false>(x.values, tokens, w, out)
+                }
+                _ => x86::panel_dots(x, w, out),
+            }
+        }
     } else {
         portable(x, w, out);
     }
@@ -508,6 +524,9 @@ fn portable(x: &Activations, w: &PanelRows, out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
@@ -534,7 +553,7 @@ mod x86 {
     };
 
     /// How far ahead of the block being multiplied the quantized kernel prefetches.
-    const PREFETCH_BYTES: usize = 1024;
+    pub(super) const PREFETCH_BYTES: usize = 1024;
 
     pub(super) fn available() -> bool {
         use std::sync::OnceLock;
@@ -615,7 +634,7 @@ mod x86 {
     /// The lanes of `a` added pairwise (`crate::simd::pairwise_sum`'s order).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn pairwise(a: __m256) -> f32 {
+    pub(super) fn pairwise(a: __m256) -> f32 {
         let four = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
         let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
         let one = _mm_add_ss(two, _mm_shuffle_ps::<1>(two, two));
@@ -640,7 +659,7 @@ mod x86 {
     }
 
     /// Values of `k` per chunk of [`widened_dots`].
-    const WIDE_CHUNK: usize = 256;
+    pub(super) const WIDE_CHUNK: usize = 256;
 
     /// Tokens per block of [`widened_dots`]: 3 tokens × 4 rows, 12 accumulators, 3
     /// activation vectors and a weight vector, AVX2's 16 registers.
@@ -1140,6 +1159,41 @@ mod tests {
                         WeightFormat::Q4_K => 2.0 / 15.0,
                     };
                     assert!(worst <= bound, "{format:?}: off by {worst}");
+                }
+            }
+        }
+    }
+
+    /// On a CPU with AVX-512, its 16-bit products have the bits of AVX2's, in blocks of
+    /// every size either takes (1 to 15 tokens, and widened from 16), over rows with a
+    /// last panel short and `k` with a tail.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_and_avx2_give_the_same_bits() {
+        if !avx512::available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        for format in [WeightFormat::Bf16, WeightFormat::F16] {
+            for tokens in [1, 2, 3, 7, 8, 9, 15, 16, 17, 25] {
+                let (rows, k) = (13, 603);
+                let x = values(tokens * k, 5);
+                let w = PackedMatrix::from_f32(format, rows, k, &values(rows * k, 6));
+                let fast = dots(&x, tokens, &w);
+                let mut avx2 = vec![f32::NAN; rows * tokens];
+                let (activations, panels) = (
+                    Activations::new(format, &x, tokens, k),
+                    w.panel_rows(0..rows),
+                );
+                // SAFETY: the CPU has AVX-512, so AVX2, FMA and F16C; the lengths match.
+                unsafe { x86::panel_dots(&activations, &panels, &mut avx2) };
+                add_tails(&activations, &panels, &mut avx2);
+                for (i, (a, b)) in fast.iter().zip(&avx2).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{format:?} {tokens} tokens, output {i}"
+                    );
                 }
             }
         }

@@ -7,10 +7,13 @@
 //! multiplied alone. Within [`with_row_layout`], [`crate::linear`] and
 //! [`crate::unembed`] split their rows as the layout says: a segment of one row (a
 //! decoding sequence's token) is computed so that its result does not depend on the
-//! other rows (with half weights, the rows of a run of such segments share one pass
-//! over the weights: one dot product per output, in one order; with f32 weights each is
-//! a product of its own); a longer segment (a prompt chunk) is a product of its own, as
-//! it would be alone.
+//! other rows (with f32 weights, a product of its own); a longer segment (a prompt
+//! chunk) is a product of its own, as it would be alone.
+//!
+//! Packed weights (bf16, f16, quantized) need no layout on the CPU: every output of
+//! their dot products is one sequence of operations whatever the block
+//! ([`crate::panel_dot`]), so all the rows of a step, prompt chunks and decoding tokens,
+//! share one pass over the weights ([`crate::packed_weights::linear_packed`]).
 
 use std::cell::RefCell;
 
@@ -90,7 +93,7 @@ pub(crate) fn by_layout(
 /// Every row of `x` through `product` on its own: a one-row product is the same bits
 /// whatever rows surround it. (For f32 weights `gemm` is fast on one row and not
 /// row-invariant on several, so decoding rows do not share their pass over f32 weights;
-/// half weights do, through [`crate::packed_weights`]' row-invariant dot products.)
+/// packed weights do, through [`crate::panel_dot`]'s row-invariant dot products.)
 pub(crate) fn each_row(x: Tensor<2>, product: impl Fn(Tensor<2>) -> Tensor<2>) -> Tensor<2> {
     let rows = x.dims()[0];
     Tensor::cat(
@@ -170,6 +173,15 @@ mod tests {
                 chunk.into_data(),
                 "{name}"
             );
+            if name == "bf16" {
+                // Packed weights need no layout: 20 rows in one product (the widened
+                // dot products of a prompt) are each row's bits alone.
+                assert_eq!(
+                    crate::linear(layer, x.clone()).into_data(),
+                    among.clone().into_data(),
+                    "{name} without a layout"
+                );
+            }
             among.into_data().assert_approx_eq::<f32>(
                 &crate::linear(layer, x.clone()).into_data(),
                 burn::tensor::Tolerance::absolute(1e-4),

@@ -1,0 +1,276 @@
+//! The 16-bit (bf16, f16) dot products on AVX-512: the same arithmetic as AVX2's, twice
+//! the multiply-adds per instruction.
+//!
+//! An output's eight lanes stay eight lanes: a 16-lane register holds two rows' lanes
+//! side by side, rows `2h` and `2h + 1` of a panel, which the panel already stores as 16
+//! consecutive values (eight of one row, then eight of the next). Each token's eight
+//! activations are broadcast to both halves. So lane `i` of row `r` is the same chain of
+//! fused multiply-adds `w[8j + i] · x[8j + i]` as on AVX2, and its halves are added
+//! pairwise the same way: the same bits on both, and in every block.
+//!
+//! With 32 registers a block is 8 tokens × 4 rows (16 accumulators), where AVX2 fits 2
+//! (or 3, widened): a server's batch of eight reads and widens each panel once per step,
+//! not four times, and every widened weight serves eight tokens.
+
+use std::arch::x86_64::*;
+
+use super::x86::{PREFETCH_BYTES, WIDE_CHUNK, pairwise};
+use super::{LANES, PANEL_ROWS, PanelRows, WIDEN_FROM_TOKENS, panel_bytes};
+
+/// Tokens per block.
+const BLOCK_TOKENS: usize = 8;
+
+/// Registers per token's block of outputs: rows 0-1, rows 2-3.
+const HALVES: usize = PANEL_ROWS / 2;
+
+/// Whether this CPU has the AVX-512 the kernels use (F, BW, DQ, VL) and F16C.
+pub(super) fn available() -> bool {
+    crate::simd::level() == 2 && super::x86::available()
+}
+
+/// The whole vectors of every output of bf16 (`BF16`) or f16 rows, written
+/// `out[t * rows + r]` (the tail is added by the caller).
+///
+/// # Safety
+/// [`available`]; `x` (`[tokens, k]`), `w` and `out` have the lengths
+/// [`super::panel_dots`] checks.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn half_dots<const BF16: bool>(
+    x: &[f32],
+    tokens: usize,
+    w: &PanelRows,
+    out: &mut [f32],
+) {
+    if tokens >= WIDEN_FROM_TOKENS {
+        // SAFETY: as this function's.
+        unsafe { widened_dots::<BF16>(x, tokens, w, out) };
+        return;
+    }
+    let PanelRows {
+        format,
+        panels,
+        rows,
+        k,
+    } = *w;
+    let mut block = [[0.0f32; PANEL_ROWS]; BLOCK_TOKENS];
+    for (p, panel) in panels
+        .chunks_exact(panel_bytes(format, k).max(1))
+        .enumerate()
+    {
+        let first = p * PANEL_ROWS;
+        let real = (rows - first).min(PANEL_ROWS);
+        let mut t0 = 0;
+        while t0 < tokens {
+            let t = (tokens - t0).min(BLOCK_TOKENS);
+            let x_t = &x[t0 * k..(t0 + t) * k];
+            // SAFETY: `x_t` holds `t` tokens of `k`, `panel` one panel of `k`.
+            unsafe {
+                let b = &mut block;
+                match t {
+                    8 => dots::<8, BF16>(x_t, panel, k, b),
+                    7 => dots::<7, BF16>(x_t, panel, k, b),
+                    6 => dots::<6, BF16>(x_t, panel, k, b),
+                    5 => dots::<5, BF16>(x_t, panel, k, b),
+                    4 => dots::<4, BF16>(x_t, panel, k, b),
+                    3 => dots::<3, BF16>(x_t, panel, k, b),
+                    2 => dots::<2, BF16>(x_t, panel, k, b),
+                    _ => dots::<1, BF16>(x_t, panel, k, b),
+                }
+            }
+            for (i, sums) in block.iter().take(t).enumerate() {
+                out[(t0 + i) * rows + first..][..real].copy_from_slice(&sums[..real]);
+            }
+            t0 += t;
+        }
+    }
+}
+
+/// Sixteen 16-bit values (bf16 if `BF16`, else f16) from `at`, widened to f32
+/// (exactly): in a panel, the next eight of two successive rows.
+///
+/// # Safety
+/// `at` is followed by 32 readable bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn widen16<const BF16: bool>(at: *const u8) -> __m512 {
+    // SAFETY: as the caller promises.
+    let bits = unsafe { _mm256_loadu_si256(at as *const __m256i) };
+    if BF16 {
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+    } else {
+        _mm512_cvtph_ps(bits)
+    }
+}
+
+/// Eight activations from `at`, in both halves of a register.
+///
+/// # Safety
+/// `at` is followed by eight readable f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn broadcast8(at: *const f32) -> __m512 {
+    // SAFETY: as the caller promises.
+    _mm512_broadcast_f32x8(unsafe { _mm256_loadu_ps(at) })
+}
+
+/// Each token's two registers of lanes reduced: `out[t][r]` for the panel's rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+#[inline]
+fn reduce<const T: usize>(acc: &[[__m512; HALVES]; T], out: &mut [[f32; PANEL_ROWS]]) {
+    for (acc_t, out_t) in acc.iter().zip(out.iter_mut()) {
+        for (h, &a) in acc_t.iter().enumerate() {
+            out_t[2 * h] = pairwise(_mm512_castps512_ps256(a));
+            out_t[2 * h + 1] = pairwise(_mm512_extractf32x8_ps::<1>(a));
+        }
+    }
+}
+
+/// `T` tokens × one panel's rows over the whole vectors of `k`.
+///
+/// # Safety
+/// [`available`]; `x` holds `T` tokens of `k`, `panel` one panel in bf16 (`BF16`) or
+/// f16.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn dots<const T: usize, const BF16: bool>(
+    x: &[f32],
+    panel: &[u8],
+    k: usize,
+    out: &mut [[f32; PANEL_ROWS]; BLOCK_TOKENS],
+) {
+    let mut acc = [[_mm512_setzero_ps(); HALVES]; T];
+    let (x, w) = (x.as_ptr(), panel.as_ptr());
+    for v in 0..k / LANES {
+        let at = 2 * v * PANEL_ROWS * LANES;
+        // One 64-byte line per step: ask for the one PREFETCH_BYTES ahead (a hint: an
+        // address past the panel is harmless).
+        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(at + PREFETCH_BYTES) as *const i8);
+        // SAFETY: the panel holds `PANEL_ROWS` rows of `k.div_ceil(LANES)` vectors of
+        // 16-bit values, interleaved: rows 0-1 of vector `v` at `at`, rows 2-3 after.
+        let wv: [__m512; HALVES] =
+            std::array::from_fn(|h| unsafe { widen16::<BF16>(w.add(at + 2 * h * 2 * LANES)) });
+        for (t, acc_t) in acc.iter_mut().enumerate() {
+            // SAFETY: token `t` has `k` activations from `x + t * k`.
+            let xv = unsafe { broadcast8(x.add(t * k + v * LANES)) };
+            for (a, &vector) in acc_t.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(vector, xv, *a);
+            }
+        }
+    }
+    reduce(&acc, out);
+}
+
+/// As AVX2's widened products (the module [`super`] says how): `k` in chunks of
+/// [`WIDE_CHUNK`], each panel's chunk widened once, then 8 tokens × the panel's rows at
+/// a time, each output's lanes carried from chunk to chunk.
+///
+/// # Safety
+/// As [`half_dots`].
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+unsafe fn widened_dots<const BF16: bool>(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
+    let PanelRows {
+        format,
+        panels,
+        rows,
+        k,
+    } = *w;
+    let panel_len = panel_bytes(format, k);
+    let vectors = k / LANES;
+    let panel_count = rows.div_ceil(PANEL_ROWS);
+    // Lanes of output (token t, rows 2h, 2h + 1) at [(panel * tokens + t) * HALVES + h].
+    let mut acc = vec![[_mm512_setzero_ps(); HALVES]; panel_count * tokens];
+    let mut wide = [0.0f32; WIDE_CHUNK * PANEL_ROWS];
+    let mut v0 = 0;
+    while v0 < vectors {
+        let n = (vectors - v0).min(WIDE_CHUNK / LANES);
+        for p in 0..panel_count {
+            let part = &panels[p * panel_len + 2 * v0 * PANEL_ROWS * LANES..];
+            for (i, lanes) in wide[..n * PANEL_ROWS * LANES]
+                .chunks_exact_mut(2 * LANES)
+                .enumerate()
+            {
+                // The next panel's chunk, a 64-byte line per two widenings (a hint: an
+                // address past the panels is harmless).
+                if i % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        part.as_ptr().wrapping_add(panel_len + 4 * LANES * i) as *const i8,
+                    );
+                }
+                // SAFETY: the panel holds `PANEL_ROWS * vectors` vectors of 16 bytes from
+                // its start; these are vectors `v0 * PANEL_ROWS + 2i` and the next.
+                unsafe {
+                    _mm512_storeu_ps(
+                        lanes.as_mut_ptr(),
+                        widen16::<BF16>(part.as_ptr().add(4 * LANES * i)),
+                    )
+                };
+            }
+            let acc_p = &mut acc[p * tokens..][..tokens];
+            let mut t0 = 0;
+            while t0 < tokens {
+                let t = (tokens - t0).min(BLOCK_TOKENS);
+                let x_t = &x[t0 * k + v0 * LANES..];
+                let acc_t = &mut acc_p[t0..t0 + t];
+                // SAFETY: `x_t` holds `t` tokens' `n` vectors at strides of `k`, `wide`
+                // `n` vectors of each row.
+                unsafe {
+                    match t {
+                        8 => wide_block::<8>(x_t, k, &wide, n, acc_t),
+                        7 => wide_block::<7>(x_t, k, &wide, n, acc_t),
+                        6 => wide_block::<6>(x_t, k, &wide, n, acc_t),
+                        5 => wide_block::<5>(x_t, k, &wide, n, acc_t),
+                        4 => wide_block::<4>(x_t, k, &wide, n, acc_t),
+                        3 => wide_block::<3>(x_t, k, &wide, n, acc_t),
+                        2 => wide_block::<2>(x_t, k, &wide, n, acc_t),
+                        _ => wide_block::<1>(x_t, k, &wide, n, acc_t),
+                    }
+                }
+                t0 += t;
+            }
+        }
+        v0 += n;
+    }
+    let mut sums = [[0.0f32; PANEL_ROWS]; 1];
+    for p in 0..panel_count {
+        let first = p * PANEL_ROWS;
+        let real = (rows - first).min(PANEL_ROWS);
+        for t in 0..tokens {
+            reduce::<1>(&[acc[p * tokens + t]], &mut sums);
+            out[t * rows + first..][..real].copy_from_slice(&sums[0][..real]);
+        }
+    }
+}
+
+/// `T` tokens' next `n` vectors against a widened chunk of a panel's rows, continuing
+/// their lanes in `acc`.
+///
+/// # Safety
+/// `x` holds `T` tokens at strides of `k`, each with `n` vectors from its start; `wide`
+/// `n` vectors of each row, interleaved as in a panel.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn wide_block<const T: usize>(
+    x: &[f32],
+    k: usize,
+    wide: &[f32],
+    n: usize,
+    acc: &mut [[__m512; HALVES]],
+) {
+    let mut a = [[_mm512_setzero_ps(); HALVES]; T];
+    a.copy_from_slice(&acc[..T]);
+    let (x, w) = (x.as_ptr(), wide.as_ptr());
+    for v in 0..n {
+        // SAFETY: vector `v` of rows 2h, 2h + 1 is at `(v * PANEL_ROWS + 2h) * LANES`.
+        let wv: [__m512; HALVES] = std::array::from_fn(|h| unsafe {
+            _mm512_loadu_ps(w.add((v * PANEL_ROWS + 2 * h) * LANES))
+        });
+        for (t, a_t) in a.iter_mut().enumerate() {
+            // SAFETY: vector `v` of token `t` is at `t * k + v * LANES`.
+            let xv = unsafe { broadcast8(x.add(t * k + v * LANES)) };
+            for (a, &vector) in a_t.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(vector, xv, *a);
+            }
+        }
+    }
+    acc[..T].copy_from_slice(&a);
+}
