@@ -97,43 +97,91 @@ impl GenerationConfig {
 ///
 /// Greedy when `temperature == 0` (the first maximum, like `torch.argmax`); otherwise
 /// top-k, then temperature, then top-p, then a draw from the softmax.
+///
+/// Each token's weight is `exp((logit - max) / temperature)` in f64. The vocabulary is
+/// sorted only as far as top-k and top-p need it (a server samples every sequence of
+/// every step, and a full sort of a 150,000-token vocabulary took longer than the
+/// step's arithmetic): without either the draw walks the tokens in id order, which is
+/// the same distribution.
 pub fn sample_next_token(logits: &[f32], config: &GenerationConfig, rng: &mut impl Rng) -> u32 {
-    if config.temperature == 0.0 {
+    if config.temperature == 0.0 || logits.len() < 2 {
         return argmax(logits);
     }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    if let Some(k) = config.top_k {
-        order.truncate(k.min(order.len()));
-    }
-    let max = logits[order[0]] as f64;
-    let mut probs: Vec<f64> = order
-        .iter()
-        .map(|&i| ((logits[i] as f64 - max) / config.temperature).exp())
-        .collect();
-    let total: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
-    if let Some(top_p) = config.top_p {
-        let mut cumulative = 0.0;
-        let keep = probs
-            .iter()
-            .position(|p| {
-                cumulative += p;
-                cumulative >= top_p
-            })
-            .map_or(probs.len(), |i| i + 1);
-        probs.truncate(keep);
-        order.truncate(keep);
-    }
-    let total: f64 = probs.iter().sum();
-    let mut draw = rng.random::<f64>() * total;
-    for (p, &i) in probs.iter().zip(&order) {
-        draw -= p;
-        if draw < 0.0 {
-            return i as u32;
+    let max = logits.iter().copied().max_by(f32::total_cmp).unwrap_or(0.0) as f64;
+    let weight = |id: u32| ((logits[id as usize] as f64 - max) / config.temperature).exp();
+    let vocab = logits.len();
+    let candidates: Vec<u32> = match (config.top_k, config.top_p) {
+        (None, None) => {
+            let weights: Vec<f64> = (0..vocab as u32).map(weight).collect();
+            return draw(&weights, rng).map_or_else(|| argmax(logits), |i| i as u32);
+        }
+        (Some(k), None) => top_ids(logits, k.min(vocab)),
+        (top_k, Some(top_p)) => {
+            let limit = top_k.map_or(vocab, |k| k.min(vocab));
+            // The nucleus is measured against the weight of all the candidates.
+            let total: f64 = match top_k {
+                Some(_) => top_ids(logits, limit).into_iter().map(weight).sum(),
+                None => (0..vocab as u32).map(weight).sum(),
+            };
+            // The most likely first, more of them until they reach top_p.
+            let mut n = limit.min(64);
+            loop {
+                let ids = top_ids(logits, n);
+                let mut cumulative = 0.0;
+                let reached = ids.iter().position(|&id| {
+                    cumulative += weight(id) / total;
+                    cumulative >= top_p
+                });
+                match reached {
+                    Some(i) => break ids[..=i].to_vec(),
+                    None if n == limit => break ids,
+                    None => n = (n * 8).min(limit),
+                }
+            }
+        }
+    };
+    let weights: Vec<f64> = candidates.iter().map(|&id| weight(id)).collect();
+    draw(&weights, rng).map_or(candidates[0], |i| candidates[i])
+}
+
+/// An index drawn in proportion to `weights` (`None` if they sum to nothing).
+fn draw(weights: &[f64], rng: &mut impl Rng) -> Option<usize> {
+    let total: f64 = weights.iter().sum();
+    let mut left = rng.random::<f64>() * total;
+    for (i, w) in weights.iter().enumerate() {
+        left -= w;
+        if left < 0.0 {
+            return Some(i);
         }
     }
-    order[order.len() - 1] as u32
+    // Rounding left a little: the last token with any weight.
+    weights.iter().rposition(|&w| w > 0.0)
+}
+
+/// The ids of the `n` largest logits, largest first, ties in id order (the order of
+/// `total_cmp`, NaN above infinity).
+fn top_ids(logits: &[f32], n: usize) -> Vec<u32> {
+    // A logit's bits made to sort as `total_cmp` does, as unsigned integers.
+    let ordered = |v: f32| {
+        let bits = v.to_bits();
+        if bits >> 31 == 1 {
+            !bits
+        } else {
+            bits | 1 << 31
+        }
+    };
+    // Largest first, then the lower id: one integer per token, sorted as integers.
+    let mut keys: Vec<u64> = logits
+        .iter()
+        .enumerate()
+        .map(|(id, &v)| (u64::from(!ordered(v)) << 32) | id as u64)
+        .collect();
+    if n < keys.len() {
+        keys.select_nth_unstable(n);
+        keys.truncate(n);
+    }
+    keys.sort_unstable();
+    keys.into_iter().map(|key| key as u32).collect()
 }
 
 /// The token picker of one generation: its settings and its seeded generator (ChaCha8
@@ -332,6 +380,80 @@ mod tests {
         });
         // forward + toward reach 0.93 ≥ 0.9: nothing else survives.
         assert_eq!(nucleus[3] + nucleus[7], 1000, "{nucleus:?}");
+    }
+
+    #[test]
+    fn top_ids_are_the_largest_first_ties_by_id() {
+        let logits = [0.5, -1.0, 2.0, 0.5, f32::NEG_INFINITY, -0.0, 0.0, 2.0];
+        assert_eq!(top_ids(&logits, 8), [2, 7, 0, 3, 6, 5, 1, 4]);
+        assert_eq!(top_ids(&logits, 3), [2, 7, 0]);
+        assert_eq!(top_ids(&logits, 0), [0u32; 0]);
+    }
+
+    /// Over a vocabulary whose nucleus is hundreds of tokens (more than the first
+    /// partial sort takes), exactly the smallest set of the most likely tokens reaching
+    /// top_p is drawn from, each about as often as its share of the set's probability;
+    /// with top-k as well, only the top k's.
+    #[test]
+    fn top_p_keeps_exactly_the_nucleus_of_a_large_vocabulary() {
+        // Logits 0, -0.01, -0.02, ... shuffled over 5,000 ids.
+        let vocab = 5000;
+        let rank_of = |id: usize| (id * 1237) % vocab;
+        let logits: Vec<f32> = (0..vocab).map(|id| -0.01 * rank_of(id) as f32).collect();
+        let probs: Vec<f64> = {
+            let w: Vec<f64> = logits.iter().map(|&l| (l as f64).exp()).collect();
+            let total: f64 = w.iter().sum();
+            w.iter().map(|w| w / total).collect()
+        };
+        let mut by_rank: Vec<usize> = (0..vocab).collect();
+        by_rank.sort_by_key(|&id| rank_of(id));
+        let nucleus_size = |top_p: f64| {
+            let mut cumulative = 0.0;
+            by_rank
+                .iter()
+                .position(|&id| {
+                    cumulative += probs[id];
+                    cumulative >= top_p
+                })
+                .unwrap()
+                + 1
+        };
+        let top_p = 0.5;
+        let size = nucleus_size(top_p);
+        assert!(size > 64, "the nucleus is {size} tokens");
+        let config = GenerationConfig {
+            temperature: 1.0,
+            top_p: Some(top_p),
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut counts = vec![0usize; vocab];
+        let draws = 20_000;
+        for _ in 0..draws {
+            counts[sample_next_token(&logits, &config, &mut rng) as usize] += 1;
+        }
+        let drawn: Vec<usize> = (0..vocab).filter(|&id| counts[id] > 0).collect();
+        assert!(drawn.iter().all(|&id| rank_of(id) < size));
+        // The most likely token's share of the nucleus.
+        let top = by_rank[0];
+        let share: f64 = probs[top] / by_rank[..size].iter().map(|&id| probs[id]).sum::<f64>();
+        let expected = share * draws as f64;
+        assert!(
+            (counts[top] as f64 - expected).abs() < 4.0 * expected.sqrt(),
+            "{} draws of the top token, {expected:.0} expected",
+            counts[top]
+        );
+        // With top-k 10 the nucleus is measured within those 10.
+        let config = GenerationConfig {
+            top_k: Some(10),
+            top_p: Some(0.35),
+            ..config
+        };
+        for _ in 0..1000 {
+            let id = sample_next_token(&logits, &config, &mut rng) as usize;
+            // 0.35 of the top 10 (weights e^-0.00 .. e^-0.09) is their first four.
+            assert!(rank_of(id) < 4, "rank {}", rank_of(id));
+        }
     }
 
     #[test]
