@@ -72,8 +72,8 @@ use crate::quant::{
     BLOCK_SIZE, BlockQ4_K, BlockQ8_0, QuantBlock, SUB_BLOCK, SUB_BLOCKS, SUPER_BLOCK,
 };
 
-/// Tokens from which the x86 kernel widens each chunk of 16-bit weights to f32 once
-/// instead of in every block. Below it (a server's decoding steps, up to 15 sequences)
+/// Tokens from which the AVX2 kernel widens each chunk of 16-bit weights to f32 once
+/// instead of in every block (AVX-512's blocks of 8 tokens never do: [`avx512`]). Below it (a server's decoding steps, up to 15 sequences)
 /// the weights are read once per pass as one stream and memory decides: measured on
 /// Zen 3, 8 sequences decoded 10-25% slower through the widened chunks, while prompts
 /// were read 1.1-1.3x faster.
@@ -659,7 +659,7 @@ mod x86 {
     }
 
     /// Values of `k` per chunk of [`widened_dots`].
-    pub(super) const WIDE_CHUNK: usize = 256;
+    const WIDE_CHUNK: usize = 256;
 
     /// Tokens per block of [`widened_dots`]: 3 tokens × 4 rows, 12 accumulators, 3
     /// activation vectors and a weight vector, AVX2's 16 registers.

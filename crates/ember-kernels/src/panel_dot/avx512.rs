@@ -8,14 +8,19 @@
 //! fused multiply-adds `w[8j + i] · x[8j + i]` as on AVX2, and its halves are added
 //! pairwise the same way: the same bits on both, and in every block.
 //!
-//! With 32 registers a block is 8 tokens × 4 rows (16 accumulators), where AVX2 fits 2
-//! (or 3, widened): a server's batch of eight reads and widens each panel once per step,
-//! not four times, and every widened weight serves eight tokens.
+//! With 32 registers a block is 8 tokens × 4 rows (16 accumulators), where AVX2 fits 2:
+//! a server's batch of eight reads and widens each panel once per step, not four times,
+//! and every widened weight serves eight tokens. More tokens (a prompt's chunk, a larger
+//! batch) take blocks of eight over the same panel, read again from L1. Widening each
+//! chunk of a panel once for all the tokens, as AVX2 does from 16 tokens, was no faster
+//! here (a Xeon, Qwen3-0.6B's shape in bf16, two runs each: a 36-token prompt 0.20-0.21 s
+//! against 0.22 s, 256 tokens 1.44-1.49 s against 1.45-1.62 s; 16 sequences decoded at
+//! 104-107 new tokens/s against 92, 24 at 115 against 99).
 
 use std::arch::x86_64::*;
 
-use super::x86::{PREFETCH_BYTES, WIDE_CHUNK, pairwise};
-use super::{LANES, PANEL_ROWS, PanelRows, WIDEN_FROM_TOKENS, panel_bytes};
+use super::x86::{PREFETCH_BYTES, pairwise};
+use super::{LANES, PANEL_ROWS, PanelRows, panel_bytes};
 
 /// Tokens per block.
 const BLOCK_TOKENS: usize = 8;
@@ -41,11 +46,6 @@ pub(super) unsafe fn half_dots<const BF16: bool>(
     w: &PanelRows,
     out: &mut [f32],
 ) {
-    if tokens >= WIDEN_FROM_TOKENS {
-        // SAFETY: as this function's.
-        unsafe { widened_dots::<BF16>(x, tokens, w, out) };
-        return;
-    }
     let PanelRows {
         format,
         panels,
@@ -158,119 +158,4 @@ unsafe fn dots<const T: usize, const BF16: bool>(
         }
     }
     reduce(&acc, out);
-}
-
-/// As AVX2's widened products (the module [`super`] says how): `k` in chunks of
-/// [`WIDE_CHUNK`], each panel's chunk widened once, then 8 tokens × the panel's rows at
-/// a time, each output's lanes carried from chunk to chunk.
-///
-/// # Safety
-/// As [`half_dots`].
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
-unsafe fn widened_dots<const BF16: bool>(x: &[f32], tokens: usize, w: &PanelRows, out: &mut [f32]) {
-    let PanelRows {
-        format,
-        panels,
-        rows,
-        k,
-    } = *w;
-    let panel_len = panel_bytes(format, k);
-    let vectors = k / LANES;
-    let panel_count = rows.div_ceil(PANEL_ROWS);
-    // Lanes of output (token t, rows 2h, 2h + 1) at [(panel * tokens + t) * HALVES + h].
-    let mut acc = vec![[_mm512_setzero_ps(); HALVES]; panel_count * tokens];
-    let mut wide = [0.0f32; WIDE_CHUNK * PANEL_ROWS];
-    let mut v0 = 0;
-    while v0 < vectors {
-        let n = (vectors - v0).min(WIDE_CHUNK / LANES);
-        for p in 0..panel_count {
-            let part = &panels[p * panel_len + 2 * v0 * PANEL_ROWS * LANES..];
-            for (i, lanes) in wide[..n * PANEL_ROWS * LANES]
-                .chunks_exact_mut(2 * LANES)
-                .enumerate()
-            {
-                // The next panel's chunk, a 64-byte line per two widenings (a hint: an
-                // address past the panels is harmless).
-                if i % 2 == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        part.as_ptr().wrapping_add(panel_len + 4 * LANES * i) as *const i8,
-                    );
-                }
-                // SAFETY: the panel holds `PANEL_ROWS * vectors` vectors of 16 bytes from
-                // its start; these are vectors `v0 * PANEL_ROWS + 2i` and the next.
-                unsafe {
-                    _mm512_storeu_ps(
-                        lanes.as_mut_ptr(),
-                        widen16::<BF16>(part.as_ptr().add(4 * LANES * i)),
-                    )
-                };
-            }
-            let acc_p = &mut acc[p * tokens..][..tokens];
-            let mut t0 = 0;
-            while t0 < tokens {
-                let t = (tokens - t0).min(BLOCK_TOKENS);
-                let x_t = &x[t0 * k + v0 * LANES..];
-                let acc_t = &mut acc_p[t0..t0 + t];
-                // SAFETY: `x_t` holds `t` tokens' `n` vectors at strides of `k`, `wide`
-                // `n` vectors of each row.
-                unsafe {
-                    match t {
-                        8 => wide_block::<8>(x_t, k, &wide, n, acc_t),
-                        7 => wide_block::<7>(x_t, k, &wide, n, acc_t),
-                        6 => wide_block::<6>(x_t, k, &wide, n, acc_t),
-                        5 => wide_block::<5>(x_t, k, &wide, n, acc_t),
-                        4 => wide_block::<4>(x_t, k, &wide, n, acc_t),
-                        3 => wide_block::<3>(x_t, k, &wide, n, acc_t),
-                        2 => wide_block::<2>(x_t, k, &wide, n, acc_t),
-                        _ => wide_block::<1>(x_t, k, &wide, n, acc_t),
-                    }
-                }
-                t0 += t;
-            }
-        }
-        v0 += n;
-    }
-    let mut sums = [[0.0f32; PANEL_ROWS]; 1];
-    for p in 0..panel_count {
-        let first = p * PANEL_ROWS;
-        let real = (rows - first).min(PANEL_ROWS);
-        for t in 0..tokens {
-            reduce::<1>(&[acc[p * tokens + t]], &mut sums);
-            out[t * rows + first..][..real].copy_from_slice(&sums[0][..real]);
-        }
-    }
-}
-
-/// `T` tokens' next `n` vectors against a widened chunk of a panel's rows, continuing
-/// their lanes in `acc`.
-///
-/// # Safety
-/// `x` holds `T` tokens at strides of `k`, each with `n` vectors from its start; `wide`
-/// `n` vectors of each row, interleaved as in a panel.
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn wide_block<const T: usize>(
-    x: &[f32],
-    k: usize,
-    wide: &[f32],
-    n: usize,
-    acc: &mut [[__m512; HALVES]],
-) {
-    let mut a = [[_mm512_setzero_ps(); HALVES]; T];
-    a.copy_from_slice(&acc[..T]);
-    let (x, w) = (x.as_ptr(), wide.as_ptr());
-    for v in 0..n {
-        // SAFETY: vector `v` of rows 2h, 2h + 1 is at `(v * PANEL_ROWS + 2h) * LANES`.
-        let wv: [__m512; HALVES] = std::array::from_fn(|h| unsafe {
-            _mm512_loadu_ps(w.add((v * PANEL_ROWS + 2 * h) * LANES))
-        });
-        for (t, a_t) in a.iter_mut().enumerate() {
-            // SAFETY: vector `v` of token `t` is at `t * k + v * LANES`.
-            let xv = unsafe { broadcast8(x.add(t * k + v * LANES)) };
-            for (a, &vector) in a_t.iter_mut().zip(&wv) {
-                *a = _mm512_fmadd_ps(vector, xv, *a);
-            }
-        }
-    }
-    acc[..T].copy_from_slice(&a);
 }
