@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The `Content-Type` of the text format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -155,6 +155,55 @@ impl Histogram {
     }
 }
 
+/// Seconds over which `ember_generation_tokens_per_second` averages.
+const RATE_WINDOW_SECONDS: u64 = 10;
+
+/// Tokens generated in each of the last [`RATE_WINDOW_SECONDS`] seconds: a rate over a
+/// sliding window, for a gauge that reads as the server's speed now (the counter's
+/// `rate()` needs a Prometheus; a person with `curl` has none).
+struct TokenRate {
+    start: Instant,
+    /// `(second since start, tokens in it)`, slot `second % RATE_WINDOW_SECONDS`.
+    slots: Mutex<[(u64, u64); RATE_WINDOW_SECONDS as usize]>,
+}
+
+impl TokenRate {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            slots: Mutex::new([(0, 0); RATE_WINDOW_SECONDS as usize]),
+        }
+    }
+
+    /// A token generated at `at`.
+    fn add(&self, at: Instant) {
+        let second = at.saturating_duration_since(self.start).as_secs();
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut slots[(second % RATE_WINDOW_SECONDS) as usize];
+        if slot.0 != second {
+            *slot = (second, 0);
+        }
+        slot.1 += 1;
+    }
+
+    /// Tokens per second over the whole seconds of the window before the one `at` is
+    /// in (fewer while the server is younger than the window; 0 in its first second).
+    fn per_second(&self, at: Instant) -> f64 {
+        let now = at.saturating_duration_since(self.start).as_secs();
+        let window = now.saturating_sub(RATE_WINDOW_SECONDS)..now;
+        if window.is_empty() {
+            return 0.0;
+        }
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let tokens: u64 = slots
+            .iter()
+            .filter(|(second, _)| window.contains(second))
+            .map(|&(_, tokens)| tokens)
+            .sum();
+        tokens as f64 / (window.end - window.start) as f64
+    }
+}
+
 /// Everything `/metrics` shows; shared by the HTTP side, the connections and the
 /// generation thread.
 pub(crate) struct Metrics {
@@ -171,6 +220,7 @@ pub(crate) struct Metrics {
     prefix_cached_tokens: AtomicU64,
     prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
+    token_rate: TokenRate,
     time_to_first_token: Histogram,
     inter_token: Histogram,
     /// Connections open now.
@@ -196,6 +246,7 @@ impl Metrics {
             prefix_cached_tokens: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
+            token_rate: TokenRate::new(),
             time_to_first_token: Histogram::new(TTFT_BUCKETS),
             inter_token: Histogram::new(ITL_BUCKETS),
             connections: AtomicUsize::new(0),
@@ -229,6 +280,7 @@ impl Metrics {
     /// the previous token.
     pub(crate) fn token(&self, first: bool, since: Duration) {
         self.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        self.token_rate.add(Instant::now());
         if first {
             self.time_to_first_token.observe(since);
         } else {
@@ -408,6 +460,17 @@ impl Metrics {
         );
         head(
             &mut out,
+            "ember_generation_tokens_per_second",
+            "gauge",
+            "Tokens generated per second over the last 10 whole seconds, all sequences together.",
+        );
+        let _ = writeln!(
+            out,
+            "ember_generation_tokens_per_second {}",
+            self.token_rate.per_second(Instant::now())
+        );
+        head(
+            &mut out,
             "ember_time_to_first_token_seconds",
             "histogram",
             "From a request's arrival (queueing and the prompt included) to its first generated token.",
@@ -484,7 +547,30 @@ mod tests {
         assert!(text.contains(
             "ember_request_duration_seconds_bucket{endpoint=\"/health\",le=\"0.005\"} 1\n"
         ));
+        assert!(text.contains("ember_generation_tokens_per_second 0\n"));
         assert_eq!(endpoint("/v1/completions"), "/v1/completions");
         assert_eq!(endpoint("/v1/completions/"), "other");
+    }
+
+    /// The gauge averages the tokens of the whole seconds of the last ten before the
+    /// current one, over as many seconds as the server has had.
+    #[test]
+    fn the_token_rate_is_over_the_last_ten_whole_seconds() {
+        let rate = TokenRate::new();
+        let at = |seconds: f64| rate.start + Duration::from_secs_f64(seconds);
+        for _ in 0..5 {
+            rate.add(at(0.5));
+        }
+        for _ in 0..20 {
+            rate.add(at(3.2));
+        }
+        assert_eq!(rate.per_second(at(0.9)), 0.0);
+        assert_eq!(rate.per_second(at(3.9)), 5.0 / 3.0);
+        assert_eq!(rate.per_second(at(4.1)), 25.0 / 4.0);
+        assert_eq!(rate.per_second(at(13.5)), 20.0 / 10.0);
+        assert_eq!(rate.per_second(at(14.0)), 0.0);
+        // A slot is reused ten seconds on: second 13's tokens replace second 3's.
+        rate.add(at(13.7));
+        assert_eq!(rate.per_second(at(14.0)), 1.0 / 10.0);
     }
 }
