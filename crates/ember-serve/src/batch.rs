@@ -158,7 +158,16 @@ impl<'a> Batcher<'a> {
 
     /// Generates until every [`crate::Engine`] handle is gone. `waiting` counts the
     /// requests submitted and not running; `stop` is the shutdown flag.
+    ///
+    /// Idle, the loop waits on its own thread; busy, it runs on one of rayon's workers,
+    /// so that a step's kernels share their work with the other workers instead of
+    /// handing it over (see `on_the_thread_pool` in ember-cli's main.rs). It leaves the
+    /// worker whenever it is idle: several engines in one process (a program serving
+    /// two models, a test suite) take turns on the pool instead of each holding a
+    /// worker for good, which with as many engines as workers left the next one
+    /// waiting forever.
     pub(crate) fn run(mut self, queue: Receiver<Job>, waiting: &AtomicUsize, stop: &AtomicBool) {
+        let mut queue = queue;
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 // Nothing to do: sleep until a request comes.
@@ -167,19 +176,33 @@ impl<'a> Batcher<'a> {
                     Err(_) => return,
                 }
             }
+            // The receiver goes to the worker and back (a shared one cannot).
+            queue = rayon::scope(|_| {
+                self.until_idle(&queue, waiting, stop);
+                queue
+            });
+        }
+    }
+
+    /// Steps until no sequence is running or waiting.
+    fn until_idle(&mut self, queue: &Receiver<Job>, waiting: &AtomicUsize, stop: &AtomicBool) {
+        loop {
             while let Ok(job) = queue.try_recv() {
                 self.arrive(job, waiting);
             }
             if stop.load(Ordering::SeqCst) {
                 self.shut_down(waiting);
-                continue;
+            } else {
+                self.drop_departed(waiting);
+                self.admit(waiting);
+                if !self.running.is_empty() {
+                    self.step(waiting);
+                }
+                self.publish();
             }
-            self.drop_departed(waiting);
-            self.admit(waiting);
-            if !self.running.is_empty() {
-                self.step(waiting);
+            if self.running.is_empty() && self.waiting.is_empty() {
+                return;
             }
-            self.publish();
         }
     }
 

@@ -199,13 +199,9 @@ impl Engine {
         std::thread::Builder::new()
             .name("ember-generate".into())
             .spawn(move || {
-                // The loop runs on one of rayon's workers, so the kernels' work is
-                // shared with the other workers instead of handed over to them (see
-                // `on_the_thread_pool` in ember-cli's main.rs).
-                rayon::scope(|_| {
-                    Batcher::new(&model, &tokenizer, &device, limits, budget, &measured)
-                        .run(queue, &count, &stop)
-                })
+                // Its steps run on rayon's workers: `Batcher::run`.
+                Batcher::new(&model, &tokenizer, &device, limits, budget, &measured)
+                    .run(queue, &count, &stop)
             })
             .expect("a thread for generation");
         Self {

@@ -239,3 +239,29 @@ async fn sequences_that_outgrow_the_budget_are_preempted_and_still_finish() {
     assert_eq!(sample(&samples, "ember_running_sequences", &[]), 0.0);
     assert_eq!(sample(&samples, "ember_kv_cache_bytes", &[]), 0.0);
 }
+
+/// An engine holds one of rayon's workers only while it has work: with more servers
+/// in one process than the pool has workers, all idle, each still answers (when an
+/// engine's loop kept its worker for good, the one past the pool's size never started
+/// and its requests waited forever; the suite once hung so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_idle_servers_than_rayon_workers_all_answer() {
+    let servers: Vec<Server> = (0..rayon::current_num_threads() + 2)
+        .map(|_| server(ServerOptions::default()))
+        .collect();
+    // Every engine has started and gone idle.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (i, server) in servers.iter().enumerate().rev() {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(120),
+            send(
+                &server.router(),
+                post("/v1/completions", &completion(json!({}))),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("server {i} of {} did not answer", servers.len()));
+        assert_eq!(answer.0, StatusCode::OK, "{}", answer.2);
+        assert_eq!(answer.2["usage"]["completion_tokens"], 1, "{}", answer.2);
+    }
+}
