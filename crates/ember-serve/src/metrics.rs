@@ -158,20 +158,24 @@ impl Histogram {
 /// Seconds over which `ember_generation_tokens_per_second` averages.
 const RATE_WINDOW_SECONDS: u64 = 10;
 
-/// Tokens generated in each of the last [`RATE_WINDOW_SECONDS`] seconds: a rate over a
-/// sliding window, for a gauge that reads as the server's speed now (the counter's
+/// Slots of [`TokenRate`]: the window's seconds and the current one.
+const RATE_SLOTS: u64 = RATE_WINDOW_SECONDS + 1;
+
+/// Tokens generated in each of the last [`RATE_WINDOW_SECONDS`] seconds and the current
+/// one (a slot each, so that the current second never overwrites the window's oldest):
+/// a rate over a sliding window, for a gauge that reads as the server's speed now (the counter's
 /// `rate()` needs a Prometheus; a person with `curl` has none).
 struct TokenRate {
     start: Instant,
-    /// `(second since start, tokens in it)`, slot `second % RATE_WINDOW_SECONDS`.
-    slots: Mutex<[(u64, u64); RATE_WINDOW_SECONDS as usize]>,
+    /// `(second since start, tokens in it)`, slot `second % RATE_SLOTS`.
+    slots: Mutex<[(u64, u64); RATE_SLOTS as usize]>,
 }
 
 impl TokenRate {
     fn new() -> Self {
         Self {
             start: Instant::now(),
-            slots: Mutex::new([(0, 0); RATE_WINDOW_SECONDS as usize]),
+            slots: Mutex::new([(0, 0); RATE_SLOTS as usize]),
         }
     }
 
@@ -179,7 +183,7 @@ impl TokenRate {
     fn add(&self, at: Instant) {
         let second = at.saturating_duration_since(self.start).as_secs();
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = &mut slots[(second % RATE_WINDOW_SECONDS) as usize];
+        let slot = &mut slots[(second % RATE_SLOTS) as usize];
         if slot.0 != second {
             *slot = (second, 0);
         }
@@ -569,8 +573,13 @@ mod tests {
         assert_eq!(rate.per_second(at(4.1)), 25.0 / 4.0);
         assert_eq!(rate.per_second(at(13.5)), 20.0 / 10.0);
         assert_eq!(rate.per_second(at(14.0)), 0.0);
-        // A slot is reused ten seconds on: second 13's tokens replace second 3's.
-        rate.add(at(13.7));
+        // The current second's tokens do not take the place of the window's oldest:
+        // at 13.5 the window is seconds 3 to 12.
+        rate.add(at(13.2));
+        assert_eq!(rate.per_second(at(13.5)), 20.0 / 10.0);
         assert_eq!(rate.per_second(at(14.0)), 1.0 / 10.0);
+        // Eleven seconds on, a slot is reused: second 14's tokens replace second 3's.
+        rate.add(at(14.7));
+        assert_eq!(rate.per_second(at(15.0)), 2.0 / 10.0);
     }
 }
