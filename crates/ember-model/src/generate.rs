@@ -117,25 +117,37 @@ pub fn sample_next_token(logits: &[f32], config: &GenerationConfig, rng: &mut im
         }
         (Some(k), None) => top_ids(logits, k.min(vocab)),
         (top_k, Some(top_p)) => {
-            let limit = top_k.map_or(vocab, |k| k.min(vocab));
-            // The nucleus is measured against the weight of all the candidates.
-            let total: f64 = match top_k {
-                Some(_) => top_ids(logits, limit).into_iter().map(weight).sum(),
-                None => (0..vocab as u32).map(weight).sum(),
-            };
-            // The most likely first, more of them until they reach top_p.
-            let mut n = limit.min(64);
-            loop {
-                let ids = top_ids(logits, n);
+            // The most likely first up to the one whose cumulative share of the
+            // candidates' weight reaches top_p.
+            let nucleus = |ids: &[u32], total: f64| {
                 let mut cumulative = 0.0;
-                let reached = ids.iter().position(|&id| {
+                ids.iter().position(|&id| {
                     cumulative += weight(id) / total;
                     cumulative >= top_p
-                });
-                match reached {
-                    Some(i) => break ids[..=i].to_vec(),
-                    None if n == limit => break ids,
-                    None => n = (n * 8).min(limit),
+                })
+            };
+            match top_k {
+                Some(k) => {
+                    let mut ids = top_ids(logits, k.min(vocab));
+                    let total: f64 = ids.iter().map(|&id| weight(id)).sum();
+                    if let Some(last) = nucleus(&ids, total) {
+                        ids.truncate(last + 1);
+                    }
+                    ids
+                }
+                None => {
+                    // Measured against the whole vocabulary; sorted only as far as
+                    // needed: the 64 most likely, then eight times more.
+                    let total: f64 = (0..vocab as u32).map(weight).sum();
+                    let mut n = vocab.min(64);
+                    loop {
+                        let ids = top_ids(logits, n);
+                        match nucleus(&ids, total) {
+                            Some(last) => break ids[..=last].to_vec(),
+                            None if n == vocab => break ids,
+                            None => n = (n * 8).min(vocab),
+                        }
+                    }
                 }
             }
         }
