@@ -523,7 +523,7 @@ fn product_on<B: CpuBackend>(x: &Tensor<2>, m: &PackedMatrix) -> Option<Tensor<2
     Some(B::from_plain(B::new_tensor(&[tokens, m.dims()[0]], values)))
 }
 
-/// Output rows per task: one task converts and reads 64 weight rows (whole panels).
+/// Output rows per task: one task reads 64 weight rows (whole panels).
 const ROWS_PER_TASK: usize = 64;
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(panel_dot::PANEL_ROWS));
 /// `x · Mᵀ`, row-major `[tokens, out]`, on every core; each row's result the bits it has
@@ -612,7 +612,7 @@ mod tests {
     const FORMATS: [WeightFormat; 5] = WeightFormat::ALL;
 
     /// The product equals Burn's matmul with the packed weights as f32, for decoding
-    /// (one token), short prompts and long ones (the widened products), odd
+    /// (one token), short prompts and long ones (blocks of many tokens), odd
     /// sizes included, in every format.
     #[test]
     fn product_matches_the_matmul_of_the_packed_weights() {

@@ -64,8 +64,8 @@
 //! [`avx512`]'s blocks of 8 tokens × 4 rows, the same arithmetic at twice the width.
 //!
 //! Every product of packed weights takes these dot products, prompts too: measured on
-//! a Xeon with AVX-512, the widened products read a Qwen3-0.6B-shape prompt 1.3x (1,024
-//! tokens) to 4.5x (16 tokens) faster than converting the weights to f32 for `gemm`.
+//! a Xeon with AVX-512, they read a Qwen3-0.6B-shape prompt 1.3x (1,024 tokens) to 4.5x
+//! (16 tokens) faster than converting the weights to f32 for `gemm` did.
 
 use crate::packed_weights::WeightFormat;
 use crate::quant::{
@@ -73,10 +73,10 @@ use crate::quant::{
 };
 
 /// Tokens from which the AVX2 kernel widens each chunk of 16-bit weights to f32 once
-/// instead of in every block (AVX-512's blocks of 8 tokens never do: [`avx512`]). Below it (a server's decoding steps, up to 15 sequences)
-/// the weights are read once per pass as one stream and memory decides: measured on
-/// Zen 3, 8 sequences decoded 10-25% slower through the widened chunks, while prompts
-/// were read 1.1-1.3x faster.
+/// instead of in every block (AVX-512's blocks of 8 tokens never do: [`avx512`]). Below
+/// it (a server's decoding steps, up to 15 sequences) the weights are read once per pass
+/// as one stream and memory decides: measured on Zen 3, 8 sequences decoded 10-25%
+/// slower through the widened chunks, while prompts were read 1.1-1.3x faster.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const WIDEN_FROM_TOKENS: usize = 16;
 
@@ -523,6 +523,36 @@ fn portable(x: &Activations, w: &PanelRows, out: &mut [f32]) {
     }
 }
 
+/// For each panel of `w` and each run of up to `B` of the `tokens` tokens, `dots(panel,
+/// t0, t, sums)` fills `sums[i][r]` for token `t0 + i` and the panel's row `r`; written
+/// to `out[(t0 + i) * rows + row]`, the padding rows left out.
+#[cfg(target_arch = "x86_64")]
+fn by_blocks<const B: usize>(
+    tokens: usize,
+    w: &PanelRows,
+    out: &mut [f32],
+    mut dots: impl FnMut(&[u8], usize, usize, &mut [[f32; PANEL_ROWS]; B]),
+) {
+    let mut sums = [[0.0f32; PANEL_ROWS]; B];
+    for (p, panel) in w
+        .panels
+        .chunks_exact(panel_bytes(w.format, w.k).max(1))
+        .enumerate()
+    {
+        let first = p * PANEL_ROWS;
+        let real = (w.rows - first).min(PANEL_ROWS);
+        let mut t0 = 0;
+        while t0 < tokens {
+            let t = (tokens - t0).min(B);
+            dots(panel, t0, t, &mut sums);
+            for (i, sums) in sums.iter().take(t).enumerate() {
+                out[(t0 + i) * w.rows + first..][..real].copy_from_slice(&sums[..real]);
+            }
+            t0 += t;
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
@@ -572,13 +602,7 @@ mod x86 {
     /// [`super::panel_dots`] checks.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn panel_dots(x: &Activations, w: &PanelRows, out: &mut [f32]) {
-        let PanelRows {
-            format,
-            panels,
-            rows,
-            k,
-        } = *w;
-        let tokens = x.tokens;
+        let (format, k, tokens) = (w.format, w.k, x.tokens);
         if matches!(format, WeightFormat::Bf16 | WeightFormat::F16) && tokens >= WIDEN_FROM_TOKENS {
             // SAFETY: as this function's.
             unsafe {
@@ -589,46 +613,27 @@ mod x86 {
             }
             return;
         }
-        let mut block = [[0.0f32; PANEL_ROWS]; 2];
-        for (p, panel) in panels
-            .chunks_exact(panel_bytes(format, k).max(1))
-            .enumerate()
-        {
-            let first = p * PANEL_ROWS;
-            let real = (rows - first).min(PANEL_ROWS);
-            let mut t0 = 0;
-            while t0 < tokens {
-                let t = (tokens - t0).min(2);
-                let rows_of_x = x.tokens(t0, t);
-                let values = rows_of_x.values;
-                // SAFETY: the activations hold `t` tokens of `k`, `panel` one panel of `k`
-                // in `format`.
-                unsafe {
-                    let block = &mut block;
-                    match (t, format) {
-                        (2, WeightFormat::Bf16) => dots::<2, true>(values, panel, k, block),
-                        (2, WeightFormat::F16) => dots::<2, false>(values, panel, k, block),
-                        (2, WeightFormat::Q8_0) => {
-                            int_dots::<2, false>(&rows_of_x, panel, k, block)
-                        }
-                        (2, WeightFormat::Q4_0) => int_dots::<2, true>(&rows_of_x, panel, k, block),
-                        (_, WeightFormat::Bf16) => dots::<1, true>(values, panel, k, block),
-                        (_, WeightFormat::F16) => dots::<1, false>(values, panel, k, block),
-                        (_, WeightFormat::Q8_0) => {
-                            int_dots::<1, false>(&rows_of_x, panel, k, block)
-                        }
-                        (_, WeightFormat::Q4_0) => int_dots::<1, true>(&rows_of_x, panel, k, block),
-                        (2, WeightFormat::Q4_K) => q4_k_dots::<2>(&rows_of_x, panel, k, block),
-                        (_, WeightFormat::Q4_K) => q4_k_dots::<1>(&rows_of_x, panel, k, block),
-                    }
+        super::by_blocks::<2>(tokens, w, out, |panel, t0, t, block| {
+            let rows_of_x = x.tokens(t0, t);
+            let values = rows_of_x.values;
+            // SAFETY: the CPU has AVX2, FMA and F16C (as this function's caller
+            // promises); the activations hold `t` tokens of `k`, `panel` one panel of `k`
+            // in `format`.
+            unsafe {
+                match (t, format) {
+                    (2, WeightFormat::Bf16) => dots::<2, true>(values, panel, k, block),
+                    (2, WeightFormat::F16) => dots::<2, false>(values, panel, k, block),
+                    (2, WeightFormat::Q8_0) => int_dots::<2, false>(&rows_of_x, panel, k, block),
+                    (2, WeightFormat::Q4_0) => int_dots::<2, true>(&rows_of_x, panel, k, block),
+                    (_, WeightFormat::Bf16) => dots::<1, true>(values, panel, k, block),
+                    (_, WeightFormat::F16) => dots::<1, false>(values, panel, k, block),
+                    (_, WeightFormat::Q8_0) => int_dots::<1, false>(&rows_of_x, panel, k, block),
+                    (_, WeightFormat::Q4_0) => int_dots::<1, true>(&rows_of_x, panel, k, block),
+                    (2, WeightFormat::Q4_K) => q4_k_dots::<2>(&rows_of_x, panel, k, block),
+                    (_, WeightFormat::Q4_K) => q4_k_dots::<1>(&rows_of_x, panel, k, block),
                 }
-                for (i, sums) in block.iter().take(t).enumerate() {
-                    let out_t = &mut out[(t0 + i) * rows + first..][..real];
-                    out_t.copy_from_slice(&sums[..real]);
-                }
-                t0 += t;
             }
-        }
+        });
     }
 
     /// The lanes of `a` added pairwise (`crate::simd::pairwise_sum`'s order).

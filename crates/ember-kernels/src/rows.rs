@@ -174,8 +174,8 @@ mod tests {
                 "{name}"
             );
             if name == "bf16" {
-                // Packed weights need no layout: 20 rows in one product (the widened
-                // dot products of a prompt) are each row's bits alone.
+                // Packed weights need no layout: 20 rows in one product (as a prompt's
+                // chunk) are each row's bits alone.
                 assert_eq!(
                     crate::linear(layer, x.clone()).into_data(),
                     among.clone().into_data(),

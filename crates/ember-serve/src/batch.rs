@@ -166,8 +166,12 @@ impl<'a> Batcher<'a> {
     /// two models, a test suite) take turns on the pool instead of each holding a
     /// worker for good, which with as many engines as workers left the next one
     /// waiting forever.
-    pub(crate) fn run(mut self, queue: Receiver<Job>, waiting: &AtomicUsize, stop: &AtomicBool) {
-        let mut queue = queue;
+    pub(crate) fn run(
+        mut self,
+        mut queue: Receiver<Job>,
+        waiting: &AtomicUsize,
+        stop: &AtomicBool,
+    ) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 // Nothing to do: sleep until a request comes.

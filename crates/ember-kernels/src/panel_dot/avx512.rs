@@ -20,7 +20,7 @@
 use std::arch::x86_64::*;
 
 use super::x86::{PREFETCH_BYTES, pairwise};
-use super::{LANES, PANEL_ROWS, PanelRows, panel_bytes};
+use super::{LANES, PANEL_ROWS, PanelRows};
 
 /// Tokens per block.
 const BLOCK_TOKENS: usize = 8;
@@ -46,43 +46,24 @@ pub(super) unsafe fn half_dots<const BF16: bool>(
     w: &PanelRows,
     out: &mut [f32],
 ) {
-    let PanelRows {
-        format,
-        panels,
-        rows,
-        k,
-    } = *w;
-    let mut block = [[0.0f32; PANEL_ROWS]; BLOCK_TOKENS];
-    for (p, panel) in panels
-        .chunks_exact(panel_bytes(format, k).max(1))
-        .enumerate()
-    {
-        let first = p * PANEL_ROWS;
-        let real = (rows - first).min(PANEL_ROWS);
-        let mut t0 = 0;
-        while t0 < tokens {
-            let t = (tokens - t0).min(BLOCK_TOKENS);
-            let x_t = &x[t0 * k..(t0 + t) * k];
-            // SAFETY: `x_t` holds `t` tokens of `k`, `panel` one panel of `k`.
-            unsafe {
-                let b = &mut block;
-                match t {
-                    8 => dots::<8, BF16>(x_t, panel, k, b),
-                    7 => dots::<7, BF16>(x_t, panel, k, b),
-                    6 => dots::<6, BF16>(x_t, panel, k, b),
-                    5 => dots::<5, BF16>(x_t, panel, k, b),
-                    4 => dots::<4, BF16>(x_t, panel, k, b),
-                    3 => dots::<3, BF16>(x_t, panel, k, b),
-                    2 => dots::<2, BF16>(x_t, panel, k, b),
-                    _ => dots::<1, BF16>(x_t, panel, k, b),
-                }
+    let k = w.k;
+    super::by_blocks::<BLOCK_TOKENS>(tokens, w, out, |panel, t0, t, b| {
+        let x_t = &x[t0 * k..(t0 + t) * k];
+        // SAFETY: the CPU has AVX-512 (as this function's caller promises); `x_t` holds
+        // `t` tokens of `k`, `panel` one panel of `k`.
+        unsafe {
+            match t {
+                8 => dots::<8, BF16>(x_t, panel, k, b),
+                7 => dots::<7, BF16>(x_t, panel, k, b),
+                6 => dots::<6, BF16>(x_t, panel, k, b),
+                5 => dots::<5, BF16>(x_t, panel, k, b),
+                4 => dots::<4, BF16>(x_t, panel, k, b),
+                3 => dots::<3, BF16>(x_t, panel, k, b),
+                2 => dots::<2, BF16>(x_t, panel, k, b),
+                _ => dots::<1, BF16>(x_t, panel, k, b),
             }
-            for (i, sums) in block.iter().take(t).enumerate() {
-                out[(t0 + i) * rows + first..][..real].copy_from_slice(&sums[..real]);
-            }
-            t0 += t;
         }
-    }
+    });
 }
 
 /// Sixteen 16-bit values (bf16 if `BF16`, else f16) from `at`, widened to f32
