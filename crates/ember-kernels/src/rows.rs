@@ -12,7 +12,7 @@
 //!
 //! Packed weights (bf16, f16, quantized) need no layout on the CPU: every output of
 //! their dot products is one sequence of operations whatever the block
-//! ([`crate::panel_dot`]), so all the rows of a step, prompt chunks and decoding tokens,
+//! (`panel_dot.rs`), so all the rows of a step, prompt chunks and decoding tokens,
 //! share one pass over the weights ([`crate::packed_weights::linear_packed`]).
 
 use std::cell::RefCell;
@@ -93,7 +93,7 @@ pub(crate) fn by_layout(
 /// Every row of `x` through `product` on its own: a one-row product is the same bits
 /// whatever rows surround it. (For f32 weights `gemm` is fast on one row and not
 /// row-invariant on several, so decoding rows do not share their pass over f32 weights;
-/// packed weights do, through [`crate::panel_dot`]'s row-invariant dot products.)
+/// packed weights do, through `panel_dot.rs`'s row-invariant dot products.)
 pub(crate) fn each_row(x: Tensor<2>, product: impl Fn(Tensor<2>) -> Tensor<2>) -> Tensor<2> {
     let rows = x.dims()[0];
     Tensor::cat(
