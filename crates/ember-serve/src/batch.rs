@@ -58,6 +58,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use ember_model::{CausalLm, KvCache, LanguageModel, PackedCaches, Sampler, check_prompt};
 use ember_tokenizer::ModelTokenizer;
+use rayon::prelude::*;
 
 use crate::engine::{BatchLimits, Event, FinishReason, Job, KvBudget};
 use crate::logprobs::{TokenLogprob, token_logprob};
@@ -424,12 +425,13 @@ impl<'a> Batcher<'a> {
             .convert::<f32>()
             .try_into_vec::<f32>()
             .expect("float logits");
+        let drawn = self.draw_tokens(&plan, &values, vocab);
         let mut ended = Vec::new();
-        for (row, &(i, _)) in plan.iter().enumerate() {
-            let sequence = &mut self.running[i];
-            if sequence.read() < sequence.tokens.len() {
+        for ((row, &(i, _)), id) in plan.iter().enumerate().zip(drawn) {
+            let Some(id) = id else {
                 continue; // more of the prompt to read
-            }
+            };
+            let sequence = &mut self.running[i];
             if !sequence.offered {
                 sequence.offered = true;
                 if let (Some(prefixes), Some(cache)) = (self.prefixes.as_mut(), &sequence.cache) {
@@ -437,7 +439,6 @@ impl<'a> Batcher<'a> {
                 }
             }
             let logits = &values[row * vocab..(row + 1) * vocab];
-            let id = sequence.sampler.next_token(logits);
             if let Some(top) = sequence.job.logprobs
                 && !sequence.sampler.config().stop_tokens.contains(&id)
             {
@@ -462,6 +463,33 @@ impl<'a> Batcher<'a> {
                 None => log_cancelled(&sequence),
             }
         }
+    }
+
+    /// The next token of each sequence of `plan` that has read its prompt (`None` for
+    /// the others), from its row of `logits` (`[plan.len(), vocab]`): drawn on every
+    /// core, each sequence with its own generator (a draw is a pass or more over the
+    /// vocabulary; one after the other they left the other cores idle).
+    fn draw_tokens(
+        &mut self,
+        plan: &[(usize, usize)],
+        logits: &[f32],
+        vocab: usize,
+    ) -> Vec<Option<u32>> {
+        let mut by_index: Vec<Option<&mut Sequence<'a>>> =
+            self.running.iter_mut().map(Some).collect();
+        let mut rows: Vec<(usize, &mut Sequence<'a>)> = plan
+            .iter()
+            .enumerate()
+            .map(|(row, &(i, _))| (row, by_index[i].take().expect("a sequence once a step")))
+            .collect();
+        rows.par_iter_mut()
+            .map(|(row, sequence)| {
+                (sequence.read() >= sequence.tokens.len()).then(|| {
+                    let row = &logits[*row * vocab..(*row + 1) * vocab];
+                    sequence.sampler.next_token(row)
+                })
+            })
+            .collect()
     }
 
     /// Removes the running sequences at `indices` (ascending), handing each to `last`.
