@@ -108,52 +108,53 @@ pub fn sample_next_token(logits: &[f32], config: &GenerationConfig, rng: &mut im
         return argmax(logits);
     }
     let max = logits.iter().copied().max_by(f32::total_cmp).unwrap_or(0.0) as f64;
-    let weight = |id: u32| ((logits[id as usize] as f64 - max) / config.temperature).exp();
+    // Every token's weight, once: the draw, top-p's total and its nucleus read them.
+    let weights: Vec<f64> = logits
+        .iter()
+        .map(|&logit| ((logit as f64 - max) / config.temperature).exp())
+        .collect();
+    let weight = |id: u32| weights[id as usize];
     let vocab = logits.len();
+    // The most likely first up to the one whose cumulative share of `total` reaches
+    // top_p.
+    let nucleus = |ids: &[u32], total: f64, top_p: f64| {
+        let mut cumulative = 0.0;
+        ids.iter().position(|&id| {
+            cumulative += weight(id) / total;
+            cumulative >= top_p
+        })
+    };
     let candidates: Vec<u32> = match (config.top_k, config.top_p) {
         (None, None) => {
-            let weights: Vec<f64> = (0..vocab as u32).map(weight).collect();
             return draw(&weights, rng).map_or_else(|| argmax(logits), |i| i as u32);
         }
         (Some(k), None) => top_ids(logits, k.min(vocab)),
-        (top_k, Some(top_p)) => {
-            // The most likely first up to the one whose cumulative share of the
-            // candidates' weight reaches top_p.
-            let nucleus = |ids: &[u32], total: f64| {
-                let mut cumulative = 0.0;
-                ids.iter().position(|&id| {
-                    cumulative += weight(id) / total;
-                    cumulative >= top_p
-                })
-            };
-            match top_k {
-                Some(k) => {
-                    let mut ids = top_ids(logits, k.min(vocab));
-                    let total: f64 = ids.iter().map(|&id| weight(id)).sum();
-                    if let Some(last) = nucleus(&ids, total) {
-                        ids.truncate(last + 1);
-                    }
-                    ids
-                }
-                None => {
-                    // Measured against the whole vocabulary; sorted only as far as
-                    // needed: the 64 most likely, then eight times more.
-                    let total: f64 = (0..vocab as u32).map(weight).sum();
-                    let mut n = vocab.min(64);
-                    loop {
-                        let ids = top_ids(logits, n);
-                        match nucleus(&ids, total) {
-                            Some(last) => break ids[..=last].to_vec(),
-                            None if n == vocab => break ids,
-                            None => n = (n * 8).min(vocab),
-                        }
-                    }
+        (Some(k), Some(top_p)) => {
+            // The nucleus is measured against the top k's weight.
+            let mut ids = top_ids(logits, k.min(vocab));
+            let total: f64 = ids.iter().map(|&id| weight(id)).sum();
+            if let Some(last) = nucleus(&ids, total, top_p) {
+                ids.truncate(last + 1);
+            }
+            ids
+        }
+        (None, Some(top_p)) => {
+            // Measured against the whole vocabulary; sorted only as far as needed: the
+            // 64 most likely, then eight times more.
+            let total: f64 = weights.iter().sum();
+            let mut n = vocab.min(64);
+            loop {
+                let ids = top_ids(logits, n);
+                match nucleus(&ids, total, top_p) {
+                    Some(last) => break ids[..=last].to_vec(),
+                    None if n == vocab => break ids,
+                    None => n = (n * 8).min(vocab),
                 }
             }
         }
     };
-    let weights: Vec<f64> = candidates.iter().map(|&id| weight(id)).collect();
-    draw(&weights, rng).map_or(candidates[0], |i| candidates[i])
+    let chosen: Vec<f64> = candidates.iter().map(|&id| weight(id)).collect();
+    draw(&chosen, rng).map_or(candidates[0], |i| candidates[i])
 }
 
 /// An index drawn in proportion to `weights` (`None` if they sum to nothing).

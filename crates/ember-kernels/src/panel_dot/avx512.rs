@@ -94,18 +94,6 @@ unsafe fn broadcast8(at: *const f32) -> __m512 {
     _mm512_broadcast_f32x8(unsafe { _mm256_loadu_ps(at) })
 }
 
-/// Each token's two registers of lanes reduced: `out[t][r]` for the panel's rows.
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
-#[inline]
-fn reduce<const T: usize>(acc: &[[__m512; HALVES]; T], out: &mut [[f32; PANEL_ROWS]]) {
-    for (acc_t, out_t) in acc.iter().zip(out.iter_mut()) {
-        for (h, &a) in acc_t.iter().enumerate() {
-            out_t[2 * h] = pairwise(_mm512_castps512_ps256(a));
-            out_t[2 * h + 1] = pairwise(_mm512_extractf32x8_ps::<1>(a));
-        }
-    }
-}
-
 /// `T` tokens × one panel's rows over the whole vectors of `k`.
 ///
 /// # Safety
@@ -138,5 +126,11 @@ unsafe fn dots<const T: usize, const BF16: bool>(
             }
         }
     }
-    reduce(&acc, out);
+    // Each register's halves are two rows' lanes: the low half row 2h, the high 2h + 1.
+    for (acc_t, out_t) in acc.iter().zip(out.iter_mut()) {
+        for (h, &a) in acc_t.iter().enumerate() {
+            out_t[2 * h] = pairwise(_mm512_castps512_ps256(a));
+            out_t[2 * h + 1] = pairwise(_mm512_extractf32x8_ps::<1>(a));
+        }
+    }
 }
