@@ -41,6 +41,7 @@
 #![cfg_attr(not(any(feature = "ndarray", feature = "flex")), allow(unused))]
 
 mod adamw;
+mod amx;
 mod attention;
 pub mod autocast;
 mod bf16_gemm;

@@ -27,8 +27,8 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::cpu::{CpuBackend, with_cpu_backend};
-use crate::panel_dot;
 use crate::quant::{BLOCK_SIZE, BlockQ4_0, BlockQ4_K, BlockQ8_0, QuantBlock, SUPER_BLOCK};
+use crate::{amx, panel_dot};
 
 /// A packed format for weight matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,14 +82,60 @@ impl WeightFormat {
     }
 }
 
+/// How a matrix's rows are stored: in the order its products read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Panels of four rows, for the AVX kernels (`panel_dot.rs`).
+    Panels,
+    /// Groups of 32 rows in AMX's tiles (`amx.rs`): bf16 on CPUs that have them.
+    Tiles,
+}
+
+impl Layout {
+    /// Tiles for bf16 where AMX is available, panels otherwise.
+    fn for_format(format: WeightFormat) -> Self {
+        if format == WeightFormat::Bf16 && amx::available() {
+            Self::Tiles
+        } else {
+            Self::Panels
+        }
+    }
+
+    /// Rows stored together (the last group padded with zero rows).
+    fn group_rows(self) -> usize {
+        match self {
+            Self::Panels => panel_dot::PANEL_ROWS,
+            Self::Tiles => amx::GROUP_ROWS,
+        }
+    }
+
+    /// Bytes of one group of rows of `k` values in `format`.
+    fn group_bytes(self, format: WeightFormat, k: usize) -> usize {
+        match self {
+            Self::Panels => panel_dot::panel_bytes(format, k),
+            Self::Tiles => amx::group_bytes(k),
+        }
+    }
+
+    /// Writes value `c` of row `r` of `group` (16-bit `bits`).
+    fn put_half(self, group: &mut [u8], r: usize, c: usize, bits: u16) {
+        match self {
+            Self::Panels => panel_dot::put_half(group, r, c, bits),
+            Self::Tiles => amx::put(group, r, c, bits),
+        }
+    }
+}
+
 /// A matrix of packed weights, `[rows, cols]` (a weight's `[out, in]`), stored in
-/// panels of four rows in the order the products read them (`panel_dot.rs`).
+/// groups of rows in the order the products read them: panels of four rows, or, for
+/// bf16 on CPUs with AMX, the tiles' groups of 32 (`Layout`).
 #[derive(Debug)]
 pub struct PackedMatrix {
     format: WeightFormat,
+    layout: Layout,
     rows: usize,
     cols: usize,
-    panels: Vec<u8>,
+    groups: Vec<u8>,
 }
 
 impl PackedMatrix {
@@ -101,7 +147,9 @@ impl PackedMatrix {
     /// If `format` cannot hold rows of `cols` values ([`WeightFormat::holds_rows_of`]).
     pub fn from_f32(format: WeightFormat, rows: usize, cols: usize, values: &[f32]) -> Self {
         assert_eq!(values.len(), rows * cols, "{rows} x {cols} values");
-        Self::from_fn(format, rows, cols, |r, c| values[r * cols + c])
+        Self::from_fn(Layout::for_format(format), format, rows, cols, |r, c| {
+            values[r * cols + c]
+        })
     }
 
     /// The transpose of `values` (row-major `[cols, rows]`) in `format`: a
@@ -116,7 +164,9 @@ impl PackedMatrix {
         values: &[f32],
     ) -> Self {
         assert_eq!(values.len(), rows * cols, "{cols} x {rows} values");
-        Self::from_fn(format, rows, cols, |r, c| values[c * rows + r])
+        Self::from_fn(Layout::for_format(format), format, rows, cols, |r, c| {
+            values[c * rows + r]
+        })
     }
 
     /// A `[rows, cols]` matrix in `format` whose rows are read part by part:
@@ -133,16 +183,17 @@ impl PackedMatrix {
         rows_per_part: usize,
         mut read: impl FnMut(std::ops::Range<usize>) -> Result<Vec<f32>, E>,
     ) -> Result<Self, E> {
-        let mut matrix = Self::zeroed(format, rows, cols);
-        let step = rows_per_part.max(1).next_multiple_of(panel_dot::PANEL_ROWS);
-        let panel = panel_dot::panel_bytes(format, cols);
+        let mut matrix = Self::zeroed(Layout::for_format(format), format, rows, cols);
+        let layout = matrix.layout;
+        let step = rows_per_part.max(1).next_multiple_of(layout.group_rows());
+        let group = layout.group_bytes(format, cols);
         for first in (0..rows).step_by(step) {
             let end = (first + step).min(rows);
             let values = read(first..end)?;
             assert_eq!(values.len(), (end - first) * cols, "rows {first}..{end}");
-            let panels = &mut matrix.panels[first / panel_dot::PANEL_ROWS * panel
-                ..end.div_ceil(panel_dot::PANEL_ROWS) * panel];
-            fill(format, cols, end - first, panels, |r, c| {
+            let groups = &mut matrix.groups
+                [first / layout.group_rows() * group..end.div_ceil(layout.group_rows()) * group];
+            fill(layout, format, cols, end - first, groups, |r, c| {
                 values[r * cols + c]
             });
         }
@@ -162,24 +213,25 @@ impl PackedMatrix {
         cols: usize,
         row: impl Fn(usize) -> &'a [u8] + Sync,
     ) -> Self {
-        let mut matrix = Self::zeroed(format, rows, cols);
-        let panel = panel_dot::panel_bytes(format, cols);
-        if panel == 0 {
+        let mut matrix = Self::zeroed(Layout::for_format(format), format, rows, cols);
+        let layout = matrix.layout;
+        let group = layout.group_bytes(format, cols);
+        if group == 0 {
             return matrix;
         }
         matrix
-            .panels
-            .par_chunks_mut(panel)
+            .groups
+            .par_chunks_mut(group)
             .enumerate()
             .for_each(|(p, out)| {
-                let first = p * panel_dot::PANEL_ROWS;
-                for r in first..(first + panel_dot::PANEL_ROWS).min(rows) {
+                let first = p * layout.group_rows();
+                for r in first..(first + layout.group_rows()).min(rows) {
                     let (bytes, at) = (row(r), r - first);
                     match format {
                         WeightFormat::Bf16 | WeightFormat::F16 => {
                             assert_eq!(bytes.len(), 2 * cols, "row {r}: {cols} 16-bit values");
                             for (c, v) in bytes.chunks_exact(2).enumerate() {
-                                panel_dot::put_half(out, at, c, u16::from_le_bytes([v[0], v[1]]));
+                                layout.put_half(out, at, c, u16::from_le_bytes([v[0], v[1]]));
                             }
                         }
                         WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
@@ -220,31 +272,49 @@ impl PackedMatrix {
         matrix
     }
 
-    /// A `[rows, cols]` matrix of zeros in `format`.
-    fn zeroed(format: WeightFormat, rows: usize, cols: usize) -> Self {
+    /// A `[rows, cols]` matrix of zeros in `format`, laid out in `layout`.
+    fn zeroed(layout: Layout, format: WeightFormat, rows: usize, cols: usize) -> Self {
         assert!(
             format.holds_rows_of(cols),
             "{format:?} rows of {cols} values are not whole blocks"
         );
-        let panel = panel_dot::panel_bytes(format, cols);
+        assert!(layout == Layout::Panels || format == WeightFormat::Bf16);
+        let group = layout.group_bytes(format, cols);
         Self {
             format,
+            layout,
             rows,
             cols,
-            panels: vec![0u8; rows.div_ceil(panel_dot::PANEL_ROWS) * panel],
+            groups: vec![0u8; rows.div_ceil(layout.group_rows()) * group],
         }
     }
 
-    /// The matrix of `value(r, c)` in `format`.
+    /// The matrix of `value(r, c)` in `format`, laid out in `layout`.
     fn from_fn(
+        layout: Layout,
         format: WeightFormat,
         rows: usize,
         cols: usize,
         value: impl Fn(usize, usize) -> f32 + Sync,
     ) -> Self {
-        let mut matrix = Self::zeroed(format, rows, cols);
-        fill(format, cols, rows, &mut matrix.panels, value);
+        let mut matrix = Self::zeroed(layout, format, rows, cols);
+        fill(layout, format, cols, rows, &mut matrix.groups, value);
         matrix
+    }
+
+    /// [`PackedMatrix::from_f32`] in panels whatever the CPU, for the AVX kernels'
+    /// tests.
+    #[cfg(test)]
+    pub(crate) fn in_panels(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+    ) -> Self {
+        assert_eq!(values.len(), rows * cols, "{rows} x {cols} values");
+        Self::from_fn(Layout::Panels, format, rows, cols, |r, c| {
+            values[r * cols + c]
+        })
     }
 
     /// The format.
@@ -259,17 +329,26 @@ impl PackedMatrix {
 
     /// Bytes held.
     pub fn size_bytes(&self) -> usize {
-        self.panels.len()
+        self.groups.len()
     }
 
-    /// Rows `rows` (starting at a panel's first row) for the products.
+    /// The groups holding rows `rows` (starting at a group's first row).
+    fn groups_of(&self, rows: &std::ops::Range<usize>) -> &[u8] {
+        let each = self.layout.group_rows();
+        assert!(rows.start.is_multiple_of(each) && rows.end <= self.rows);
+        let group = self.layout.group_bytes(self.format, self.cols);
+        &self.groups[rows.start / each * group..rows.end.div_ceil(each) * group]
+    }
+
+    /// Rows `rows` (starting at a panel's first row) for the AVX kernels.
+    ///
+    /// # Panics
+    /// If the matrix is not in panels.
     pub(crate) fn panel_rows(&self, rows: std::ops::Range<usize>) -> panel_dot::PanelRows<'_> {
-        assert!(rows.start.is_multiple_of(panel_dot::PANEL_ROWS) && rows.end <= self.rows);
-        let panel = panel_dot::panel_bytes(self.format, self.cols);
+        assert_eq!(self.layout, Layout::Panels, "the matrix is in AMX tiles");
         panel_dot::PanelRows {
             format: self.format,
-            panels: &self.panels[rows.start / panel_dot::PANEL_ROWS * panel
-                ..rows.end.div_ceil(panel_dot::PANEL_ROWS) * panel],
+            panels: self.groups_of(&rows),
             rows: rows.len(),
             k: self.cols,
         }
@@ -277,10 +356,18 @@ impl PackedMatrix {
 
     /// Row `r` as f32 into `out` (`cols` long).
     fn row_into(&self, r: usize, out: &mut [f32]) {
-        let panel = panel_dot::panel_bytes(self.format, self.cols);
-        let panel = &self.panels[r / panel_dot::PANEL_ROWS * panel..][..panel];
-        let row = r % panel_dot::PANEL_ROWS;
+        let (each, group) = (
+            self.layout.group_rows(),
+            self.layout.group_bytes(self.format, self.cols),
+        );
+        let panel = &self.groups[r / each * group..][..group];
+        let row = r % each;
         match self.format {
+            WeightFormat::Bf16 if self.layout == Layout::Tiles => {
+                for (c, out) in out[..self.cols].iter_mut().enumerate() {
+                    *out = bf16::from_bits(amx::get(panel, row, c)).to_f32();
+                }
+            }
             WeightFormat::Bf16 | WeightFormat::F16 => {
                 for (v, out) in out[..self.cols].chunks_mut(panel_dot::LANES).enumerate() {
                     let values = panel_dot::half_vector(self.format, panel, row, v);
@@ -317,32 +404,33 @@ impl PackedMatrix {
     }
 }
 
-/// Writes `rows` rows of `value(r, c)` (`r` counted from the first row of `panels`)
-/// into `panels` in `format`, panel by panel in parallel, in place (no per-thread pieces
-/// that the allocator would keep).
+/// Writes `rows` rows of `value(r, c)` (`r` counted from the first row of `groups`)
+/// into `groups` in `format` and `layout`, group by group in parallel, in place (no
+/// per-thread pieces that the allocator would keep).
 fn fill(
+    layout: Layout,
     format: WeightFormat,
     cols: usize,
     rows: usize,
-    panels: &mut [u8],
+    groups: &mut [u8],
     value: impl Fn(usize, usize) -> f32 + Sync,
 ) {
-    let panel = panel_dot::panel_bytes(format, cols);
-    if panel == 0 {
+    let group = layout.group_bytes(format, cols);
+    if group == 0 {
         return;
     }
-    panels
-        .par_chunks_mut(panel)
+    groups
+        .par_chunks_mut(group)
         .enumerate()
         .for_each(|(p, out)| {
-            let first = p * panel_dot::PANEL_ROWS;
-            for r in first..(first + panel_dot::PANEL_ROWS).min(rows) {
+            let first = p * layout.group_rows();
+            for r in first..(first + layout.group_rows()).min(rows) {
                 let row = r - first;
                 match format {
                     WeightFormat::Bf16 | WeightFormat::F16 => {
                         for c in 0..cols {
                             let bits = to_half_bits(format, value(r, c));
-                            panel_dot::put_half(out, row, c, bits);
+                            layout.put_half(out, row, c, bits);
                         }
                     }
                     WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
@@ -523,15 +611,34 @@ fn product_on<B: CpuBackend>(x: &Tensor<2>, m: &PackedMatrix) -> Option<Tensor<2
     Some(B::from_plain(B::new_tensor(&[tokens, m.dims()[0]], values)))
 }
 
-/// Output rows per task: one task reads 64 weight rows (whole panels).
+/// Output rows per task: one task reads 64 weight rows (whole groups).
 const ROWS_PER_TASK: usize = 64;
-const _: () = assert!(ROWS_PER_TASK.is_multiple_of(panel_dot::PANEL_ROWS));
+const _: () = assert!(
+    ROWS_PER_TASK.is_multiple_of(panel_dot::PANEL_ROWS)
+        && ROWS_PER_TASK.is_multiple_of(amx::GROUP_ROWS)
+);
+
+/// Activations prepared, once for every task, for the products of a layout.
+enum Prepared<'a> {
+    /// As the AVX kernels take them (quantized for quantized weights).
+    Panels(panel_dot::Activations<'a>),
+    /// Split into three bf16 parts each for AMX's tiles.
+    Tiles(amx::Parts),
+}
+
 /// `x · Mᵀ`, row-major `[tokens, out]`, on every core; each row's result the bits it has
-/// alone ([`crate::panel_dot`]).
+/// alone ([`crate::panel_dot`], [`crate::amx`]).
 fn product(x: &[f32], tokens: usize, m: &PackedMatrix) -> Vec<f32> {
     let [out_features, in_features] = m.dims();
-    // Quantized once for every task.
-    let x = panel_dot::Activations::new(m.format, x, tokens, in_features);
+    let x = match m.layout {
+        Layout::Panels => Prepared::Panels(panel_dot::Activations::new(
+            m.format,
+            x,
+            tokens,
+            in_features,
+        )),
+        Layout::Tiles => Prepared::Tiles(amx::Parts::new(x, tokens, in_features)),
+    };
     if tokens == 1 {
         // Decoding: each task writes its rows' dot products in place.
         let mut out = vec![0.0f32; out_features];
@@ -564,16 +671,20 @@ fn product(x: &[f32], tokens: usize, m: &PackedMatrix) -> Vec<f32> {
 }
 
 /// `x · M[rows]ᵀ`, stored `[tokens, rows]`.
-fn block_product(
-    x: &panel_dot::Activations,
-    m: &PackedMatrix,
-    rows: std::ops::Range<usize>,
-) -> Vec<f32> {
-    let n = rows.len();
-    let mut out = vec![0.0f32; n * x.tokens];
-    // Tasks start at multiples of ROWS_PER_TASK, so at a panel's first row.
-    panel_dot::panel_dots(x, &m.panel_rows(rows), &mut out);
-    out
+fn block_product(x: &Prepared, m: &PackedMatrix, rows: std::ops::Range<usize>) -> Vec<f32> {
+    // Tasks start at multiples of ROWS_PER_TASK, so at a group's first row.
+    match x {
+        Prepared::Panels(x) => {
+            let mut out = vec![0.0f32; rows.len() * x.tokens];
+            panel_dot::panel_dots(x, &m.panel_rows(rows), &mut out);
+            out
+        }
+        Prepared::Tiles(x) => {
+            let mut out = vec![0.0f32; rows.len() * x.tokens];
+            amx::dots(x, m.groups_of(&rows), rows.len(), &mut out);
+            out
+        }
+    }
 }
 
 #[cfg(test)]
@@ -738,7 +849,7 @@ mod tests {
                 })
                 .collect();
             let taken = PackedMatrix::from_gguf_rows(format, rows, cols, |r| &gguf_rows[r]);
-            assert_eq!(taken.panels, made.panels, "{format:?}");
+            assert_eq!(taken.groups, made.groups, "{format:?}");
         }
     }
 
@@ -768,8 +879,13 @@ mod tests {
                 Ok::<_, ()>(values[range.start * cols..range.end * cols].to_vec())
             })
             .unwrap();
-            assert_eq!(parted.panels, whole.panels, "{format:?}");
-            assert_eq!(parts, [0..12, 12..24, 24..36, 36..37]);
+            assert_eq!(parted.groups, whole.groups, "{format:?}");
+            // Parts of whole groups of rows: panels of 4, or AMX's groups of 32.
+            let expected = match parted.layout {
+                Layout::Panels => vec![0..12, 12..24, 24..36, 36..37],
+                Layout::Tiles => vec![0..32, 32..37],
+            };
+            assert_eq!(parts, expected, "{format:?}");
         }
         let failed = PackedMatrix::from_row_parts(WeightFormat::Q8_0, rows, cols, 8, |range| {
             if range.start > 0 {

@@ -65,7 +65,9 @@
 //!
 //! Every product of packed weights takes these dot products, prompts too: measured on
 //! a Xeon with AVX-512, they read a Qwen3-0.6B-shape prompt 1.3x (1,024 tokens) to 4.5x
-//! (16 tokens) faster than converting the weights to f32 for `gemm` did.
+//! (16 tokens) faster than converting the weights to f32 for `gemm` did. Except bf16
+//! weights on CPUs with AMX: those are stored in tiles and multiplied there
+//! ([`crate::amx`]; the same invariance, other bits).
 
 use crate::packed_weights::WeightFormat;
 use crate::quant::{
@@ -1104,7 +1106,7 @@ mod tests {
                 let k = inner(format, k);
                 let x = values(tokens * k, 1);
                 let w_values = values(rows * k, 2);
-                let w = PackedMatrix::from_f32(format, rows, k, &w_values);
+                let w = PackedMatrix::in_panels(format, rows, k, &w_values);
                 let packed = w.to_f32();
                 let x_computed = Activations::new(format, &x, tokens, k).dequantized();
                 let mut slow = vec![0.0; rows * tokens];
@@ -1183,7 +1185,7 @@ mod tests {
             for tokens in [1, 2, 3, 7, 8, 9, 15, 16, 17, 25] {
                 let (rows, k) = (13, 603);
                 let x = values(tokens * k, 5);
-                let w = PackedMatrix::from_f32(format, rows, k, &values(rows * k, 6));
+                let w = PackedMatrix::in_panels(format, rows, k, &values(rows * k, 6));
                 let fast = dots(&x, tokens, &w);
                 let mut avx2 = vec![f32::NAN; rows * tokens];
                 let (activations, panels) = (
@@ -1217,12 +1219,12 @@ mod tests {
             let all = dots(
                 &x,
                 tokens,
-                &PackedMatrix::from_f32(format, rows, k, &w_values),
+                &PackedMatrix::in_panels(format, rows, k, &w_values),
             );
             for t in 0..tokens {
                 let x_t = &x[t * k..(t + 1) * k];
                 for r in 0..rows {
-                    let row = PackedMatrix::from_f32(format, 1, k, &w_values[r * k..(r + 1) * k]);
+                    let row = PackedMatrix::in_panels(format, 1, k, &w_values[r * k..(r + 1) * k]);
                     let alone = dots(x_t, 1, &row);
                     assert_eq!(
                         all[t * rows + r].to_bits(),
