@@ -548,8 +548,8 @@ pub fn linear_packed<const D: usize>(
     let rows: usize = dims[..D - 1].iter().product();
     let x = x.reshape([rows, in_features]);
     // On the CPU backends every row's result is the bits it has alone (the dot products
-    // of `crate::panel_dot`), so a server's whole step, prompt chunks and decoding
-    // tokens together, reads the weights once.
+    // of `crate::panel_dot`, or AMX's tiles of `crate::amx`), so a server's whole step,
+    // prompt chunks and decoding tokens together, reads the weights once.
     let mut y = match with_cpu_backend!(&x, B => product_on::<B>(&x, m)).flatten() {
         Some(y) => y,
         None => match crate::rows::layout_for(rows) {
