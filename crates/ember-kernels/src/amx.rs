@@ -134,13 +134,15 @@ impl Parts {
     pub(crate) fn new(values: &[f32], tokens: usize, k: usize) -> Self {
         assert_eq!(values.len(), tokens * k, "activations are [{tokens}, {k}]");
         let kp = padded_k(k);
-        // Written in order, nothing zeroed first: a tile loads only the part rows there
-        // are, so no row is padding (only each row's values past `k`).
-        let mut parts = Vec::with_capacity(3 * tokens * kp);
-        for part in 0..3 {
-            for row in values.chunks_exact(k.max(1)).take(tokens) {
-                parts.extend(row.iter().map(|&x| split(x)[part]));
-                parts.resize(parts.len() + kp - k, 0);
+        // Each value split once; each row's values past `k` stay zero.
+        let mut parts = vec![0u16; 3 * tokens * kp];
+        let (high, rest) = parts.split_at_mut(tokens * kp);
+        let (middle, low) = rest.split_at_mut(tokens * kp);
+        for (t, row) in values.chunks_exact(k.max(1)).take(tokens).enumerate() {
+            let at = t * kp..t * kp + k;
+            let (h, m, l) = (&mut high[at.clone()], &mut middle[at.clone()], &mut low[at]);
+            for (c, &x) in row.iter().enumerate() {
+                [h[c], m[c], l[c]] = split(x);
             }
         }
         Self {
@@ -295,7 +297,7 @@ mod tiles {
                 if two {
                     asm!("tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
                 }
-                let first = parts.as_ptr().add(block * k);
+                let part_rows = parts.as_ptr().add(block * k);
                 for step in 0..k / TILE_K {
                     let weights = group.as_ptr().add(step * 2 * TILE_BYTES);
                     if block == 0 {
@@ -310,7 +312,7 @@ mod tiles {
                             );
                         }
                     }
-                    let a0 = first.add(step * TILE_K);
+                    let a0 = part_rows.add(step * TILE_K);
                     // Each load just before the first product that needs it: the tiles
                     // are not renamed, so a load waits for the products still reading
                     // its register (measured in C, 36 tokens, weights read from memory:

@@ -672,19 +672,17 @@ fn product(x: &[f32], tokens: usize, m: &PackedMatrix) -> Vec<f32> {
 
 /// `x · M[rows]ᵀ`, stored `[tokens, rows]`.
 fn block_product(x: &Prepared, m: &PackedMatrix, rows: std::ops::Range<usize>) -> Vec<f32> {
+    let tokens = match x {
+        Prepared::Panels(x) => x.tokens,
+        Prepared::Tiles(x) => x.tokens,
+    };
+    let mut out = vec![0.0f32; rows.len() * tokens];
     // Tasks start at multiples of ROWS_PER_TASK, so at a group's first row.
     match x {
-        Prepared::Panels(x) => {
-            let mut out = vec![0.0f32; rows.len() * x.tokens];
-            panel_dot::panel_dots(x, &m.panel_rows(rows), &mut out);
-            out
-        }
-        Prepared::Tiles(x) => {
-            let mut out = vec![0.0f32; rows.len() * x.tokens];
-            amx::dots(x, m.groups_of(&rows), rows.len(), &mut out);
-            out
-        }
+        Prepared::Panels(x) => panel_dot::panel_dots(x, &m.panel_rows(rows), &mut out),
+        Prepared::Tiles(x) => amx::dots(x, m.groups_of(&rows), rows.len(), &mut out),
     }
+    out
 }
 
 #[cfg(test)]
