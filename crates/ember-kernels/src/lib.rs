@@ -52,6 +52,7 @@ pub mod dtype;
 mod embedding;
 mod exp;
 mod gelu;
+mod huge_pages;
 mod layer_norm;
 mod linear_cross_entropy;
 mod matmul;

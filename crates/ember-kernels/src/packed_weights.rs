@@ -27,6 +27,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::cpu::{CpuBackend, with_cpu_backend};
+use crate::huge_pages::HugePageBytes;
 use crate::quant::{BLOCK_SIZE, BlockQ4_0, BlockQ4_K, BlockQ8_0, QuantBlock, SUPER_BLOCK};
 use crate::{amx, panel_dot};
 
@@ -135,7 +136,7 @@ pub struct PackedMatrix {
     layout: Layout,
     rows: usize,
     cols: usize,
-    groups: Vec<u8>,
+    groups: HugePageBytes,
 }
 
 impl PackedMatrix {
@@ -285,7 +286,7 @@ impl PackedMatrix {
             layout,
             rows,
             cols,
-            groups: vec![0u8; rows.div_ceil(layout.group_rows()) * group],
+            groups: HugePageBytes::zeroed(rows.div_ceil(layout.group_rows()) * group),
         }
     }
 
@@ -847,7 +848,7 @@ mod tests {
                 })
                 .collect();
             let taken = PackedMatrix::from_gguf_rows(format, rows, cols, |r| &gguf_rows[r]);
-            assert_eq!(taken.groups, made.groups, "{format:?}");
+            assert_eq!(*taken.groups, *made.groups, "{format:?}");
         }
     }
 
@@ -877,7 +878,7 @@ mod tests {
                 Ok::<_, ()>(values[range.start * cols..range.end * cols].to_vec())
             })
             .unwrap();
-            assert_eq!(parted.groups, whole.groups, "{format:?}");
+            assert_eq!(*parted.groups, *whole.groups, "{format:?}");
             // Parts of whole groups of rows: panels of 4, or AMX's groups of 32.
             let expected = match parted.layout {
                 Layout::Panels => vec![0..12, 12..24, 24..36, 36..37],
