@@ -44,6 +44,7 @@ mod adamw;
 mod amx;
 mod attention;
 pub mod autocast;
+mod awake;
 mod bf16_gemm;
 mod cpu;
 mod cross_entropy;
@@ -73,6 +74,7 @@ pub const IGNORE_INDEX: i64 = -100;
 
 pub use attention::causal_attention;
 pub use autocast::autocast;
+pub use awake::with_workers_awake;
 pub use cross_entropy::{cross_entropy, cross_entropy_reference};
 pub use dropout::{dropout, with_dropout_keys};
 pub use dtype::{Dtype, UnknownDtype};

@@ -280,11 +280,13 @@ impl<M: Architecture> CausalLm for M {
         ids: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<2>, AttentionError> {
-        let hidden = self.forward_cached_hidden(ids, cache.into())?;
-        let [batch, seq, _] = hidden.dims();
-        let logits = self.head(hidden.narrow(1, seq - 1, 1));
-        let vocab = logits.dims()[2];
-        Ok(logits.reshape([batch, vocab]))
+        ember_kernels::with_workers_awake(|| {
+            let hidden = self.forward_cached_hidden(ids, cache.into())?;
+            let [batch, seq, _] = hidden.dims();
+            let logits = self.head(hidden.narrow(1, seq - 1, 1));
+            let vocab = logits.dims()[2];
+            Ok(logits.reshape([batch, vocab]))
+        })
     }
 
     fn next_token_logits_packed(
@@ -299,17 +301,20 @@ impl<M: Architecture> CausalLm for M {
         let layout = RowLayout {
             segments: caches.lens().to_vec(),
         };
-        let hidden = with_row_layout(layout, || self.forward_cached_hidden(ids, caches.into()))?;
-        let last: Vec<i64> = caches.last_positions().iter().map(|&i| i as i64).collect();
-        let sequences = last.len();
-        let last = Tensor::<1, Int>::from_data(TensorData::new(last, [sequences]), &device);
-        // The head on each sequence's last position only.
-        let one_each = RowLayout {
-            segments: vec![1; sequences],
-        };
-        let logits = with_row_layout(one_each, || self.head(hidden.select(1, last)));
-        let vocab = logits.dims()[2];
-        Ok(logits.reshape([sequences, vocab]))
+        ember_kernels::with_workers_awake(|| {
+            let hidden =
+                with_row_layout(layout, || self.forward_cached_hidden(ids, caches.into()))?;
+            let last: Vec<i64> = caches.last_positions().iter().map(|&i| i as i64).collect();
+            let sequences = last.len();
+            let last = Tensor::<1, Int>::from_data(TensorData::new(last, [sequences]), &device);
+            // The head on each sequence's last position only.
+            let one_each = RowLayout {
+                segments: vec![1; sequences],
+            };
+            let logits = with_row_layout(one_each, || self.head(hidden.select(1, last)));
+            let vocab = logits.dims()[2];
+            Ok(logits.reshape([sequences, vocab]))
+        })
     }
 
     fn new_cache(&self) -> KvCache {
