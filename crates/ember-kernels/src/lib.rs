@@ -63,6 +63,7 @@ pub mod quant;
 mod rms_norm;
 mod row_norm;
 pub mod rows;
+mod silu;
 mod simd;
 mod tiled_attention;
 mod token_log_probs;
@@ -85,6 +86,7 @@ pub use linear_cross_entropy::{LOGITS_BLOCK_ELEMENTS, linear_cross_entropy};
 pub use matmul::{linear, matmul};
 pub use rms_norm::{rms_norm, rms_norm_reference};
 pub use rows::{RowLayout, with_row_layout};
+pub use silu::silu_fused;
 pub use tiled_attention::{tiled_attention, tiled_attention_over};
 pub use token_log_probs::{token_log_probs, token_log_probs_reference};
 

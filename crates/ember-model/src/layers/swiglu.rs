@@ -5,7 +5,6 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 /// The activation on the gate of a gated feed-forward network.
@@ -63,7 +62,7 @@ impl SwiGlu {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = ember_kernels::linear(&self.gate_proj, x.clone());
         let gate = match self.activation {
-            GateActivation::Silu => silu(gate),
+            GateActivation::Silu => ember_kernels::silu_fused(gate),
             GateActivation::GeluTanh => ember_kernels::gelu_tanh(gate),
         };
         let up = ember_kernels::linear(&self.up_proj, x);
