@@ -12,9 +12,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// Workers now spinning for a pass (for the tests).
 static SPINNING: AtomicUsize = AtomicUsize::new(0);
+
+/// How long a spinner goes on finding no work before it hands over to a successor.
+///
+/// rayon runs a queued task wherever a worker waits, also inside a join of another
+/// task; a spinner started there would hold that task's frame under it, and with it
+/// the pass, until the pass ended: a deadlock (seen: `ember chat` on the tiny Qwen3, a
+/// spinner taken up inside an attention task the caller was waiting for). So a spinner
+/// that finds nothing for this long returns (letting whatever is under it go on) and
+/// queues a successor on its own worker, which takes over once that worker is idle.
+const IDLE_LIMIT: Duration = Duration::from_millis(1);
 
 /// Runs `work` with the pool's other workers kept busy looking for rayon work until it
 /// returns. Called from outside a rayon worker, or with one thread, it only runs
@@ -28,20 +39,7 @@ pub fn with_workers_awake<R>(work: impl FnOnce() -> R) -> R {
     }
     let done = Arc::new(AtomicBool::new(false));
     let seen = done.clone();
-    rayon::spawn_broadcast(move |worker| {
-        // The caller's own copy runs when it next looks for work (while it waits in a
-        // join, say): it must return at once.
-        if worker.index() == caller {
-            return;
-        }
-        SPINNING.fetch_add(1, Ordering::SeqCst);
-        while !seen.load(Ordering::Acquire) {
-            if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                std::hint::spin_loop();
-            }
-        }
-        SPINNING.fetch_sub(1, Ordering::SeqCst);
-    });
+    rayon::spawn_broadcast(move |worker| spin(&seen, caller, worker.index()));
     // Set on the way out, also if `work` panics, so the spinners end.
     struct Done(Arc<AtomicBool>);
     impl Drop for Done {
@@ -51,6 +49,33 @@ pub fn with_workers_awake<R>(work: impl FnOnce() -> R) -> R {
     }
     let _done = Done(done);
     work()
+}
+
+/// On worker `me`: runs whatever rayon work appears until `done`, spinning while there
+/// is none, or until [`IDLE_LIMIT`] passes without any (then a successor is queued).
+fn spin(done: &Arc<AtomicBool>, caller: usize, me: usize) {
+    // The caller's own copy runs when it next looks for work (while it waits in a
+    // join, say): it must return at once.
+    if me == caller {
+        return;
+    }
+    SPINNING.fetch_add(1, Ordering::SeqCst);
+    let mut last_work = Instant::now();
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            last_work = Instant::now();
+        } else if last_work.elapsed() > IDLE_LIMIT {
+            let done = done.clone();
+            rayon::spawn(move || {
+                let me = rayon::current_thread_index().expect("a rayon task");
+                spin(&done, caller, me)
+            });
+            break;
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    SPINNING.fetch_sub(1, Ordering::SeqCst);
 }
 
 #[cfg(test)]
@@ -109,6 +134,22 @@ mod tests {
             });
             assert!(panicked.is_err());
             assert!(spinning_becomes(0), "the spinner ends after a panic");
+        });
+        // A spinner that finds no work returns after IDLE_LIMIT even while the pass goes
+        // on (so whatever it was started on top of can continue: the deadlock it
+        // prevents), and a successor on its worker carries on until the pass ends.
+        pool.install(|| {
+            let done = Arc::new(AtomicBool::new(false));
+            let start = Instant::now();
+            spin(&done, usize::MAX, 0);
+            let spun = start.elapsed();
+            assert!(
+                spun >= IDLE_LIMIT && spun < Duration::from_secs(5),
+                "{spun:?}"
+            );
+            assert!(spinning_becomes(1), "the successor spins");
+            done.store(true, Ordering::Release);
+            assert!(spinning_becomes(0), "the successor ends with the pass");
         });
         // Outside a pool: the work only.
         assert_eq!(with_workers_awake(|| 7), 7);

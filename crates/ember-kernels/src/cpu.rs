@@ -7,6 +7,7 @@
 //! Supporting another CPU backend means implementing [`CpuBackend`] for it and adding
 //! it to [`with_cpu_backend`]; no kernel changes.
 
+use rayon::prelude::*;
 use std::borrow::Cow;
 
 use burn::backend::tensor::FloatTensor;
@@ -224,12 +225,39 @@ pub(crate) fn is_on_cpu_backend<const D: usize>(x: &Tensor<D>) -> bool {
     routed.is_some()
 }
 
-/// A unary kernel: forward on the values, backward from the saved input.
+/// An element-wise kernel: forward on the values, backward from the saved input, each
+/// one pass on every core.
 pub(crate) trait UnaryKernel: Send + Sync + std::fmt::Debug + Clone + 'static {
+    /// `f(x)`.
+    fn value(&self, x: f32) -> f32;
+    /// `f'(x)`.
+    fn derivative(&self, x: f32) -> f32;
+
     /// `f(x)` element-wise.
-    fn forward(&self, x: &[f32]) -> Vec<f32>;
+    fn forward(&self, xs: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(xs.len());
+        xs.par_iter()
+            .with_min_len(crate::ELEMENTS_PER_TASK)
+            .map(|&x| self.value(x))
+            .collect_into_vec(&mut out);
+        out
+    }
+
     /// `grad · f'(x)` element-wise.
-    fn backward(&self, x: &[f32], grad: &[f32]) -> Vec<f32>;
+    fn backward(&self, xs: &[f32], grads: &[f32]) -> Vec<f32> {
+        assert_eq!(
+            xs.len(),
+            grads.len(),
+            "{self:?}: gradient and input differ in size"
+        );
+        let mut out = Vec::with_capacity(xs.len());
+        xs.par_iter()
+            .zip(grads.par_iter())
+            .with_min_len(crate::ELEMENTS_PER_TASK)
+            .map(|(&x, &g)| g * self.derivative(x))
+            .collect_into_vec(&mut out);
+        out
+    }
 }
 
 /// Applies a [`UnaryKernel`] to `x` on backend `B`, with a backward node when `x` is

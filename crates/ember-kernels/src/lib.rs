@@ -109,6 +109,43 @@ pub(crate) mod tests {
         RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A fused element-wise kernel against its reference on random values in autodiff,
+    /// the outputs and the input gradients within `absolute`.
+    pub(crate) fn assert_unary_matches(
+        fused: impl Fn(Tensor<3>) -> Tensor<3>,
+        reference: impl Fn(Tensor<3>) -> Tensor<3>,
+        std: f64,
+        absolute: f32,
+    ) {
+        let _rng = device_rng();
+        let device = Device::ndarray().autodiff();
+        let x = Tensor::<3>::random(
+            [3, 70, 200],
+            burn::tensor::Distribution::Normal(0.0, std),
+            &device,
+        )
+        .require_grad();
+        let weights =
+            Tensor::<3>::random([3, 70, 200], burn::tensor::Distribution::Default, &device);
+        let (got, want) = (fused(x.clone()), reference(x.clone()));
+        assert_close(got.clone(), want.clone(), absolute);
+        let got_grad = x.grad(&(got * weights.clone()).sum().backward()).unwrap();
+        let want_grad = x.grad(&(want * weights).sum().backward()).unwrap();
+        assert_close(got_grad, want_grad, absolute);
+    }
+
+    /// `f` of f64 values (not a CPU kernel's dtype) through the plain operations: the
+    /// values of `[0.5, -1.0]`.
+    pub(crate) fn unary_of_f64(f: impl Fn(Tensor<1>) -> Tensor<1>) -> Vec<f32> {
+        let x = Tensor::<1>::from_floats([0.5, -1.0], &Device::ndarray())
+            .cast(burn::tensor::DType::F64);
+        assert!(!crate::cpu::is_on_cpu_backend(&x));
+        f(x).cast(burn::tensor::DType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    }
+
     pub(crate) fn assert_close<const D: usize>(got: Tensor<D>, want: Tensor<D>, absolute: f32) {
         let (got, want) = (got.into_data(), want.into_data());
         let tolerance = Tolerance::<f32>::absolute(absolute).set_relative(1e-5);

@@ -7,13 +7,10 @@
 //! pass, while the other core waited. Here: one pass on every core, the vectorised
 //! `exp` of `exp.rs` (within 2 ulp of `f32::exp`).
 
-use burn::prelude::*;
-use burn::tensor::activation::silu;
-use rayon::prelude::*;
-
-use crate::ELEMENTS_PER_TASK;
 use crate::cpu::{UnaryKernel, unary, with_cpu_backend};
 use crate::exp::exp;
+use burn::prelude::*;
+use burn::tensor::activation::silu;
 
 /// SiLU, `x·σ(x)` (PyTorch's `F.silu`).
 ///
@@ -38,31 +35,13 @@ fn sigmoid(x: f32) -> (f32, f32) {
 }
 
 impl UnaryKernel for Silu {
-    fn forward(&self, xs: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(xs.len());
-        xs.par_iter()
-            .with_min_len(ELEMENTS_PER_TASK)
-            .map(|&x| x * sigmoid(x).0)
-            .collect_into_vec(&mut out);
-        out
+    fn value(&self, x: f32) -> f32 {
+        x * sigmoid(x).0
     }
 
-    fn backward(&self, xs: &[f32], grads: &[f32]) -> Vec<f32> {
-        assert_eq!(
-            xs.len(),
-            grads.len(),
-            "SiLU gradient and input differ in size"
-        );
-        let mut out = Vec::with_capacity(xs.len());
-        xs.par_iter()
-            .zip(grads.par_iter())
-            .with_min_len(ELEMENTS_PER_TASK)
-            .map(|(&x, &g)| {
-                let (s, one_minus_s) = sigmoid(x);
-                g * s * (1.0 + x * one_minus_s)
-            })
-            .collect_into_vec(&mut out);
-        out
+    fn derivative(&self, x: f32) -> f32 {
+        let (s, one_minus_s) = sigmoid(x);
+        s * (1.0 + x * one_minus_s)
     }
 }
 
@@ -70,8 +49,6 @@ impl UnaryKernel for Silu {
 mod tests {
     #![allow(deprecated)]
     use super::*;
-    use crate::tests::assert_close;
-    use burn::tensor::Distribution;
 
     #[test]
     fn silu_matches_the_formula() {
@@ -94,29 +71,12 @@ mod tests {
 
     #[test]
     fn silu_and_its_gradient_match_burn() {
-        let _rng = crate::tests::device_rng();
-        let device = Device::ndarray().autodiff();
-        let x = Tensor::<3>::random([3, 70, 200], Distribution::Normal(0.0, 4.0), &device)
-            .require_grad();
-        let weights = Tensor::<3>::random([3, 70, 200], Distribution::Default, &device);
-        let fused = silu_fused(x.clone());
-        let reference = silu(x.clone());
-        assert_close(fused.clone(), reference.clone(), 1e-6);
-        let fused_grad = x.grad(&(fused * weights.clone()).sum().backward()).unwrap();
-        let reference_grad = x.grad(&(reference * weights).sum().backward()).unwrap();
-        assert_close(fused_grad, reference_grad, 1e-6);
+        crate::tests::assert_unary_matches(silu_fused, silu, 4.0, 1e-6);
     }
 
     #[test]
     fn other_dtypes_take_the_plain_operations() {
-        let device = Device::ndarray();
-        let x = Tensor::<1>::from_floats([0.5, -1.0], &device).cast(burn::tensor::DType::F64);
-        assert!(!crate::cpu::is_on_cpu_backend(&x));
-        let y = silu_fused(x)
-            .cast(burn::tensor::DType::F32)
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
+        let y = crate::tests::unary_of_f64(silu_fused);
         // 0.5·σ(0.5), -σ(-1)
         assert!((y[0] - 0.311_230).abs() < 1e-5, "{y:?}");
         assert!((y[1] + 0.268_941).abs() < 1e-5, "{y:?}");
