@@ -7,12 +7,12 @@
 //! Supporting another CPU backend means implementing [`CpuBackend`] for it and adding
 //! it to [`with_cpu_backend`]; no kernel changes.
 
-use rayon::prelude::*;
 use std::borrow::Cow;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend};
 use burn::prelude::*;
+use rayon::prelude::*;
 
 /// A row-major or strided f32 matrix as the `gemm` crate reads it.
 #[derive(Debug, Clone, Copy)]
