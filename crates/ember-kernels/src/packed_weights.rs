@@ -26,10 +26,11 @@ use burn::prelude::*;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::autocast::current_precision;
 use crate::cpu::{CpuBackend, with_cpu_backend};
 use crate::huge_pages::HugePageBytes;
 use crate::quant::{BLOCK_SIZE, BlockQ4_0, BlockQ4_K, BlockQ8_0, QuantBlock, SUPER_BLOCK};
-use crate::{amx, panel_dot};
+use crate::{Dtype, amx, bf16_gemm, panel_dot};
 
 /// A packed format for weight matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -629,15 +630,32 @@ enum Prepared<'a> {
 
 /// `x · Mᵀ`, row-major `[tokens, out]`, on every core; each row's result the bits it has
 /// alone ([`crate::panel_dot`], [`crate::amx`]).
+///
+/// Under [`crate::autocast`]'s bf16, products of bf16 weights round the activations to
+/// bf16 first (the arithmetic of PyTorch's bf16 models and of llama.cpp's BF16 GGUFs),
+/// and take `vdpbf16ps` where the CPU has it: twice the multiply-adds per instruction of
+/// the f32 kernels, which a server's batch and prompts are bound by. Each token is still
+/// rounded and summed alone, so batches stay invariant.
 fn product(x: &[f32], tokens: usize, m: &PackedMatrix) -> Vec<f32> {
     let [out_features, in_features] = m.dims();
+    let in_bf16 = m.format == WeightFormat::Bf16 && current_precision() == Dtype::Bf16;
+    let rounded: Vec<f32>;
+    let x = if in_bf16 {
+        rounded = x
+            .iter()
+            .map(|&v| f32::from_bits(u32::from(bf16_gemm::to_bf16_bits(v)) << 16))
+            .collect();
+        &rounded
+    } else {
+        x
+    };
     let x = match m.layout {
-        Layout::Panels => Prepared::Panels(panel_dot::Activations::new(
-            m.format,
-            x,
-            tokens,
-            in_features,
-        )),
+        Layout::Panels => {
+            let x = panel_dot::Activations::new(m.format, x, tokens, in_features);
+            Prepared::Panels(if in_bf16 { x.in_bf16() } else { x })
+        }
+        // The tiles take the rounded activations as they are (their second and third
+        // parts zero): the same products, no faster.
         Layout::Tiles => Prepared::Tiles(amx::Parts::new(x, tokens, in_features)),
     };
     if tokens == 1 {
@@ -761,6 +779,66 @@ mod tests {
                 assert_close(linear_packed(x, &m, Some(bias)), want, 1e-4);
             }
         }
+    }
+
+    /// Under bf16 autocast a product of bf16 weights multiplies the activations rounded
+    /// to bf16 (to nearest even) and sums in f32: within f32 rounding of the exact sum of
+    /// those products, not the f32 activations' product, and each token's outputs have
+    /// the bits they have alone, for 1 to 19 tokens (whole and partial blocks of eight),
+    /// a tail of `k` past the last vector of eight and a panel of padding rows.
+    #[test]
+    fn bf16_products_round_the_activations_and_keep_each_token_alone() {
+        let (rows, k) = (ROWS_PER_TASK + 6, 4 * panel_dot::LANES + 3);
+        let values: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 613.0)
+            .collect();
+        let m = PackedMatrix::from_f32(WeightFormat::Bf16, rows, k, &values);
+        let w = m.to_f32();
+        let tokens = 19;
+        let x: Vec<f32> = (0..tokens * k)
+            .map(|i| ((i * 104_729 % 4099) as f32 - 2049.0) / 977.0)
+            .collect();
+        let exact = product(&x, tokens, &m);
+        let _bf16 = crate::autocast(Dtype::Bf16);
+        let batched = product(&x, tokens, &m);
+        let rounded = |v: f32| f64::from(bf16::from_f32(v).to_f32());
+        for t in 0..tokens {
+            let token = &x[t * k..(t + 1) * k];
+            let alone = product(token, 1, &m);
+            // The block of eight tokens that holds token t, as a product of its own.
+            let block = t / 8 * 8..(t / 8 * 8 + 8).min(tokens);
+            let in_block = product(&x[block.start * k..block.end * k], block.len(), &m);
+            for r in 0..rows {
+                let got = batched[t * rows + r];
+                assert_eq!(got.to_bits(), alone[r].to_bits(), "token {t}, row {r}");
+                assert_eq!(
+                    got.to_bits(),
+                    in_block[(t % 8) * rows + r].to_bits(),
+                    "token {t}, row {r}"
+                );
+                let row = &w[r * k..(r + 1) * k];
+                let want: f64 = row
+                    .iter()
+                    .zip(token)
+                    .map(|(&w, &x)| f64::from(w) * rounded(x))
+                    .sum();
+                let scale: f64 = row
+                    .iter()
+                    .zip(token)
+                    .map(|(&w, &x)| (f64::from(w) * rounded(x)).abs())
+                    .sum();
+                assert!(
+                    (f64::from(got) - want).abs() <= 1e-6 * scale,
+                    "token {t}, row {r}: {got} against {want}"
+                );
+            }
+        }
+        let differing = exact.iter().zip(&batched).filter(|(a, b)| a != b).count();
+        assert!(
+            differing > exact.len() / 2,
+            "{differing} of {} outputs changed",
+            exact.len()
+        );
     }
 
     /// A quantized matrix holds, row by row, GGUF's blocks of that row (llama.cpp's

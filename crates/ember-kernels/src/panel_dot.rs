@@ -20,6 +20,10 @@
 //!   accumulator lanes, lane `i` summing `w[8j + i] * x[8j + i]` over `j` in order (fused
 //!   on CPUs with FMA), the lanes added pairwise (`i + 4`, then `i + 2`, then `i + 1`),
 //!   then the last `k mod 8` products added one by one.
+//! - **bf16 under bf16 autocast** (`serve --precision bf16`): the activations rounded to
+//!   bf16 (in `packed_weights`), then on AVX512_BF16 `vdpbf16ps` (`avx512_bf16.rs`):
+//!   each 32-bit lane sums pairs of consecutive products, four lanes per row added
+//!   pairwise at the end; elsewhere the f32 kernels above multiply the rounded values.
 //! - **Q8_0, Q4_0**: as llama.cpp computes them, the activations quantized too, each
 //!   token's 32-value blocks to Q8_0 (`d_x · q_x`, as its reference quantizer does), and
 //!   each block's product of integers summed exactly in eight 32-bit lanes (lane `i`:
@@ -247,6 +251,9 @@ pub(crate) struct Activations<'a> {
     /// `[tokens, k / 32, LANES]`; for Q4_K `Σ q` over each sub-block of 32, what the
     /// minimums multiply, `[tokens, k / 32]`.
     sums: Vec<i32>,
+    /// For bf16 products ([`Activations::in_bf16`]): `values` as bf16 bits, `[tokens,
+    /// k]` (empty otherwise).
+    bf16: Vec<u16>,
 }
 
 /// Values per quantized block of activations for weights in `format` (0: f32).
@@ -326,7 +333,25 @@ impl<'a> Activations<'a> {
             ints,
             scales,
             sums,
+            bf16: Vec::new(),
         }
+    }
+
+    /// For the products of bf16 weights under [`crate::autocast`]'s bf16: `values`,
+    /// already rounded to bf16, are kept as bits too, for `vdpbf16ps` where the CPU has
+    /// it (elsewhere the f32 kernels multiply the rounded values: the same products,
+    /// their sums in another order).
+    pub(crate) fn in_bf16(mut self) -> Self {
+        debug_assert!(
+            self.values.iter().all(|v| v.to_bits() & 0xFFFF == 0),
+            "activations rounded to bf16"
+        );
+        self.bf16 = self
+            .values
+            .iter()
+            .map(|v| (v.to_bits() >> 16) as u16)
+            .collect();
+        self
     }
 
     /// The values the products compute with: `values`, or the quantized blocks'
@@ -401,6 +426,9 @@ pub(crate) fn panel_dots(x: &Activations, w: &PanelRows, out: &mut [f32]) {
         // checked.
         unsafe {
             match format {
+                WeightFormat::Bf16 if !x.bf16.is_empty() && avx512_bf16::available() => {
+                    avx512_bf16::bf16_dots(&x.bf16, tokens, w, out)
+                }
                 WeightFormat::Bf16 if avx512::available() => {
                     avx512::half_dots::<true>(x.values, tokens, w, out)
                 }
@@ -557,6 +585,9 @@ fn by_blocks<const B: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
