@@ -56,7 +56,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use burn::prelude::*;
-use ember_model::{CausalLm, KvCache, LanguageModel, PackedCaches, Sampler, check_prompt};
+use ember_model::{CausalLm, Dtype, KvCache, LanguageModel, PackedCaches, Sampler, check_prompt};
 use ember_tokenizer::ModelTokenizer;
 use rayon::prelude::*;
 
@@ -172,6 +172,7 @@ impl<'a> Batcher<'a> {
         mut queue: Receiver<Job>,
         waiting: &AtomicUsize,
         stop: &AtomicBool,
+        precision: Dtype,
     ) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
@@ -183,6 +184,8 @@ impl<'a> Batcher<'a> {
             }
             // The receiver goes to the worker and back (a shared one cannot).
             queue = rayon::scope(|_| {
+                // The precision is the thread's, and this is a worker of rayon's.
+                let _autocast = ember_kernels::autocast(precision);
                 self.until_idle(&queue, waiting, stop);
                 queue
             });
@@ -597,23 +600,30 @@ mod tests {
     use ember_model::GenerationConfig;
     use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-    /// The tiny Qwen3 fixture, its tokenizer and the device.
+    /// The tiny Qwen3 fixture, its tokenizer, the device and the products' precision.
     struct Fixture {
         model: LanguageModel,
         tokenizer: ModelTokenizer,
         device: Device,
+        precision: Dtype,
     }
 
     fn fixture() -> Fixture {
+        fixture_in(Dtype::F32, Dtype::F32)
+    }
+
+    /// The fixture with its weights in `dtype` and its products in `precision`.
+    fn fixture_in(dtype: Dtype, precision: Dtype) -> Fixture {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures/tiny-qwen3");
         let device = Device::ndarray();
-        let loaded = ember_model::load_model(&dir, None, &device).unwrap();
+        let loaded = ember_model::load_model_as(&dir, None, dtype, &device).unwrap();
         let tokenizer = ember_model::model_tokenizer(&loaded).unwrap();
         Fixture {
             model: loaded.model,
             tokenizer,
             device,
+            precision,
         }
     }
 
@@ -713,6 +723,7 @@ mod tests {
             queue,
             &waiting,
             &AtomicBool::new(false),
+            fixture.precision,
         );
         assert_eq!(waiting.load(Ordering::SeqCst), 0);
         let events = receivers.iter_mut().map(received).collect();
@@ -769,6 +780,25 @@ mod tests {
                 "{:?}",
                 together[i]
             );
+        }
+    }
+
+    /// With bf16 weights and bf16 products (`serve --dtype bf16 --precision bf16`: each
+    /// token's activations rounded to bf16, `vdpbf16ps` where the CPU has it), queued
+    /// requests still share forward passes and each gets what it gets alone.
+    #[test]
+    fn bf16_products_keep_batches_invariant() {
+        let fixture = fixture_in(Dtype::Bf16, Dtype::Bf16);
+        let requests: Vec<Request> = prompts().iter().map(|p| greedy(p)).collect();
+        let (together, metrics) = run_requests(&fixture, &requests, limits(4), 1000);
+        assert!(
+            metric(&metrics, "ember_batch_size_bucket{le=\"1\"}")
+                < metric(&metrics, "ember_batch_size_count")
+        );
+        for (i, request) in requests.iter().enumerate() {
+            let (alone, _) = run_requests(&fixture, std::slice::from_ref(request), limits(4), 1000);
+            assert_eq!(together[i], alone[0], "request {i}");
+            assert!(matches!(together[i].last(), Some(Event::Done { .. })));
         }
     }
 
@@ -966,7 +996,7 @@ mod tests {
             "one running, one queued"
         );
         drop(jobs);
-        batcher.run(queue, &waiting, &AtomicBool::new(true));
+        batcher.run(queue, &waiting, &AtomicBool::new(true), Dtype::F32);
         assert_eq!(waiting.load(Ordering::SeqCst), 0);
         let running_events = received(&mut running_events);
         match running_events.last() {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::prelude::Device;
-use ember_model::{CausalLm, GenerationConfig, LanguageModel};
+use ember_model::{CausalLm, Dtype, GenerationConfig, LanguageModel};
 use ember_tokenizer::ModelTokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -174,12 +174,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the generation thread, which owns `model`.
+    /// Starts the generation thread, which owns `model` and computes its products in
+    /// `precision` (f32 or bf16: [`ember_kernels::autocast`]).
     pub fn start(
         model: LanguageModel,
         tokenizer: Arc<ModelTokenizer>,
         device: Device,
         limits: BatchLimits,
+        precision: Dtype,
     ) -> Self {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let shutting_down = Arc::new(AtomicBool::new(false));
@@ -201,7 +203,7 @@ impl Engine {
             .spawn(move || {
                 // Its steps run on rayon's workers: `Batcher::run`.
                 Batcher::new(&model, &tokenizer, &device, limits, budget, &measured)
-                    .run(queue, &count, &stop)
+                    .run(queue, &count, &stop, precision)
             })
             .expect("a thread for generation");
         Self {

@@ -59,8 +59,9 @@ pub struct BenchArgs {
     /// q4_0, q4_k).
     #[arg(long, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
-    /// `train`: arithmetic of the matrix products, `f32` or `bf16` (mixed precision, as
-    /// `train.precision`; PyTorch's counterpart is bf16 autocast).
+    /// Arithmetic of the matrix products, `f32` or `bf16`: for `train` mixed precision
+    /// (as `train.precision`; PyTorch's counterpart is bf16 autocast); for `generate`
+    /// the activations rounded to bf16 (as `serve --precision bf16`).
     #[arg(long, default_value_t = Dtype::F32)]
     pub precision: Dtype,
     /// `tiny` (64 wide, 2 layers), `gpt2-small` or `gpt2-medium`.
@@ -232,8 +233,16 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
             })
         }
         BenchMode::Generate => {
+            if !matches!(args.precision, Dtype::F32 | Dtype::Bf16) {
+                anyhow::bail!(
+                    "--precision {}: products compute in f32 or bf16",
+                    args.precision
+                );
+            }
+            let _autocast = ember_kernels::autocast(args.precision);
             let (model, vocab_size, shape) = generation_model(args, &config, device)?;
             record["dtype"] = json!(args.dtype);
+            record["precision"] = json!(args.precision);
             record["params"] = json!(model.config().num_params());
             record["context"] = json!(args.prompt_len + args.new_tokens);
             if let Some(shape) = shape {

@@ -13,6 +13,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use burn::prelude::Device;
+use ember_model::Dtype;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -552,6 +553,22 @@ fn options_no_browser_or_client_could_use_are_refused() {
         (batch(1, None, 0), "prefill chunk"),
     ] {
         assert_eq!(bad, Err(format!("{option} 0: it must be at least 1")));
+    }
+    let precision = |precision: Dtype| {
+        ServerOptions {
+            precision,
+            ..ServerOptions::default()
+        }
+        .check()
+        .map_err(|e| e.to_string())
+    };
+    assert!(precision(Dtype::F32).is_ok());
+    assert!(precision(Dtype::Bf16).is_ok());
+    for bad in [Dtype::F16, Dtype::Q4_0] {
+        assert_eq!(
+            precision(bad),
+            Err(format!("precision {bad}: products compute in f32 or bf16"))
+        );
     }
 }
 
