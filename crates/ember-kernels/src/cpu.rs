@@ -226,7 +226,9 @@ pub(crate) fn is_on_cpu_backend<const D: usize>(x: &Tensor<D>) -> bool {
 }
 
 /// An element-wise kernel: forward on the values, backward from the saved input, each
-/// one pass on every core.
+/// one pass on every core, its loops compiled for the widest vectors the CPU has
+/// ([`zip_map`]). `value` and `derivative` should be `#[inline]` and branch-free
+/// arithmetic (selects are fine), so that those loops vectorise.
 pub(crate) trait UnaryKernel: Send + Sync + std::fmt::Debug + Clone + 'static {
     /// `f(x)`.
     fn value(&self, x: f32) -> f32;
@@ -235,11 +237,10 @@ pub(crate) trait UnaryKernel: Send + Sync + std::fmt::Debug + Clone + 'static {
 
     /// `f(x)` element-wise.
     fn forward(&self, xs: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(xs.len());
-        xs.par_iter()
-            .with_min_len(crate::ELEMENTS_PER_TASK)
-            .map(|&x| self.value(x))
-            .collect_into_vec(&mut out);
+        let mut out = vec![0.0; xs.len()];
+        out.par_chunks_mut(crate::ELEMENTS_PER_TASK)
+            .zip(xs.par_chunks(crate::ELEMENTS_PER_TASK))
+            .for_each(|(out, xs)| zip_map(xs, xs, out, |x, _| self.value(x)));
         out
     }
 
@@ -250,14 +251,44 @@ pub(crate) trait UnaryKernel: Send + Sync + std::fmt::Debug + Clone + 'static {
             grads.len(),
             "{self:?}: gradient and input differ in size"
         );
-        let mut out = Vec::with_capacity(xs.len());
-        xs.par_iter()
-            .zip(grads.par_iter())
-            .with_min_len(crate::ELEMENTS_PER_TASK)
-            .map(|(&x, &g)| g * self.derivative(x))
-            .collect_into_vec(&mut out);
+        let mut out = vec![0.0; xs.len()];
+        out.par_chunks_mut(crate::ELEMENTS_PER_TASK)
+            .zip(xs.par_chunks(crate::ELEMENTS_PER_TASK))
+            .zip(grads.par_chunks(crate::ELEMENTS_PER_TASK))
+            .for_each(|((out, xs), grads)| zip_map(xs, grads, out, |x, g| g * self.derivative(x)));
         out
     }
+}
+
+/// `out[i] = f(a[i], b[i])`, the loop compiled for AVX-512 or AVX2 where the CPU has
+/// them (the crate is built for baseline x86-64, where it would run one element at a
+/// time in SSE: SiLU's `exp` so was a tenth of a prompt's time); the same operations
+/// per element, so the same bits, at any width.
+fn zip_map<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+    #[inline(always)]
+    fn body<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+        for ((out, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *out = f(a, b);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        unsafe fn avx512<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+            body(a, b, out, f)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [f32], f: F) {
+            body(a, b, out, f)
+        }
+        // SAFETY: each copy runs only on a CPU with its features.
+        match crate::simd::level() {
+            2 => return unsafe { avx512(a, b, out, f) },
+            1 => return unsafe { avx2(a, b, out, f) },
+            _ => {}
+        }
+    }
+    body(a, b, out, f)
 }
 
 /// Applies a [`UnaryKernel`] to `x` on backend `B`, with a backward node when `x` is

@@ -33,11 +33,13 @@ pub fn gelu_tanh_reference<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 struct GeluTanh;
 
 impl UnaryKernel for GeluTanh {
+    #[inline]
     fn value(&self, x: f32) -> f32 {
         x * Sigmoid::of_2u(x).s
     }
 
     /// `d/dx x·σ(2u) = σ + x·σ·(1 − σ)·2·√(2/π)·(1 + 3·0.044715·x²)`.
+    #[inline]
     fn derivative(&self, x: f32) -> f32 {
         let Sigmoid { s, one_minus_s } = Sigmoid::of_2u(x);
         let du = 2.0 * SQRT_2_OVER_PI * (1.0 + 3.0 * CUBIC * x * x);

@@ -35,10 +35,12 @@ fn sigmoid(x: f32) -> (f32, f32) {
 }
 
 impl UnaryKernel for Silu {
+    #[inline]
     fn value(&self, x: f32) -> f32 {
         x * sigmoid(x).0
     }
 
+    #[inline]
     fn derivative(&self, x: f32) -> f32 {
         let (s, one_minus_s) = sigmoid(x);
         s * (1.0 + x * one_minus_s)
