@@ -542,6 +542,48 @@ fn quantized_dtypes_change_the_loss_a_little() {
     );
 }
 
+/// `--precision bf16` with bf16 weights rounds the activations to bf16 before the
+/// products: the text's loss moves a little (under 1%) from the f32 products' on the
+/// same bf16 weights; a precision products do not compute in is a one-line error.
+#[test]
+fn bf16_precision_moves_the_loss_a_little() {
+    let text = tempfile::NamedTempFile::new().unwrap();
+    let dir = fixture(MODELS[0]);
+    let cases = json_file(&dir.join("cases.json"));
+    std::fs::write(text.path(), cases["loss"]["text"].as_str().unwrap()).unwrap();
+    let (model, text) = (dir.to_str().unwrap(), text.path().to_str().unwrap());
+    let loss = |precision: &str| {
+        run_json(&[
+            "perplexity",
+            "--model",
+            model,
+            "--text-file",
+            text,
+            "--dtype",
+            "bf16",
+            "--precision",
+            precision,
+            "--json",
+        ])["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let f32_products = loss("f32");
+    let change = (loss("bf16") - f32_products).abs() / f32_products;
+    assert!(change > 0.0 && change < 0.01, "{change}");
+    let o = ember()
+        .args(["perplexity", "--model", model, "--text-file", text])
+        .args(["--dtype", "bf16", "--precision", "q4_0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--precision q4_0: products compute in f32 or bf16"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// `ember export --gguf` writes the file and says what it wrote; a directory given as
 /// the file, or a model it cannot export, is a one-line error and writes nothing.
 #[test]

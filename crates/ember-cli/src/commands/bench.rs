@@ -328,6 +328,7 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
                 config: None,
                 qkv_bias: false,
                 dtype: args.dtype,
+                precision: Dtype::F32,
             }
             .load_with_tokenizer(device)?;
             let load_s = start.elapsed().as_secs_f64();

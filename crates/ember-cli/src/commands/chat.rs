@@ -34,6 +34,7 @@ pub struct ChatArgs {
 /// line, `exit` or the end of input quits. With `--message`: one turn.
 pub fn run(args: &ChatArgs, device: &Device) -> Result<()> {
     args.sampling.config(256, Vec::new()).validate()?;
+    let _autocast = args.model.autocast()?;
     let (loaded, tokenizer) = args.model.load_with_tokenizer(device)?;
     let config = args.sampling.config(256, tokenizer.eos_ids().to_vec());
     let mut messages: Vec<ChatMessage> = args

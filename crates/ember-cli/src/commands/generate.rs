@@ -38,6 +38,7 @@ fn emit(out: &mut impl Write, text: &str) {
 pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
     // Every setting is checked before anything is printed.
     args.sampling.config(50, Vec::new()).validate()?;
+    let _autocast = args.model.autocast()?;
     let (loaded, tokenizer) = args.model.load_with_tokenizer(device)?;
     let prompt_ids = tokenizer.encode(&args.prompt)?;
     check_prompt(&loaded.model, &prompt_ids)?;

@@ -40,6 +40,7 @@ fn read_text(path: &Path) -> Result<String> {
 /// `ember perplexity`: the mean next-token loss over the text, tokenized as `generate`
 /// tokenizes a prompt, in windows of the context length when it does not fit in one.
 pub fn run(args: &PerplexityArgs, device: &Device) -> Result<()> {
+    let _autocast = args.model.autocast()?;
     let (loaded, tokenizer) = args.model.load_with_tokenizer(device)?;
     let text = read_text(&args.text_file)?;
     let ids = tokenizer.encode(&text)?;

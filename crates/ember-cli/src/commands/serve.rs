@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use burn::prelude::Device;
-use ember_model::Dtype;
 use ember_serve::{BatchLimits, Server, ServerOptions};
 
 use crate::args::model::ModelArgs;
@@ -70,13 +69,6 @@ pub struct ServeArgs {
     /// (prefix caching; on by default, within --kv-cache-mb).
     #[arg(long)]
     pub no_prefix_cache: bool,
-    /// Arithmetic of the matrix products: f32, or bf16 (with --dtype bf16: the
-    /// activations rounded to bf16, as transformers' bf16 models and llama.cpp
-    /// compute; on CPUs with AVX512_BF16 twice the multiply-adds per instruction, so
-    /// batches and long prompts go faster; replies differ a little from f32's and are
-    /// still the same alone or batched).
-    #[arg(long, default_value_t = Dtype::F32)]
-    pub precision: Dtype,
 }
 
 /// A duration in seconds (decimals allowed).
@@ -116,7 +108,7 @@ impl ServeArgs {
                 prefill_chunk: self.prefill_chunk,
                 prefix_cache: !self.no_prefix_cache,
             },
-            precision: self.precision,
+            precision: self.model.precision,
             ..ServerOptions::default()
         }
     }
