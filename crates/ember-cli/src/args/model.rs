@@ -61,16 +61,9 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Sets --precision for this thread's products until the guard drops; a format
-    /// products do not compute in (f16, the q formats) is an error.
+    /// [`inference_autocast`] of --precision.
     pub fn autocast(&self) -> Result<ember_kernels::autocast::AutocastGuard> {
-        if !matches!(self.precision, Dtype::F32 | Dtype::Bf16) {
-            anyhow::bail!(
-                "--precision {}: products compute in f32 or bf16",
-                self.precision
-            );
-        }
-        Ok(ember_kernels::autocast(self.precision))
+        inference_autocast(self.precision)
     }
 
     /// Where the model is: `--model` itself, or for a Hub repository id that is not a
@@ -109,4 +102,14 @@ impl ModelArgs {
             .with_context(|| format!("cannot load the model {}", self.model.display()))?;
         Ok((loaded, tokenizer))
     }
+}
+
+/// Sets `precision` (--precision) for this thread's products until the guard drops; a
+/// format products of a loaded model do not compute in (f16, the q formats) is an
+/// error.
+pub fn inference_autocast(precision: Dtype) -> Result<ember_kernels::autocast::AutocastGuard> {
+    if !matches!(precision, Dtype::F32 | Dtype::Bf16) {
+        anyhow::bail!("--precision {precision}: products compute in f32 or bf16");
+    }
+    Ok(ember_kernels::autocast(precision))
 }

@@ -233,13 +233,7 @@ pub fn run(args: &BenchArgs, backend: &str, device: &Device) -> Result<Value> {
             })
         }
         BenchMode::Generate => {
-            if !matches!(args.precision, Dtype::F32 | Dtype::Bf16) {
-                anyhow::bail!(
-                    "--precision {}: products compute in f32 or bf16",
-                    args.precision
-                );
-            }
-            let _autocast = ember_kernels::autocast(args.precision);
+            let _autocast = crate::args::model::inference_autocast(args.precision)?;
             let (model, vocab_size, shape) = generation_model(args, &config, device)?;
             record["dtype"] = json!(args.dtype);
             record["precision"] = json!(args.precision);
