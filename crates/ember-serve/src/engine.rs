@@ -175,7 +175,7 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the generation thread, which owns `model` and computes its products in
-    /// `precision` (f32 or bf16: [`ember_kernels::autocast`]).
+    /// `precision` (f32 or bf16: [`ember_kernels::autocast()`]).
     pub fn start(
         model: LanguageModel,
         tokenizer: Arc<ModelTokenizer>,

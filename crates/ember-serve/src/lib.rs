@@ -179,7 +179,7 @@ pub struct ServerOptions {
     /// How many sequences are generated at once, within what KV cache budget, and how
     /// long a prompt chunk is.
     pub batch: BatchLimits,
-    /// The arithmetic of the matrix products ([`ember_kernels::autocast`]): f32, or
+    /// The arithmetic of the matrix products ([`ember_kernels::autocast()`]): f32, or
     /// bf16 (activations rounded to bf16 against bf16 weights, as transformers' bf16
     /// models and llama.cpp compute: on CPUs with AVX512_BF16 twice the multiply-adds
     /// per instruction, so batches and prompts go faster; replies differ a little from
