@@ -2,7 +2,9 @@
 //! in, at the book's shapes (batch 2 × context 256 = 512 rows, width 768, 12 heads):
 //! the matrix products of the projections and the output head, fused attention,
 //! LayerNorm, tanh-GELU, softmax + cross-entropy over the vocabulary, and the output
-//! head with the loss, fused or not.
+//! head with the loss, fused or not. And, for inference, the products of packed bf16
+//! weights (`packed_products`): decoding one sequence, a server's step of eight, a
+//! prompt's chunk.
 //!
 //! Where ember-kernels replaces a Burn operation, both are measured: `burn` is the plain
 //! tensor operation, `ember` the kernel the model uses on the CPU backend, `ember bf16`
@@ -18,7 +20,8 @@ use burn::tensor::Distribution;
 use burn::tensor::activation::gelu_approximate;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ember_kernels::packed_weights::{PackedMatrix, WeightFormat, linear_packed};
 
 const ROWS: usize = 512;
 const WIDTH: usize = 768;
@@ -187,5 +190,39 @@ fn head_and_loss(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmuls, layers, head_and_loss);
+/// Products of packed bf16 weights, as a model of Qwen3-0.6B's size decodes: 200
+/// matrices of 3,072 × 1,024 (1.2 GB, far more than any cache), against 1 token, 8 (a
+/// server's step of eight sequences) and 36 (a prompt), with f32 and with bf16
+/// products. Throughput is the weights' bytes read per second (`cargo bench -p
+/// ember-kernels --bench kernels -- packed`).
+fn packed_products(c: &mut Criterion) {
+    let device = Device::ndarray();
+    let (rows, k, count) = (3072, 1024, 200);
+    let values: Vec<f32> = random([rows, k], &device).into_data().to_vec().unwrap();
+    let matrices: Vec<PackedMatrix> = (0..count)
+        .map(|_| PackedMatrix::from_f32(WeightFormat::Bf16, rows, k, &values))
+        .collect();
+    let mut group = c.benchmark_group("packed_products");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(
+        matrices.iter().map(|m| m.size_bytes() as u64).sum(),
+    ));
+    for tokens in [1, 8, 36] {
+        let x = random([tokens, k], &device);
+        for precision in [ember_kernels::Dtype::F32, ember_kernels::Dtype::Bf16] {
+            let name = format!("{tokens} tokens, {precision} products");
+            group.bench_function(name, |bench| {
+                let _precision = ember_kernels::autocast(precision);
+                bench.iter(|| {
+                    for m in &matrices {
+                        settle(linear_packed(x.clone(), m, None));
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matmuls, layers, head_and_loss, packed_products);
 criterion_main!(benches);
