@@ -29,12 +29,13 @@ const BLOCK_TOKENS: usize = 8;
 /// read 8.2 GB/s one panel at a time, 11.7 two, 14.3 three; with the weights in L1, a
 /// `vdpbf16ps` every 0.41 ns with one panel, every 0.29 (the instruction's throughput)
 /// with two or more. One token stays one panel at a time: it is memory-bound, and three
-/// streams read it slower (`products_speed`: 24-27 GB/s against 30-32).
+/// streams read it slower (two threads, 200 matrices of 3,072 × 1,024: 24-27 GB/s
+/// against 30-32; docs/serving.md, "Three panels at a time").
 const GROUP_PANELS: usize = 3;
 
 /// How far ahead each stream of a group is prefetched, into L2 (`prefetcht1`): on Zen 4,
-/// two threads, 8 tokens, `products_speed` read 19-24 GB/s so against 16-19 with one
-/// panel's `prefetcht0` 1 KiB ahead (in C, 12 rows: 27-30 against 22-26 with none).
+/// two threads, 8 tokens over the same matrices read 19-24 GB/s against 16-20 with
+/// `prefetcht0` 1 KiB ahead (in C, 12 rows: 25-30 against 22-26 with no prefetch).
 const GROUP_PREFETCH_BYTES: usize = 2048;
 
 /// A block's sums: `[panel][token][row]`.
