@@ -98,22 +98,26 @@ impl GenerationConfig {
 /// Greedy when `temperature == 0` (the first maximum, like `torch.argmax`); otherwise
 /// top-k, then temperature, then top-p, then a draw from the softmax.
 ///
-/// Each token's weight is `exp((logit - max) / temperature)` in f64. The vocabulary is
-/// sorted only as far as top-k and top-p need it (a server samples every sequence of
-/// every step, and a full sort of a 150,000-token vocabulary took longer than the
-/// step's arithmetic): without either the draw walks the tokens in id order, which is
-/// the same distribution.
+/// Each token's weight is `exp((logit - max) / temperature)`, computed in f32 as wide
+/// as the CPU allows ([`ember_kernels::temperature_weights`]) and summed in f64. The
+/// vocabulary is sorted only as far as top-k and top-p need it (a server samples every
+/// sequence of every step, and a full sort of a 150,000-token vocabulary took longer
+/// than the step's arithmetic): without either the draw walks the tokens in id order,
+/// which is the same distribution, skipping whole blocks by their sums. Weights that
+/// are not finite (a NaN or infinite logit) fall back to the greedy choice.
 pub fn sample_next_token(logits: &[f32], config: &GenerationConfig, rng: &mut impl Rng) -> u32 {
     if config.temperature == 0.0 || logits.len() < 2 {
         return argmax(logits);
     }
-    let max = logits.iter().copied().max_by(f32::total_cmp).unwrap_or(0.0) as f64;
     // Every token's weight, once: the draw, top-p's total and its nucleus read them.
-    let weights: Vec<f64> = logits
-        .iter()
-        .map(|&logit| ((logit as f64 - max) / config.temperature).exp())
-        .collect();
-    let weight = |id: u32| weights[id as usize];
+    let mut weights = vec![0.0f32; logits.len()];
+    let block_sums =
+        ember_kernels::temperature_weights(logits, config.temperature as f32, &mut weights);
+    let total: f64 = block_sums.iter().sum();
+    if !total.is_finite() || total <= 0.0 {
+        return argmax(logits);
+    }
+    let weight = |id: u32| f64::from(weights[id as usize]);
     let vocab = logits.len();
     // The most likely first up to the one whose cumulative share of `total` reaches
     // top_p.
@@ -126,7 +130,7 @@ pub fn sample_next_token(logits: &[f32], config: &GenerationConfig, rng: &mut im
     };
     let candidates: Vec<u32> = match (config.top_k, config.top_p) {
         (None, None) => {
-            return draw(&weights, rng).map_or_else(|| argmax(logits), |i| i as u32);
+            return draw_by_blocks(&weights, &block_sums, total, rng) as u32;
         }
         (Some(k), None) => top_ids(logits, k.min(vocab)),
         (Some(k), Some(top_p)) => {
@@ -141,7 +145,6 @@ pub fn sample_next_token(logits: &[f32], config: &GenerationConfig, rng: &mut im
         (None, Some(top_p)) => {
             // Measured against the whole vocabulary; sorted only as far as needed: the
             // 64 most likely, then eight times more.
-            let total: f64 = weights.iter().sum();
             let mut n = vocab.min(64);
             loop {
                 let ids = top_ids(logits, n);
@@ -169,6 +172,34 @@ fn draw(weights: &[f64], rng: &mut impl Rng) -> Option<usize> {
     }
     // Rounding left a little: the last token with any weight.
     weights.iter().rposition(|&w| w > 0.0)
+}
+
+/// An index drawn in proportion to `weights`, whose blocks of
+/// [`ember_kernels::WEIGHT_BLOCK`] sum to `block_sums` and all to `total` (finite,
+/// positive): the block that holds the draw found by its sum, then the token within it.
+fn draw_by_blocks(weights: &[f32], block_sums: &[f64], total: f64, rng: &mut impl Rng) -> usize {
+    let mut left = rng.random::<f64>() * total;
+    let blocks = weights.chunks(ember_kernels::WEIGHT_BLOCK);
+    for (b, (block, &sum)) in blocks.zip(block_sums).enumerate() {
+        if left >= sum {
+            left -= sum;
+            continue;
+        }
+        let first = b * ember_kernels::WEIGHT_BLOCK;
+        for (i, &w) in block.iter().enumerate() {
+            left -= f64::from(w);
+            if left < 0.0 {
+                return first + i;
+            }
+        }
+        // The block's sum, added in another order, was a little larger than its walk:
+        // its last token with any weight.
+        if let Some(i) = block.iter().rposition(|&w| w > 0.0) {
+            return first + i;
+        }
+    }
+    // Rounding left a little past the last block: the last token with any weight.
+    weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
 }
 
 /// The ids of the `n` largest logits, largest first, ties in id order (the order of
@@ -466,6 +497,46 @@ mod tests {
             let id = sample_next_token(&logits, &config, &mut rng) as usize;
             // 0.35 of the top 10 (weights e^-0.00 .. e^-0.09) is their first four.
             assert!(rank_of(id) < 4, "rank {}", rank_of(id));
+        }
+    }
+
+    /// Over a vocabulary of several blocks of weights, each token is drawn about as
+    /// often as its share (the block sums find the block, the walk the token, the last
+    /// block partial), a token of no weight never; a NaN or infinite logit makes the
+    /// draw greedy.
+    #[test]
+    fn draws_over_blocks_follow_the_weights() {
+        let vocab = 3 * ember_kernels::WEIGHT_BLOCK + 100;
+        let mut logits = vec![f32::NEG_INFINITY; vocab];
+        // Weights 1, 1, 2, 3 at temperature 1 (ln 2, ln 3 relative to id 5's 0).
+        let tokens = [5, 2047, 2048, vocab - 1];
+        for (&id, share) in tokens.iter().zip([1.0f32, 1.0, 2.0, 3.0]) {
+            logits[id] = share.ln();
+        }
+        let config = GenerationConfig {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut counts = vec![0usize; vocab];
+        let draws = 7000;
+        for _ in 0..draws {
+            counts[sample_next_token(&logits, &config, &mut rng) as usize] += 1;
+        }
+        for (&id, expected) in tokens.iter().zip([1000.0, 1000.0, 2000.0, 3000.0]) {
+            assert!(
+                (counts[id] as f64 - expected).abs() < 4.0 * f64::sqrt(expected),
+                "token {id}: {} draws, {expected} expected",
+                counts[id]
+            );
+        }
+        assert_eq!(tokens.iter().map(|&id| counts[id]).sum::<usize>(), draws);
+        for not_finite in [f32::NAN, f32::INFINITY] {
+            let logits = [0.0, not_finite, 1.0, 0.5];
+            let greedy = argmax(&logits);
+            for _ in 0..10 {
+                assert_eq!(sample_next_token(&logits, &config, &mut rng), greedy);
+            }
         }
     }
 

@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86::{PREFETCH_BYTES, pairwise};
+use super::x86::PREFETCH_BYTES;
 use super::{LANES, PANEL_ROWS, PanelRows};
 
 /// Tokens per block.
@@ -127,10 +127,77 @@ unsafe fn dots<const T: usize, const BF16: bool>(
         }
     }
     // Each register's halves are two rows' lanes: the low half row 2h, the high 2h + 1.
-    for (acc_t, out_t) in acc.iter().zip(out.iter_mut()) {
-        for (h, &a) in acc_t.iter().enumerate() {
-            out_t[2 * h] = pairwise(_mm512_castps512_ps256(a));
-            out_t[2 * h + 1] = pairwise(_mm512_extractf32x8_ps::<1>(a));
-        }
+    // A row's eight lanes added pairwise ([`pairwise`]'s order): first lane i + 4 into
+    // lane i, which leaves each token's four rows of four lanes in one register.
+    let rows: [__m512; T] = std::array::from_fn(|t| {
+        let [low, high] = acc[t];
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(low, high),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(low, high),
+        )
+    });
+    for (fours, out) in rows.chunks(4).zip(out.chunks_mut(4)) {
+        // SAFETY: the CPU has AVX-512 (as this function's caller promises).
+        unsafe { store_row_sums::<false>(fours, out) };
     }
+}
+
+/// Writes the rows' sums of up to four tokens' registers `fours`, each holding a token's
+/// four rows in its four 128-bit quarters as four partial sums (lane `4r + i`), to
+/// `out[j][r]` for token `j`: each sum `(l0 + l1) + (l2 + l3)` if `NEIGHBOURS`, else
+/// `(l0 + l2) + (l1 + l3)`. The same additions in the same order as lane by lane, six
+/// shuffles, three additions and a permutation for four tokens: storing each register
+/// and adding its lanes one by one took a tenth of a block's time (docs/serving.md,
+/// "Sums in registers").
+///
+/// # Safety
+/// The CPU has AVX-512F; `fours` holds one to four registers, `out` at least as many
+/// tokens.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn store_row_sums<const NEIGHBOURS: bool>(
+    fours: &[__m512],
+    out: &mut [[f32; PANEL_ROWS]],
+) {
+    assert!(
+        (1..=4).contains(&fours.len()) && out.len() >= fours.len(),
+        "one to four tokens"
+    );
+    let zero = _mm512_setzero_ps();
+    let [a, b, c, d] = std::array::from_fn(|j| fours.get(j).copied().unwrap_or(zero));
+    // Within quarter r: [a's first pair, a's second, b's first, b's second], the pairs
+    // being lanes (0, 1) and (2, 3), or (0, 2) and (1, 3).
+    let pairs = |a, b| {
+        if NEIGHBOURS {
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_ps::<0b11_01_11_01>(a, b),
+            )
+        } else {
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+            )
+        }
+    };
+    let (ab, cd) = (pairs(a, b), pairs(c, d));
+    // Row r of a, b, c, d in quarter r: lane 4r + j.
+    let sums = _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(ab, cd),
+        _mm512_shuffle_ps::<0b11_01_11_01>(ab, cd),
+    );
+    // Token j's rows side by side: lane 4j + r, as `out` lies.
+    let by_token = _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15),
+        sums,
+    );
+    // SAFETY: `out` holds at least `fours.len()` tokens' four rows, contiguous; the mask
+    // writes those.
+    unsafe {
+        _mm512_mask_storeu_ps(
+            out.as_mut_ptr() as *mut f32,
+            ((1u32 << (4 * fours.len())) - 1) as __mmask16,
+            by_token,
+        )
+    };
 }
