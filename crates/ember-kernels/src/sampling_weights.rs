@@ -18,7 +18,7 @@ pub const WEIGHT_BLOCK: usize = 1024;
 /// Each token's weight `exp((logits[i] − max) / temperature)`, `max` the largest logit
 /// (NaN ignored), and the sum of each [`WEIGHT_BLOCK`] tokens' weights: f32 partial
 /// sums within the block, returned in f64. A NaN logit has a NaN weight, so its block's
-/// sum is NaN; an infinite largest logit makes every weight NaN.
+/// sum is NaN; so has an infinite largest logit (every finite one then weighs 0).
 ///
 /// # Shapes
 /// - logits: `[vocab]`
