@@ -163,15 +163,7 @@ pub fn sample_next_token(logits: &[f32], config: &GenerationConfig, rng: &mut im
 /// An index drawn in proportion to `weights` (`None` if they sum to nothing).
 fn draw(weights: &[f64], rng: &mut impl Rng) -> Option<usize> {
     let total: f64 = weights.iter().sum();
-    let mut left = rng.random::<f64>() * total;
-    for (i, w) in weights.iter().enumerate() {
-        left -= w;
-        if left < 0.0 {
-            return Some(i);
-        }
-    }
-    // Rounding left a little: the last token with any weight.
-    weights.iter().rposition(|&w| w > 0.0)
+    walk(weights, rng.random::<f64>() * total)
 }
 
 /// An index drawn in proportion to `weights`, whose blocks of
@@ -181,25 +173,28 @@ fn draw_by_blocks(weights: &[f32], block_sums: &[f64], total: f64, rng: &mut imp
     let mut left = rng.random::<f64>() * total;
     let blocks = weights.chunks(ember_kernels::WEIGHT_BLOCK);
     for (b, (block, &sum)) in blocks.zip(block_sums).enumerate() {
-        if left >= sum {
-            left -= sum;
-            continue;
-        }
-        let first = b * ember_kernels::WEIGHT_BLOCK;
-        for (i, &w) in block.iter().enumerate() {
-            left -= f64::from(w);
-            if left < 0.0 {
-                return first + i;
+        if left < sum {
+            // A block whose sum exceeds `left` has a token with weight.
+            if let Some(i) = walk(block, left) {
+                return b * ember_kernels::WEIGHT_BLOCK + i;
             }
         }
-        // The block's sum, added in another order, was a little larger than its walk:
-        // its last token with any weight.
-        if let Some(i) = block.iter().rposition(|&w| w > 0.0) {
-            return first + i;
-        }
+        left -= sum;
     }
     // Rounding left a little past the last block: the last token with any weight.
     weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
+}
+
+/// The index at which `left` runs out, walking `weights` in order; when rounding leaves
+/// a little over (the weights summed in another order), the last one with any weight.
+fn walk<W: Copy + Into<f64>>(weights: &[W], mut left: f64) -> Option<usize> {
+    for (i, &w) in weights.iter().enumerate() {
+        left -= w.into();
+        if left < 0.0 {
+            return Some(i);
+        }
+    }
+    weights.iter().rposition(|&w| w.into() > 0.0)
 }
 
 /// The ids of the `n` largest logits, largest first, ties in id order (the order of
@@ -384,15 +379,29 @@ mod tests {
     #[allow(clippy::approx_constant)] // 6.28 is a logit, not 2π.
     const BOOK_LOGITS: [f32; 9] = [4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79];
 
+    /// How often each token of `logits` is drawn in `draws` draws from `rng`.
+    fn draw_counts(
+        logits: &[f32],
+        config: &GenerationConfig,
+        rng: &mut ChaCha8Rng,
+        draws: usize,
+    ) -> Vec<usize> {
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            counts[sample_next_token(logits, config, rng) as usize] += 1;
+        }
+        counts
+    }
+
     #[test]
     fn temperature_and_top_k_shape_the_distribution() {
         let draw = |config: &GenerationConfig| {
-            let mut rng = ChaCha8Rng::seed_from_u64(123);
-            let mut counts = [0usize; 9];
-            for _ in 0..1000 {
-                counts[sample_next_token(&BOOK_LOGITS, config, &mut rng) as usize] += 1;
-            }
-            counts
+            draw_counts(
+                &BOOK_LOGITS,
+                config,
+                &mut ChaCha8Rng::seed_from_u64(123),
+                1000,
+            )
         };
         let t1 = draw(&GenerationConfig {
             temperature: 1.0,
@@ -471,11 +480,8 @@ mod tests {
             ..Default::default()
         };
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let mut counts = vec![0usize; vocab];
         let draws = 20_000;
-        for _ in 0..draws {
-            counts[sample_next_token(&logits, &config, &mut rng) as usize] += 1;
-        }
+        let counts = draw_counts(&logits, &config, &mut rng, draws);
         let drawn: Vec<usize> = (0..vocab).filter(|&id| counts[id] > 0).collect();
         assert!(drawn.iter().all(|&id| rank_of(id) < size));
         // The most likely token's share of the nucleus.
@@ -518,11 +524,8 @@ mod tests {
             ..Default::default()
         };
         let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let mut counts = vec![0usize; vocab];
         let draws = 7000;
-        for _ in 0..draws {
-            counts[sample_next_token(&logits, &config, &mut rng) as usize] += 1;
-        }
+        let counts = draw_counts(&logits, &config, &mut rng, draws);
         for (&id, expected) in tokens.iter().zip([1000.0, 1000.0, 2000.0, 3000.0]) {
             assert!(
                 (counts[id] as f64 - expected).abs() < 4.0 * f64::sqrt(expected),
