@@ -21,7 +21,7 @@ took from its prefix cache (usage.prompt_tokens_details.cached_tokens). A soak:
 requests (chosen by a seeded generator) after their first piece of text, closing the
 connection as a departing client does; those count as cancelled, not failed, and the
 memory report adds the largest resident size of the first and of the last window
-(a minute, or a third of the run if shorter).
+(a minute, or a third of the run if shorter) and of each tenth of the run.
 Exits 0 only when every request not cancelled succeeded.
 
 Only loopback addresses are meant as targets: this is a test of a local server.
@@ -278,6 +278,14 @@ def main():
             report["rss_mib"]["window_s"] = window
             report["rss_mib"]["first_window_max"] = round(max(v for t, v in rss if t <= t_first + window), 1)
             report["rss_mib"]["last_window_max"] = round(max(v for t, v in rss if t >= t_last - window), 1)
+            # The shape of any growth (a steady climb is a leak, a few steps an
+            # allocator's high-water mark): the largest size in each tenth of the run.
+            tenth = max((t_last - t_first) / 10, 1e-9)
+            tenths = {}
+            for t, v in rss:
+                k = min(int((t - t_first) / tenth), 9)
+                tenths[k] = max(tenths.get(k, v), v)
+            report["rss_mib"]["by_tenth"] = [round(tenths[k], 1) for k in sorted(tenths)]
     if failures:
         report["first_failures"] = [f"client {c} request {i}: {why}" for c, i, why in failures[:5]]
     print(json.dumps(report))
