@@ -67,7 +67,7 @@ PY
 # 2-4 MiB steps as freed memory scatters over the threads' heaps: six 15 s bursts of
 # this soak's load left the server at 68-79 MiB after the first and 76-85 after the
 # last (three runs); handed back, at 52-60 after every one. One CI run's soak failed
-# on a rise of 20 MiB, most likely such steps (not seen here in five 90 s soaks).
+# on a rise of 20 MiB, most likely such steps (not seen here in five soaks of 90-240 s).
 MIMALLOC_PURGE_DELAY=${MIMALLOC_PURGE_DELAY:-10} EMBER_LOG=info \
   "$EMBER" serve --model "$MODEL" --port 0 --api-key "$KEY" 2> "$WORK/server.log" &
 SERVER=$!
